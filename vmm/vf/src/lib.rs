@@ -1,1 +1,28 @@
-//! Placeholder; filled in by issue 7.
+//! hpmmap-vf: SR-IOV VF passthrough support for hpmmap-vmm.
+//!
+//! - [`claim_vf`]: `--vf ib0|mlx5_0|PF|VF [--vf-create N]` to a free VF bound to vfio-pci,
+//!   undone on release, drop, error and [`restore_all`] (the VMM's signal path).
+//! - [`vfio`]: container (type1v2), group, device; guest RAM DMA-mapped with IOVA = GPA
+//!   in 1 GiB chunks; regions, MSI-X capability, eventfd wiring.
+//! - [`msix`], [`config`]: the guest-visible config space and MSI-X table as pure state
+//!   machines producing KVM MSI routes.
+//! - [`selftest`]: prerequisites on a real host, with what to fix.
+//!
+//! All host access goes through [`Sysfs`] (a configurable root) and the
+//! [`vfio::VfioIoctls`] trait, which tests replace with a recorded tree plus a simulated
+//! kernel ([`sim`]) and a mock ioctl layer.
+
+pub mod bind;
+pub mod claim;
+pub mod discover;
+pub mod error;
+pub mod iommu;
+pub mod pci;
+pub mod sim;
+pub mod sriov;
+pub mod sysfs;
+
+pub use claim::{claim_vf, restore_all, VfClaim, VfRequest};
+pub use error::VfError;
+pub use pci::PciAddr;
+pub use sysfs::{HostPaths, Sysfs};
