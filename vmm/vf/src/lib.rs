@@ -14,13 +14,16 @@
 
 pub mod bind;
 pub mod claim;
+pub mod config;
 pub mod discover;
 pub mod error;
 pub mod iommu;
+pub mod msix;
 pub mod pci;
 pub mod sim;
 pub mod sriov;
 pub mod sysfs;
+pub mod vfio;
 
 pub use claim::{claim_vf, restore_all, VfClaim, VfRequest};
 pub use error::VfError;
