@@ -81,11 +81,7 @@ pub fn locate(sysfs: &Sysfs, spec: &VfSpec) -> Result<Located, VfError> {
                 });
             };
             let link = class_dev.join("device");
-            let addr = match sysfs.link_name(&link)? {
-                Some(n) => n.parse::<PciAddr>().ok(),
-                None => None,
-            };
-            let Some(addr) = addr.filter(|a| sysfs.pci_dev(*a).exists()) else {
+            let Some(addr) = pci_ancestor(sysfs, &link) else {
                 return Err(VfError::NotPci {
                     name: name.clone(),
                     path: link,
@@ -98,6 +94,16 @@ pub fn locate(sysfs: &Sysfs, spec: &VfSpec) -> Result<Located, VfError> {
             Ok(Located::Pf(pf))
         }
     }
+}
+
+/// The PCI function a class device sits on: the `device` link's target or, for devices
+/// stacked on a bus driver (virtio-net's `device` is `virtioN` under the PCI function),
+/// the nearest ancestor that is one.
+fn pci_ancestor(sysfs: &Sysfs, device_link: &std::path::Path) -> Option<PciAddr> {
+    let real = std::fs::canonicalize(device_link).ok()?;
+    real.ancestors()
+        .filter_map(|p| p.file_name()?.to_str()?.parse::<PciAddr>().ok())
+        .find(|a| sysfs.pci_dev(*a).exists())
 }
 
 fn physfn_of(sysfs: &Sysfs, addr: PciAddr) -> Result<Option<PciAddr>, VfError> {

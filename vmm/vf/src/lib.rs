@@ -20,6 +20,8 @@ pub mod error;
 pub mod iommu;
 pub mod msix;
 pub mod pci;
+pub mod record;
+pub mod selftest;
 pub mod sim;
 pub mod sriov;
 pub mod sysfs;

@@ -1,1 +1,356 @@
-fn main() {}
+//! `hpmmap-vf`: the VF passthrough pieces of hpmmap-vmm, standalone.
+//!
+//! - `selftest`: prerequisites on this host and what to fix (read-only).
+//! - `resolve`: what `--vf` resolves to and the state of every VF (read-only).
+//! - `record`: copy the sysfs subset discovery reads, for test fixtures.
+//! - `probe`: claim a VF, open VFIO, DMA-map a buffer, enable/disable MSI-X, map the
+//!   BARs, then put everything back (needs a real IOMMU and VF: the nested lab).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hpmmap_vf::discover::{list_vfs, locate, pick_free_vf, vf_state, Located, VfSpec};
+use hpmmap_vf::msix::MsixCap;
+use hpmmap_vf::record::Recorder;
+use hpmmap_vf::selftest::{self, Limits, SelftestOptions};
+use hpmmap_vf::sysfs::{HostPaths, KernelWriter, Sysfs};
+use hpmmap_vf::vfio::{GuestRamRegion, KernelVfio, VfioPassthrough};
+use hpmmap_vf::{claim_vf, VfError, VfRequest};
+
+#[derive(Parser)]
+#[command(
+    name = "hpmmap-vf",
+    about = "SR-IOV VF passthrough support for hpmmap-vmm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check every prerequisite of VF passthrough on this host; changes nothing.
+    Selftest {
+        /// IB device, netdev, PF or VF PCI address (as hpmmap-vmm --vf).
+        #[arg(long)]
+        vf: Option<String>,
+        /// Guest RAM to be pinned for DMA (e.g. 18G).
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        mem: u64,
+        /// Read ROOT/sys, ROOT/proc, ROOT/dev instead of the host's (recorded trees).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Show what --vf resolves to and the state of each VF; changes nothing.
+    Resolve {
+        #[arg(long)]
+        vf: String,
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Record the sysfs subset that discovery and selftest read, for test fixtures.
+    Record {
+        /// Class device names (ib0, mlx5_0) or PCI addresses to record.
+        #[arg(long = "vf", required = true)]
+        vfs: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Claim a VF, open VFIO, DMA-map a buffer, wire MSI-X, map BARs, put it all back.
+    Probe {
+        #[arg(long)]
+        vf: String,
+        /// Enable this many VFs if the PF has none.
+        #[arg(long)]
+        vf_create: Option<u32>,
+        /// Buffer to DMA-map at guest-physical 0 (e.g. 64M).
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        mem: u64,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mul) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 64M, 18G)"))?;
+    match n.checked_mul(mul) {
+        Some(0) | None => Err(format!("'{s}' is not a usable size")),
+        Some(v) if v % 4096 != 0 => Err(format!("'{s}' is not a multiple of 4 KiB")),
+        Some(v) => Ok(v),
+    }
+}
+
+fn sysfs_at(root: &Option<PathBuf>) -> Result<Sysfs> {
+    Ok(match root {
+        None => Sysfs::host(),
+        Some(r) => {
+            if !r.join("sys").is_dir() {
+                bail!(InputError(format!(
+                    "--root {}: no sys/ directory in it",
+                    r.display()
+                )));
+            }
+            Sysfs::new(HostPaths::under(r), Arc::new(KernelWriter))
+        }
+    })
+}
+
+/// An error in what the user asked for: exit status 2.
+#[derive(Debug)]
+struct InputError(String);
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for InputError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let input = e.downcast_ref::<InputError>().is_some()
+                || e.downcast_ref::<VfError>()
+                    .is_some_and(|v| v.is_input_error());
+            eprintln!("hpmmap-vf: {e:#}");
+            ExitCode::from(if input { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Selftest { vf, mem, root } => {
+            let sysfs = sysfs_at(&root)?;
+            println!(
+                "hpmmap-vf selftest (reads {}; changes nothing)",
+                sysfs.paths().sys.display()
+            );
+            let report = selftest::run(
+                &sysfs,
+                &SelftestOptions {
+                    vf,
+                    guest_ram: mem,
+                    limits: Limits::current(),
+                },
+            );
+            print!("{report}");
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Resolve { vf, root } => {
+            let sysfs = sysfs_at(&root)?;
+            let located = locate(&sysfs, &VfSpec::parse(&vf)?)?;
+            let pf = located.pf();
+            println!("PF {pf} ({})", sysfs.pci_dev(pf).display());
+            for (idx, addr) in list_vfs(&sysfs, pf)? {
+                println!("  virtfn{idx} {addr}: {:?}", vf_state(&sysfs, addr)?);
+            }
+            match located {
+                Located::Vf { vf, .. } => println!("--vf names VF {vf}"),
+                Located::Pf(_) => {
+                    let (idx, addr, _) = pick_free_vf(&sysfs, pf)?;
+                    println!("would take virtfn{idx} {addr}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Record { vfs, out, root } => {
+            let sysfs = sysfs_at(&root)?;
+            if out.exists() {
+                bail!(InputError(format!(
+                    "--out {}: already exists; refusing to mix recordings",
+                    out.display()
+                )));
+            }
+            let mut rec = Recorder::new(&sysfs, &out);
+            let res: Result<()> = (|| {
+                rec.host()?;
+                for v in &vfs {
+                    match VfSpec::parse(v)? {
+                        VfSpec::Pci(a) => rec.pci(a)?,
+                        VfSpec::Name(n) => {
+                            rec.class_device("infiniband", &n)?;
+                            rec.class_device("net", &n)?;
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = res {
+                // No half-written recording.
+                let _ = std::fs::remove_dir_all(&out);
+                return Err(e.context(format!("recording into {}", out.display())));
+            }
+            println!("recorded into {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { vf, vf_create, mem } => probe(&vf, vf_create, mem).map(|_| ExitCode::SUCCESS),
+    }
+}
+
+/// Anonymous memory standing in for guest RAM.
+struct Buffer {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Buffer {
+    fn new(len: u64) -> Result<Self> {
+        // SAFETY: fresh anonymous mapping, owned by the returned value.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("allocating the DMA buffer");
+        }
+        Ok(Buffer {
+            ptr,
+            len: len as usize,
+        })
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: from mmap above.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+fn probe(spec: &str, create: Option<u32>, mem: u64) -> Result<()> {
+    let sysfs = Sysfs::host();
+    println!("[1/6] claiming --vf {spec}");
+    let claim = claim_vf(
+        &sysfs,
+        &VfRequest {
+            spec: spec.into(),
+            create,
+        },
+    )?;
+    println!(
+        "      VF {} (PF {}), IOMMU group {}, was on {}; now on {:?}",
+        claim.vf(),
+        claim.pf(),
+        claim.iommu_group(),
+        claim.original_driver().unwrap_or("no driver"),
+        sysfs.driver_of(claim.vf())?.unwrap_or_default()
+    );
+    let buf = Buffer::new(mem)?;
+    println!(
+        "[2/6] opening VFIO (container, group {}, device) and DMA-mapping {} MiB at GPA 0",
+        claim.iommu_group(),
+        mem >> 20
+    );
+    let ram = [GuestRamRegion {
+        gpa: 0,
+        hva: buf.ptr as u64,
+        size: mem,
+    }];
+    let p = VfioPassthrough::open(
+        Arc::new(KernelVfio::new("/dev")),
+        claim.iommu_group(),
+        &claim.vf().to_string(),
+        &ram,
+    )?;
+    println!(
+        "      {} DMA mapping(s): {:x?}",
+        p.container.mappings().len(),
+        p.container.mappings()
+    );
+    println!(
+        "[3/6] device: flags {:#x}, {} regions, {} MSI-X vectors",
+        p.device.info().flags,
+        p.device.info().num_regions,
+        p.device.msix_vectors()
+    );
+    let cfg = p.device.read_config_space()?;
+    println!(
+        "      vendor:device {:02x}{:02x}:{:02x}{:02x}",
+        cfg[1], cfg[0], cfg[3], cfg[2]
+    );
+    let bars = p.device.bars(&cfg);
+    for b in &bars {
+        println!(
+            "      BAR{} {:?}{} {:#x} bytes",
+            b.index,
+            b.kind,
+            if b.prefetchable { " prefetchable" } else { "" },
+            b.size
+        );
+    }
+    let msix = MsixCap::parse(&cfg);
+    println!("      MSI-X: {msix:x?}");
+    println!("[4/6] mapping BARs except the MSI-X table/PBA pages");
+    let mut maps = Vec::new();
+    for b in &bars {
+        for m in p.device.map_bar(b.index, msix.as_ref())? {
+            // SAFETY: a live mapping of at least 4 bytes of device memory; a volatile
+            // 32-bit read is what the guest driver would do.
+            let first = unsafe { std::ptr::read_volatile(m.ptr as *const u32) };
+            println!(
+                "      BAR{} +{:#x}..+{:#x} mapped, first dword {first:#010x}",
+                m.bar,
+                m.bar_offset,
+                m.bar_offset + m.len
+            );
+            maps.push(m);
+        }
+    }
+    println!("[5/6] MSI-X: attaching one eventfd per vector, then detaching");
+    let n = p.device.msix_vectors() as usize;
+    let mut fds = Vec::new();
+    for _ in 0..n {
+        // SAFETY: plain eventfd creation.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            bail!("eventfd: {}", std::io::Error::last_os_error());
+        }
+        fds.push(fd);
+    }
+    if n > 0 {
+        p.device.enable_msix(&fds)?;
+        p.device.disable_msix()?;
+        println!("      {n} vectors enabled and disabled through VFIO_DEVICE_SET_IRQS");
+    }
+    for fd in fds {
+        // SAFETY: closing the eventfds created above.
+        unsafe { libc::close(fd) };
+    }
+    drop(maps);
+    println!("[6/6] closing VFIO and restoring the VF's driver");
+    drop(p);
+    drop(buf);
+    let vf = claim.vf();
+    let orig = claim.original_driver().map(str::to_string);
+    claim.release()?;
+    let now = sysfs.driver_of(vf)?;
+    println!("      VF {vf} is on {:?} (was {:?})", now, orig);
+    if now != orig {
+        bail!("VF {vf} is on {now:?}, not back on {orig:?}");
+    }
+    println!("probe passed");
+    Ok(())
+}

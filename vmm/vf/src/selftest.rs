@@ -1,0 +1,390 @@
+//! `hpmmap-vmm selftest --vf NAME`: every prerequisite of VF passthrough on this host,
+//! what was found, and what to do about what is missing. Reads only; changes nothing.
+
+use std::fmt;
+
+use crate::discover::{list_vfs, locate, pick_free_vf, VfSpec, VfState};
+use crate::error::VfError;
+use crate::iommu::check_group_viable;
+use crate::sysfs::Sysfs;
+
+const GIB: u64 = 1 << 30;
+/// linux/capability.h
+const CAP_IPC_LOCK: u32 = 14;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub found: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, found: impl Into<String>) -> Self {
+        Check {
+            name,
+            status: Status::Ok,
+            found: found.into(),
+            fix: None,
+        }
+    }
+    fn bad(
+        name: &'static str,
+        status: Status,
+        found: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Check {
+            name,
+            status,
+            found: found.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// The process limits the checks compare against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// RLIMIT_MEMLOCK soft limit in bytes; None = unlimited.
+    pub memlock: Option<u64>,
+    /// CAP_IPC_LOCK exempts VFIO's pinning from RLIMIT_MEMLOCK (vfio_iommu_type1).
+    pub cap_ipc_lock: bool,
+}
+
+impl Limits {
+    pub fn current() -> Self {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0;
+        let memlock = if !ok || r.rlim_cur == libc::RLIM_INFINITY {
+            None
+        } else {
+            Some(r.rlim_cur)
+        };
+        let cap_ipc_lock = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("CapEff:"))
+                    .map(|l| l[7..].trim().to_string())
+            })
+            .and_then(|h| u64::from_str_radix(&h, 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0);
+        Limits {
+            memlock,
+            cap_ipc_lock,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SelftestOptions {
+    /// `--vf` as the VMM would get it.
+    pub vf: Option<String>,
+    /// Guest RAM the VMM will pin for DMA.
+    pub guest_ram: u64,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct SelftestReport {
+    pub checks: Vec<Check>,
+}
+
+impl SelftestReport {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Fail)
+    }
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+}
+
+impl fmt::Display for SelftestReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.checks {
+            let tag = match c.status {
+                Status::Ok => " ok ",
+                Status::Warn => "warn",
+                Status::Fail => "FAIL",
+            };
+            writeln!(f, "[{tag}] {:<16} {}", c.name, c.found)?;
+            if let Some(fix) = &c.fix {
+                writeln!(f, "       {:<16} fix: {fix}", "")?;
+            }
+        }
+        let fails = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .count();
+        if fails == 0 {
+            writeln!(f, "selftest passed: VF passthrough prerequisites are met")
+        } else {
+            writeln!(f, "selftest failed: {fails} prerequisite(s) missing")
+        }
+    }
+}
+
+fn gib(b: u64) -> String {
+    match b {
+        b if b >= GIB && b % GIB == 0 => format!("{} GiB", b / GIB),
+        b if b >= GIB => format!("{:.1} GiB", b as f64 / GIB as f64),
+        b if b >= 1 << 20 => format!("{} MiB", b >> 20),
+        b => format!("{} KiB", b >> 10),
+    }
+}
+
+pub fn run(sysfs: &Sysfs, opts: &SelftestOptions) -> SelftestReport {
+    let mut checks = vec![
+        iommu_hw(sysfs),
+        iommu_cmdline(sysfs),
+        vfio_module(sysfs),
+        vfio_dev(sysfs),
+    ];
+    if let Some(spec) = &opts.vf {
+        checks.extend(vf_checks(sysfs, spec));
+    }
+    checks.push(memlock(opts));
+    checks.push(hugepages(sysfs, opts.guest_ram));
+    SelftestReport { checks }
+}
+
+fn visible(names: Vec<String>) -> Vec<String> {
+    names.into_iter().filter(|n| !n.starts_with('.')).collect()
+}
+
+fn iommu_hw(sysfs: &Sysfs) -> Check {
+    let p = sysfs.sys("class/iommu");
+    let units = visible(sysfs.list(&p).ok().flatten().unwrap_or_default());
+    if units.is_empty() {
+        Check::bad(
+            "IOMMU",
+            Status::Fail,
+            format!("no IOMMU registered ({} is empty)", p.display()),
+            "enable VT-d / AMD-Vi in the firmware and boot with intel_iommu=on (Intel) or amd_iommu=on (AMD); add iommu=pt to keep host DMA fast",
+        )
+    } else {
+        Check::ok("IOMMU", format!("{} ({})", units.join(", "), p.display()))
+    }
+}
+
+fn iommu_cmdline(sysfs: &Sysfs) -> Check {
+    let p = sysfs.proc("cmdline");
+    let cmd = sysfs.read_opt(&p).ok().flatten().unwrap_or_default();
+    let words: Vec<&str> = cmd
+        .split_whitespace()
+        .filter(|w| w.contains("iommu"))
+        .collect();
+    let has = |w: &str| words.contains(&w);
+    let shown = if words.is_empty() {
+        "no iommu options".to_string()
+    } else {
+        words.join(" ")
+    };
+    let fix = "add intel_iommu=on (Intel) or amd_iommu=on (AMD) and iommu=pt to the kernel command line (GRUB_CMDLINE_LINUX), update-grub, reboot";
+    if has("intel_iommu=off") || has("amd_iommu=off") {
+        Check::bad(
+            "kernel cmdline",
+            Status::Fail,
+            format!("IOMMU switched off: {shown} ({})", p.display()),
+            fix,
+        )
+    } else if has("intel_iommu=on") || has("amd_iommu=on") {
+        Check::ok("kernel cmdline", format!("{shown} ({})", p.display()))
+    } else {
+        // AMD's IOMMU is on by default when the firmware exposes it; Intel's is not on
+        // Debian's kernels. The IOMMU check above says whether one is actually there.
+        Check::bad(
+            "kernel cmdline",
+            Status::Warn,
+            format!("{shown} ({})", p.display()),
+            fix,
+        )
+    }
+}
+
+fn vfio_module(sysfs: &Sysfs) -> Check {
+    let drv = sysfs.pci_driver_dir("vfio-pci");
+    if drv.is_dir() {
+        return Check::ok("vfio-pci", format!("driver registered ({})", drv.display()));
+    }
+    Check::bad(
+        "vfio-pci",
+        Status::Fail,
+        format!("driver not loaded ({} missing)", drv.display()),
+        "modprobe vfio-pci (and list it in /etc/modules-load.d/ to load at boot)",
+    )
+}
+
+fn vfio_dev(sysfs: &Sysfs) -> Check {
+    let p = sysfs.dev("vfio/vfio");
+    if p.exists() {
+        Check::ok("/dev/vfio/vfio", format!("present ({})", p.display()))
+    } else {
+        Check::bad(
+            "/dev/vfio/vfio",
+            Status::Fail,
+            format!("{} missing", p.display()),
+            "modprobe vfio vfio_iommu_type1 vfio-pci",
+        )
+    }
+}
+
+fn fix_for(e: &VfError) -> String {
+    match e {
+        VfError::NoSuchDevice { .. } | VfError::NotPci { .. } | VfError::BadSpec { .. } => {
+            "name an InfiniBand device (ls /sys/class/infiniband), its netdev, or the PF's PCI address (lspci -D)".into()
+        }
+        VfError::NoSriov { .. } => {
+            "enable SR-IOV in the adapter firmware (mlxconfig -d <PF> set SRIOV_EN=1 NUM_OF_VFS=8, then reboot) and in the BIOS".into()
+        }
+        VfError::NoVfsEnabled { path, .. } => format!("pass --vf-create N, or echo N > {}", path.display()),
+        VfError::NoFreeVf { .. } => "wait for a VF to be released, or enable more VFs (set sriov_numvfs to 0, then to a larger N)".into(),
+        VfError::GroupNotViable { .. } => {
+            "put the adapter in a slot behind an ACS-capable port, or unbind the other group members".into()
+        }
+        VfError::NoIommuGroup { .. } => "boot with intel_iommu=on / amd_iommu=on".into(),
+        _ => "see the message".into(),
+    }
+}
+
+fn vf_checks(sysfs: &Sysfs, spec: &str) -> Vec<Check> {
+    let mut out = Vec::new();
+    let fail = |name, e: &VfError| Check::bad(name, Status::Fail, e.to_string(), fix_for(e));
+    let located = match VfSpec::parse(spec).and_then(|s| locate(sysfs, &s)) {
+        Ok(l) => l,
+        Err(e) => {
+            out.push(fail("PF / SR-IOV", &e));
+            return out;
+        }
+    };
+    let pf = located.pf();
+    let dir = sysfs.pci_dev(pf);
+    let read = |a: &str| {
+        sysfs
+            .read_opt(&dir.join(a))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "?".into())
+    };
+    let drv = sysfs
+        .driver_of(pf)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "no driver".into());
+    out.push(Check::ok(
+        "PF / SR-IOV",
+        format!(
+            "'{spec}' -> PF {pf} ({drv}), {} of {} VFs enabled ({})",
+            read("sriov_numvfs"),
+            read("sriov_totalvfs"),
+            dir.display()
+        ),
+    ));
+    let vf = match located {
+        crate::discover::Located::Vf { vf, .. } => vf,
+        crate::discover::Located::Pf(_) => match pick_free_vf(sysfs, pf) {
+            Ok((idx, vf, st)) => {
+                let how = match st {
+                    VfState::Unbound => "unbound".to_string(),
+                    VfState::IdleVfio => "idle on vfio-pci".to_string(),
+                    VfState::IdleDriver(d) => format!("idle on {d}, will be rebound after use"),
+                    VfState::Busy { .. } => unreachable!("pick_free_vf never returns a busy VF"),
+                };
+                let total = list_vfs(sysfs, pf).map(|v| v.len()).unwrap_or(0);
+                out.push(Check::ok(
+                    "free VF",
+                    format!("{vf} (virtfn{idx}, {how}); {total} VFs in all"),
+                ));
+                vf
+            }
+            Err(e) => {
+                out.push(fail("free VF", &e));
+                return out;
+            }
+        },
+    };
+    match check_group_viable(sysfs, vf) {
+        Ok(g) => {
+            let members = sysfs
+                .list(&sysfs.sys(format!("kernel/iommu_groups/{g}/devices")))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            out.push(Check::ok(
+                "IOMMU group",
+                format!("group {g} viable: {}", members.join(", ")),
+            ));
+        }
+        Err(e) => out.push(fail("IOMMU group", &e)),
+    }
+    out
+}
+
+fn memlock(opts: &SelftestOptions) -> Check {
+    let need = opts.guest_ram;
+    let l = opts.limits;
+    let have = l.memlock.map_or("unlimited".to_string(), gib);
+    match l.memlock {
+        None => Check::ok("RLIMIT_MEMLOCK", format!("unlimited; VFIO pins all {} of guest RAM", gib(need))),
+        Some(_) if l.cap_ipc_lock => Check::ok("RLIMIT_MEMLOCK", format!("{have}, but CAP_IPC_LOCK exempts VFIO pinning of {}", gib(need))),
+        Some(m) if m >= need => Check::ok("RLIMIT_MEMLOCK", format!("{have} >= {} of guest RAM", gib(need))),
+        Some(_) => Check::bad(
+            "RLIMIT_MEMLOCK",
+            Status::Fail,
+            format!("{have} < {} of guest RAM that VFIO pins", gib(need)),
+            "run as root (CAP_IPC_LOCK), `ulimit -l unlimited`, LimitMEMLOCK=infinity in the systemd unit, or a memlock line in /etc/security/limits.conf",
+        ),
+    }
+}
+
+fn hugepages(sysfs: &Sysfs, ram: u64) -> Check {
+    let dir = sysfs.sys("kernel/mm/hugepages/hugepages-1048576kB");
+    let need = ram.div_ceil(GIB);
+    let Ok(Some(free)) = sysfs.read_opt(&dir.join("free_hugepages")) else {
+        return Check::bad(
+            "1 GiB hugepages",
+            Status::Fail,
+            format!("no 1 GiB page size ({} missing)", dir.display()),
+            "a CPU with pdpe1gb and a kernel with 1 GiB hugetlb support are needed",
+        );
+    };
+    let free: u64 = free.trim().parse().unwrap_or(0);
+    if free >= need {
+        Check::ok(
+            "1 GiB hugepages",
+            format!(
+                "{free} free, {need} needed for {} ({})",
+                gib(ram),
+                dir.display()
+            ),
+        )
+    } else {
+        Check::bad(
+            "1 GiB hugepages",
+            Status::Fail,
+            format!(
+                "{free} free, {need} needed for {} ({})",
+                gib(ram),
+                dir.display()
+            ),
+            format!(
+                "hpmmap-offline reserve (or echo {need} > {})",
+                dir.join("nr_hugepages").display()
+            ),
+        )
+    }
+}

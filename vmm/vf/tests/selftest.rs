@@ -1,0 +1,195 @@
+//! selftest against hand-built sysfs trees (tests/fixtures/*/README) and, read-only,
+//! against this host's real /sys.
+
+mod common;
+
+use common::Fixture;
+use hpmmap_vf::selftest::{run, Limits, SelftestOptions, Status};
+use hpmmap_vf::Sysfs;
+
+const GIB: u64 = 1 << 30;
+const ROOT_CAP: Limits = Limits {
+    memlock: Some(8 << 20),
+    cap_ipc_lock: true,
+};
+const USER_8M: Limits = Limits {
+    memlock: Some(8 << 20),
+    cap_ipc_lock: false,
+};
+
+fn opts(vf: &str, ram: u64, limits: Limits) -> SelftestOptions {
+    SelftestOptions {
+        vf: Some(vf.into()),
+        guest_ram: ram,
+        limits,
+    }
+}
+
+fn status(r: &hpmmap_vf::selftest::SelftestReport, name: &str) -> Status {
+    r.check(name)
+        .unwrap_or_else(|| panic!("no check {name}: {r}"))
+        .status
+}
+
+#[test]
+fn good_host_passes_every_check() {
+    let fx = Fixture::new("connectx6");
+    let r = run(&fx.sysfs(), &opts("ib0", 8 * GIB, ROOT_CAP));
+    assert!(r.passed(), "{r}");
+    assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r}");
+    assert_eq!(r.checks.len(), 9);
+    assert!(
+        r.check("free VF")
+            .unwrap()
+            .found
+            .starts_with("0000:3b:00.3 (virtfn2, unbound)"),
+        "{r}"
+    );
+    assert_eq!(
+        r.check("IOMMU group").unwrap().found,
+        "group 32 viable: 0000:3b:00.3"
+    );
+    assert!(r
+        .to_string()
+        .ends_with("selftest passed: VF passthrough prerequisites are met\n"));
+}
+
+#[test]
+fn memlock_too_low_without_cap_ipc_lock() {
+    let fx = Fixture::new("connectx6");
+    let r = run(&fx.sysfs(), &opts("ib0", 8 * GIB, USER_8M));
+    assert!(!r.passed());
+    let c = r.check("RLIMIT_MEMLOCK").unwrap();
+    assert_eq!(c.status, Status::Fail);
+    assert_eq!(c.found, "8 MiB < 8 GiB of guest RAM that VFIO pins");
+    assert!(c.fix.as_ref().unwrap().contains("ulimit -l unlimited"));
+    let unlimited = Limits {
+        memlock: None,
+        cap_ipc_lock: false,
+    };
+    assert_eq!(
+        status(
+            &run(&fx.sysfs(), &opts("ib0", 8 * GIB, unlimited)),
+            "RLIMIT_MEMLOCK"
+        ),
+        Status::Ok
+    );
+}
+
+#[test]
+fn too_few_hugepages_names_the_sysfs_knob() {
+    let fx = Fixture::new("connectx6");
+    let r = run(&fx.sysfs(), &opts("ib0", 17 * GIB + 1, ROOT_CAP));
+    let c = r.check("1 GiB hugepages").unwrap();
+    assert_eq!(c.status, Status::Fail);
+    assert!(c.found.starts_with("16 free, 18 needed"), "{}", c.found);
+    assert!(c
+        .fix
+        .as_ref()
+        .unwrap()
+        .contains("hugepages-1048576kB/nr_hugepages"));
+}
+
+#[test]
+fn no_iommu_host() {
+    let fx = Fixture::new("connectx6-no-iommu");
+    let r = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP));
+    assert_eq!(status(&r, "IOMMU"), Status::Fail);
+    assert_eq!(status(&r, "kernel cmdline"), Status::Warn);
+    assert_eq!(status(&r, "IOMMU group"), Status::Fail);
+    assert!(r
+        .check("IOMMU group")
+        .unwrap()
+        .found
+        .contains("iommu_group is missing"));
+    assert!(
+        r.to_string()
+            .ends_with("selftest failed: 2 prerequisite(s) missing\n"),
+        "{r}"
+    );
+}
+
+#[test]
+fn vfio_not_loaded() {
+    let fx = Fixture::new("connectx6-no-vfio");
+    let r = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP));
+    assert_eq!(status(&r, "vfio-pci"), Status::Fail);
+    assert_eq!(status(&r, "/dev/vfio/vfio"), Status::Fail);
+    assert_eq!(
+        status(&r, "free VF"),
+        Status::Ok,
+        "idle mlx5_core VFs are usable once vfio-pci is loaded"
+    );
+}
+
+#[test]
+fn vf_problems_each_name_their_cause() {
+    for (fixture, spec, check, needle) in [
+        (
+            "connectx6-nonviable",
+            "ib0",
+            "IOMMU group",
+            "0000:3b:00.0 is bound to mlx5_core",
+        ),
+        (
+            "connectx6-busy",
+            "mlx5_0",
+            "free VF",
+            "no free VF on PF 0000:3b:00.0",
+        ),
+        ("connectx6-novfs", "ib0", "free VF", "sriov_numvfs = 0"),
+        (
+            "connectx6-no-sriov",
+            "ib0",
+            "PF / SR-IOV",
+            "sriov_totalvfs is missing",
+        ),
+        (
+            "connectx6",
+            "eno1",
+            "PF / SR-IOV",
+            "0000:00:1f.6 has no SR-IOV",
+        ),
+        ("connectx6", "nosuch0", "PF / SR-IOV", "no such device"),
+    ] {
+        let fx = Fixture::new(fixture);
+        let r = run(&fx.sysfs(), &opts(spec, GIB, ROOT_CAP));
+        let c = r
+            .check(check)
+            .unwrap_or_else(|| panic!("{fixture} {spec}: no {check}: {r}"));
+        assert_eq!(c.status, Status::Fail, "{fixture} {spec}: {r}");
+        assert!(c.found.contains(needle), "{fixture} {spec}: {}", c.found);
+        assert!(c.fix.is_some());
+        assert!(!r.passed());
+    }
+}
+
+#[test]
+fn this_host_read_only() {
+    // The real /sys of the machine running the tests: the report must agree with it.
+    let sysfs = Sysfs::host();
+    let r = run(
+        &sysfs,
+        &SelftestOptions {
+            vf: None,
+            guest_ram: GIB,
+            limits: Limits::current(),
+        },
+    );
+    println!("{r}");
+    let iommus = std::fs::read_dir("/sys/class/iommu")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(status(&r, "IOMMU") == Status::Ok, iommus > 0);
+    assert_eq!(
+        status(&r, "vfio-pci") == Status::Ok,
+        std::path::Path::new("/sys/bus/pci/drivers/vfio-pci").is_dir()
+    );
+    assert_eq!(
+        status(&r, "/dev/vfio/vfio") == Status::Ok,
+        std::path::Path::new("/dev/vfio/vfio").exists()
+    );
+    if iommus == 0 {
+        println!("SKIP: no IOMMU on this host; VF passthrough prerequisites cannot be met here");
+    }
+}
