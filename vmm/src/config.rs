@@ -1,0 +1,392 @@
+//! The command line (`hpmmap-vmm --help`) and its validation into a `VmConfig`.
+
+use crate::arch::x86_64::layout::CMDLINE_MAX;
+use crate::image;
+use crate::memory::hugepages::PageSize;
+use crate::memory::layout::PV_MMIO_BASE;
+use crate::units::{parse_cpu_list, parse_size};
+use clap::Parser;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+fn cpu_list_arg(s: &str) -> Result<CpuList, String> {
+    parse_cpu_list(s).map(CpuList).map_err(|e| e.to_string())
+}
+
+/// Boot one job image (or kernel) in a KVM guest whose RAM is backed by 1 GiB host pages.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hpmmap-vmm",
+    version,
+    about = "Boot one job in a KVM guest whose RAM is backed by 1 GiB host pages",
+    long_about = "Boot one job in a KVM guest whose RAM is one memfd of 1 GiB host pages, laid out so \
+that every GiB of guest-physical RAM is exactly one host page, NUMA-bound, prefaulted and locked. \
+The guest finds the hpmmap paravirtual device through `hpmmap.pv=0xfeb00000`, appended to its \
+command line, and reports its exit status there; the VMM exits with it.",
+    after_long_help = crate::exit::HELP,
+    after_help = "Run with --help for the exit statuses."
+)]
+pub struct Args {
+    /// Guest RAM, with K/M/G/T suffixes (binary: 1G = 2^30). A multiple of the host page size
+    /// (--hugepages); RAM above 3 GiB is placed from 4 GiB up, past the 32-bit MMIO hole.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub mem: u64,
+
+    /// Number of vCPUs (1 to KVM's maximum, at most 254), each on its own thread.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u32,
+
+    /// Boot a job image directory made by `hpmmap-image build` (its manifest.json names the
+    /// kernel, initramfs and command line).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initrd"], required_unless_present = "kernel")]
+    pub image: Option<PathBuf>,
+
+    /// Guest kernel: an ELF vmlinux (PVH entry when it has the PVH note, else its 64-bit entry)
+    /// or a bzImage (64-bit boot protocol).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initramfs to load for --kernel; placed at the top of the kernel's usable RAM.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line for --kernel (default: "console=ttyS0 reboot=k panic=1 pci=off");
+    /// with --image, appended to the image's. `hpmmap.pv=0xfeb00000` is always added.
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+
+    /// Size of the hpmmap pool: 1 GiB-aligned guest-physical ranges, reserved in the guest's
+    /// e820 map and announced by the PV device, taken from the top of RAM. A multiple of 1G.
+    /// Default: all of RAM except the first GiB (the guest kernel's).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    pub pool: Option<u64>,
+
+    /// Host page size behind guest RAM: 1G (default), 2M or none (4 KiB). Too few free huge
+    /// pages is an error, never a silent fallback.
+    #[arg(long, value_name = "1G|2M|none", default_value = "1G")]
+    pub hugepages: PageSize,
+
+    /// Bind guest RAM to this host NUMA node (mbind before it is touched).
+    #[arg(long, value_name = "N")]
+    pub numa_node: Option<u32>,
+
+    /// Pin vCPU i to the i-th CPU of this list (e.g. 0-3,8); needs at least --vcpus CPUs.
+    #[arg(long, value_name = "LIST", value_parser = cpu_list_arg)]
+    pub cpu_affinity: Option<CpuList>,
+
+    /// Where the guest's serial console (COM1) goes: stdout, or a file (created or truncated).
+    #[arg(long, value_name = "stdout|PATH", default_value = "stdout")]
+    pub serial: String,
+
+    /// Also write the report as JSON to PATH (atomically, at exit).
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+
+    /// Prefault workers (default: one per available core).
+    #[arg(long, value_name = "N", default_value_t = 0, hide_short_help = true)]
+    pub prefault_workers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub mem: u64,
+    pub vcpus: u32,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub pool: Option<u64>,
+    pub hugepages: PageSize,
+    pub numa_node: Option<u32>,
+    pub cpu_affinity: Option<Vec<usize>>,
+    pub serial: SerialTarget,
+    pub report: Option<PathBuf>,
+    pub prefault_workers: usize,
+    pub job: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn parent_must_exist(flag: &str, p: &Path) -> Result<(), ConfigError> {
+    let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = parent {
+        if !d.is_dir() {
+            return Err(ConfigError(format!(
+                "{flag} {}: directory {} does not exist",
+                p.display(),
+                d.display()
+            )));
+        }
+    }
+    if p.is_dir() {
+        return Err(ConfigError(format!(
+            "{flag} {}: is a directory",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The guest command line: the base plus the PV device's address.
+pub fn guest_cmdline(base: &str) -> String {
+    let pv = format!("hpmmap.pv={PV_MMIO_BASE:#x}");
+    let base = base.trim();
+    if base.split_whitespace().any(|w| w.starts_with("hpmmap.pv=")) {
+        base.to_string()
+    } else if base.is_empty() {
+        pv
+    } else {
+        format!("{base} {pv}")
+    }
+}
+
+impl VmConfig {
+    pub fn from_args(a: Args) -> Result<Self, ConfigError> {
+        if a.vcpus == 0 {
+            return Err(ConfigError(
+                "--vcpus 0: a guest needs at least 1 vCPU".into(),
+            ));
+        }
+        let (kernel, initrd, base, job) = match (&a.image, &a.kernel) {
+            (Some(dir), _) => {
+                let b = image::read(dir).map_err(|e| ConfigError(e.to_string()))?;
+                let base = match &a.cmdline {
+                    Some(extra) => format!("{} {}", b.cmdline, extra),
+                    None => b.cmdline,
+                };
+                (b.kernel, b.initrd, base, b.job)
+            }
+            (None, Some(k)) => (
+                k.clone(),
+                a.initrd.clone(),
+                a.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+                None,
+            ),
+            (None, None) => {
+                return Err(ConfigError(
+                    "one of --image DIR or --kernel PATH is required".into(),
+                ))
+            }
+        };
+        let cmdline = guest_cmdline(&base);
+        if cmdline.len() >= CMDLINE_MAX {
+            return Err(ConfigError(format!(
+                "--cmdline: {} bytes with hpmmap.pv=, more than the {} the VMM passes",
+                cmdline.len(),
+                CMDLINE_MAX - 1
+            )));
+        }
+        if cmdline.bytes().any(|b| b == 0) {
+            return Err(ConfigError("--cmdline: contains a NUL byte".into()));
+        }
+        let serial = match a.serial.as_str() {
+            "stdout" | "-" => SerialTarget::Stdout,
+            p => {
+                parent_must_exist("--serial", Path::new(p))?;
+                SerialTarget::File(PathBuf::from(p))
+            }
+        };
+        if let Some(r) = &a.report {
+            parent_must_exist("--report", r)?;
+        }
+        if let Some(CpuList(cpus)) = &a.cpu_affinity {
+            if cpus.len() < a.vcpus as usize {
+                return Err(ConfigError(format!(
+                    "--cpu-affinity {}: {} CPUs for {} vCPUs (one CPU per vCPU)",
+                    cpus.iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    cpus.len(),
+                    a.vcpus
+                )));
+            }
+            let allowed = crate::vcpu::allowed_cpus();
+            if let Some(bad) = cpus.iter().find(|c| !allowed.contains(c)) {
+                return Err(ConfigError(format!(
+                    "--cpu-affinity: CPU {bad} is not available to this process (allowed: {})",
+                    allowed
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )));
+            }
+        }
+        Ok(VmConfig {
+            mem: a.mem,
+            vcpus: a.vcpus,
+            kernel,
+            initrd,
+            cmdline,
+            pool: a.pool,
+            hugepages: a.hugepages,
+            numa_node: a.numa_node,
+            cpu_affinity: a.cpu_affinity.map(|c| c.0),
+            serial,
+            report: a.report,
+            prefault_workers: a.prefault_workers,
+            job,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<VmConfig, String> {
+        let mut v = vec!["hpmmap-vmm"];
+        v.extend_from_slice(args);
+        let a = Args::try_parse_from(v).map_err(|e| e.to_string())?;
+        VmConfig::from_args(a).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--mem", "18G", "--kernel", "/k"]).unwrap();
+        assert_eq!(c.mem, 18 << 30);
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.hugepages, PageSize::Huge1G);
+        assert_eq!(c.pool, None);
+        assert_eq!(c.serial, SerialTarget::Stdout);
+        assert_eq!(c.cmdline, format!("{DEFAULT_CMDLINE} hpmmap.pv=0xfeb00000"));
+    }
+
+    #[test]
+    fn all_flags() {
+        let c = parse(&[
+            "--mem",
+            "4G",
+            "--vcpus",
+            "2",
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/rd",
+            "--cmdline",
+            "console=ttyS0",
+            "--pool",
+            "2G",
+            "--hugepages",
+            "2M",
+            "--numa-node",
+            "0",
+            "--cpu-affinity",
+            "0-1",
+            "--serial",
+            "/tmp/x.log",
+            "--report",
+            "/tmp/r.json",
+        ])
+        .unwrap();
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.pool, Some(2 << 30));
+        assert_eq!(c.hugepages, PageSize::Huge2M);
+        assert_eq!(c.cpu_affinity, Some(vec![0, 1]));
+        assert_eq!(c.serial, SerialTarget::File("/tmp/x.log".into()));
+        assert_eq!(c.cmdline, "console=ttyS0 hpmmap.pv=0xfeb00000");
+    }
+
+    #[test]
+    fn refusals_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--mem", "12X", "--kernel", "/k"], "--mem"),
+            (
+                &["--mem", "1G", "--kernel", "/k", "--vcpus", "0"],
+                "--vcpus 0",
+            ),
+            (
+                &["--mem", "1G", "--kernel", "/k", "--hugepages", "3G"],
+                "--hugepages",
+            ),
+            (
+                &["--mem", "1G", "--kernel", "/k", "--cpu-affinity", "x"],
+                "--cpu-affinity",
+            ),
+            (
+                &[
+                    "--mem",
+                    "1G",
+                    "--kernel",
+                    "/k",
+                    "--vcpus",
+                    "4",
+                    "--cpu-affinity",
+                    "0",
+                ],
+                "--cpu-affinity 0",
+            ),
+            (
+                &["--mem", "1G", "--kernel", "/k", "--cpu-affinity", "4095"],
+                "--cpu-affinity",
+            ),
+            (
+                &[
+                    "--mem",
+                    "1G",
+                    "--kernel",
+                    "/k",
+                    "--serial",
+                    "/no/such/dir/log",
+                ],
+                "--serial /no/such/dir/log",
+            ),
+            (
+                &[
+                    "--mem",
+                    "1G",
+                    "--kernel",
+                    "/k",
+                    "--report",
+                    "/no/such/dir/r.json",
+                ],
+                "--report",
+            ),
+            (
+                &["--mem", "1G", "--image", "/no/such/image"],
+                "--image /no/such/image",
+            ),
+            (&["--mem", "1G"], "--image"),
+            (
+                &["--mem", "1G", "--image", "/x", "--kernel", "/k"],
+                "--image",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let long = "x".repeat(5000);
+        assert!(
+            parse(&["--mem", "1G", "--kernel", "/k", "--cmdline", &long])
+                .unwrap_err()
+                .starts_with("--cmdline")
+        );
+    }
+
+    #[test]
+    fn pv_address_is_added_once() {
+        assert_eq!(guest_cmdline("a b"), "a b hpmmap.pv=0xfeb00000");
+        assert_eq!(
+            guest_cmdline("a hpmmap.pv=0xfeb00000"),
+            "a hpmmap.pv=0xfeb00000"
+        );
+        assert_eq!(guest_cmdline(""), "hpmmap.pv=0xfeb00000");
+    }
+}

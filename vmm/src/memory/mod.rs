@@ -1,0 +1,521 @@
+//! Guest RAM: one memfd (hugetlb by default) mapped at an address aligned to its page size,
+//! NUMA-bound before it is touched, prefaulted in parallel, locked.
+
+pub mod hugepages;
+pub mod layout;
+pub mod smaps;
+
+use hugepages::{pool_counters, reserve_advice, PageSize};
+use layout::GuestLayout;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+use crate::units::{format_size, GIB};
+
+const MADV_POPULATE_WRITE: i32 = 23;
+const MPOL_BIND: i32 = 2;
+/// Below this, prefaulting is quick enough that progress would only be noise.
+const PROGRESS_THRESHOLD: u64 = 4 * GIB;
+
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    #[error("--mem {mem}: needs {needed} free {size} huge pages{node}, but only {available} are free; {advice}")]
+    TooFewHugePages {
+        mem: String,
+        size: &'static str,
+        needed: u64,
+        available: u64,
+        node: String,
+        advice: String,
+    },
+    #[error("--hugepages {0}: this kernel has no {0} huge page pool (/sys/kernel/mm/hugepages/{1} is missing)")]
+    NoHugePagePool(&'static str, String),
+    #[error("--numa-node {0}: no such NUMA node (online: {1})")]
+    NoSuchNode(u32, String),
+    #[error("--mem {0}: not a multiple of the {1} page size")]
+    NotPageMultiple(String, &'static str),
+    #[error("--mem {0}: more than this host's {1} of memory")]
+    MoreThanHost(String, String),
+    #[error("guest RAM: {0}: {1}")]
+    Sys(&'static str, io::Error),
+    #[error("guest RAM: mlock of {0} failed ({1}); raise the locked-memory limit (ulimit -l) or run as root")]
+    Mlock(String, io::Error),
+}
+
+impl MemoryError {
+    /// Whether the user can fix this on the command line or the host (exit status 2).
+    pub fn is_input(&self) -> bool {
+        !matches!(self, MemoryError::Sys(..))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RamOptions {
+    pub bytes: u64,
+    pub page_size: PageSize,
+    pub numa_node: Option<u32>,
+    /// Prefault workers; 0 = one per available core.
+    pub workers: usize,
+    /// Print prefault progress on stderr (only for large sizes).
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PrefaultStats {
+    pub seconds: f64,
+    pub gib_per_s: f64,
+    pub workers: usize,
+}
+
+pub struct GuestRam {
+    base: *mut u8,
+    len: u64,
+    fd: OwnedFd,
+    page_size: PageSize,
+}
+
+// SAFETY: the mapping lives as long as GuestRam; concurrent access goes through KVM or through
+// vm-memory's volatile accessors, as for any guest memory.
+unsafe impl Send for GuestRam {}
+unsafe impl Sync for GuestRam {}
+
+fn errno() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// Online NUMA nodes as sysfs lists them, e.g. "0" or "0-1".
+pub fn online_nodes() -> String {
+    std::fs::read_to_string("/sys/devices/system/node/online")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "0".into())
+}
+
+pub fn node_exists(node: u32) -> bool {
+    Path::new(&format!("/sys/devices/system/node/node{node}")).exists()
+}
+
+fn host_mem_total() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Checks everything about the request that can be checked without allocating anything.
+pub fn check_request(opts: &RamOptions) -> Result<(), MemoryError> {
+    let page = opts.page_size;
+    if !opts.bytes.is_multiple_of(page.bytes()) {
+        return Err(MemoryError::NotPageMultiple(
+            format_size(opts.bytes),
+            page.name(),
+        ));
+    }
+    if let Some(total) = host_mem_total() {
+        if opts.bytes > total {
+            return Err(MemoryError::MoreThanHost(
+                format_size(opts.bytes),
+                format_size(total),
+            ));
+        }
+    }
+    if let Some(n) = opts.numa_node {
+        if !node_exists(n) {
+            return Err(MemoryError::NoSuchNode(n, online_nodes()));
+        }
+    }
+    if page != PageSize::Small {
+        let needed = opts.bytes / page.bytes();
+        let global = pool_counters(Path::new("/sys"), page, None).ok_or_else(|| {
+            MemoryError::NoHugePagePool(page.name(), page.sysfs_dir().unwrap_or_default())
+        })?;
+        let available = match opts.numa_node {
+            Some(n) => pool_counters(Path::new("/sys"), page, Some(n))
+                .map(|c| c.available().min(global.available()))
+                .unwrap_or(0),
+            None => global.available(),
+        };
+        if available < needed {
+            let have = match opts.numa_node {
+                Some(n) => pool_counters(Path::new("/sys"), page, Some(n)).map(|c| c.total),
+                None => Some(global.total),
+            }
+            .unwrap_or(0);
+            return Err(too_few(opts, needed, available, have));
+        }
+    }
+    Ok(())
+}
+
+fn too_few(opts: &RamOptions, needed: u64, available: u64, reserved_now: u64) -> MemoryError {
+    MemoryError::TooFewHugePages {
+        mem: format_size(opts.bytes),
+        size: opts.page_size.name(),
+        needed,
+        available,
+        node: opts
+            .numa_node
+            .map(|n| format!(" on NUMA node {n}"))
+            .unwrap_or_default(),
+        advice: reserve_advice(
+            opts.page_size,
+            reserved_now + (needed - available),
+            opts.numa_node,
+        ),
+    }
+}
+
+impl GuestRam {
+    pub fn create(opts: &RamOptions) -> Result<(GuestRam, PrefaultStats), MemoryError> {
+        check_request(opts)?;
+        let page = opts.page_size;
+        let flags = libc::MFD_CLOEXEC
+            | match page {
+                PageSize::Huge1G => libc::MFD_HUGETLB | libc::MFD_HUGE_1GB,
+                PageSize::Huge2M => libc::MFD_HUGETLB | libc::MFD_HUGE_2MB,
+                PageSize::Small => 0,
+            };
+        // SAFETY: plain syscall with a NUL-terminated name.
+        let raw = unsafe { libc::memfd_create(c"hpmmap-guest-ram".as_ptr(), flags) };
+        if raw < 0 {
+            return Err(MemoryError::Sys("memfd_create", errno()));
+        }
+        // SAFETY: raw is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: fd is valid.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), opts.bytes as i64) } < 0 {
+            return Err(MemoryError::Sys("ftruncate", errno()));
+        }
+        let base = map_aligned(&fd, opts.bytes, page.bytes().max(2 << 20)).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOMEM) && page != PageSize::Small {
+                // The hugetlb reservation at mmap failed: someone took the pages meanwhile.
+                let avail = pool_counters(Path::new("/sys"), page, None)
+                    .map(|c| c.available())
+                    .unwrap_or(0);
+                too_few(opts, opts.bytes / page.bytes(), avail, 0)
+            } else {
+                MemoryError::Sys("mmap", e)
+            }
+        })?;
+        let ram = GuestRam {
+            base,
+            len: opts.bytes,
+            fd,
+            page_size: page,
+        };
+        if let Some(node) = opts.numa_node {
+            ram.bind_to_node(node)?;
+        }
+        let stats = ram.prefault(opts)?;
+        // SAFETY: the range is our mapping.
+        if unsafe { libc::mlock(ram.base as *const libc::c_void, ram.len as usize) } < 0 {
+            return Err(MemoryError::Mlock(format_size(ram.len), errno()));
+        }
+        Ok((ram, stats))
+    }
+
+    fn bind_to_node(&self, node: u32) -> Result<(), MemoryError> {
+        let mut mask = vec![0u64; (node as usize / 64) + 1];
+        mask[node as usize / 64] |= 1 << (node % 64);
+        // SAFETY: the range is our mapping, mask outlives the call, maxnode counts its bits.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mbind,
+                self.base as usize,
+                self.len as usize,
+                MPOL_BIND,
+                mask.as_ptr(),
+                mask.len() * 64,
+                0u32,
+            )
+        };
+        if rc < 0 {
+            return Err(MemoryError::Sys("mbind", errno()));
+        }
+        Ok(())
+    }
+
+    /// Faults every page in, in parallel: one worker per core takes chunks off a shared
+    /// counter, so workers finish together whatever the page size.
+    fn prefault(&self, opts: &RamOptions) -> Result<PrefaultStats, MemoryError> {
+        let workers = if opts.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            opts.workers
+        };
+        let chunk = self.page_size.bytes().max(32 << 20).min(self.len);
+        let chunks = self.len.div_ceil(chunk);
+        let workers = workers.min(chunks as usize).max(1);
+        let next = AtomicU64::new(0);
+        let done = AtomicU64::new(0);
+        let failed = AtomicUsize::new(0);
+        let error: std::sync::Mutex<Option<io::Error>> = std::sync::Mutex::new(None);
+        let show = opts.progress && self.len >= PROGRESS_THRESHOLD;
+        let base = self.base as usize;
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= chunks || failed.load(Ordering::Relaxed) != 0 {
+                        break;
+                    }
+                    let off = i * chunk;
+                    let len = chunk.min(self.len - off);
+                    if let Err(e) = populate(base + off as usize, len as usize) {
+                        failed.store(1, Ordering::Relaxed);
+                        *error.lock().unwrap() = Some(e);
+                        break;
+                    }
+                    done.fetch_add(len, Ordering::Relaxed);
+                });
+            }
+            if show {
+                s.spawn(|| {
+                    let total = self.len;
+                    loop {
+                        let d = done.load(Ordering::Relaxed);
+                        eprint!(
+                            "\rhpmmap-vmm: prefaulting guest RAM: {} / {} ",
+                            format_size(d / GIB * GIB),
+                            format_size(total)
+                        );
+                        if d >= total || failed.load(Ordering::Relaxed) != 0 {
+                            eprintln!();
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                });
+            }
+        });
+        if let Some(e) = error.into_inner().unwrap() {
+            let hugetlb_short = matches!(e.raw_os_error(), Some(libc::ENOMEM) | Some(libc::EFAULT));
+            if hugetlb_short && self.page_size != PageSize::Small {
+                let avail = pool_counters(Path::new("/sys"), self.page_size, opts.numa_node)
+                    .map(|c| c.free)
+                    .unwrap_or(0);
+                return Err(too_few(opts, self.len / self.page_size.bytes(), avail, 0));
+            }
+            return Err(MemoryError::Sys("prefault (MADV_POPULATE_WRITE)", e));
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(PrefaultStats {
+            seconds,
+            gib_per_s: self.len as f64 / GIB as f64 / seconds.max(1e-9),
+            workers,
+        })
+    }
+
+    pub fn host_address(&self) -> u64 {
+        self.base as u64
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn page_size(&self) -> PageSize {
+        self.page_size
+    }
+
+    /// The kernel page size really behind the whole mapping, from /proc/self/smaps; `None`
+    /// when the mapping mixes page sizes.
+    pub fn kernel_page_size(&self) -> io::Result<Option<u64>> {
+        let s = std::fs::read_to_string("/proc/self/smaps")?;
+        Ok(smaps::uniform_page_size(&s, self.base as u64, self.len))
+    }
+
+    /// Punches `[offset, offset+len)` out of the memfd and faults it back in: the guest then
+    /// reads zeros, and the host zeroed the pages at native speed.
+    pub fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: fd is ours; the range is inside the file.
+        let rc = unsafe {
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as i64,
+                len as i64,
+            )
+        };
+        if rc < 0 {
+            return Err(errno());
+        }
+        populate(self.base as usize + offset as usize, len as usize)
+    }
+
+    /// vm-memory's view of the mapping, laid out as `layout` says (not owning the mapping).
+    pub fn guest_memory(&self, layout: &GuestLayout) -> Result<GuestMemoryMmap, MemoryError> {
+        let mut regions = Vec::new();
+        for r in layout.ram_regions() {
+            // SAFETY: the region lies inside our live mapping, which outlives the VM.
+            let region = unsafe {
+                MmapRegion::build_raw(
+                    self.base.add(r.host_offset as usize),
+                    r.size as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                )
+            }
+            .map_err(|e| {
+                MemoryError::Sys("guest memory region", io::Error::other(e.to_string()))
+            })?;
+            let gr = GuestRegionMmap::new(region, GuestAddress(r.gpa)).ok_or_else(|| {
+                MemoryError::Sys("guest memory region", io::Error::other("address overflow"))
+            })?;
+            regions.push(gr);
+        }
+        GuestMemoryMmap::from_regions(regions)
+            .map_err(|e| MemoryError::Sys("guest memory", io::Error::other(e.to_string())))
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping we created; nothing uses it after this.
+        unsafe {
+            libc::munmap(self.base as *mut libc::c_void, self.len as usize);
+        }
+    }
+}
+
+/// MADV_POPULATE_WRITE (Linux 5.14); older kernels get one write per 4 KiB instead.
+fn populate(addr: usize, len: usize) -> io::Result<()> {
+    // SAFETY: the range is inside a shared read-write mapping we own.
+    let rc = unsafe { libc::madvise(addr as *mut libc::c_void, len, MADV_POPULATE_WRITE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = errno();
+    if e.raw_os_error() != Some(libc::EINVAL) {
+        return Err(e);
+    }
+    for off in (0..len).step_by(4096) {
+        // SAFETY: inside the mapping; a volatile read-write keeps the contents.
+        unsafe {
+            let p = (addr + off) as *mut u8;
+            p.write_volatile(p.read_volatile());
+        }
+    }
+    Ok(())
+}
+
+/// Maps `len` bytes of `fd` at an address aligned to `align`: reserve a larger PROT_NONE area,
+/// map the file over its aligned middle, give back the slack.
+fn map_aligned(fd: &OwnedFd, len: u64, align: u64) -> io::Result<*mut u8> {
+    let span = (len + align) as usize;
+    // SAFETY: anonymous reservation, no access.
+    let reserve = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if reserve == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    let start = reserve as usize;
+    let aligned = (start + align as usize - 1) & !(align as usize - 1);
+    // SAFETY: MAP_FIXED inside our own reservation.
+    let mapped = unsafe {
+        libc::mmap(
+            aligned as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        let e = errno();
+        // SAFETY: our reservation.
+        unsafe { libc::munmap(reserve, span) };
+        return Err(e);
+    }
+    // SAFETY: the slack on both sides is still our PROT_NONE reservation.
+    unsafe {
+        if aligned > start {
+            libc::munmap(reserve, aligned - start);
+        }
+        let end = aligned + len as usize;
+        if start + span > end {
+            libc::munmap(end as *mut libc::c_void, start + span - end);
+        }
+    }
+    Ok(aligned as *mut u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::MIB;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn small_page_ram_is_aligned_prefaulted_and_zeroable() {
+        let opts = RamOptions {
+            bytes: 64 * MIB,
+            page_size: PageSize::Small,
+            numa_node: None,
+            workers: 2,
+            progress: false,
+        };
+        let (ram, stats) = GuestRam::create(&opts).unwrap();
+        assert_eq!(ram.host_address() % (2 << 20), 0);
+        assert!(stats.seconds > 0.0 && stats.workers == 2);
+        assert_eq!(ram.kernel_page_size().unwrap(), Some(4096));
+        let layout = GuestLayout::new(64 * MIB, None).unwrap();
+        let gm = ram.guest_memory(&layout).unwrap();
+        gm.write_obj(0xABCDu64, GuestAddress(0x10_0000)).unwrap();
+        gm.write_obj(0x1234u64, GuestAddress(0x20_0000)).unwrap();
+        ram.zero(0x10_0000, 0x10_0000).unwrap();
+        assert_eq!(gm.read_obj::<u64>(GuestAddress(0x10_0000)).unwrap(), 0);
+        assert_eq!(gm.read_obj::<u64>(GuestAddress(0x20_0000)).unwrap(), 0x1234);
+        assert!(ram.zero(60 * MIB, 8 * MIB).is_err());
+    }
+
+    #[test]
+    fn requests_checked_before_allocation() {
+        let mut opts = RamOptions {
+            bytes: 64 * MIB + 4096,
+            page_size: PageSize::Huge2M,
+            numa_node: None,
+            workers: 1,
+            progress: false,
+        };
+        assert!(matches!(
+            check_request(&opts),
+            Err(MemoryError::NotPageMultiple(..))
+        ));
+        opts.page_size = PageSize::Small;
+        opts.numa_node = Some(999);
+        assert!(matches!(
+            check_request(&opts),
+            Err(MemoryError::NoSuchNode(999, _))
+        ));
+        opts.numa_node = None;
+        opts.bytes = 1 << 50;
+        assert!(matches!(
+            check_request(&opts),
+            Err(MemoryError::MoreThanHost(..))
+        ));
+    }
+}

@@ -1,0 +1,104 @@
+//! The run report: printed on stderr at exit, and written as JSON with `--report`.
+
+use crate::kvm_stats::KvmPages;
+use crate::memory::hugepages::PageSize;
+use crate::memory::layout::GpaRange;
+use crate::memory::PrefaultStats;
+use crate::units::format_size;
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Where this ran, in words (every figure names its platform).
+    pub platform: String,
+    pub kernel: String,
+    pub kernel_format: crate::loader::KernelFormat,
+    pub entry: crate::arch::x86_64::regs::EntryMode,
+    pub job: Option<String>,
+    pub vcpus: u32,
+    pub guest_ram_bytes: u64,
+    pub pool_bytes: u64,
+    pub pool_ranges: Vec<GpaRange>,
+    pub hugepages_requested: PageSize,
+    /// KernelPageSize of the whole guest RAM mapping from /proc/self/smaps; null if it mixed
+    /// page sizes.
+    pub host_page_size_bytes: Option<u64>,
+    /// KVM's binary statistics (KVM_GET_STATS_FD) at exit; null where KVM has none.
+    pub kvm_pages: Option<KvmPages>,
+    pub prefault: PrefaultStats,
+    /// From the VMM's start (main) to the boot vCPU's first KVM_RUN.
+    pub start_to_first_instruction_ms: Option<f64>,
+    pub run_seconds: f64,
+    /// job-exit, guest-shutdown, guest-panic, triple-fault, kvm-internal-error, vmm-failure.
+    pub exit_reason: String,
+    pub exit_detail: String,
+    /// The status the guest wrote to the PV EXIT register, if it did.
+    pub job_exit_status: Option<u8>,
+    /// This process's exit status.
+    pub exit_code: i32,
+    /// The job's result line (PV RESULT command), if any.
+    pub result: Option<String>,
+    /// Guest accesses to ports and MMIO addresses no device answers (read as all-ones).
+    pub unhandled_pio: u64,
+    pub unhandled_mmio: u64,
+}
+
+impl Report {
+    pub fn summary(&self) -> String {
+        let page = self
+            .host_page_size_bytes
+            .map(format_size)
+            .unwrap_or_else(|| "mixed".into());
+        let kvm = self
+            .kvm_pages
+            .map(|k| {
+                format!(
+                    "pages_4k={} pages_2m={} pages_1g={}",
+                    k.pages_4k, k.pages_2m, k.pages_1g
+                )
+            })
+            .unwrap_or_else(|| "unavailable".into());
+        let first = self
+            .start_to_first_instruction_ms
+            .map(|m| format!("{m:.1} ms"))
+            .unwrap_or_else(|| "never".into());
+        let mut s = format!(
+            "hpmmap-vmm report ({platform})\n  guest RAM {ram} on {page} host pages (asked {asked}), pool {pool} in {n} range(s), {vcpus} vCPU(s)\n  prefault {pt:.3} s ({rate:.2} GiB/s, {w} workers); start to first guest instruction {first}\n  KVM {kvm}\n  exit: {reason} ({detail}), status {code}",
+            platform = self.platform,
+            ram = format_size(self.guest_ram_bytes),
+            asked = self.hugepages_requested.name(),
+            pool = format_size(self.pool_bytes),
+            n = self.pool_ranges.len(),
+            vcpus = self.vcpus,
+            pt = self.prefault.seconds,
+            rate = self.prefault.gib_per_s,
+            w = self.prefault.workers,
+            reason = self.exit_reason,
+            detail = self.exit_detail.lines().next().unwrap_or(""),
+            code = self.exit_code,
+        );
+        if let Some(r) = &self.result {
+            s.push_str(&format!("\n  result: {r}"));
+        }
+        s
+    }
+
+    /// Writes the JSON next to `path` and renames it into place, so a reader never sees half a
+    /// report.
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            serde_json::to_writer_pretty(&mut f, self).map_err(std::io::Error::other)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}

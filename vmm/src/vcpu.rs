@@ -1,0 +1,181 @@
+//! One thread per vCPU: KVM_RUN, exits dispatched to the device bus, fatal exits reported with
+//! the vCPU's registers. Threads are stopped by a flag plus a signal that kicks KVM_RUN out.
+
+use crate::devices::{pv::PvHost, Bus, EventSink, VmEvent};
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+const KVM_EXIT_INTERNAL_ERROR: u32 = 17;
+
+/// The signal that interrupts KVM_RUN when the VM stops.
+pub fn kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the no-op handler once, so the kick interrupts KVM_RUN instead of killing us.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    static DONE: OnceLock<std::io::Result<()>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    });
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+    }
+}
+
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET bounds-checks against its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: as above.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return vec![];
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
+    }
+}
+
+pub fn format_registers(regs: &kvm_regs, sregs: &kvm_sregs) -> String {
+    format!(
+        "rip={:#018x} rsp={:#018x} rflags={:#x}\n  rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  rsi={:#018x} rdi={:#018x} rbp={:#018x} r8={:#018x}\n  cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}(l={} db={}) ss={:#x}",
+        regs.rip, regs.rsp, regs.rflags, regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi,
+        regs.rdi, regs.rbp, regs.r8, sregs.cr0, sregs.cr2, sregs.cr3, sregs.cr4, sregs.efer,
+        sregs.cs.selector, sregs.cs.l, sregs.cs.db, sregs.ss.selector
+    )
+}
+
+fn registers_of(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => format_registers(&r, &s),
+        _ => "registers unavailable".into(),
+    }
+}
+
+/// Shared between the VM and its vCPU threads.
+pub struct VcpuShared<S: EventSink, H: PvHost> {
+    pub bus: Arc<Bus<S, H>>,
+    pub stop: Arc<AtomicBool>,
+    /// When the BSP first entered the guest.
+    pub first_entry: Arc<OnceLock<Instant>>,
+}
+
+impl<S: EventSink, H: PvHost> Clone for VcpuShared<S, H> {
+    fn clone(&self) -> Self {
+        VcpuShared {
+            bus: self.bus.clone(),
+            stop: self.stop.clone(),
+            first_entry: self.first_entry.clone(),
+        }
+    }
+}
+
+/// Runs one vCPU until the VM stops or this vCPU cannot go on.
+pub fn run_loop<S: EventSink, H: PvHost>(index: u32, mut vcpu: VcpuFd, sh: VcpuShared<S, H>) {
+    let bus = &sh.bus;
+    while !sh.stop.load(Ordering::Acquire) {
+        if index == 0 && sh.first_entry.get().is_none() {
+            let _ = sh.first_entry.set(Instant::now());
+        }
+        let fatal = match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                bus.pio_write(port, data);
+                None
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                bus.pio_read(port, data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                bus.mmio_read(addr, data);
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                bus.mmio_write(addr, data);
+                None
+            }
+            // Only without an in-kernel LAPIC; with one, HLT waits in KVM.
+            Ok(VcpuExit::Hlt) | Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => None,
+            Ok(VcpuExit::Shutdown) => Some(VmEvent::TripleFault(format!(
+                "vCPU {index}: triple fault (KVM_EXIT_SHUTDOWN)\n  {}",
+                registers_of(&vcpu)
+            ))),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET => {
+                    VmEvent::GuestShutdown(format!("vCPU {index}: KVM system event {kind}"))
+                }
+                KVM_SYSTEM_EVENT_CRASH => VmEvent::GuestPanic(format!("vCPU {index}: guest crash event")),
+                k => VmEvent::InternalError(format!("vCPU {index}: unknown system event {k}")),
+            }),
+            Ok(VcpuExit::InternalError) => {
+                let run = vcpu.get_kvm_run();
+                let detail = if run.exit_reason == KVM_EXIT_INTERNAL_ERROR {
+                    // SAFETY: the exit reason says the union holds `internal`.
+                    let internal = unsafe { run.__bindgen_anon_1.internal };
+                    let n = (internal.ndata as usize).min(internal.data.len());
+                    let kind = match internal.suberror {
+                        1 => "emulation failure",
+                        2 => "simultaneous exceptions",
+                        3 => "delivery event",
+                        4 => "unexpected exit reason",
+                        _ => "other",
+                    };
+                    format!(
+                        "suberror {} ({kind}), data {:x?}",
+                        internal.suberror,
+                        &internal.data[..n]
+                    )
+                } else {
+                    "no detail".into()
+                };
+                Some(VmEvent::InternalError(format!(
+                    "vCPU {index}: KVM_EXIT_INTERNAL_ERROR: {detail}\n  {}",
+                    registers_of(&vcpu)
+                )))
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(VmEvent::InternalError(format!(
+                "vCPU {index}: KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x} on host CPU {cpu})\n  {}",
+                registers_of(&vcpu)
+            ))),
+            Ok(other) => {
+                let what = format!("{other:?}");
+                Some(VmEvent::InternalError(format!(
+                    "vCPU {index}: unexpected exit {what}\n  {}",
+                    registers_of(&vcpu)
+                )))
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(e) => Some(VmEvent::VmmFailure(format!("vCPU {index}: KVM_RUN failed: {e}"))),
+        };
+        if let Some(ev) = fatal {
+            bus.sink.event(ev);
+            break;
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! Building and running one VM: checks, guest RAM, KVM objects, boot structures, vCPU threads,
+//! waiting for the outcome, tearing down, reporting.
+
+use crate::arch::x86_64::{boot, cpuid, layout as bl, mptable, paging, regs};
+use crate::config::{SerialTarget, VmConfig};
+use crate::devices::{self, pv, Bus, EventSink, VmEvent};
+use crate::exit;
+use crate::kvm_stats::{self, KvmPages};
+use crate::loader;
+use crate::memory::layout::GuestLayout;
+use crate::memory::{GuestRam, RamOptions};
+use crate::platform::Platform;
+use crate::report::Report;
+use crate::vcpu::{self, VcpuShared};
+use kvm_bindings::{kvm_pit_config, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// How long the console may keep printing after a panic banner before the VM is stopped.
+const PANIC_GRACE: Duration = Duration::from_millis(1000);
+const TSS_ADDRESS: usize = 0xFFFB_D000;
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+#[derive(Debug, Error)]
+pub enum VmmError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Layout(#[from] crate::memory::layout::LayoutError),
+    #[error("{0}")]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error("{0}")]
+    Load(#[from] loader::LoadError),
+    /// /dev/kvm missing, unusable, or a request beyond what KVM allows.
+    #[error("{0}")]
+    Kvm(String),
+    /// A KVM or host call that should not fail did.
+    #[error("{0}: {1}")]
+    Host(&'static str, String),
+}
+
+impl VmmError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmmError::Memory(m) if !m.is_input() => exit::VMM_FAILURE,
+            VmmError::Host(..) => exit::VMM_FAILURE,
+            _ => exit::USAGE,
+        }
+    }
+}
+
+fn host<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> VmmError {
+    move |e| VmmError::Host(what, e.to_string())
+}
+
+/// Collects the first decisive event for the main thread.
+pub struct Controller {
+    tx: Mutex<Sender<VmEvent>>,
+}
+
+impl EventSink for Controller {
+    fn event(&self, e: VmEvent) {
+        let _ = self.tx.lock().unwrap().send(e);
+    }
+}
+
+/// The PV device's access to guest RAM.
+pub struct RamHost {
+    ram: Arc<GuestRam>,
+    layout: GuestLayout,
+    mem: GuestMemoryMmap,
+}
+
+impl pv::PvHost for RamHost {
+    fn zero(&self, gpa: u64, len: u64) -> std::io::Result<()> {
+        let off = self
+            .layout
+            .gpa_to_offset(gpa, len)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        self.ram.zero(off, len)
+    }
+
+    fn read_guest(&self, gpa: u64, len: u64) -> Option<Vec<u8>> {
+        self.layout.gpa_to_offset(gpa, len)?;
+        let mut v = vec![0u8; len as usize];
+        self.mem.read_slice(&mut v, GuestAddress(gpa)).ok()?;
+        Some(v)
+    }
+}
+
+pub type VmBus = Bus<Controller, RamHost>;
+
+/// The end of a run.
+pub struct Outcome {
+    pub exit_code: i32,
+    pub report: Report,
+}
+
+fn open_kvm() -> Result<Kvm, VmmError> {
+    Kvm::new().map_err(|e| {
+        VmmError::Kvm(match e.errno() {
+            libc::ENOENT => {
+                "/dev/kvm: not found (is the kvm module loaded? this host cannot run VMs)".into()
+            }
+            libc::EACCES | libc::EPERM => {
+                "/dev/kvm: permission denied (run as root or join the kvm group)".into()
+            }
+            _ => format!("/dev/kvm: cannot open: {e}"),
+        })
+    })
+}
+
+/// Every check that needs no allocation, in the order a user would fix them.
+fn preflight(cfg: &VmConfig, kvm: &Kvm) -> Result<GuestLayout, VmmError> {
+    let max = (kvm.get_max_vcpus() as u32).min(mptable::MAX_CPUS);
+    if cfg.vcpus > max {
+        return Err(VmmError::Kvm(format!(
+            "--vcpus {}: above the maximum of {max} (KVM allows {}, the MP table {})",
+            cfg.vcpus,
+            kvm.get_max_vcpus(),
+            mptable::MAX_CPUS
+        )));
+    }
+    let layout = GuestLayout::new(cfg.mem, cfg.pool)?;
+    loader::probe_kernel(&cfg.kernel)?;
+    if let Some(rd) = &cfg.initrd {
+        let size = loader::probe_initrd(rd)?;
+        // The precise check (above the kernel) follows the kernel load; this one needs no RAM.
+        if size
+            > layout
+                .low_usable_end()
+                .saturating_sub(crate::memory::layout::HIGH_MEMORY_START)
+        {
+            return Err(loader::LoadError::InitrdTooLarge {
+                path: rd.clone(),
+                size,
+                limit: layout.low_usable_end(),
+                kernel_end: crate::memory::layout::HIGH_MEMORY_START,
+            }
+            .into());
+        }
+    }
+    crate::memory::check_request(&ram_options(cfg))?;
+    Ok(layout)
+}
+
+fn ram_options(cfg: &VmConfig) -> RamOptions {
+    RamOptions {
+        bytes: cfg.mem,
+        page_size: cfg.hugepages,
+        numa_node: cfg.numa_node,
+        workers: cfg.prefault_workers,
+        progress: true,
+    }
+}
+
+fn write_boot_structures(
+    mem: &GuestMemoryMmap,
+    layout: &GuestLayout,
+    kernel: &loader::LoadedKernel,
+    initrd: Option<boot::Initrd>,
+    cmdline: &str,
+    vcpus: u32,
+) -> Result<(), VmmError> {
+    let w = |addr: u64, bytes: &[u8]| {
+        mem.write_slice(bytes, GuestAddress(addr))
+            .map_err(host("writing boot structures"))
+    };
+    let mut cl = cmdline.as_bytes().to_vec();
+    cl.push(0);
+    w(bl::CMDLINE_ADDR, &cl)?;
+    let gdt: Vec<u8> = crate::arch::x86_64::gdt::gdt()
+        .iter()
+        .flat_map(|d| d.to_le_bytes())
+        .collect();
+    w(bl::GDT_ADDR, &gdt)?;
+    for (addr, table) in paging::identity_tables() {
+        let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
+        w(addr, &bytes)?;
+    }
+    w(bl::MPTABLE_ADDR, &mptable::build(bl::MPTABLE_ADDR, vcpus))?;
+    let e820 = layout.e820();
+    let bad_e820 = |e: boot::BootInfoError| VmmError::Kvm(format!("--mem: {e}"));
+    match kernel.mode {
+        regs::EntryMode::Linux64 => {
+            let zp = boot::zero_page(
+                &e820,
+                bl::CMDLINE_ADDR,
+                cmdline.len(),
+                initrd,
+                kernel.setup_header,
+            )
+            .map_err(bad_e820)?;
+            w(bl::ZERO_PAGE_ADDR, boot::pod_bytes(&zp))?;
+        }
+        regs::EntryMode::Pvh => {
+            let (info, pieces) =
+                boot::pvh_start_info(&e820, bl::CMDLINE_ADDR, initrd).map_err(bad_e820)?;
+            w(bl::PVH_START_INFO_ADDR, boot::pod_bytes(&info))?;
+            for (addr, bytes) in pieces {
+                w(addr, &bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn configure_vcpu(
+    kvm: &Kvm,
+    vm: &VmFd,
+    index: u32,
+    count: u32,
+    kernel: &loader::LoadedKernel,
+) -> Result<kvm_ioctls::VcpuFd, VmmError> {
+    let vcpu = vm
+        .create_vcpu(index as u64)
+        .map_err(host("KVM_CREATE_VCPU"))?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(host("KVM_GET_SUPPORTED_CPUID"))?;
+    let entries = cpuid::filter(supported.as_slice(), index, count);
+    let cpuid = kvm_bindings::CpuId::from_entries(&entries).map_err(host("CPUID table"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(host("KVM_SET_CPUID2"))?;
+    let msrs = Msrs::from_entries(&regs::boot_msrs()).map_err(host("MSR table"))?;
+    // MSRs a nested or software KVM does not emulate are skipped, not fatal.
+    let _ = vcpu.set_msrs(&msrs);
+    let mut lapic = vcpu.get_lapic().map_err(host("KVM_GET_LAPIC"))?;
+    let set_lvt = |regs: &mut [std::os::raw::c_char], off: usize, mode: u32| {
+        let mut b = [0u8; 4];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = regs[off + i] as u8;
+        }
+        let v = (u32::from_le_bytes(b) & !0x700) | (mode << 8);
+        for (i, x) in v.to_le_bytes().iter().enumerate() {
+            regs[off + i] = *x as std::os::raw::c_char;
+        }
+    };
+    set_lvt(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+    set_lvt(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+    vcpu.set_lapic(&lapic).map_err(host("KVM_SET_LAPIC"))?;
+    if index == 0 {
+        let sregs = vcpu.get_sregs().map_err(host("KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&regs::sregs(kernel.mode, sregs))
+            .map_err(host("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&regs::regs(kernel.mode, kernel.entry))
+            .map_err(host("KVM_SET_REGS"))?;
+        let fpu = kvm_bindings::kvm_fpu {
+            fcw: 0x37F,
+            mxcsr: 0x1F80,
+            ..Default::default()
+        };
+        vcpu.set_fpu(&fpu).map_err(host("KVM_SET_FPU"))?;
+    }
+    // Application processors stay in wait-for-SIPI, as on hardware: the guest starts them.
+    Ok(vcpu)
+}
+
+fn open_serial(target: &SerialTarget) -> Result<Box<dyn std::io::Write + Send>, VmmError> {
+    Ok(match target {
+        SerialTarget::Stdout => Box::new(std::io::stdout()),
+        SerialTarget::File(p) => Box::new(std::fs::File::create(p).map_err(|e| {
+            VmmError::Config(crate::config::ConfigError(format!(
+                "--serial {}: cannot create: {e}",
+                p.display()
+            )))
+        })?),
+    })
+}
+
+/// Maps the first decisive event to (reason, detail, job status, process exit status).
+fn classify(ev: &VmEvent) -> (&'static str, String, Option<u8>, i32) {
+    match ev {
+        VmEvent::JobExit(s) => (
+            "job-exit",
+            format!("the job exited with {s}"),
+            Some(*s),
+            *s as i32,
+        ),
+        VmEvent::GuestShutdown(d) => (
+            "guest-shutdown",
+            format!("{d}, no exit status reported"),
+            None,
+            exit::NO_STATUS,
+        ),
+        VmEvent::GuestPanic(d) => ("guest-panic", d.clone(), None, exit::GUEST_PANIC),
+        VmEvent::TripleFault(d) => ("triple-fault", d.clone(), None, exit::TRIPLE_FAULT),
+        VmEvent::InternalError(d) => (
+            "kvm-internal-error",
+            d.clone(),
+            None,
+            exit::KVM_INTERNAL_ERROR,
+        ),
+        VmEvent::VmmFailure(d) => ("vmm-failure", d.clone(), None, exit::VMM_FAILURE),
+    }
+}
+
+/// Waits for the first decisive event; after a panic banner, lets the console drain first.
+fn wait_for_outcome(rx: &Receiver<VmEvent>) -> VmEvent {
+    let first = rx
+        .recv()
+        .unwrap_or(VmEvent::VmmFailure("all event senders gone".into()));
+    if let VmEvent::GuestPanic(_) = first {
+        let deadline = Instant::now() + PANIC_GRACE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(VmEvent::JobExit(s)) => return VmEvent::JobExit(s),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+    first
+}
+
+pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
+    let platform = Platform::detect();
+    if let Some(w) = platform.boot_warning() {
+        eprintln!("hpmmap-vmm: note: {w}");
+    }
+    let kvm = open_kvm()?;
+    let layout = preflight(cfg, &kvm)?;
+
+    let (ram, prefault) = GuestRam::create(&ram_options(cfg))?;
+    let ram = Arc::new(ram);
+    let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM"))?;
+    // Needed by VMX for real-mode emulation; harmless elsewhere and refused by some KVMs.
+    let _ = vm.set_tss_address(TSS_ADDRESS);
+    vm.create_irq_chip().map_err(host("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(host("KVM_CREATE_PIT2"))?;
+    for (slot, r) in layout.ram_regions().iter().enumerate() {
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: r.gpa,
+            memory_size: r.size,
+            userspace_addr: ram.host_address() + r.host_offset,
+        };
+        // SAFETY: the region is inside our guest RAM mapping, which outlives the VM.
+        unsafe { vm.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    let mem = ram.guest_memory(&layout)?;
+    let kernel = loader::load_kernel(&mem, &layout, &cfg.kernel)?;
+    let initrd = match &cfg.initrd {
+        Some(p) => Some(loader::load_initrd(&mem, &layout, &kernel, p)?),
+        None => None,
+    };
+    write_boot_structures(&mem, &layout, &kernel, initrd, &cfg.cmdline, cfg.vcpus)?;
+
+    let serial_irq =
+        vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(host("eventfd"))?;
+    vm.register_irqfd(&serial_irq, devices::COM1_IRQ)
+        .map_err(host("KVM_IRQFD"))?;
+    let out = open_serial(&cfg.serial)?;
+    let (tx, rx) = mpsc::channel();
+    let bus: Arc<VmBus> = Arc::new(Bus {
+        serial: Arc::new(Mutex::new(devices::serial::SerialPort::new(
+            serial_irq, out,
+        ))),
+        i8042: Mutex::new(devices::i8042::I8042::default()),
+        pv: Mutex::new(pv::PvDevice::new(
+            layout.pool_ranges().to_vec(),
+            cfg.hugepages.shift(),
+        )),
+        pv_host: RamHost {
+            ram: ram.clone(),
+            layout: layout.clone(),
+            mem: mem.clone(),
+        },
+        sink: Controller { tx: Mutex::new(tx) },
+        unhandled: devices::Unhandled::default(),
+        result: Mutex::new(None),
+    });
+
+    let mut vcpus = Vec::new();
+    for i in 0..cfg.vcpus {
+        vcpus.push(configure_vcpu(&kvm, &vm, i, cfg.vcpus, &kernel)?);
+    }
+    vcpu::install_kick_handler().map_err(host("signal handler"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = VcpuShared {
+        bus: bus.clone(),
+        stop: stop.clone(),
+        first_entry: Arc::new(OnceLock::new()),
+    };
+    let run_start = Instant::now();
+    let mut threads = Vec::new();
+    for (i, fd) in vcpus.into_iter().enumerate() {
+        let sh = shared.clone();
+        let pin = cfg.cpu_affinity.as_ref().map(|l| l[i]);
+        let t = std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || {
+                if let Some(cpu) = pin {
+                    if let Err(e) = vcpu::pin_current_thread(cpu) {
+                        sh.bus.sink.event(VmEvent::VmmFailure(format!(
+                            "vCPU {i}: pinning to CPU {cpu} failed: {e}"
+                        )));
+                        return;
+                    }
+                }
+                vcpu::run_loop(i as u32, fd, sh)
+            })
+            .map_err(host("spawning a vCPU thread"))?;
+        threads.push(t);
+    }
+    let input = crate::console::spawn_input(bus.serial.clone(), stop.clone());
+
+    let event = wait_for_outcome(&rx);
+    stop.store(true, Ordering::Release);
+    // Kick until every vCPU has left KVM_RUN: a kick that lands just before a thread enters
+    // KVM_RUN is lost, the next one is not.
+    while threads.iter().any(|t| !t.is_finished()) {
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            // SAFETY: the thread is alive (not finished) and its handle is valid.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    if let Some(t) = input {
+        let _ = t.join();
+    }
+    bus.serial.lock().unwrap().flush();
+    let run_seconds = run_start.elapsed().as_secs_f64();
+
+    let kvm_pages = kvm_stats::read_stats(&vm)
+        .ok()
+        .and_then(|s| KvmPages::from_stats(&s));
+    let host_page = ram.kernel_page_size().ok().flatten();
+    let (reason, detail, job_status, exit_code) = classify(&event);
+    if !matches!(event, VmEvent::JobExit(_) | VmEvent::GuestShutdown(_)) {
+        eprintln!("hpmmap-vmm: {reason}: {detail}");
+    }
+    let report = Report {
+        platform: platform.describe().to_string(),
+        kernel: cfg.kernel.display().to_string(),
+        kernel_format: kernel.format,
+        entry: kernel.mode,
+        job: cfg.job.clone(),
+        vcpus: cfg.vcpus,
+        guest_ram_bytes: cfg.mem,
+        pool_bytes: layout.pool_bytes(),
+        pool_ranges: layout.pool_ranges().to_vec(),
+        hugepages_requested: cfg.hugepages,
+        host_page_size_bytes: host_page,
+        kvm_pages,
+        prefault,
+        start_to_first_instruction_ms: shared
+            .first_entry
+            .get()
+            .map(|t| t.duration_since(started).as_secs_f64() * 1e3),
+        run_seconds,
+        exit_reason: reason.to_string(),
+        exit_detail: detail,
+        job_exit_status: job_status,
+        exit_code,
+        result: bus.result.lock().unwrap().clone(),
+        unhandled_pio: bus.unhandled.pio.load(Ordering::Relaxed),
+        unhandled_mmio: bus.unhandled.mmio.load(Ordering::Relaxed),
+    };
+    drop(shared);
+    drop(bus);
+    drop(vm);
+    Ok(Outcome { exit_code, report })
+}
