@@ -60,6 +60,17 @@ impl<'a> Recorder<'a> {
         fs::write(to, v)
     }
 
+    /// Write-only attributes (bind, unbind, drivers_probe) cannot be read, not even by
+    /// root: record that they exist.
+    fn touch(&self, p: &Path) -> io::Result<()> {
+        let Some(rel) = self.rel(p).filter(|_| p.exists()) else {
+            return Ok(());
+        };
+        let to = self.out.join(rel);
+        fs::create_dir_all(to.parent().unwrap())?;
+        fs::write(to, "")
+    }
+
     fn copy_link(&self, p: &Path) -> io::Result<()> {
         let (Some(rel), Ok(t)) = (self.rel(p), fs::read_link(p)) else {
             return Ok(());
@@ -121,7 +132,7 @@ impl<'a> Recorder<'a> {
         if let Some(drv) = self.sysfs.driver_of(addr).ok().flatten() {
             let d = self.sysfs.pci_driver_dir(&drv);
             for f in DRIVER_FILES {
-                self.copy_file(&d.join(f))?;
+                self.touch(&d.join(f))?;
             }
             self.copy_link(&d.join(addr.to_string()))?;
         }
@@ -220,9 +231,9 @@ impl<'a> Recorder<'a> {
         }
         let vfio_drv = self.sysfs.pci_driver_dir("vfio-pci");
         for f in DRIVER_FILES {
-            self.copy_file(&vfio_drv.join(f))?;
+            self.touch(&vfio_drv.join(f))?;
         }
-        self.copy_file(&self.sysfs.sys("bus/pci/drivers_probe"))?;
+        self.touch(&self.sysfs.sys("bus/pci/drivers_probe"))?;
         let cmdline = fs::read_to_string(self.sysfs.proc("cmdline")).unwrap_or_default();
         let kept: Vec<&str> = cmdline
             .split_whitespace()

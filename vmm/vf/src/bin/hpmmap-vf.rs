@@ -346,10 +346,15 @@ fn probe(spec: &str, create: Option<u32>, mem: u64) -> Result<()> {
     let vf = claim.vf();
     let orig = claim.original_driver().map(str::to_string);
     claim.release()?;
-    let now = sysfs.driver_of(vf)?;
-    println!("      VF {vf} is on {:?} (was {:?})", now, orig);
-    if now != orig {
-        bail!("VF {vf} is on {now:?}, not back on {orig:?}");
+    if !sysfs.pci_dev(vf).exists() {
+        // We enabled the VFs (--vf-create), so release set sriov_numvfs back to 0.
+        println!("      VF {vf} is gone: the VFs this probe enabled were disabled again");
+    } else {
+        let now = sysfs.driver_of(vf)?;
+        println!("      VF {vf} is on {now:?} (was {orig:?})");
+        if now != orig {
+            bail!("VF {vf} is on {now:?}, not back on {orig:?}");
+        }
     }
     println!("probe passed");
     Ok(())
