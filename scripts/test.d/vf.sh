@@ -13,4 +13,4 @@ if ! command -v busybox >/dev/null; then
     echo "SKIP: vf lab: busybox-static is not installed"
     exit 0
 fi
-nice bash vmm/vf/lab/vfio-under-qemu.sh | grep -E '^(###|\[[0-9]/6\]|      |hpmmap-vf|probe passed|exit|VF-LAB-RESULT)'
+nice bash vmm/vf/lab/vfio-under-qemu.sh | grep -E '^(###|\[[0-9]/6\]|\[( ok |warn|FAIL)\]|      |hpmmap-vf|probe passed|exit|VF-LAB-RESULT)'

@@ -43,6 +43,9 @@ mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs dev /dev
 for m in $MODS; do insmod /mods/\$m.ko || echo "insmod \$m failed"; done
 fail=0
 step() { echo; echo "### \$*"; }
+# The PF up, as on a host: igb switches the device to MSI-X mode (GPIE) when it opens
+# the interface, and VF interrupts only flow in that mode.
+ip link set eth0 up
 PF=\$(basename \$(readlink /sys/class/net/eth0/device))
 PFD=/sys/bus/pci/devices/\$PF
 step "PF \$PF: sriov_totalvfs \$(cat \$PFD/sriov_totalvfs), numvfs \$(cat \$PFD/sriov_numvfs), iommu groups \$(ls /sys/kernel/iommu_groups | wc -l)"
@@ -58,9 +61,9 @@ for v in \$PFD/virtfn*; do echo "\$(basename \$(readlink \$v)) on \$(basename \$
 hpmmap-vf selftest --vf \$PF --mem 64M; echo "exit \$?"
 hpmmap-vf resolve --vf \$PF
 step "probe --vf \$VF1 (a VF by address, on igbvf)"
-hpmmap-vf probe --vf \$VF1 --mem 64M || fail=1
+hpmmap-vf probe --vf \$VF1 --mem 64M --irq-test || fail=1
 d=\$(basename \$(readlink /sys/bus/pci/devices/\$VF1/driver)); echo "\$VF1 on \$d"; [ "\$d" = igbvf ] || fail=1
-step "bad input: the PF itself is no VF; a non-SR-IOV device; a VF held by another VFIO user"
+step "bad input: a device without SR-IOV; a VF held by another VFIO user"
 hpmmap-vf probe --vf 0000:00:1f.0; echo "exit \$? (expect 2)"
 echo vfio-pci > /sys/bus/pci/devices/\$VF1/driver_override
 echo \$VF1 > /sys/bus/pci/drivers/igbvf/unbind; echo \$VF1 > /sys/bus/pci/drivers_probe

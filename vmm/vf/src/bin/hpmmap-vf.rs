@@ -71,6 +71,10 @@ enum Cmd {
         /// Buffer to DMA-map at guest-physical 0 (e.g. 64M).
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         mem: u64,
+        /// Make the device raise MSI-X vector 0 and wait for its eventfd (82576 VF /
+        /// igbvf only: writes its EIMS and EICS registers).
+        #[arg(long)]
+        irq_test: bool,
     },
 }
 
@@ -200,7 +204,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("recorded into {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe { vf, vf_create, mem } => probe(&vf, vf_create, mem).map(|_| ExitCode::SUCCESS),
+        Cmd::Probe {
+            vf,
+            vf_create,
+            mem,
+            irq_test,
+        } => probe(&vf, vf_create, mem, irq_test).map(|_| ExitCode::SUCCESS),
     }
 }
 
@@ -240,7 +249,60 @@ impl Drop for Buffer {
     }
 }
 
-fn probe(spec: &str, create: Option<u32>, mem: u64) -> Result<()> {
+/// igbvf (82576 VF) registers in BAR0.
+const IGBVF_EICS: usize = 0x1520;
+const IGBVF_EIMS: usize = 0x1524;
+
+/// Has an 82576 VF raise MSI-X vector 0 and waits for the vector's eventfd: proof that
+/// an interrupt from the device reaches user space through the IOMMU's interrupt
+/// remapping and VFIO.
+fn igbvf_irq_test(
+    dev: &hpmmap_vf::vfio::VfioDevice,
+    bar0: &hpmmap_vf::vfio::BarMapping,
+    efd: i32,
+) -> Result<u64> {
+    use hpmmap_vf::config::ConfigIo;
+    // MSI-X messages are memory writes by the device: bus mastering must be on.
+    let mut cmd = [0u8; 2];
+    dev.read(0x04, &mut cmd);
+    let c = u16::from_le_bytes(cmd) | 0x6;
+    dev.write(0x04, &c.to_le_bytes());
+    // SAFETY: BAR0 of an igbvf is 16 KiB and mapped whole; these are its 32-bit
+    // interrupt mask-set and cause-set registers.
+    unsafe {
+        std::ptr::write_volatile(bar0.ptr.add(IGBVF_EIMS) as *mut u32, 0x7);
+        std::ptr::write_volatile(bar0.ptr.add(IGBVF_EICS) as *mut u32, 0x1);
+    }
+    let mut ctl = [0u8; 2];
+    dev.read(0x72, &mut ctl);
+    dev.read(0x04, &mut cmd);
+    // SAFETY: as above; EIMS reads back the mask.
+    let eims = unsafe { std::ptr::read_volatile(bar0.ptr.add(IGBVF_EIMS) as *const u32) };
+    println!(
+        "      command {:#06x} (bus master on), MSI-X control {:#06x}, EIMS {eims:#x}; writing EICS bit 0",
+        u16::from_le_bytes(cmd),
+        u16::from_le_bytes(ctl)
+    );
+    for _ in 0..200 {
+        let mut v = 0u64;
+        // SAFETY: reading 8 bytes from a nonblocking eventfd into a u64.
+        let n = unsafe { libc::read(efd, (&mut v as *mut u64).cast(), 8) };
+        if n == 8 {
+            return Ok(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let irqs = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    for l in irqs.lines().filter(|l| l.contains("vfio")) {
+        eprintln!(
+            "      {}",
+            l.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+    bail!("MSI-X vector 0 did not fire within 2 s after writing EICS")
+}
+
+fn probe(spec: &str, create: Option<u32>, mem: u64, irq_test: bool) -> Result<()> {
     let sysfs = Sysfs::host();
     println!("[1/6] claiming --vf {spec}");
     let claim = claim_vf(
@@ -332,8 +394,22 @@ fn probe(spec: &str, create: Option<u32>, mem: u64) -> Result<()> {
     }
     if n > 0 {
         p.device.enable_msix(&fds)?;
+        println!("      {n} vectors enabled through VFIO_DEVICE_SET_IRQS");
+        if irq_test {
+            if cfg[0..4] != [0x86, 0x80, 0xca, 0x10] {
+                bail!(InputError(
+                    "--irq-test knows only the 82576 VF (8086:10ca, igbvf)".into()
+                ));
+            }
+            let bar0 = maps
+                .iter()
+                .find(|m| m.bar == 0 && m.bar_offset == 0)
+                .context("BAR0 is not mapped")?;
+            let count = igbvf_irq_test(&p.device, bar0, fds[0])?;
+            println!("      device raised MSI-X vector 0: eventfd count {count}");
+        }
         p.device.disable_msix()?;
-        println!("      {n} vectors enabled and disabled through VFIO_DEVICE_SET_IRQS");
+        println!("      MSI-X disabled");
     }
     for fd in fds {
         // SAFETY: closing the eventfds created above.
