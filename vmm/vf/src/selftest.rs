@@ -294,6 +294,7 @@ fn vf_checks(sysfs: &Sysfs, spec: &str) -> Vec<Check> {
             dir.display()
         ),
     ));
+    out.push(pf_link(sysfs, pf));
     let vf = match located {
         crate::discover::Located::Vf { vf, .. } => vf,
         crate::discover::Located::Pf(_) => match pick_free_vf(sysfs, pf) {
@@ -332,6 +333,44 @@ fn vf_checks(sysfs: &Sysfs, spec: &str) -> Vec<Check> {
         Err(e) => out.push(fail("IOMMU group", &e)),
     }
     out
+}
+
+/// Whether the PF's own interface is up: igb, for one, only switches the device into the
+/// MSI-X mode that routes VF interrupts when the PF interface is opened (seen in the lab:
+/// no VF interrupt while it was down), and VFs share the PF's link.
+fn pf_link(sysfs: &Sysfs, pf: crate::pci::PciAddr) -> Check {
+    let net = sysfs.pci_dev(pf).join("net");
+    let ifs = sysfs.list(&net).ok().flatten().unwrap_or_default();
+    if ifs.is_empty() {
+        return Check::ok("PF interface", "no netdev on the PF (nothing to bring up)");
+    }
+    let up: Vec<&String> = ifs
+        .iter()
+        .filter(|i| {
+            let f = sysfs
+                .read_opt(&net.join(i).join("flags"))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).unwrap_or(0) & 1 != 0
+        })
+        .collect();
+    if up.is_empty() {
+        Check::bad(
+            "PF interface",
+            Status::Warn,
+            format!("{} down ({})", ifs.join(", "), net.display()),
+            format!("ip link set {} up (VFs share the PF's link; igb routes VF interrupts only while the PF is up)", ifs[0]),
+        )
+    } else {
+        Check::ok(
+            "PF interface",
+            format!(
+                "{} up",
+                up.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )
+    }
 }
 
 fn memlock(opts: &SelftestOptions) -> Check {

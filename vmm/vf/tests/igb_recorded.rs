@@ -32,7 +32,7 @@ fn vfs_and_their_states_as_the_kernel_showed_them() {
     };
     assert_eq!(
         reason,
-        "bound to vfio-pci and /dev/vfio/5 is held open by pid 125 (sleep)"
+        "bound to vfio-pci and /dev/vfio/5 is held open by pid 126 (sleep)"
     );
 }
 

@@ -37,7 +37,8 @@ fn good_host_passes_every_check() {
     let r = run(&fx.sysfs(), &opts("ib0", 8 * GIB, ROOT_CAP));
     assert!(r.passed(), "{r}");
     assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r}");
-    assert_eq!(r.checks.len(), 9);
+    assert_eq!(r.checks.len(), 10);
+    assert_eq!(r.check("PF interface").unwrap().found, "ib0 up");
     assert!(
         r.check("free VF")
             .unwrap()
@@ -162,6 +163,17 @@ fn vf_problems_each_name_their_cause() {
         assert!(c.fix.is_some());
         assert!(!r.passed());
     }
+}
+
+#[test]
+fn pf_interface_down_is_a_warning() {
+    let fx = Fixture::new("connectx6");
+    std::fs::write(fx.sys("class/net/ib0/flags"), "0x1002\n").unwrap();
+    let r = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP));
+    let c = r.check("PF interface").unwrap();
+    assert_eq!(c.status, Status::Warn);
+    assert!(c.fix.as_ref().unwrap().starts_with("ip link set ib0 up"));
+    assert!(r.passed(), "a warning does not fail the selftest");
 }
 
 #[test]
