@@ -15,8 +15,18 @@ fn main() {
             }
             // One line naming the flag and value, not clap's usage block.
             let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("bad arguments");
-            let line = line.strip_prefix("error: ").unwrap_or(line);
+            let head = text.split("Usage:").next().unwrap_or("bad arguments");
+            let line = head
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("tip:")
+                        && !l.starts_with("For more information")
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
             eprintln!("hpmmap-vmm: {line} (see --help)");
             std::process::exit(exit::USAGE);
         }

@@ -324,11 +324,12 @@ fn wait_for_outcome(rx: &Receiver<VmEvent>) -> VmEvent {
 
 pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     let platform = Platform::detect();
+    let kvm = open_kvm()?;
+    let layout = preflight(cfg, &kvm)?;
+    // After the checks, so that refused input stays a one-line error.
     if let Some(w) = platform.boot_warning() {
         eprintln!("hpmmap-vmm: note: {w}");
     }
-    let kvm = open_kvm()?;
-    let layout = preflight(cfg, &kvm)?;
 
     let (ram, prefault) = GuestRam::create(&ram_options(cfg))?;
     let ram = Arc::new(ram);

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use iced_x86::code_asm::*;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -60,4 +61,403 @@ fn serial_prints_and_exit_status_comes_back() {
         assert_eq!(j["host_page_size_bytes"], 4096);
         assert!(j["start_to_first_instruction_ms"].as_f64().unwrap() > 0.0);
     }
+}
+
+#[test]
+fn guest_writes_land_in_guest_ram() {
+    if !kvm_or_skip("guest_writes_land_in_guest_ram") {
+        return;
+    }
+    let dir = TempDir::new("writes");
+    // The guest stores a line in its RAM and hands its address to the PV RESULT command: the
+    // VMM reads it back through its own mapping of guest RAM.
+    let text = "written by the guest at 0x300000";
+    let k = payload(
+        &dir,
+        "w.elf",
+        asm64(|a| {
+            store_text(a, 0x30_0000, text)?;
+            pv_command(a, 2, 0x30_0000, text.len() as u64)?;
+            pv_exit(a, 0)
+        }),
+    );
+    let rep = dir.path("r.json");
+    let r = run_vmm(
+        &[
+            "--mem",
+            "64M",
+            "--hugepages",
+            "none",
+            "--kernel",
+            &k,
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(report(&rep)["result"], text);
+    assert!(r.stderr.contains(&format!("result: {text}")));
+}
+
+/// The AP trampoline: 16-bit real mode at 0x10000 (SIPI vector 0x10). Each AP reads its APIC
+/// ID from CPUID leaf 1, stores 'A'+id at 0x3100+id and counts itself in at 0x3000.
+fn ap_trampoline() -> Vec<u8> {
+    let mut a = CodeAssembler::new(16).unwrap();
+    a.xor(ax, ax).unwrap();
+    a.mov(ds, ax).unwrap();
+    a.mov(eax, 1u32).unwrap();
+    a.cpuid().unwrap();
+    a.shr(ebx, 24u32).unwrap();
+    a.mov(al, bl).unwrap();
+    a.add(al, b'A' as u32).unwrap();
+    a.mov(byte_ptr(bx + 0x3100), al).unwrap();
+    a.lock().inc(word_ptr(0x3000u32)).unwrap();
+    let mut l = a.create_label();
+    a.set_label(&mut l).unwrap();
+    a.cli().unwrap();
+    a.hlt().unwrap();
+    a.jmp(l).unwrap();
+    a.assemble(0x1_0000).unwrap()
+}
+
+/// The BSP starts every AP with INIT-SIPI-SIPI through its LAPIC (as Linux does), waits for
+/// them to check in, and returns the IDs they saw as its result line.
+fn smp_payload(dir: &TempDir, vcpus: u32) -> String {
+    let bsp = asm64(|a| {
+        a.mov(rdi, 0x3100u64)?;
+        a.mov(byte_ptr(rdi), b'A' as u32)?;
+        a.mov(rsi, 0xFEE0_0000u64)?;
+        // INIT to all but self, then two SIPIs with vector 0x10.
+        a.mov(dword_ptr(rsi + 0x300), 0x000C_4500u32)?;
+        for _ in 0..2 {
+            a.mov(dword_ptr(rsi + 0x300), 0x000C_4610u32)?;
+        }
+        let mut wait = a.create_label();
+        a.set_label(&mut wait)?;
+        a.pause()?;
+        a.mov(rax, 0x3000u64)?;
+        a.movzx(eax, word_ptr(rax))?;
+        a.cmp(eax, (vcpus - 1) as i32)?;
+        a.jne(wait)?;
+        print(a, "all vCPUs in\n")?;
+        pv_command(a, 2, 0x3100, vcpus as u64)?;
+        pv_exit(a, 0)
+    });
+    let elf = elf64(
+        PAYLOAD_BASE,
+        &[
+            Segment {
+                addr: 0x1_0000,
+                bytes: ap_trampoline(),
+            },
+            Segment {
+                addr: PAYLOAD_BASE,
+                bytes: bsp,
+            },
+        ],
+        &[],
+    );
+    dir.write("smp.elf", &elf).display().to_string()
+}
+
+#[test]
+fn n_vcpus_run() {
+    if !kvm_or_skip("n_vcpus_run") {
+        return;
+    }
+    let dir = TempDir::new("smp");
+    for (vcpus, affinity) in [(2u32, Some("1,0")), (4, None)] {
+        let k = smp_payload(&dir, vcpus);
+        let rep = dir.path("r.json");
+        let v = vcpus.to_string();
+        let mut args = vec![
+            "--mem",
+            "64M",
+            "--hugepages",
+            "none",
+            "--vcpus",
+            &v,
+            "--kernel",
+            &k,
+        ];
+        args.extend(["--report", rep.to_str().unwrap()]);
+        if let Some(c) = affinity {
+            args.extend(["--cpu-affinity", c]);
+        }
+        let r = run_vmm(&args, T);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        assert_eq!(r.stdout, "all vCPUs in\n");
+        let want: String = (0..vcpus).map(|i| (b'A' + i as u8) as char).collect();
+        let j = report(&rep);
+        assert_eq!(j["result"], want.as_str());
+        assert_eq!(j["vcpus"], vcpus);
+    }
+}
+
+fn run_small(dir: &TempDir, code: Vec<u8>) -> (Run, serde_json::Value) {
+    let k = payload(dir, "p.elf", code);
+    let rep = dir.path("r.json");
+    let _ = std::fs::remove_file(&rep);
+    let r = run_vmm(
+        &[
+            "--mem",
+            "64M",
+            "--hugepages",
+            "none",
+            "--kernel",
+            &k,
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+        T,
+    );
+    let j = report(&rep);
+    (r, j)
+}
+
+#[test]
+fn boot_params_carry_the_command_line_with_the_pv_address() {
+    if !kvm_or_skip("boot_params_carry_the_command_line_with_the_pv_address") {
+        return;
+    }
+    let dir = TempDir::new("bootparams");
+    // RSI points at the zero page: hand cmd_line_ptr / cmdline_size back as the result.
+    let (r, j) = run_small(
+        &dir,
+        asm64(|a| {
+            a.mov(r12, rsi)?;
+            a.mov(eax, dword_ptr(r12 + 0x228))?;
+            a.mov(ecx, dword_ptr(r12 + 0x238))?;
+            a.mov(rdx, PV_ARG_ADDR)?;
+            a.mov(qword_ptr(rdx), rax)?;
+            a.mov(rdx, PV_ARG_LEN)?;
+            a.mov(qword_ptr(rdx), rcx)?;
+            a.mov(rdx, PV_COMMAND)?;
+            a.mov(dword_ptr(rdx), 2u32)?;
+            // The e820 count at 0x1E8 is the exit status.
+            a.movzx(eax, byte_ptr(r12 + 0x1E8))?;
+            a.mov(rdx, PV_EXIT)?;
+            a.mov(dword_ptr(rdx), eax)?;
+            halt_forever(a)
+        }),
+    );
+    assert_eq!(
+        r.code,
+        Some(4),
+        "e820 entries: RAM, EBDA, BIOS, RAM: {}",
+        r.stderr
+    );
+    assert_eq!(
+        j["result"],
+        "console=ttyS0 reboot=k panic=1 pci=off hpmmap.pv=0xfeb00000"
+    );
+}
+
+#[test]
+fn pvh_entry_for_an_elf_with_the_pvh_note() {
+    if !kvm_or_skip("pvh_entry_for_an_elf_with_the_pvh_note") {
+        return;
+    }
+    let dir = TempDir::new("pvh");
+    // 32-bit protected mode, no paging, EBX = start_info: exit 0 when its magic is right.
+    let mut a = CodeAssembler::new(32).unwrap();
+    let mut bad = a.create_label();
+    let mut out = a.create_label();
+    a.mov(edx, COM1).unwrap();
+    a.mov(al, b'P' as u32).unwrap();
+    a.out(dx, al).unwrap();
+    a.mov(ecx, 0u32).unwrap();
+    a.cmp(dword_ptr(ebx), 0x336E_C578u32 as i32).unwrap();
+    a.jne(bad).unwrap();
+    a.cmp(dword_ptr(ebx + 4), 1).unwrap();
+    a.jne(bad).unwrap();
+    a.jmp(out).unwrap();
+    a.set_label(&mut bad).unwrap();
+    a.mov(ecx, 9u32).unwrap();
+    a.set_label(&mut out).unwrap();
+    a.mov(eax, PV_EXIT as u32).unwrap();
+    a.mov(dword_ptr(eax), ecx).unwrap();
+    let mut l = a.create_label();
+    a.set_label(&mut l).unwrap();
+    a.hlt().unwrap();
+    a.jmp(l).unwrap();
+    let entry = 0x10_0000u64;
+    let code = a.assemble(entry).unwrap();
+    let elf = elf64(
+        entry,
+        &[Segment {
+            addr: entry,
+            bytes: code,
+        }],
+        &[("Xen", 18, (entry as u32).to_le_bytes().to_vec())],
+    );
+    let k = dir.write("pvh.elf", &elf);
+    let rep = dir.path("r.json");
+    let r = run_vmm(
+        &[
+            "--mem",
+            "64M",
+            "--hugepages",
+            "none",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "P");
+    let j = report(&rep);
+    assert_eq!(j["kernel_format"], "elf-pvh");
+    assert_eq!(j["entry"], "pvh");
+}
+
+#[test]
+fn i8042_reset_is_a_shutdown_without_status() {
+    if !kvm_or_skip("i8042_reset_is_a_shutdown_without_status") {
+        return;
+    }
+    let dir = TempDir::new("reset");
+    let (r, j) = run_small(
+        &dir,
+        asm64(|a| {
+            a.mov(al, 0xFEu32)?;
+            a.out(0x64, al)?;
+            halt_forever(a)
+        }),
+    );
+    assert_eq!(r.code, Some(74), "{}", r.stderr);
+    assert_eq!(j["exit_reason"], "guest-shutdown");
+}
+
+#[test]
+fn triple_fault_has_its_own_status_and_registers() {
+    if !kvm_or_skip("triple_fault_has_its_own_status_and_registers") {
+        return;
+    }
+    let dir = TempDir::new("triple");
+    // The boot IDT is empty: #UD -> #GP -> #DF -> shutdown.
+    let (r, j) = run_small(&dir, asm64(|a| a.ud2()));
+    assert_eq!(r.code, Some(72), "{}", r.stderr);
+    assert_eq!(j["exit_reason"], "triple-fault");
+    assert!(r.stderr.contains("rip="), "registers printed: {}", r.stderr);
+}
+
+#[test]
+fn unemulated_instruction_is_a_kvm_internal_error() {
+    if !kvm_or_skip("unemulated_instruction_is_a_kvm_internal_error") {
+        return;
+    }
+    if !is_kvm_pvm() {
+        println!("SKIP: unemulated_instruction_is_a_kvm_internal_error: only kvm_pvm refuses int3 at CPL0");
+        return;
+    }
+    let dir = TempDir::new("internal");
+    let (r, j) = run_small(&dir, asm64(|a| a.int3()));
+    assert_eq!(r.code, Some(73), "{}", r.stderr);
+    assert_eq!(j["exit_reason"], "kvm-internal-error");
+    assert!(r.stderr.contains("KVM_EXIT_INTERNAL_ERROR"), "{}", r.stderr);
+    assert!(r.stderr.contains("suberror"), "{}", r.stderr);
+    assert!(r.stderr.contains("rip="), "{}", r.stderr);
+}
+
+#[test]
+fn kernel_panic_on_the_console_has_its_own_status() {
+    if !kvm_or_skip("kernel_panic_on_the_console_has_its_own_status") {
+        return;
+    }
+    let dir = TempDir::new("panic");
+    let (r, j) = run_small(
+        &dir,
+        asm64(|a| {
+            print(a, "Kernel panic - not syncing: test payload\n")?;
+            halt_forever(a)
+        }),
+    );
+    assert_eq!(r.code, Some(71), "{}", r.stderr);
+    assert_eq!(j["exit_reason"], "guest-panic");
+    assert!(r.stdout.contains("not syncing: test payload"));
+}
+
+#[test]
+fn garbage_io_neither_crashes_nor_hangs_the_vmm() {
+    if !kvm_or_skip("garbage_io_neither_crashes_nor_hangs_the_vmm") {
+        return;
+    }
+    let dir = TempDir::new("garbage");
+    let (r, j) = run_small(
+        &dir,
+        asm64(|a| {
+            // Every port below 0x400 but the i8042 command port: write, then read.
+            let mut ports = a.create_label();
+            let mut skip = a.create_label();
+            a.xor(ecx, ecx)?;
+            a.set_label(&mut ports)?;
+            a.cmp(ecx, 0x64)?;
+            a.je(skip)?;
+            a.mov(edx, ecx)?;
+            a.mov(al, cl)?;
+            a.xor(al, 0x5A)?;
+            a.out(dx, al)?;
+            a.in_(al, dx)?;
+            a.in_(eax, dx)?;
+            a.set_label(&mut skip)?;
+            a.inc(ecx)?;
+            a.cmp(ecx, 0x400)?;
+            a.jne(ports)?;
+            // Every dword of the PV page except COMMAND and EXIT, then 1-byte and 8-byte
+            // accesses, then unmapped MMIO in the hole.
+            let mut pv = a.create_label();
+            let mut pv_skip = a.create_label();
+            a.mov(rsi, PV)?;
+            a.xor(ecx, ecx)?;
+            a.set_label(&mut pv)?;
+            a.cmp(ecx, 0x30)?;
+            a.je(pv_skip)?;
+            a.cmp(ecx, 0x34)?;
+            a.je(pv_skip)?;
+            a.mov(dword_ptr(rsi + rcx), 0xA5A5_A5A5u32)?;
+            a.mov(eax, dword_ptr(rsi + rcx))?;
+            a.set_label(&mut pv_skip)?;
+            a.add(ecx, 4)?;
+            a.cmp(ecx, 0x1000)?;
+            a.jne(pv)?;
+            a.mov(byte_ptr(rsi + 0x34), 1u32)?;
+            a.mov(al, byte_ptr(rsi + 3))?;
+            a.mov(rax, -1i64)?;
+            a.mov(qword_ptr(rsi + 0x31), rax)?;
+            a.mov(rdi, 0xD000_0000u64)?;
+            a.mov(qword_ptr(rdi), rax)?;
+            a.mov(rax, qword_ptr(rdi))?;
+            // The device must still answer properly.
+            a.mov(eax, dword_ptr(rsi))?;
+            a.cmp(eax, 0x4D4D_5048)?;
+            let mut ok = a.create_label();
+            a.je(ok)?;
+            pv_exit(a, 1)?;
+            a.set_label(&mut ok)?;
+            pv_exit(a, 0)
+        }),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(j["exit_reason"], "job-exit");
+    assert!(j["unhandled_pio"].as_u64().unwrap() > 1000);
+    assert!(j["unhandled_mmio"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn small_page_guest_ram_is_one_locked_mapping() {
+    if !kvm_or_skip("small_page_guest_ram_is_one_locked_mapping") {
+        return;
+    }
+    let dir = TempDir::new("locked");
+    let k = ready_payload(&dir);
+    let (a, b, kps, flags) =
+        running_guest_ram_smaps(&["--mem", "64M", "--hugepages", "none", "--kernel", &k]);
+    assert_eq!(b - a, 64 << 20);
+    assert_eq!(a % (2 << 20), 0);
+    assert_eq!(kps, "4 kB");
+    assert!(flags.iter().any(|f| f == "lo"), "mlocked: {flags:?}");
 }

@@ -5,7 +5,8 @@
 use iced_x86::code_asm::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 pub const PAYLOAD_BASE: u64 = 0x20_0000;
@@ -315,4 +316,66 @@ impl Drop for HugePages {
 
 pub fn report(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Starts hpmmap-vmm with a payload that prints "ready" and halts, reads the guest RAM
+/// mapping's smaps entry from the running process, kills it. Returns (start, end,
+/// KernelPageSize text, VmFlags).
+pub fn running_guest_ram_smaps(args: &[&str]) -> (u64, u64, String, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(vmm_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(line, "ready\n", "guest did not start");
+    let smaps = smaps.unwrap();
+    let mut lines = smaps.lines();
+    while let Some(l) = lines.next() {
+        if !l.contains("/memfd:hpmmap-guest-ram") {
+            continue;
+        }
+        let range = l.split_whitespace().next().unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        let mut kps = String::new();
+        for l in lines.by_ref() {
+            if let Some(v) = l.strip_prefix("KernelPageSize:") {
+                kps = v.trim().to_string();
+            }
+            if let Some(v) = l.strip_prefix("VmFlags:") {
+                let flags = v.split_whitespace().map(String::from).collect();
+                return (a, b, kps, flags);
+            }
+        }
+    }
+    panic!("no guest RAM mapping in smaps");
+}
+
+pub fn ready_payload(dir: &TempDir) -> String {
+    let code = asm64(|a| {
+        print(a, "ready\n")?;
+        halt_forever(a)
+    });
+    let elf = elf64(
+        PAYLOAD_BASE,
+        &[Segment {
+            addr: PAYLOAD_BASE,
+            bytes: code,
+        }],
+        &[],
+    );
+    dir.write("ready.elf", &elf).display().to_string()
 }
