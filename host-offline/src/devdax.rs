@@ -1,0 +1,400 @@
+//! Device-dax mode: for hosts whose job memory is set aside at boot (memmap=, EFI soft
+//! reserved, pmem namespaces) and shows up on the dax bus. `reserve --devdax` prepares a
+//! /dev/daxX.Y of the asked size with 1 GiB alignment (so a VMM can map it with 1 GiB pages);
+//! `release --all` puts the device back as it was.
+//!
+//! The sysfs protocol followed here is the dax bus's (drivers/dax/bus.c): a device's `align`
+//! and `size` can change only while no driver is bound and only in a dynamic region (one with
+//! `dax_region/available_size`); a size must be a multiple of the align; binding goes through
+//! `/sys/bus/dax/drivers/device_dax/bind`. Static regions (pmem namespaces) fix size and align
+//! when the namespace is created.
+
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::hugetlb;
+use crate::session::Session;
+use crate::size::{human, GIB};
+use crate::state::DaxChange;
+use serde::Serialize;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub const DEVICE_DAX: &str = "device_dax";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaxDevice {
+    pub name: String,
+    #[serde(skip)]
+    pub dir: PathBuf,
+    #[serde(skip)]
+    pub region: PathBuf,
+    pub size: u64,
+    pub align: Option<u64>,
+    pub node: Option<i64>,
+    pub driver: Option<String>,
+    /// Region can be carved (has available_size): size and align are writable.
+    pub dynamic: bool,
+    pub region_available: Option<u64>,
+}
+
+fn bus(host: &Host) -> PathBuf {
+    host.sys("bus/dax")
+}
+
+fn read_opt_u64(host: &Host, p: &Path) -> Option<u64> {
+    host.read_u64(p).ok()
+}
+
+pub fn read_device(host: &Host, name: &str) -> Result<DaxDevice> {
+    let link = bus(host).join("devices").join(name);
+    let dir = fs::canonicalize(&link).map_err(|source| Error::Read {
+        path: link.clone(),
+        source,
+    })?;
+    let region = dir
+        .parent()
+        .map(|p| p.join("dax_region"))
+        .unwrap_or_default();
+    let node = host
+        .read(&dir.join("target_node"))
+        .or_else(|_| host.read(&dir.join("numa_node")))
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok());
+    let driver = fs::read_link(dir.join("driver"))
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let region_available = read_opt_u64(host, &region.join("available_size"));
+    Ok(DaxDevice {
+        name: name.to_string(),
+        size: host.read_u64(&dir.join("size"))?,
+        align: read_opt_u64(host, &dir.join("align")),
+        node,
+        driver,
+        dynamic: region_available.is_some(),
+        region_available,
+        region,
+        dir,
+    })
+}
+
+pub fn list(host: &Host) -> Vec<DaxDevice> {
+    host.list(&bus(host).join("devices"))
+        .iter()
+        .filter_map(|n| read_device(host, n).ok())
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct DevdaxOptions {
+    pub size_gib: u64,
+    pub node: Option<u32>,
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DevdaxReport {
+    pub device: String,
+    pub path: String,
+    pub size: u64,
+    pub align: u64,
+    pub node: Option<i64>,
+    /// False when the device already was what was asked for.
+    pub changed: bool,
+}
+
+/// Why `d` cannot serve `size` bytes, or None when it can (after reconfiguration).
+fn unsuitable(d: &DaxDevice, size: u64) -> Option<String> {
+    let ready = d.driver.as_deref() == Some(DEVICE_DAX) && d.align == Some(GIB) && d.size >= size;
+    if ready {
+        return None;
+    }
+    match d.driver.as_deref() {
+        Some("kmem") => {
+            return Some("in system-ram mode (kmem): its memory belongs to the host".into())
+        }
+        Some(DEVICE_DAX) if d.dynamic => {
+            return Some(format!(
+                "bound to device_dax with size {} and align {}; not 1 GiB-aligned of at least {} \
+                 (in use?)",
+                human(d.size),
+                d.align.map(human).unwrap_or_else(|| "?".into()),
+                human(size)
+            ))
+        }
+        Some(other) if other != DEVICE_DAX => return Some(format!("bound to {other}")),
+        _ => {}
+    }
+    if !d.dynamic {
+        if d.align != Some(GIB) {
+            return Some(format!(
+                "static region (pmem namespace): align {} is fixed when the namespace is created \
+                 (ndctl create-namespace -m devdax --align 1G)",
+                d.align.map(human).unwrap_or_else(|| "unknown".into())
+            ));
+        }
+        if d.size < size {
+            return Some(format!("static region device of {} only", human(d.size)));
+        }
+        return None;
+    }
+    let reachable = d.size + d.region_available.unwrap_or(0);
+    if reachable < size {
+        return Some(format!("region has room for {} only", human(reachable)));
+    }
+    None
+}
+
+/// Processes mapping the device (a VMM using it): releasing would pull memory from under them.
+pub fn users(host: &Host, device: &str) -> Vec<u32> {
+    let needle = format!(" /dev/{device}");
+    let mut out = Vec::new();
+    for pid in host.list(host.proc_root()) {
+        let Ok(n) = pid.parse::<u32>() else { continue };
+        if let Ok(maps) = fs::read_to_string(host.proc_root().join(&pid).join("maps")) {
+            if maps.lines().any(|l| l.ends_with(&needle)) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+pub fn reserve_devdax(
+    host: &Host,
+    state_path: &Path,
+    opts: &DevdaxOptions,
+) -> Result<DevdaxReport> {
+    if opts.size_gib == 0 {
+        return Err(Error::input("--size 0: nothing to reserve"));
+    }
+    let size = opts.size_gib * GIB;
+    if !bus(host).join("devices").is_dir() {
+        return Err(Error::input(format!(
+            "--devdax: no dax bus ({} missing): the host needs memory set aside at boot \
+             (memmap=, efi soft-reserved, pmem) and the dax drivers",
+            bus(host).join("devices").display()
+        )));
+    }
+    if let Some(n) = opts.node {
+        hugetlb::check_node(host, n).or_else(|e| {
+            // A dax region's target node may be memory-less to the kernel (that is the point).
+            if hugetlb::nodes(host).contains(&n) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+    }
+    let all = list(host);
+    if let Some(name) = &opts.device {
+        if !all.iter().any(|d| &d.name == name) {
+            return Err(Error::input(format!(
+                "--dax-device {name}: no such device under {}",
+                bus(host).join("devices").display()
+            )));
+        }
+    }
+    let eligible: Vec<&DaxDevice> = all
+        .iter()
+        .filter(|d| opts.device.as_ref().is_none_or(|n| &d.name == n))
+        .filter(|d| opts.node.is_none_or(|n| d.node == Some(n as i64)))
+        .collect();
+    // Read-only look at the state first: bad input must not create the state directory.
+    if let Some(prev) = crate::state::load(state_path)?.and_then(|s| s.devdax.first().cloned()) {
+        let d = read_device(host, &prev.device)?;
+        if prev.size == size && d.driver.as_deref() == Some(DEVICE_DAX) && d.align == Some(GIB) {
+            return Ok(report(&d, false));
+        }
+        return Err(Error::input(format!(
+            "--devdax: {} is already prepared with {}; `release --all` first",
+            prev.device,
+            human(prev.size)
+        )));
+    }
+    let mut why = Vec::new();
+    let mut chosen = None;
+    // Prefer a device that already fits, then one that needs the fewest changes.
+    let mut ordered = eligible.clone();
+    ordered.sort_by_key(|d| {
+        (
+            !(d.driver.as_deref() == Some(DEVICE_DAX) && d.align == Some(GIB)),
+            d.size == 0,
+            d.name.clone(),
+        )
+    });
+    for d in ordered {
+        match unsuitable(d, size) {
+            None => {
+                chosen = Some(d.clone());
+                break;
+            }
+            Some(w) => why.push(format!("{}: {w}", d.name)),
+        }
+    }
+    let Some(d) = chosen else {
+        let scope = match (opts.node, &opts.device) {
+            (_, Some(n)) => format!("device {n}"),
+            (Some(n), None) => format!("node {n}"),
+            (None, None) => "this host".into(),
+        };
+        return Err(Error::input(format!(
+            "--devdax --size {}G: no dax device on {scope} can serve it{}",
+            opts.size_gib,
+            if why.is_empty() {
+                String::from(" (none found)")
+            } else {
+                format!(": {}", why.join("; "))
+            }
+        )));
+    };
+    if d.driver.as_deref() == Some(DEVICE_DAX) && d.align == Some(GIB) && d.size >= size {
+        return Ok(report(&d, false));
+    }
+    let mut session = Session::open(host, state_path, true)?.expect("created on demand");
+    if !session.state.devdax.is_empty() {
+        return Err(Error::input(format!(
+            "--devdax: another hpmmap-offline prepared {} meanwhile",
+            session.state.devdax[0].device
+        )));
+    }
+    let change = DaxChange {
+        device: d.name.clone(),
+        original_driver: d.driver.clone(),
+        original_size: d.size,
+        original_align: d.align.unwrap_or(0),
+        size: if d.dynamic { size } else { d.size },
+        align: GIB,
+    };
+    session.state.devdax.push(change.clone());
+    session.save()?;
+    host.progress(format!(
+        "{}: align 1 GiB, size {}, bind {DEVICE_DAX}",
+        d.name,
+        human(change.size)
+    ));
+    match configure(host, &d, &change) {
+        Ok(now) => {
+            session.finish()?;
+            Ok(report(&now, true))
+        }
+        Err(e) => {
+            let undo = undo_change(host, &change);
+            if undo.is_ok() {
+                session.state.devdax.retain(|c| c.device != change.device);
+            }
+            let _ = session.finish();
+            Err(match undo {
+                Ok(()) => e,
+                Err(u) => Error::StateIo {
+                    path: state_path.into(),
+                    why: format!("{e}; undoing it also failed ({u}); `release --all` retries"),
+                },
+            })
+        }
+    }
+}
+
+fn report(d: &DaxDevice, changed: bool) -> DevdaxReport {
+    DevdaxReport {
+        device: d.name.clone(),
+        path: format!("/dev/{}", d.name),
+        size: d.size,
+        align: d.align.unwrap_or(0),
+        node: d.node,
+        changed,
+    }
+}
+
+fn configure(host: &Host, d: &DaxDevice, c: &DaxChange) -> Result<DaxDevice> {
+    if d.dynamic {
+        // align first: the kernel checks a new size against the current align.
+        if d.align != Some(GIB) {
+            host.write(&d.dir.join("align"), &GIB.to_string())?;
+        }
+        if d.size != c.size {
+            host.write(&d.dir.join("size"), &c.size.to_string())?;
+        }
+    }
+    if d.driver.as_deref() != Some(DEVICE_DAX) {
+        host.write(
+            &bus(host).join("drivers").join(DEVICE_DAX).join("bind"),
+            &d.name,
+        )?;
+    }
+    let now = read_device(host, &d.name)?;
+    if now.driver.as_deref() != Some(DEVICE_DAX) || now.align != Some(GIB) || now.size != c.size {
+        return Err(Error::Parse {
+            path: now.dir.clone(),
+            content: format!(
+                "driver {:?} align {:?} size {}",
+                now.driver, now.align, now.size
+            ),
+            why: format!("expected {DEVICE_DAX}, align {GIB}, size {}", c.size),
+        });
+    }
+    Ok(now)
+}
+
+/// Puts a device back to its recorded driver, size and align.
+fn undo_change(host: &Host, c: &DaxChange) -> Result<()> {
+    let d = read_device(host, &c.device)?;
+    if d.driver.is_some() && d.driver != c.original_driver {
+        let drv = d.driver.clone().unwrap_or_default();
+        host.write(
+            &bus(host).join("drivers").join(&drv).join("unbind"),
+            &c.device,
+        )?;
+    }
+    if d.dynamic {
+        if d.size != c.original_size {
+            host.write(&d.dir.join("size"), &c.original_size.to_string())?;
+        }
+        if c.original_align != 0 && d.align != Some(c.original_align) {
+            host.write(&d.dir.join("align"), &c.original_align.to_string())?;
+        }
+    }
+    let now = read_device(host, &c.device)?;
+    if let Some(orig) = &c.original_driver {
+        if now.driver.as_deref() != Some(orig.as_str()) {
+            host.write(
+                &bus(host).join("drivers").join(orig).join("bind"),
+                &c.device,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Undoes every recorded dax change; returns (done, left-with-reason).
+pub fn release_all(session: &mut Session) -> Result<(Vec<String>, Vec<String>)> {
+    let host = session.host;
+    let mut done = Vec::new();
+    let mut left = Vec::new();
+    let mut kept = Vec::new();
+    for c in std::mem::take(&mut session.state.devdax) {
+        let users = users(host, &c.device);
+        if !users.is_empty() {
+            left.push(format!(
+                "{} is mapped by pid {}; kept",
+                c.device,
+                users
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            kept.push(c);
+            continue;
+        }
+        match undo_change(host, &c) {
+            Ok(()) => done.push(c.device.clone()),
+            Err(e) => {
+                left.push(format!("{}: {e}", c.device));
+                kept.push(c);
+            }
+        }
+    }
+    session.state.devdax = kept;
+    session.save()?;
+    Ok((done, left))
+}

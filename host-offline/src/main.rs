@@ -1,0 +1,261 @@
+//! `hpmmap-offline`: reserve / status / release of host memory for hpmmap jobs.
+//!
+//! Exit status: 0 done; 1 the host refused or failed mid-way (this run's changes rolled back
+//! where possible); 2 bad input, host unchanged; 3 incomplete: reserve could not get the whole
+//! size (rolled back unless --allow-partial), or release kept pages a running VM maps.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hpmmap_offline::devdax::{self, DevdaxOptions};
+use hpmmap_offline::host::Host;
+use hpmmap_offline::release::{self, Amount};
+use hpmmap_offline::reserve::{self, Placement, ReserveOptions};
+use hpmmap_offline::size::{human, parse_gib, GIB};
+use hpmmap_offline::{state, status, Error};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "hpmmap-offline",
+    version,
+    about = "Partition host memory for hpmmap jobs (1 GiB pages per NUMA node, device-dax) and give it back"
+)]
+struct Cli {
+    /// What /sys is (a recorded tree in tests).
+    #[arg(long, global = true, default_value = "/sys", value_name = "DIR")]
+    sysfs_root: PathBuf,
+    /// What /proc is.
+    #[arg(long, global = true, default_value = "/proc", value_name = "DIR")]
+    proc_root: PathBuf,
+    /// State file recording what was taken, for release and crash rollback.
+    #[arg(long, global = true, env = "HPMMAP_OFFLINE_STATE", default_value = state::DEFAULT_PATH, value_name = "PATH")]
+    state_file: PathBuf,
+    /// No progress lines on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make SIZE of 1 GiB pages available to hpmmap-vmm (idempotent: SIZE is the total held).
+    Reserve(ReserveArgs),
+    /// Per node: memory, 1 GiB pool, pages reserved, hpmmap-vmm pids holding them, blocks.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give memory back to the host (never pages a running VM maps).
+    Release(ReleaseArgs),
+}
+
+#[derive(Args)]
+struct ReserveArgs {
+    /// Whole GiB, e.g. 18G.
+    #[arg(long)]
+    size: String,
+    /// NUMA node to take the pages from.
+    #[arg(long, conflicts_with = "spread")]
+    node: Option<u32>,
+    /// Split SIZE evenly over the nodes with memory.
+    #[arg(long)]
+    spread: bool,
+    /// Free memory left to the host on each node, never taken.
+    #[arg(long, default_value = "1G")]
+    keep: String,
+    /// Keep what could be obtained when SIZE cannot be (default: give it back, exit 3).
+    #[arg(long)]
+    allow_partial: bool,
+    /// Do not cycle memory blocks offline and back (compaction only).
+    #[arg(long)]
+    no_offline: bool,
+    /// Prepare a device-dax device (1 GiB align) instead of hugetlb pages.
+    #[arg(long, conflicts_with_all = ["spread", "allow_partial", "no_offline"])]
+    devdax: bool,
+    /// With --devdax: the device to use (daxX.Y); default: the first that fits.
+    #[arg(long, requires = "devdax", value_name = "daxX.Y")]
+    dax_device: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct ReleaseWhat {
+    /// Give back this many GiB of hugetlb pages.
+    #[arg(long)]
+    size: Option<String>,
+    /// Give back everything: pages, blocks, dax devices; rolls back an interrupted run.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
+struct ReleaseArgs {
+    #[command(flatten)]
+    what: ReleaseWhat,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let input = e
+                .downcast_ref::<Error>()
+                .map(|e| e.is_input())
+                .unwrap_or(false);
+            eprintln!("hpmmap-offline: error: {e:#}");
+            ExitCode::from(if input { 2 } else { 1 })
+        }
+    }
+}
+
+fn require_root(host: &Host, what: &str) -> Result<(), Error> {
+    // SAFETY: geteuid has no preconditions.
+    if host.is_live() && unsafe { libc::geteuid() } != 0 {
+        return Err(Error::input(format!(
+            "{what} changes {} and needs root",
+            host.sys_root().display()
+        )));
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let host = Host::new(&cli.sysfs_root, &cli.proc_root).quiet(cli.quiet);
+    match cli.cmd {
+        Cmd::Status { json } => {
+            let s = status::gather(&host, &cli.state_file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", status::render_text(&s));
+            }
+            Ok(0)
+        }
+        Cmd::Reserve(a) => reserve_cmd(&host, &cli.state_file, a),
+        Cmd::Release(a) => {
+            let amount = match (&a.what.size, a.what.all) {
+                (_, true) => Amount::All,
+                (Some(s), false) => Amount::Gib(parse_gib("--size", s)?),
+                (None, false) => unreachable!("clap requires one of --size / --all"),
+            };
+            require_root(&host, "release")?;
+            let r = release::release(&host, &cli.state_file, amount)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for n in &r.nodes {
+                    println!(
+                        "node {}: released {} of {} GiB; {} GiB still reserved",
+                        n.node, n.released, n.asked, n.still_reserved
+                    );
+                    for why in &n.reasons {
+                        println!("  {why}");
+                    }
+                }
+                for d in &r.devdax_released {
+                    println!("dax {d}: restored");
+                }
+                for note in &r.notes {
+                    println!("{note}");
+                }
+                if r.idle {
+                    println!("hpmmap-offline holds nothing now");
+                }
+            }
+            Ok(if r.complete { 0 } else { 3 })
+        }
+    }
+}
+
+fn reserve_cmd(host: &Host, state_file: &std::path::Path, a: ReserveArgs) -> anyhow::Result<u8> {
+    let size_gib = parse_gib("--size", &a.size)?;
+    let keep_bytes = parse_gib("--keep", &a.keep)? * GIB;
+    if a.devdax {
+        require_root(host, "reserve --devdax")?;
+        let r = devdax::reserve_devdax(
+            host,
+            state_file,
+            &DevdaxOptions {
+                size_gib,
+                node: a.node,
+                device: a.dax_device,
+            },
+        )?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "{}: {} with 1 GiB alignment{} ({})",
+                r.path,
+                human(r.size),
+                r.node.map(|n| format!(" on node {n}")).unwrap_or_default(),
+                if r.changed {
+                    "prepared"
+                } else {
+                    "already prepared"
+                }
+            );
+        }
+        return Ok(0);
+    }
+    let opts = ReserveOptions {
+        size_gib,
+        placement: match (a.node, a.spread) {
+            (Some(n), _) => Placement::Node(n),
+            (None, true) => Placement::Spread,
+            (None, false) => Placement::Auto,
+        },
+        keep_bytes,
+        allow_partial: a.allow_partial,
+        offline_blocks: !a.no_offline,
+    };
+    // Input checks first, so that bad input never creates the state directory.
+    reserve::plan(host, &opts)?;
+    require_root(host, "reserve")?;
+    let r = reserve::reserve(host, state_file, &opts)
+        .with_context(|| format!("reserve {}", human(size_gib * GIB)))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for n in &r.nodes {
+            let held = n.had + n.added;
+            println!(
+                "node {}: {} of {} GiB reserved ({} added by this run{}{})",
+                n.node,
+                held,
+                n.target,
+                n.added,
+                if n.compacted {
+                    ", after compaction"
+                } else {
+                    ""
+                },
+                if n.groups_cycled > 0 {
+                    format!(", {} block group(s) cycled", n.groups_cycled)
+                } else {
+                    String::new()
+                }
+            );
+            if n.short() > 0 {
+                println!("  could not get {} GiB:", n.short());
+                for why in &n.reasons {
+                    println!("  - {why}");
+                }
+            }
+            if n.given_back > 0 {
+                println!("  gave back the {} GiB obtained: the whole size was not there (--allow-partial keeps them)", n.given_back);
+            }
+        }
+        for note in &r.notes {
+            println!("{note}");
+        }
+    }
+    Ok(if r.complete { 0 } else { 3 })
+}

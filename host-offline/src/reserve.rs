@@ -1,0 +1,293 @@
+//! `reserve`: grow the 1 GiB hugetlb pool of the chosen node(s) by the pages a job needs,
+//! compacting and then cycling memory blocks when free memory is too fragmented, never
+//! taking the node's free memory below the `--keep` floor.
+
+use crate::blocks::{self, Group};
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::hugetlb;
+use crate::session::Session;
+use crate::size::{human, GIB};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Node(u32),
+    Spread,
+    /// The only memory node; an input error when there are several.
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReserveOptions {
+    pub size_gib: u64,
+    pub placement: Placement,
+    pub keep_bytes: u64,
+    /// Keep what was obtained when the whole size could not be (default: give it back).
+    pub allow_partial: bool,
+    /// Cycle memory blocks when compaction is not enough.
+    pub offline_blocks: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeOutcome {
+    pub node: u32,
+    /// Pages this tool should hold on the node when done.
+    pub target: u64,
+    /// Pages it held before this run.
+    pub had: u64,
+    /// Pages added by this run (0 after a rollback).
+    pub added: u64,
+    pub compacted: bool,
+    pub groups_cycled: u64,
+    /// Pages this run obtained and then gave back because the whole size was not there.
+    pub given_back: u64,
+    /// Why pages are missing, when they are.
+    pub reasons: Vec<String>,
+}
+
+impl NodeOutcome {
+    pub fn short(&self) -> u64 {
+        self.target.saturating_sub(self.had + self.added)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReserveReport {
+    pub nodes: Vec<NodeOutcome>,
+    pub complete: bool,
+    pub rolled_back: bool,
+    pub notes: Vec<String>,
+}
+
+/// Input checks that need no state and change nothing; returns the per-node targets.
+pub fn plan(host: &Host, opts: &ReserveOptions) -> Result<Vec<(u32, u64)>> {
+    hugetlb::check_support(host)?;
+    if opts.size_gib == 0 {
+        return Err(Error::input("--size 0: nothing to reserve"));
+    }
+    let mem_nodes = hugetlb::memory_nodes(host);
+    let nodes: Vec<u32> = match opts.placement {
+        Placement::Node(n) => {
+            hugetlb::check_node(host, n)?;
+            vec![n]
+        }
+        Placement::Spread => mem_nodes.clone(),
+        Placement::Auto => match mem_nodes.as_slice() {
+            [n] => vec![*n],
+            [] => return Err(Error::input("this host lists no NUMA node with memory")),
+            _ => {
+                return Err(Error::input(format!(
+                    "this host has several memory nodes ({}): pass --node N or --spread",
+                    hugetlb::join_nodes(&mem_nodes)
+                )))
+            }
+        },
+    };
+    if nodes.is_empty() {
+        return Err(Error::input(
+            "--spread: this host lists no NUMA node with memory",
+        ));
+    }
+    for &n in &nodes {
+        hugetlb::check_node(host, n)?;
+    }
+    let count = nodes.len() as u64;
+    let mut out = Vec::new();
+    for (i, &n) in nodes.iter().enumerate() {
+        let share = opts.size_gib / count + u64::from((i as u64) < opts.size_gib % count);
+        let mem = hugetlb::node_mem(host, n)?;
+        if share * GIB + opts.keep_bytes > mem.total_bytes {
+            return Err(Error::input(format!(
+                "--size {} GiB: node {n} has {} of memory; {share} GiB plus the --keep floor of {} \
+                 cannot fit",
+                opts.size_gib,
+                human(mem.total_bytes),
+                human(opts.keep_bytes)
+            )));
+        }
+        if share > 0 {
+            out.push((n, share));
+        }
+    }
+    Ok(out)
+}
+
+pub fn reserve(host: &Host, state_path: &Path, opts: &ReserveOptions) -> Result<ReserveReport> {
+    let targets = plan(host, opts)?;
+    let mut session = Session::open(host, state_path, true)?.expect("created on demand");
+    let mut report = ReserveReport::default();
+    if let Some(n) = session.settle_pending()? {
+        report.notes.push(n);
+    }
+    for failed in session.restore_blocks()? {
+        report.notes.push(format!(
+            "block from an interrupted run still not restored: {failed}"
+        ));
+    }
+    for &(node, target) in &targets {
+        report.nodes.push(NodeOutcome {
+            node,
+            target,
+            had: session.state.reserved(node),
+            ..Default::default()
+        });
+    }
+    let run = grow_all(&mut session, opts, &mut report);
+    if let Err(e) = run {
+        let undo = rollback(&mut session, &mut report);
+        let _ = session.finish();
+        return Err(match undo {
+            Ok(()) => e,
+            Err(u) => Error::StateIo {
+                path: state_path.into(),
+                why: format!("{e}; rolling back this run also failed: {u}"),
+            },
+        });
+    }
+    report.complete = report.nodes.iter().all(|n| n.short() == 0);
+    if !report.complete && !opts.allow_partial {
+        rollback(&mut session, &mut report)?;
+        report.rolled_back = true;
+    }
+    session.finish()?;
+    Ok(report)
+}
+
+fn grow_all(
+    session: &mut Session,
+    opts: &ReserveOptions,
+    report: &mut ReserveReport,
+) -> Result<()> {
+    for i in 0..report.nodes.len() {
+        let (node, want) = {
+            let o = &report.nodes[i];
+            (o.node, o.target.saturating_sub(o.had))
+        };
+        if want == 0 {
+            session.host.progress(format!(
+                "node {node}: {} already reserved",
+                human(report.nodes[i].had * GIB)
+            ));
+            continue;
+        }
+        grow_node(session, node, want, opts, &mut report.nodes[i])?;
+    }
+    Ok(())
+}
+
+fn grow_node(
+    session: &mut Session,
+    node: u32,
+    want: u64,
+    opts: &ReserveOptions,
+    out: &mut NodeOutcome,
+) -> Result<()> {
+    let host = session.host;
+    let mut groups: Option<VecDeque<Group>> = None;
+    while out.added < want {
+        let mem = hugetlb::node_mem(host, node)?;
+        if mem.free_bytes < opts.keep_bytes + GIB {
+            out.reasons.push(format!(
+                "stopped at the --keep floor: node {node} has {} free and keeps {}",
+                human(mem.free_bytes),
+                human(opts.keep_bytes)
+            ));
+            break;
+        }
+        let before = hugetlb::node_pool(host, node)?.nr;
+        let reached = session.resize_node(node, before + 1)?;
+        if reached > before {
+            out.added += 1;
+            host.progress(format!("node {node}: {}/{want} GiB", out.added));
+            continue;
+        }
+        if !out.compacted {
+            out.compacted = true;
+            host.progress(format!("node {node}: no free 1 GiB range; compacting"));
+            if let Err(e) = hugetlb::compact(host, node) {
+                out.reasons.push(format!("compaction failed: {e}"));
+            }
+            continue;
+        }
+        if !opts.offline_blocks {
+            out.reasons.push(
+                "no free 1 GiB range after compaction, and block cycling is off (--no-offline)"
+                    .into(),
+            );
+            break;
+        }
+        let queue = groups.get_or_insert_with(|| {
+            let bs = blocks::block_size(host);
+            match bs {
+                Some(bs) => {
+                    let (good, skipped) =
+                        blocks::candidate_groups(&blocks::list_blocks(host), node, bs);
+                    if !skipped.is_empty() {
+                        let sample: Vec<String> = skipped
+                            .iter()
+                            .take(3)
+                            .map(|(g, why)| format!("GiB {g} {why}"))
+                            .collect();
+                        out.reasons.push(format!(
+                            "{} GiB range(s) of node {node} cannot be cycled, e.g. {}",
+                            skipped.len(),
+                            sample.join("; ")
+                        ));
+                    }
+                    good.into()
+                }
+                None => {
+                    out.reasons.push(
+                        "no memory-hotplug sysfs (devices/system/memory): cannot cycle blocks"
+                            .into(),
+                    );
+                    VecDeque::new()
+                }
+            }
+        });
+        let Some(group) = queue.pop_front() else {
+            out.reasons.push(format!(
+                "no free 1 GiB range on node {node} after compaction and after cycling every \
+                 candidate block group"
+            ));
+            break;
+        };
+        host.progress(format!(
+            "node {node}: cycling memory{}..memory{} (GiB {}) offline and back",
+            group.blocks[0],
+            group.blocks[group.blocks.len() - 1],
+            group.first_gib
+        ));
+        match session.cycle_group(&group)? {
+            Ok(()) => out.groups_cycled += 1,
+            Err(why) => out.reasons.push(why),
+        }
+    }
+    Ok(())
+}
+
+/// Gives back the pages this run added (only free ones: a page a VM already mapped stays).
+fn rollback(session: &mut Session, report: &mut ReserveReport) -> Result<()> {
+    for o in report.nodes.iter_mut() {
+        if o.added == 0 {
+            continue;
+        }
+        let pool = hugetlb::node_pool(session.host, o.node)?;
+        let resv = hugetlb::global_pool(session.host)?.resv;
+        let give = o.added.min(pool.free.saturating_sub(resv));
+        let reached = session.resize_node(o.node, pool.nr - give)?;
+        let given = pool.nr - reached;
+        if given < o.added {
+            o.reasons.push(format!(
+                "rollback gave back {given} of the {} GiB this run added (the rest is in use)",
+                o.added
+            ));
+        }
+        o.given_back = given.min(o.added);
+        o.added -= o.given_back;
+    }
+    Ok(())
+}

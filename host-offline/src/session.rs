@@ -1,0 +1,224 @@
+//! A locked, journaled run against the host: every change is recorded in the state file
+//! before it is made and confirmed after, so that a crash at any point can be rolled back.
+
+use crate::blocks::{self, Group};
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::hugetlb;
+use crate::state::{self, BlockChange, NodeState, PendingResize, State};
+use std::path::{Path, PathBuf};
+
+pub struct Session<'h> {
+    pub host: &'h Host,
+    pub path: PathBuf,
+    pub state: State,
+    _lock: state::Lock,
+}
+
+impl<'h> Session<'h> {
+    /// Locks and loads the state. With `create` false and no state directory there is
+    /// nothing to act on: `Ok(None)`, and nothing is created.
+    pub fn open(host: &'h Host, path: &Path, create: bool) -> Result<Option<Self>> {
+        let Some(lock) = state::lock(path, create, || {
+            host.progress(format!(
+                "waiting for another hpmmap-offline using {}",
+                path.display()
+            ))
+        })?
+        else {
+            return Ok(None);
+        };
+        let state = match state::load(path)? {
+            Some(s) => {
+                if s.sysfs_root != host.sys_root() || s.proc_root != host.proc_root() {
+                    return Err(Error::input(format!(
+                        "state file {} belongs to sysfs root {} and proc root {}, not {} and {}; \
+                         not touching the host",
+                        path.display(),
+                        s.sysfs_root.display(),
+                        s.proc_root.display(),
+                        host.sys_root().display(),
+                        host.proc_root().display()
+                    )));
+                }
+                s
+            }
+            None => State::new(host.sys_root(), host.proc_root()),
+        };
+        Ok(Some(Session {
+            host,
+            path: path.to_path_buf(),
+            state,
+            _lock: lock,
+        }))
+    }
+
+    pub fn save(&mut self) -> Result<()> {
+        state::save(&self.path, &mut self.state)
+    }
+
+    /// Writes the state back, or removes the file when nothing is held any more.
+    pub fn finish(mut self) -> Result<bool> {
+        if self.state.is_empty() {
+            state::remove(&self.path)?;
+            Ok(true)
+        } else {
+            self.save()?;
+            Ok(false)
+        }
+    }
+
+    /// Settles a pool resize interrupted by a crash: the kernel's current count tells how
+    /// much of it happened. Returns a note for the report when there was one.
+    pub fn settle_pending(&mut self) -> Result<Option<String>> {
+        let Some(p) = self.state.pending.clone() else {
+            return Ok(None);
+        };
+        let now = hugetlb::node_pool(self.host, p.node)?.nr;
+        self.account(&p, now);
+        self.state.pending = None;
+        self.save()?;
+        Ok(Some(format!(
+            "settled an interrupted resize of node {} ({} -> {}): the pool is at {now}",
+            p.node, p.before, p.target
+        )))
+    }
+
+    fn account(&mut self, p: &PendingResize, reached: u64) {
+        let entry = self.state.nodes.entry(p.node).or_insert(NodeState {
+            baseline_nr: p.before,
+            reserved: 0,
+        });
+        if p.target > p.before {
+            entry.reserved += reached.clamp(p.before, p.target) - p.before;
+        } else {
+            let removed = p.before - reached.clamp(p.target, p.before);
+            entry.reserved = entry.reserved.saturating_sub(removed);
+        }
+        if entry.reserved == 0 {
+            self.state.nodes.remove(&p.node);
+        }
+    }
+
+    /// Resizes a node's pool with the journal around the write; returns the size reached.
+    pub fn resize_node(&mut self, node: u32, target: u64) -> Result<u64> {
+        let before = hugetlb::node_pool(self.host, node)?.nr;
+        if before == target {
+            return Ok(before);
+        }
+        let p = PendingResize {
+            node,
+            before,
+            target,
+        };
+        self.state.pending = Some(p.clone());
+        self.save()?;
+        let written = hugetlb::set_node_nr(self.host, node, target);
+        // Whatever the write returned, the kernel's count is the truth to account.
+        let reached = hugetlb::node_pool(self.host, node)?.nr;
+        self.account(&p, reached);
+        self.state.pending = None;
+        self.save()?;
+        written?;
+        Ok(reached)
+    }
+
+    /// Offlines every block of a group and brings each back into its zone, which hands the
+    /// buddy allocator the whole range free. `Ok(Err(reason))` when the kernel refused (a
+    /// block busy); the blocks already offline are brought back before returning.
+    pub fn cycle_group(&mut self, group: &Group) -> Result<std::result::Result<(), String>> {
+        let mut originals = Vec::new();
+        for &id in &group.blocks {
+            let b = blocks::read_block(self.host, id)?;
+            originals.push(BlockChange {
+                id,
+                node: b.node,
+                original_state: b.state.clone(),
+                original_zone: b.zone().map(String::from),
+            });
+        }
+        self.state.blocks.extend(originals.iter().cloned());
+        self.save()?;
+
+        let mut offlined: Vec<&BlockChange> = Vec::new();
+        let mut refusal = None;
+        for c in &originals {
+            match blocks::set_state(self.host, c.id, "offline") {
+                Ok(()) => offlined.push(c),
+                Err(e) => {
+                    refusal = Some(format!(
+                        "memory{} refused to go offline ({}); GiB {} of node {} left as it was",
+                        c.id,
+                        e.raw_os_error()
+                            .map(|n| std::io::Error::from_raw_os_error(n).to_string())
+                            .unwrap_or_else(|| e.to_string()),
+                        group.first_gib,
+                        c.node.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+                    ));
+                    break;
+                }
+            }
+        }
+        let mut stuck = Vec::new();
+        for c in offlined {
+            if let Err(e) = self.bring_back(c) {
+                stuck.push(format!("memory{}: {e}", c.id));
+            }
+        }
+        let ids: Vec<u64> = originals.iter().map(|c| c.id).collect();
+        if stuck.is_empty() {
+            self.state.blocks.retain(|c| !ids.contains(&c.id));
+            self.save()?;
+        } else {
+            self.save()?;
+            return Err(Error::StateIo {
+                path: self.path.clone(),
+                why: format!(
+                    "blocks left offline (kept in the state file; `release --all` retries): {}",
+                    stuck.join("; ")
+                ),
+            });
+        }
+        Ok(match refusal {
+            Some(r) => Err(r),
+            None => Ok(()),
+        })
+    }
+
+    /// Puts one block back to its recorded state and zone; falls back to a plain `online`
+    /// when the zone order refuses the original zone (the memory returns to the host either
+    /// way).
+    fn bring_back(&self, c: &BlockChange) -> Result<()> {
+        let now = blocks::read_block(self.host, c.id)?;
+        if now.state == c.original_state {
+            return Ok(());
+        }
+        if c.original_state == "online" {
+            let cmd = blocks::online_command(c.original_zone.as_deref());
+            if blocks::set_state(self.host, c.id, cmd).is_ok() {
+                return Ok(());
+            }
+            blocks::set_state(self.host, c.id, "online")
+        } else {
+            blocks::set_state(self.host, c.id, &c.original_state)
+        }
+    }
+
+    /// Restores every block the state lists; returns the ones that would not come back.
+    pub fn restore_blocks(&mut self) -> Result<Vec<String>> {
+        let mut failed = Vec::new();
+        let mut kept = Vec::new();
+        for c in std::mem::take(&mut self.state.blocks) {
+            match self.bring_back(&c) {
+                Ok(()) => {}
+                Err(e) => {
+                    failed.push(format!("memory{}: {e}", c.id));
+                    kept.push(c);
+                }
+            }
+        }
+        self.state.blocks = kept;
+        self.save()?;
+        Ok(failed)
+    }
+}

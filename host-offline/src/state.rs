@@ -1,0 +1,306 @@
+//! The state file: what this tool changed on the host, written *before* each change, so a
+//! later `release --all` (after a crash too) can put the host back as it was.
+//!
+//! Format (JSON, version 1):
+//! ```json
+//! { "format": "hpmmap-offline-state", "version": 1,
+//!   "sysfs_root": "/sys", "proc_root": "/proc",
+//!   "nodes": { "0": { "baseline_nr": 0, "reserved": 2 } },
+//!   "pending": { "node": 0, "before": 2, "target": 3 },
+//!   "blocks": [ { "id": 140, "node": 0, "original_state": "online", "original_zone": "Normal" } ],
+//!   "devdax": [ { "device": "dax0.1", "original_driver": null, "original_size": 0,
+//!                 "original_align": 2097152, "size": 2147483648, "align": 1073741824 } ],
+//!   "updated_unix": 1795000000 }
+//! ```
+//! `reserved` counts the 1 GiB pages this tool added to a node's pool and has not given
+//! back; `pending` is a pool resize that was started and not yet confirmed; `blocks` are
+//! memory blocks whose state the tool may have changed; `devdax` are dax devices it
+//! reconfigured, with what they were before.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "hpmmap-offline-state";
+pub const VERSION: u32 = 1;
+pub const DEFAULT_PATH: &str = "/run/hpmmap/offline.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The node's nr_hugepages before this tool first grew it (for the record; release
+    /// works from `reserved` so that other users of the pool are left alone).
+    pub baseline_nr: u64,
+    pub reserved: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingResize {
+    pub node: u32,
+    pub before: u64,
+    pub target: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockChange {
+    pub id: u64,
+    pub node: Option<u32>,
+    pub original_state: String,
+    pub original_zone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaxChange {
+    pub device: String,
+    pub original_driver: Option<String>,
+    pub original_size: u64,
+    pub original_align: u64,
+    pub size: u64,
+    pub align: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub format: String,
+    pub version: u32,
+    pub sysfs_root: PathBuf,
+    pub proc_root: PathBuf,
+    #[serde(default)]
+    pub nodes: BTreeMap<u32, NodeState>,
+    #[serde(default)]
+    pub pending: Option<PendingResize>,
+    #[serde(default)]
+    pub blocks: Vec<BlockChange>,
+    #[serde(default)]
+    pub devdax: Vec<DaxChange>,
+    #[serde(default)]
+    pub updated_unix: u64,
+}
+
+impl State {
+    pub fn new(sysfs_root: &Path, proc_root: &Path) -> Self {
+        State {
+            format: FORMAT.into(),
+            version: VERSION,
+            sysfs_root: sysfs_root.to_path_buf(),
+            proc_root: proc_root.to_path_buf(),
+            nodes: BTreeMap::new(),
+            pending: None,
+            blocks: Vec::new(),
+            devdax: Vec::new(),
+            updated_unix: 0,
+        }
+    }
+
+    pub fn reserved(&self, node: u32) -> u64 {
+        self.nodes.get(&node).map(|n| n.reserved).unwrap_or(0)
+    }
+
+    pub fn total_reserved(&self) -> u64 {
+        self.nodes.values().map(|n| n.reserved).sum()
+    }
+
+    /// Nothing held and nothing to undo: the file can go.
+    pub fn is_empty(&self) -> bool {
+        self.total_reserved() == 0
+            && self.pending.is_none()
+            && self.blocks.is_empty()
+            && self.devdax.is_empty()
+    }
+}
+
+/// Reads a state file; `Ok(None)` when there is none. A file of another format or version
+/// is an input error: acting on a layout we do not understand could damage the host.
+pub fn load(path: &Path) -> Result<Option<State>> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::StateIo {
+                path: path.into(),
+                why: e.to_string(),
+            })
+        }
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::input(format!(
+            "state file {}: not JSON ({e}); not touching the host",
+            path.display()
+        ))
+    })?;
+    if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+        return Err(Error::input(format!(
+            "state file {}: not an {FORMAT} file; not touching the host",
+            path.display()
+        )));
+    }
+    let version = value.get("version").and_then(|v| v.as_u64());
+    if version != Some(VERSION as u64) {
+        return Err(Error::input(format!(
+            "state file {}: version {} but this hpmmap-offline reads version {VERSION}; \
+             finish with the hpmmap-offline that wrote it (or check the host and remove the \
+             file); not touching the host",
+            path.display(),
+            version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "missing".into())
+        )));
+    }
+    serde_json::from_value(value).map(Some).map_err(|e| {
+        Error::input(format!(
+            "state file {}: malformed version {VERSION} state ({e}); not touching the host",
+            path.display()
+        ))
+    })
+}
+
+/// Replaces the state file atomically (temp file, fsync, rename, fsync of the directory),
+/// so a crash leaves either the old or the new state, never half of one.
+pub fn save(path: &Path, state: &mut State) -> Result<()> {
+    let io = |why: String| Error::StateIo {
+        path: path.into(),
+        why,
+    };
+    state.updated_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let dir = parent(path);
+    fs::create_dir_all(&dir).map_err(|e| io(format!("create {}: {e}", dir.display())))?;
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(state).map_err(|e| io(e.to_string()))?;
+    let mut f = fs::File::create(&tmp).map_err(|e| io(format!("create {}: {e}", tmp.display())))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.write_all(b"\n"))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io(format!("write {}: {e}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(|e| io(format!("rename {}: {e}", tmp.display())))?;
+    if let Ok(d) = fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Removes the state file: the host holds nothing for hpmmap any more.
+pub fn remove(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::StateIo {
+            path: path.into(),
+            why: format!("remove: {e}"),
+        }),
+    }
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Exclusive lock serialising hpmmap-offline runs that share a state file. The lock is a
+/// flock on the state file's directory, so taking it leaves no extra file behind.
+pub struct Lock {
+    _dir: fs::File,
+}
+
+pub fn lock(path: &Path, create_dir: bool, wait_note: impl Fn()) -> Result<Option<Lock>> {
+    let dir = parent(path);
+    if !dir.exists() {
+        if !create_dir {
+            return Ok(None);
+        }
+        fs::create_dir_all(&dir).map_err(|e| Error::StateIo {
+            path: path.into(),
+            why: format!("create {}: {e}", dir.display()),
+        })?;
+    }
+    let f = fs::File::open(&dir).map_err(|e| Error::StateIo {
+        path: path.into(),
+        why: format!("open {}: {e}", dir.display()),
+    })?;
+    // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        wait_note();
+        // SAFETY: as above.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(Error::StateIo {
+                path: path.into(),
+                why: format!(
+                    "lock {}: {}",
+                    dir.display(),
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+    }
+    Ok(Some(Lock { _dir: f }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("hpmmap-state-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip_and_atomic_replace() {
+        let d = tmpdir("rt");
+        let p = d.join("offline.json");
+        assert_eq!(load(&p).unwrap(), None);
+        let mut s = State::new(Path::new("/sys"), Path::new("/proc"));
+        s.nodes.insert(
+            0,
+            NodeState {
+                baseline_nr: 1,
+                reserved: 2,
+            },
+        );
+        s.pending = Some(PendingResize {
+            node: 0,
+            before: 3,
+            target: 4,
+        });
+        save(&p, &mut s).unwrap();
+        assert!(!d.join("offline.json.tmp").exists());
+        assert_eq!(load(&p).unwrap().unwrap(), s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn other_versions_and_formats_are_input_errors() {
+        let d = tmpdir("ver");
+        let p = d.join("offline.json");
+        fs::write(
+            &p,
+            r#"{"format":"hpmmap-offline-state","version":2,"nodes":{}}"#,
+        )
+        .unwrap();
+        let e = load(&p).unwrap_err();
+        assert!(e.is_input());
+        assert!(e.to_string().contains("version 2"), "{e}");
+        fs::write(&p, r#"{"format":"something-else","version":1}"#).unwrap();
+        assert!(load(&p).unwrap_err().is_input());
+        fs::write(&p, "not json").unwrap();
+        assert!(load(&p).unwrap_err().is_input());
+        fs::write(
+            &p,
+            r#"{"format":"hpmmap-offline-state","version":1,"nodes":7}"#,
+        )
+        .unwrap();
+        assert!(load(&p).unwrap_err().to_string().contains("malformed"));
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,397 @@
+//! SIMULATION of the kernel's reaction to sysfs writes, for recorded trees.
+//!
+//! In a recorded tree an attribute is a plain file: writing `3` to nr_hugepages just stores
+//! `3`. The real kernel instead allocates pages (or fails to), moves free memory, refuses to
+//! offline a busy block, and so on. `FakeKernel` sits behind `host::SysWriter` and applies
+//! those effects to the tree after each write, following the kernel's documented behaviour
+//! (mm/hugetlb.c set_max_huge_pages, drivers/base/memory.c state_store, drivers/dax/bus.c).
+//! It is a model, not the kernel: the figures it produces are the test's premises.
+//!
+//! The model per node: `free_ranges` is how many free, aligned 1 GiB ranges the buddy
+//! allocator has (how many pool grows succeed); compaction adds `compact_gain`; cycling every
+//! block of a 1 GiB group offline and back into a kernel zone adds one range. Blocks in
+//! `busy` refuse to go offline with EBUSY; blocks in `no_kernel_zone` refuse online_kernel.
+
+use hpmmap_offline::host::SysWriter;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const GIB_KB: u64 = 1 << 20;
+const HP: &str = "hugepages/hugepages-1048576kB";
+
+#[derive(Default)]
+pub struct Model {
+    pub free_ranges: BTreeMap<u32, u64>,
+    pub compact_gain: BTreeMap<u32, u64>,
+    pub busy: BTreeSet<u64>,
+    pub no_kernel_zone: BTreeSet<u64>,
+    /// Blocks offlined since the start, with their zone before.
+    offlined: BTreeMap<u64, String>,
+    /// Blocks that went offline and came back into a kernel zone.
+    cycled: BTreeSet<u64>,
+    credited: BTreeSet<u64>,
+    /// Every write: (path relative to the tree, value).
+    pub writes: Vec<(String, String)>,
+    /// Panic right after applying write number n (1-based): a crash mid-operation.
+    pub crash_at: Option<usize>,
+    /// Panic right after applying the first write whose path ends with this suffix.
+    pub crash_suffix: Option<String>,
+    /// Fail write number n with this errno, without applying it.
+    pub fail_at: Option<(usize, i32)>,
+    /// Fail every write whose path ends with this suffix.
+    pub fail_suffix: Option<(String, i32)>,
+    /// Requests the real kernel would have honoured by taking pages from under a user.
+    pub violations: Vec<String>,
+    pub compactions: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeKernel {
+    root: PathBuf,
+    pub model: Arc<Mutex<Model>>,
+}
+
+impl FakeKernel {
+    pub fn new(root: &Path) -> Self {
+        FakeKernel {
+            root: fs::canonicalize(root).unwrap(),
+            model: Arc::new(Mutex::new(Model::default())),
+        }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut Model) -> R) -> R {
+        f(&mut self.model.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn writer(&self) -> Box<dyn SysWriter> {
+        Box::new(self.clone())
+    }
+
+    fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(&self.root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.root.join(rel))
+            .unwrap_or_default()
+            .trim_end()
+            .to_string()
+    }
+
+    fn read_u64(&self, rel: &str) -> u64 {
+        self.read(rel).trim().parse().unwrap_or(0)
+    }
+
+    fn put(&self, rel: &str, v: impl std::fmt::Display) {
+        fs::write(self.root.join(rel), format!("{v}\n")).unwrap();
+    }
+
+    fn add_u64(&self, rel: &str, delta: i64) {
+        let v = self.read_u64(rel) as i64 + delta;
+        assert!(v >= 0, "{rel} would go negative");
+        self.put(rel, v);
+    }
+
+    fn meminfo_free_kb(&self, node: u32) -> u64 {
+        let rel = format!("sys/devices/system/node/node{node}/meminfo");
+        self.read(&rel)
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some("MemFree:"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn add_memfree_kb(&self, node: u32, delta: i64) {
+        let rel = format!("sys/devices/system/node/node{node}/meminfo");
+        let text = self.read(&rel);
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.split_whitespace().nth(2) == Some("MemFree:") {
+                    let v = self.meminfo_free_kb(node) as i64 + delta;
+                    format!("Node {node} MemFree:        {v:>9} kB")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        fs::write(self.root.join(&rel), out.join("\n") + "\n").unwrap();
+    }
+
+    fn block_node(&self, id: u64) -> u32 {
+        let dir = self
+            .root
+            .join(format!("sys/devices/system/memory/memory{id}"));
+        for e in fs::read_dir(dir).unwrap() {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(x) = n.strip_prefix("node").and_then(|x| x.parse().ok()) {
+                return x;
+            }
+        }
+        panic!("memory{id} has no node link")
+    }
+
+    fn block_size(&self) -> u64 {
+        u64::from_str_radix(&self.read("sys/devices/system/memory/block_size_bytes"), 16).unwrap()
+    }
+
+    fn apply(&self, m: &mut Model, rel: &str, value: &str) -> io::Result<()> {
+        let v = value.trim();
+        let parts: Vec<&str> = rel.split('/').collect();
+        let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+        // sys/devices/system/node/nodeN/hugepages/hugepages-1048576kB/nr_hugepages
+        if rel.ends_with(&format!("{HP}/nr_hugepages")) && parts.len() == 8 {
+            let node: u32 = parts[4].trim_start_matches("node").parse().unwrap();
+            let target: u64 = v.parse().map_err(|_| einval())?;
+            return self.resize(m, node, target);
+        }
+        if parts.len() == 6 && parts[5] == "compact" && parts[3] == "node" {
+            let node: u32 = parts[4].trim_start_matches("node").parse().unwrap();
+            m.compactions += 1;
+            let gain = m.compact_gain.remove(&node).unwrap_or(0);
+            *m.free_ranges.entry(node).or_default() += gain;
+            return Ok(());
+        }
+        if rel == "proc/sys/vm/compact_memory" {
+            m.compactions += 1;
+            for (n, g) in std::mem::take(&mut m.compact_gain) {
+                *m.free_ranges.entry(n).or_default() += g;
+            }
+            return Ok(());
+        }
+        if parts.len() == 6 && parts[3] == "memory" && parts[5] == "state" {
+            let id: u64 = parts[4].trim_start_matches("memory").parse().unwrap();
+            return self.block_state(m, id, v);
+        }
+        if rel.starts_with("sys/bus/dax/drivers/")
+            && (rel.ends_with("/bind") || rel.ends_with("/unbind"))
+        {
+            return self.dax_bind(parts[4], v, rel.ends_with("/bind"));
+        }
+        if let Some(dev) = parts
+            .iter()
+            .rev()
+            .nth(1)
+            .filter(|d| d.starts_with("dax") && d.contains('.'))
+        {
+            let dir = self.root.join(rel).parent().unwrap().to_path_buf();
+            return self.dax_attr(dev, &dir, parts[parts.len() - 1], v);
+        }
+        fs::write(self.root.join(rel), value)
+    }
+
+    fn resize(&self, m: &mut Model, node: u32, target: u64) -> io::Result<()> {
+        let base = format!("sys/devices/system/node/node{node}/{HP}");
+        let g = format!("sys/kernel/mm/{HP}");
+        let nr = self.read_u64(&format!("{base}/nr_hugepages"));
+        let free = self.read_u64(&format!("{base}/free_hugepages"));
+        if target > nr {
+            let mem_pages = self.meminfo_free_kb(node) / GIB_KB;
+            let ranges = m.free_ranges.entry(node).or_default();
+            let n = (target - nr).min(*ranges).min(mem_pages);
+            *ranges -= n;
+            self.add_u64(&format!("{base}/nr_hugepages"), n as i64);
+            self.add_u64(&format!("{base}/free_hugepages"), n as i64);
+            self.add_u64(&format!("{g}/nr_hugepages"), n as i64);
+            self.add_u64(&format!("{g}/free_hugepages"), n as i64);
+            self.add_memfree_kb(node, -((n * GIB_KB) as i64));
+        } else if target < nr {
+            let want = nr - target;
+            if want > free {
+                // The kernel would turn in-use pages into surplus and free them when their
+                // users unmap: memory pulled from under a running user. Recorded as a
+                // violation; the tests assert there are none.
+                m.violations.push(format!(
+                    "node {node}: shrink {nr} -> {target} with only {free} free"
+                ));
+            }
+            let k = want.min(free);
+            *m.free_ranges.entry(node).or_default() += k;
+            self.add_u64(&format!("{base}/nr_hugepages"), -(k as i64));
+            self.add_u64(&format!("{base}/free_hugepages"), -(k as i64));
+            self.add_u64(&format!("{g}/nr_hugepages"), -(k as i64));
+            self.add_u64(&format!("{g}/free_hugepages"), -(k as i64));
+            self.add_memfree_kb(node, (k * GIB_KB) as i64);
+        }
+        Ok(())
+    }
+
+    fn block_state(&self, m: &mut Model, id: u64, cmd: &str) -> io::Result<()> {
+        let dir = format!("sys/devices/system/memory/memory{id}");
+        let state = self.read(&format!("{dir}/state"));
+        let zone = self.read(&format!("{dir}/valid_zones"));
+        let node = self.block_node(id);
+        let block_kb = (self.block_size() >> 10) as i64;
+        let err = |e| Err(io::Error::from_raw_os_error(e));
+        match cmd {
+            "offline" => {
+                if state != "online" {
+                    return err(libc::EINVAL);
+                }
+                if m.busy.contains(&id) || zone == "none" {
+                    return err(libc::EBUSY);
+                }
+                m.offlined.insert(id, zone.clone());
+                m.cycled.remove(&id);
+                self.put(&format!("{dir}/state"), "offline");
+                self.put(&format!("{dir}/online"), "0");
+                let choices = if zone == "Movable" {
+                    "Movable Normal".to_string()
+                } else {
+                    format!("{zone} Movable")
+                };
+                self.put(&format!("{dir}/valid_zones"), choices);
+                self.add_memfree_kb(node, -block_kb);
+                Ok(())
+            }
+            "online" | "online_kernel" | "online_movable" => {
+                if state != "offline" {
+                    return err(libc::EINVAL);
+                }
+                if cmd == "online_kernel" && m.no_kernel_zone.contains(&id) {
+                    return err(libc::EINVAL);
+                }
+                let before = m
+                    .offlined
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| "Normal".into());
+                let new_zone = match cmd {
+                    "online_movable" => "Movable".to_string(),
+                    "online_kernel" if before == "Movable" => "Normal".to_string(),
+                    _ => before,
+                };
+                self.put(&format!("{dir}/state"), "online");
+                self.put(&format!("{dir}/online"), "1");
+                self.put(&format!("{dir}/valid_zones"), &new_zone);
+                self.add_memfree_kb(node, block_kb);
+                if m.offlined.contains_key(&id) && new_zone != "Movable" {
+                    m.cycled.insert(id);
+                }
+                // A whole GiB group cycled into a kernel zone is one more free GiB range.
+                let per = ((1u64 << 30) / self.block_size()).max(1);
+                let group = id / per;
+                let all = (group * per..group * per + per).all(|b| m.cycled.contains(&b));
+                if all && m.credited.insert(group) {
+                    *m.free_ranges.entry(node).or_default() += 1;
+                }
+                Ok(())
+            }
+            _ => err(libc::EINVAL),
+        }
+    }
+
+    fn dax_dir(&self, dev: &str) -> PathBuf {
+        fs::canonicalize(self.root.join("sys/bus/dax/devices").join(dev)).unwrap()
+    }
+
+    fn dax_bind(&self, driver: &str, dev: &str, bind: bool) -> io::Result<()> {
+        let link = self.root.join("sys/bus/dax/devices").join(dev);
+        if !link.exists() {
+            return Err(io::Error::from_raw_os_error(libc::ENODEV));
+        }
+        let dir = self.dax_dir(dev);
+        let drv_link = dir.join("driver");
+        let bound = fs::read_link(&drv_link).ok();
+        if bind {
+            if bound.is_some() {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+            if self.read_u64(&self.rel(&dir.join("size"))) == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENXIO));
+            }
+            std::os::unix::fs::symlink(self.root.join("sys/bus/dax/drivers").join(driver), drv_link)
+        } else {
+            match bound {
+                Some(t) if t.file_name().map(|n| n == driver).unwrap_or(false) => {
+                    fs::remove_file(drv_link)
+                }
+                _ => Err(io::Error::from_raw_os_error(libc::ENODEV)),
+            }
+        }
+    }
+
+    fn dax_attr(&self, _dev: &str, dir: &Path, attr: &str, v: &str) -> io::Result<()> {
+        let region = dir.parent().unwrap().join("dax_region");
+        let dynamic = region.join("available_size").exists();
+        let bound = dir.join("driver").exists();
+        let rel = |p: &Path| self.rel(p);
+        let errno = |e| Err(io::Error::from_raw_os_error(e));
+        let n: u64 = match v.parse() {
+            Ok(n) => n,
+            Err(_) => return errno(libc::EINVAL),
+        };
+        if !dynamic {
+            return errno(libc::EACCES); // 0444 on static regions
+        }
+        if bound {
+            return errno(libc::EBUSY);
+        }
+        let size = self.read_u64(&rel(&dir.join("size")));
+        let align = self.read_u64(&rel(&dir.join("align")));
+        match attr {
+            "align" => {
+                if ![4096, 2 << 20, 1 << 30].contains(&n) || !size.is_multiple_of(n) {
+                    return errno(libc::EINVAL);
+                }
+                self.put(&rel(&dir.join("align")), n);
+            }
+            "size" => {
+                if !n.is_multiple_of(align.max(2 << 20)) {
+                    return errno(libc::EINVAL);
+                }
+                let avail_rel = rel(&region.join("available_size"));
+                let avail = self.read_u64(&avail_rel);
+                if n > size && n - size > avail {
+                    return errno(libc::ENOSPC);
+                }
+                self.put(&avail_rel, avail + size - n);
+                self.put(&rel(&dir.join("size")), n);
+            }
+            _ => return errno(libc::EINVAL),
+        }
+        Ok(())
+    }
+}
+
+impl SysWriter for FakeKernel {
+    fn write(&self, path: &Path, value: &str) -> io::Result<()> {
+        let rel = self.rel(path);
+        let (result, crash) = {
+            let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+            m.writes.push((rel.clone(), value.to_string()));
+            let n = m.writes.len();
+            let injected = match (&m.fail_at, &m.fail_suffix) {
+                (Some((at, e)), _) if *at == n => Some(*e),
+                (_, Some((suffix, e))) if rel.ends_with(suffix.as_str()) => Some(*e),
+                _ => None,
+            };
+            let result = match injected {
+                Some(e) => Err(io::Error::from_raw_os_error(e)),
+                None => {
+                    if !path.exists() {
+                        Err(io::Error::from_raw_os_error(libc::ENOENT))
+                    } else {
+                        self.apply(&mut m, &rel, value)
+                    }
+                }
+            };
+            let crash = m.crash_at == Some(n)
+                || m.crash_suffix
+                    .as_ref()
+                    .is_some_and(|s| rel.ends_with(s.as_str()));
+            (result, crash)
+        };
+        if crash {
+            panic!("simulated crash after write {rel} = {value}");
+        }
+        result
+    }
+}

@@ -1,0 +1,696 @@
+//! reserve / status / release against recorded sysfs trees, with the kernel's reaction to
+//! writes SIMULATED by tests/common/fake_kernel.rs (see there). Every test checks the host
+//! tree afterwards: what should have changed did, and a rollback leaves it byte-identical.
+
+mod common;
+
+use common::fake_kernel::FakeKernel;
+use common::trees::{self, Tree};
+use hpmmap_offline::devdax::{self, DevdaxOptions};
+use hpmmap_offline::host::Host;
+use hpmmap_offline::release::{self, Amount};
+use hpmmap_offline::reserve::{self, Placement, ReserveOptions};
+use hpmmap_offline::size::GIB;
+use hpmmap_offline::{state, status};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+fn host(t: &Tree, k: &FakeKernel) -> Host {
+    Host::new(t.sys(), t.proc())
+        .with_writer(k.writer())
+        .quiet(true)
+}
+
+fn opts(size_gib: u64, placement: Placement) -> ReserveOptions {
+    ReserveOptions {
+        size_gib,
+        placement,
+        keep_bytes: GIB,
+        allow_partial: false,
+        offline_blocks: true,
+    }
+}
+
+fn kernel(t: &Tree, f: impl FnOnce(&mut common::fake_kernel::Model)) -> FakeKernel {
+    let k = FakeKernel::new(t.dir.path());
+    k.with(f);
+    k
+}
+
+fn no_violations(k: &FakeKernel) {
+    k.with(|m| assert!(m.violations.is_empty(), "{:?}", m.violations));
+}
+
+#[test]
+fn one_node_reserve_status_release_round_trip() {
+    let t = trees::one_node("roundtrip");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 4);
+    });
+    let h = host(&t, &k);
+    let r = reserve::reserve(&h, &t.state(), &opts(2, Placement::Auto)).unwrap();
+    assert!(r.complete && !r.rolled_back, "{r:?}");
+    assert_eq!((r.nodes[0].added, r.nodes[0].compacted), (2, false));
+    assert_eq!((t.nr(0), t.free(0)), (2, 2));
+    let st = state::load(&t.state()).unwrap().unwrap();
+    assert_eq!(st.reserved(0), 2);
+    assert_eq!(st.nodes[&0].baseline_nr, 0);
+    assert!(st.pending.is_none() && st.blocks.is_empty());
+
+    let s = status::gather(&h, &t.state()).unwrap();
+    assert_eq!(s.nodes.len(), 1);
+    assert_eq!(s.nodes[0].reserved_by_hpmmap, 2);
+    assert_eq!(s.nodes[0].pages_1g.unwrap().nr, 2);
+    assert_eq!(s.global_1g.unwrap().free, 2);
+    // 192 blocks online in the recording: 168 Normal, 23 DMA32, 1 spanning zones.
+    assert_eq!(s.nodes[0].blocks.online, 192);
+    assert_eq!(s.nodes[0].blocks.online_by_zone["Normal"], 168);
+    assert!(status::render_text(&s).contains("reserved by hpmmap-offline 2"));
+
+    let rel = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(rel.complete && rel.idle, "{rel:?}");
+    assert_eq!(rel.nodes[0].released, 2);
+    assert!(!t.state().exists(), "state file left behind");
+    assert_eq!(t.snapshot(), before, "host not back to where it started");
+    no_violations(&k);
+}
+
+#[test]
+fn reserve_is_idempotent_and_grows_to_the_new_total() {
+    let t = trees::one_node("idem");
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 8);
+    });
+    let h = host(&t, &k);
+    reserve::reserve(&h, &t.state(), &opts(2, Placement::Node(0))).unwrap();
+    let writes = k.with(|m| m.writes.len());
+    let again = reserve::reserve(&h, &t.state(), &opts(2, Placement::Node(0))).unwrap();
+    assert!(again.complete);
+    assert_eq!(again.nodes[0].added, 0);
+    assert_eq!(
+        k.with(|m| m.writes.len()),
+        writes,
+        "second reserve wrote to sysfs"
+    );
+    assert_eq!(t.nr(0), 2);
+    let more = reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
+    assert_eq!((more.nodes[0].had, more.nodes[0].added), (2, 1));
+    assert_eq!(t.nr(0), 3);
+    assert_eq!(state::load(&t.state()).unwrap().unwrap().reserved(0), 3);
+    // release is idempotent too
+    release::release(&h, &t.state(), Amount::All).unwrap();
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle && r.nodes.is_empty());
+    assert_eq!(t.nr(0), 0);
+}
+
+#[test]
+fn pages_already_in_the_pool_are_not_ours_to_release() {
+    let t = trees::one_node("baseline");
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 6);
+    });
+    let h = host(&t, &k);
+    // Someone else (boot-time hugepages=, another tool) already has 2 pages in the pool.
+    hpmmap_offline::hugetlb::set_node_nr(&h, 0, 2).unwrap();
+    reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
+    assert_eq!(t.nr(0), 5);
+    assert_eq!(
+        state::load(&t.state()).unwrap().unwrap().nodes[&0].baseline_nr,
+        2
+    );
+    release::release(&h, &t.state(), Amount::All).unwrap();
+    assert_eq!(t.nr(0), 2, "release must leave the other user's pages");
+}
+
+#[test]
+fn fragmented_node_is_compacted_first() {
+    let t = trees::one_node("compact");
+    let k = kernel(&t, |m| {
+        m.compact_gain.insert(0, 2);
+    });
+    let h = host(&t, &k);
+    let r = reserve::reserve(&h, &t.state(), &opts(2, Placement::Node(0))).unwrap();
+    assert!(r.complete, "{r:?}");
+    assert!(r.nodes[0].compacted);
+    assert_eq!(r.nodes[0].groups_cycled, 0);
+    assert_eq!(k.with(|m| m.compactions), 1);
+    assert!(k.with(|m| m.writes.iter().any(|(p, _)| p.ends_with("node0/compact"))));
+    assert_eq!(t.nr(0), 2);
+}
+
+#[test]
+fn fragmented_node_cycles_block_groups_into_whole_free_gib() {
+    let t = trees::one_node("cycle");
+    let k = kernel(&t, |_| {});
+    let h = host(&t, &k);
+    let zones_before: Vec<String> = (184..200).map(|b| t.block_zone(b)).collect();
+    let r = reserve::reserve(&h, &t.state(), &opts(2, Placement::Node(0))).unwrap();
+    assert!(r.complete, "{r:?}");
+    assert!(r.nodes[0].compacted);
+    assert_eq!(r.nodes[0].groups_cycled, 2);
+    assert_eq!(t.nr(0), 2);
+    // The highest groups were cycled (GiB 24 = memory192..199, GiB 23 = memory184..191),
+    // and every block is back online in its zone.
+    let offlined: Vec<String> = k.with(|m| {
+        m.writes
+            .iter()
+            .filter(|(_, v)| v == "offline")
+            .map(|(p, _)| p.split('/').nth(4).unwrap().to_string())
+            .collect()
+    });
+    assert_eq!(offlined.len(), 16);
+    assert_eq!(offlined[0], "memory192");
+    assert_eq!(offlined[15], "memory191");
+    for b in 184..200 {
+        assert_eq!(t.block_state(b), "online");
+    }
+    let zones_after: Vec<String> = (184..200).map(|b| t.block_zone(b)).collect();
+    assert_eq!(zones_before, zones_after);
+    assert!(state::load(&t.state()).unwrap().unwrap().blocks.is_empty());
+}
+
+#[test]
+fn a_block_that_refuses_to_go_offline_is_put_back_and_the_next_group_tried() {
+    let t = trees::one_node("busy");
+    let k = kernel(&t, |m| {
+        m.busy.insert(196);
+    });
+    let h = host(&t, &k);
+    let r = reserve::reserve(&h, &t.state(), &opts(1, Placement::Node(0))).unwrap();
+    assert!(r.complete, "{r:?}");
+    assert_eq!(r.nodes[0].groups_cycled, 1);
+    assert!(
+        r.nodes[0]
+            .reasons
+            .iter()
+            .any(|w| w.contains("memory196 refused to go offline") && w.contains("busy")),
+        "{:?}",
+        r.nodes[0].reasons
+    );
+    for b in 184..200 {
+        assert_eq!(t.block_state(b), "online", "memory{b}");
+    }
+    // memory192..195 went offline and came back; memory197..199 were never touched.
+    let touched = |b: u64| {
+        k.with(|m| {
+            m.writes
+                .iter()
+                .any(|(p, _)| p.ends_with(&format!("memory{b}/state")))
+        })
+    };
+    assert!(touched(192) && touched(195) && !touched(197));
+}
+
+#[test]
+fn shortfall_is_reported_and_rolled_back_leaving_the_host_unchanged() {
+    let t = trees::one_node("short");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 1);
+        m.busy.extend(0..200);
+    });
+    let h = host(&t, &k);
+    let r = reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
+    assert!(!r.complete && r.rolled_back, "{r:?}");
+    let n = &r.nodes[0];
+    assert_eq!((n.added, n.given_back, n.short()), (0, 1, 3));
+    let why = n.reasons.join("\n");
+    assert!(why.contains("refused to go offline"), "{why}");
+    assert!(
+        why.contains("after cycling every candidate block group"),
+        "{why}"
+    );
+    assert!(why.contains("cannot be cycled"), "{why}"); // the hole at GiB 3, memory0
+    assert!(!t.state().exists());
+    assert_eq!(t.snapshot(), before);
+    no_violations(&k);
+}
+
+#[test]
+fn allow_partial_keeps_what_it_got() {
+    let t = trees::one_node("partial");
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 1);
+        m.busy.extend(0..200);
+    });
+    let h = host(&t, &k);
+    let mut o = opts(3, Placement::Node(0));
+    o.allow_partial = true;
+    let r = reserve::reserve(&h, &t.state(), &o).unwrap();
+    assert!(!r.complete && !r.rolled_back);
+    assert_eq!((r.nodes[0].added, r.nodes[0].short()), (1, 2));
+    assert_eq!(t.nr(0), 1);
+    assert_eq!(state::load(&t.state()).unwrap().unwrap().reserved(0), 1);
+}
+
+#[test]
+fn no_offline_stops_after_compaction() {
+    let t = trees::one_node("nooffline");
+    let k = kernel(&t, |_| {});
+    let h = host(&t, &k);
+    let mut o = opts(1, Placement::Node(0));
+    o.offline_blocks = false;
+    let r = reserve::reserve(&h, &t.state(), &o).unwrap();
+    assert!(!r.complete);
+    assert!(r.nodes[0].reasons[0].contains("--no-offline"));
+    assert!(k.with(|m| !m.writes.iter().any(|(p, _)| p.contains("/memory/"))));
+}
+
+#[test]
+fn keep_floor_is_never_crossed() {
+    let t = trees::one_node("keep");
+    trees::set_meminfo(&t, 0, 20 << 20, 3 << 20); // 3 GiB free
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 10);
+    });
+    let h = host(&t, &k);
+    let mut o = opts(3, Placement::Node(0));
+    o.allow_partial = true;
+    let r = reserve::reserve(&h, &t.state(), &o).unwrap();
+    assert_eq!(r.nodes[0].added, 2, "{r:?}");
+    assert!(r.nodes[0].reasons[0].contains("--keep floor"));
+    let free_kb: u64 = t
+        .read("sys/devices/system/node/node0/meminfo")
+        .lines()
+        .find(|l| l.contains("MemFree"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        free_kb << 10 >= GIB,
+        "free {free_kb} kB is below the 1 GiB floor"
+    );
+}
+
+#[test]
+fn two_nodes_spread_release_by_size_then_all() {
+    let t = trees::two_nodes("spread");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 2);
+        m.free_ranges.insert(1, 2);
+    });
+    let h = host(&t, &k);
+    let r = reserve::reserve(&h, &t.state(), &opts(3, Placement::Spread)).unwrap();
+    assert!(r.complete, "{r:?}");
+    assert_eq!((t.nr(0), t.nr(1)), (2, 1));
+    let s = status::gather(&h, &t.state()).unwrap();
+    assert_eq!(s.nodes.len(), 2);
+    assert_eq!(s.nodes[1].blocks.online, 100); // memory100..199 moved to node1
+    let r = release::release(&h, &t.state(), Amount::Gib(1)).unwrap();
+    assert!(r.complete);
+    assert_eq!(
+        (t.nr(0), t.nr(1)),
+        (1, 1),
+        "release --size takes from the fuller node"
+    );
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle);
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn two_nodes_cycle_only_the_chosen_nodes_blocks() {
+    let t = trees::two_nodes("cycle2");
+    let k = kernel(&t, |_| {});
+    let h = host(&t, &k);
+    let r = reserve::reserve(&h, &t.state(), &opts(1, Placement::Node(0))).unwrap();
+    assert!(r.complete, "{r:?}");
+    // node0 keeps memory0..99: the highest complete group is GiB 11 (memory88..95).
+    let first = k.with(|m| {
+        m.writes
+            .iter()
+            .find(|(_, v)| v == "offline")
+            .map(|(p, _)| p.clone())
+            .unwrap()
+    });
+    assert!(first.ends_with("memory88/state"), "{first}");
+    assert_eq!((t.nr(0), t.nr(1)), (1, 0));
+}
+
+#[test]
+fn input_errors_change_nothing() {
+    let t = trees::two_nodes("input");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 4);
+    });
+    let h = host(&t, &k);
+    let cases: Vec<(ReserveOptions, &str)> = vec![
+        (opts(2, Placement::Auto), "several memory nodes"),
+        (opts(2, Placement::Node(5)), "--node 5: no such NUMA node"),
+        (opts(12, Placement::Node(0)), "cannot fit"),
+        (opts(0, Placement::Node(0)), "nothing to reserve"),
+    ];
+    for (o, want) in cases {
+        let e = reserve::reserve(&h, &t.state(), &o).unwrap_err();
+        assert!(e.is_input() && e.to_string().contains(want), "{e}");
+    }
+    let e = release::release(&h, &t.state(), Amount::Gib(2)).unwrap_err();
+    assert!(e.is_input(), "{e}");
+    assert!(k.with(|m| m.writes.is_empty()));
+    assert!(
+        !t.path("run").exists(),
+        "state directory created on bad input"
+    );
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn no_1g_support_is_an_input_error_and_status_says_so() {
+    let t = trees::no_1g("no1g");
+    let k = kernel(&t, |_| {});
+    let h = host(&t, &k);
+    let e = reserve::reserve(&h, &t.state(), &opts(1, Placement::Auto)).unwrap_err();
+    assert!(
+        e.is_input() && e.to_string().contains("no 1 GiB huge page support"),
+        "{e}"
+    );
+    let s = status::gather(&h, &t.state()).unwrap();
+    assert!(!s.supported_1g);
+    assert!(status::render_text(&s).contains("not supported"));
+}
+
+#[test]
+fn state_from_another_version_or_root_is_refused_untouched() {
+    let t = trees::one_node("version");
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 4);
+    });
+    let h = host(&t, &k);
+    t.write(
+        "run/hpmmap/offline.json",
+        r#"{"format":"hpmmap-offline-state","version":2,"nodes":{"0":{"reserved":9}}}"#,
+    );
+    let before = t.snapshot();
+    for e in [
+        reserve::reserve(&h, &t.state(), &opts(1, Placement::Auto)).unwrap_err(),
+        release::release(&h, &t.state(), Amount::All).unwrap_err(),
+    ] {
+        assert!(e.is_input() && e.to_string().contains("version 2"), "{e}");
+    }
+    assert!(status::gather(&h, &t.state()).unwrap_err().is_input());
+    assert_eq!(t.snapshot(), before);
+    assert!(t.read("run/hpmmap/offline.json").contains("\"version\":2"));
+
+    let mut other = state::State::new(std::path::Path::new("/sys"), std::path::Path::new("/proc"));
+    state::save(&t.state(), &mut other).unwrap();
+    let e = reserve::reserve(&h, &t.state(), &opts(1, Placement::Auto)).unwrap_err();
+    assert!(
+        e.is_input() && e.to_string().contains("belongs to sysfs root /sys"),
+        "{e}"
+    );
+    assert!(k.with(|m| m.writes.is_empty()));
+}
+
+#[test]
+fn io_error_mid_reserve_rolls_back() {
+    let t = trees::one_node("eio");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 5);
+        m.fail_at = Some((3, libc::EIO));
+    });
+    let h = host(&t, &k);
+    let e = reserve::reserve(&h, &t.state(), &opts(4, Placement::Node(0))).unwrap_err();
+    assert!(!e.is_input());
+    assert!(e.to_string().contains("nr_hugepages"), "{e}");
+    assert_eq!(t.nr(0), 0);
+    assert!(!t.state().exists());
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn crash_mid_resize_then_release_all_restores_the_host() {
+    let t = trees::one_node("crash");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 4);
+        m.crash_at = Some(3); // dies right after the kernel applied nr_hugepages = 3
+    });
+    let h = host(&t, &k);
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        reserve::reserve(&h, &t.state(), &opts(4, Placement::Node(0)))
+    }));
+    assert!(res.is_err(), "the simulated crash did not happen");
+    assert_eq!(t.nr(0), 3);
+    let st = state::load(&t.state()).unwrap().unwrap();
+    assert_eq!(st.reserved(0), 2);
+    assert_eq!(
+        st.pending,
+        Some(state::PendingResize {
+            node: 0,
+            before: 2,
+            target: 3
+        })
+    );
+    // status after the crash still reads, and says there is something to settle
+    let k2 = kernel(&t, |_| {});
+    let h2 = host(&t, &k2);
+    assert!(
+        status::render_text(&status::gather(&h2, &t.state()).unwrap())
+            .contains("interrupted resize")
+    );
+    let r = release::release(&h2, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle, "{r:?}");
+    assert_eq!(r.nodes[0].released, 3);
+    assert_eq!(t.snapshot(), before);
+    no_violations(&k2);
+}
+
+#[test]
+fn crash_mid_block_cycle_then_release_all_brings_blocks_back() {
+    let t = trees::one_node("crashcycle");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.crash_suffix = Some("memory195/state".into());
+    });
+    let h = host(&t, &k);
+    let res = catch_unwind(AssertUnwindSafe(|| {
+        reserve::reserve(&h, &t.state(), &opts(1, Placement::Node(0)))
+    }));
+    assert!(res.is_err());
+    for b in 192..196 {
+        assert_eq!(t.block_state(b), "offline", "memory{b}");
+    }
+    assert_eq!(state::load(&t.state()).unwrap().unwrap().blocks.len(), 8);
+    let k2 = kernel(&t, |_| {});
+    let r = release::release(&host(&t, &k2), &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle, "{r:?}");
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn release_never_takes_pages_a_running_vm_maps() {
+    let t = trees::one_node("vm");
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 3);
+    });
+    let h = host(&t, &k);
+    reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
+    trees::add_vm(&t, 4242, 0, 2);
+    let s = status::gather(&h, &t.state()).unwrap();
+    assert_eq!(s.nodes[0].held_by, vec![(4242, 2)]);
+    assert_eq!(s.vm_holders[0].pages, 2);
+    assert!(status::render_text(&s).contains("pid 4242 (2 GiB)"));
+
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(!r.complete && !r.idle);
+    assert_eq!((r.nodes[0].released, r.nodes[0].still_reserved), (1, 2));
+    assert!(
+        r.nodes[0].reasons[0].contains("pid 4242"),
+        "{:?}",
+        r.nodes[0].reasons
+    );
+    assert_eq!(t.nr(0), 2);
+    no_violations(&k);
+
+    trees::remove_vm(&t, 4242, 0, 2);
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle);
+    assert_eq!(t.nr(0), 0);
+}
+
+#[test]
+fn release_leaves_pages_other_processes_use() {
+    let t = trees::one_node("others");
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 2);
+    });
+    let h = host(&t, &k);
+    reserve::reserve(&h, &t.state(), &opts(2, Placement::Node(0))).unwrap();
+    // Not an hpmmap-vmm: some other process faulted both pages in.
+    t.write(
+        "sys/devices/system/node/node0/hugepages/hugepages-1048576kB/free_hugepages",
+        "0\n",
+    );
+    t.write(
+        "sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages",
+        "0\n",
+    );
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(!r.complete);
+    assert_eq!(r.nodes[0].released, 0);
+    assert!(r.nodes[0].reasons[0].contains("only 0 free"));
+    assert_eq!(t.nr(0), 2);
+    no_violations(&k);
+}
+
+fn dax_opts(size_gib: u64, device: Option<&str>) -> DevdaxOptions {
+    DevdaxOptions {
+        size_gib,
+        node: Some(0),
+        device: device.map(String::from),
+    }
+}
+
+const D0: &str = "sys/devices/platform/hmem.0/dax0.0";
+const R0: &str = "sys/devices/platform/hmem.0/dax_region";
+
+#[test]
+fn devdax_prepares_a_1g_aligned_device_and_release_restores_it() {
+    let t = trees::one_node("dax");
+    trees::add_dax(&t, 0);
+    let before = t.snapshot();
+    let k = kernel(&t, |_| {});
+    let h = host(&t, &k);
+    let r = devdax::reserve_devdax(&h, &t.state(), &dax_opts(2, None)).unwrap();
+    assert_eq!(
+        (r.device.as_str(), r.path.as_str()),
+        ("dax0.0", "/dev/dax0.0")
+    );
+    assert!(r.changed);
+    assert_eq!(t.read_u64(&format!("{D0}/align")), GIB);
+    assert_eq!(t.read_u64(&format!("{D0}/size")), 2 * GIB);
+    assert_eq!(t.read_u64(&format!("{R0}/available_size")), 14 * GIB);
+    assert!(t.path(&format!("{D0}/driver")).exists());
+    // align is written before size, bind last (the kernel checks size against align)
+    let order: Vec<String> = k.with(|m| {
+        m.writes
+            .iter()
+            .map(|(p, _)| p.rsplit('/').next().unwrap().to_string())
+            .collect()
+    });
+    assert_eq!(order, ["align", "size", "bind"]);
+    let st = state::load(&t.state()).unwrap().unwrap();
+    assert_eq!(st.devdax[0].original_align, 2 << 20);
+    assert_eq!(st.devdax[0].original_driver, None);
+
+    let again = devdax::reserve_devdax(&h, &t.state(), &dax_opts(2, None)).unwrap();
+    assert!(!again.changed);
+    let e = devdax::reserve_devdax(&h, &t.state(), &dax_opts(3, None)).unwrap_err();
+    assert!(
+        e.is_input() && e.to_string().contains("already prepared"),
+        "{e}"
+    );
+
+    let s = status::gather(&h, &t.state()).unwrap();
+    assert!(status::render_text(&s)
+        .contains("dax dax0.0: size 2 GiB, align 1 GiB, node 0, driver device_dax"));
+
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle, "{r:?}");
+    assert_eq!(r.devdax_released, ["dax0.0"]);
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn devdax_refuses_what_cannot_work_without_touching_anything() {
+    let t = trees::one_node("daxbad");
+    trees::add_dax(&t, 0);
+    let before = t.snapshot();
+    let k = kernel(&t, |_| {});
+    let h = host(&t, &k);
+    let e = devdax::reserve_devdax(&h, &t.state(), &dax_opts(2, Some("dax1.0"))).unwrap_err();
+    assert!(
+        e.is_input() && e.to_string().contains("ndctl create-namespace"),
+        "{e}"
+    );
+    let e = devdax::reserve_devdax(&h, &t.state(), &dax_opts(32, None)).unwrap_err();
+    assert!(
+        e.is_input() && e.to_string().contains("room for 16 GiB"),
+        "{e}"
+    );
+    let e = devdax::reserve_devdax(&h, &t.state(), &dax_opts(2, Some("dax9.9"))).unwrap_err();
+    assert!(
+        e.is_input() && e.to_string().contains("no such device"),
+        "{e}"
+    );
+    assert!(k.with(|m| m.writes.is_empty()));
+    assert_eq!(t.snapshot(), before);
+    let t2 = trees::one_node("nodax");
+    std::fs::remove_dir_all(t2.path("sys/bus/dax")).unwrap();
+    let k2 = kernel(&t2, |_| {});
+    let e = devdax::reserve_devdax(&host(&t2, &k2), &t2.state(), &dax_opts(2, None)).unwrap_err();
+    assert!(e.is_input() && e.to_string().contains("no dax bus"), "{e}");
+}
+
+#[test]
+fn devdax_bind_failure_is_undone() {
+    let t = trees::one_node("daxfail");
+    trees::add_dax(&t, 0);
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.fail_suffix = Some(("device_dax/bind".into(), libc::EIO));
+    });
+    let e = devdax::reserve_devdax(&host(&t, &k), &t.state(), &dax_opts(2, None)).unwrap_err();
+    assert!(!e.is_input() && e.to_string().contains("bind"), "{e}");
+    assert!(!t.state().exists());
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn devdax_crash_then_release_all_restores_and_mapped_devices_are_kept() {
+    let t = trees::one_node("daxcrash");
+    trees::add_dax(&t, 0);
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.crash_suffix = Some("dax0.0/size".into());
+    });
+    let h = host(&t, &k);
+    assert!(catch_unwind(AssertUnwindSafe(|| devdax::reserve_devdax(
+        &h,
+        &t.state(),
+        &dax_opts(2, None)
+    )))
+    .is_err());
+    assert_eq!(t.read_u64(&format!("{D0}/size")), 2 * GIB);
+
+    // a process maps the device: release must keep it
+    t.write(
+        "proc/777/maps",
+        "7f0000000000-7f0080000000 rw-s 00000000 00:06 42 /dev/dax0.0\n",
+    );
+    let k2 = kernel(&t, |_| {});
+    let h2 = host(&t, &k2);
+    let r = release::release(&h2, &t.state(), Amount::All).unwrap();
+    assert!(!r.complete && !r.idle);
+    assert!(
+        r.notes.iter().any(|n| n.contains("mapped by pid 777")),
+        "{:?}",
+        r.notes
+    );
+    assert_eq!(t.read_u64(&format!("{D0}/size")), 2 * GIB);
+
+    std::fs::remove_dir_all(t.path("proc/777")).unwrap();
+    let r = release::release(&h2, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle, "{r:?}");
+    assert_eq!(t.snapshot(), before);
+}
+
+#[test]
+fn status_finds_the_recorded_real_vm_process() {
+    let t = trees::one_node("recordedvm");
+    trees::add_recorded_vm(&t, 31337);
+    // a process that is not hpmmap-vmm but maps a 1 GiB page is not a VM holder
+    trees::add_recorded_vm(&t, 31338);
+    t.write("proc/31338/comm", "postgres\n");
+    let k = kernel(&t, |_| {});
+    let s = status::gather(&host(&t, &k), &t.state()).unwrap();
+    assert_eq!(s.vm_holders.len(), 1, "{:?}", s.vm_holders);
+    assert_eq!(s.vm_holders[0].pid, 31337);
+    assert_eq!(s.vm_holders[0].pages, 1);
+    assert_eq!(s.nodes[0].held_by, vec![(31337, 1)]);
+}
