@@ -28,4 +28,5 @@ Exit status:
   73     KVM_EXIT_INTERNAL_ERROR, failed VM entry or unhandled exit (exit data and vCPU
          registers are printed)
   74     the guest powered off without reporting an exit status
+  128+N  stopped by signal N (SIGINT, SIGTERM, SIGHUP); the report is still written
 The report (stderr, and --report PATH as JSON) names the exit reason.";

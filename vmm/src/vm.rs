@@ -300,6 +300,7 @@ fn classify(ev: &VmEvent) -> (&'static str, String, Option<u8>, i32) {
             exit::KVM_INTERNAL_ERROR,
         ),
         VmEvent::VmmFailure(d) => ("vmm-failure", d.clone(), None, exit::VMM_FAILURE),
+        VmEvent::Signal(n) => ("signal", format!("stopped by signal {n}"), None, 128 + n),
     }
 }
 
@@ -320,6 +321,31 @@ fn wait_for_outcome(rx: &Receiver<VmEvent>) -> VmEvent {
         }
     }
     first
+}
+
+/// Turns SIGINT/SIGTERM/SIGHUP into an orderly stop (vCPUs joined, report written): they are
+/// blocked in every thread and taken by one thread with sigwait.
+fn watch_stop_signals(bus: Arc<VmBus>) {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask affects this thread and the
+    // threads it creates afterwards.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: waits on the set built above.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                bus.sink.event(VmEvent::Signal(sig));
+            }
+        });
 }
 
 pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
@@ -397,6 +423,8 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         stop: stop.clone(),
         first_entry: Arc::new(OnceLock::new()),
     };
+    // Before any thread that could otherwise take the signal is created.
+    watch_stop_signals(bus.clone());
     let run_start = Instant::now();
     let mut threads = Vec::new();
     for (i, fd) in vcpus.into_iter().enumerate() {

@@ -461,3 +461,43 @@ fn small_page_guest_ram_is_one_locked_mapping() {
     assert_eq!(kps, "4 kB");
     assert!(flags.iter().any(|f| f == "lo"), "mlocked: {flags:?}");
 }
+
+#[test]
+fn sigterm_stops_the_guest_in_order_and_writes_the_report() {
+    if !kvm_or_skip("sigterm_stops_the_guest_in_order_and_writes_the_report") {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new("sigterm");
+    let k = ready_payload(&dir);
+    let rep = dir.path("r.json");
+    let mut child = std::process::Command::new(vmm_bin())
+        .args([
+            "--mem",
+            "64M",
+            "--hugepages",
+            "none",
+            "--vcpus",
+            "2",
+            "--kernel",
+            &k,
+        ])
+        .args(["--report", rep.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(128 + 15));
+    let j = report(&rep);
+    assert_eq!(j["exit_reason"], "signal");
+    assert_eq!(j["exit_code"], 143);
+}

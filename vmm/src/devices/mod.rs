@@ -24,6 +24,8 @@ pub enum VmEvent {
     InternalError(String),
     /// A host-side failure of the VMM itself.
     VmmFailure(String),
+    /// SIGINT, SIGTERM or SIGHUP asked the VMM to stop (e.g. a cancelled batch job).
+    Signal(i32),
 }
 
 /// Where devices report events.

@@ -339,6 +339,12 @@ impl GuestRam {
     /// Punches `[offset, offset+len)` out of the memfd and faults it back in: the guest then
     /// reads zeros, and the host zeroed the pages at native speed.
     pub fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.punch_hole(offset, len)?;
+        populate(self.base as usize + offset as usize, len as usize)
+    }
+
+    /// Gives `[offset, offset+len)` back to the host; the next touch faults in zeroed pages.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         if offset.checked_add(len).is_none_or(|e| e > self.len) {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
@@ -354,7 +360,12 @@ impl GuestRam {
         if rc < 0 {
             return Err(errno());
         }
-        populate(self.base as usize + offset as usize, len as usize)
+        Ok(())
+    }
+
+    /// The start of the host mapping, for benchmarks that write it directly.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base
     }
 
     /// vm-memory's view of the mapping, laid out as `layout` says (not owning the mapping).
