@@ -20,7 +20,7 @@ if [ -z "$deb" ]; then
     (cd "$CACHE" && apt-get download "$pkg")
     deb=$(ls "$CACHE"/linux-image-6.1.*-amd64_*_amd64.deb | sort -V | tail -1)
 fi
-rm -rf "$WORK" && mkdir -p "$WORK/k" "$WORK/root"/{bin,mods,proc,sys,dev}
+rm -rf "$WORK" && mkdir -p "$WORK/k" "$WORK/root"/{bin,mods,proc,sys,dev,tmp}
 dpkg-deb -x "$deb" "$WORK/k"
 kver=$(ls "$WORK/k/lib/modules")
 log "kernel $kver"
@@ -62,6 +62,12 @@ hpmmap-vf selftest --vf \$PF --mem 64M; echo "exit \$?"
 hpmmap-vf resolve --vf \$PF
 step "probe --vf \$VF1 (a VF by address, on igbvf)"
 hpmmap-vf probe --vf \$VF1 --mem 64M --irq-test || fail=1
+d=\$(basename \$(readlink /sys/bus/pci/devices/\$VF1/driver)); echo "\$VF1 on \$d"; [ "\$d" = igbvf ] || fail=1
+step "SIGTERM while VFIO is live: teardown through restore_all()"
+hpmmap-vf probe --vf \$VF1 --mem 64M --hold 120 > /tmp/hold.out 2>&1 &
+pid=\$!
+for i in \$(seq 300); do grep -qs holding /tmp/hold.out && break; sleep 0.2; done
+kill -TERM \$pid; wait \$pid; rc=\$?; cat /tmp/hold.out; echo "exit \$rc (expect 143)"; [ \$rc = 143 ] || fail=1
 d=\$(basename \$(readlink /sys/bus/pci/devices/\$VF1/driver)); echo "\$VF1 on \$d"; [ "\$d" = igbvf ] || fail=1
 step "bad input: a device without SR-IOV; a VF held by another VFIO user"
 hpmmap-vf probe --vf 0000:00:1f.0; echo "exit \$? (expect 2)"

@@ -75,6 +75,10 @@ enum Cmd {
         /// igbvf only: writes its EIMS and EICS registers).
         #[arg(long)]
         irq_test: bool,
+        /// Hold everything for this many seconds before tearing down; SIGTERM or
+        /// SIGINT meanwhile tears down through restore_all(), as the VMM does.
+        #[arg(long)]
+        hold: Option<u64>,
     },
 }
 
@@ -209,7 +213,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             vf_create,
             mem,
             irq_test,
-        } => probe(&vf, vf_create, mem, irq_test).map(|_| ExitCode::SUCCESS),
+            hold,
+        } => probe(&vf, vf_create, mem, irq_test, hold).map(|_| ExitCode::SUCCESS),
     }
 }
 
@@ -302,7 +307,48 @@ fn igbvf_irq_test(
     bail!("MSI-X vector 0 did not fire within 2 s after writing EICS")
 }
 
-fn probe(spec: &str, create: Option<u32>, mem: u64, irq_test: bool) -> Result<()> {
+static SIGNALLED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Only an atomic store: the teardown itself runs in normal context.
+    SIGNALLED.store(sig, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn catch_term_and_int() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: installs a handler that only stores to an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Waits up to `secs` for SIGTERM/SIGINT; returns the signal if one came.
+fn hold_for(secs: u64) -> Option<i32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        let s = SIGNALLED.load(std::sync::atomic::Ordering::SeqCst);
+        if s != 0 {
+            return Some(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
+fn probe(
+    spec: &str,
+    create: Option<u32>,
+    mem: u64,
+    irq_test: bool,
+    hold: Option<u64>,
+) -> Result<()> {
+    if hold.is_some() {
+        catch_term_and_int();
+    }
     let sysfs = Sysfs::host();
     println!("[1/6] claiming --vf {spec}");
     let claim = claim_vf(
@@ -407,6 +453,33 @@ fn probe(spec: &str, create: Option<u32>, mem: u64, irq_test: bool) -> Result<()
                 .context("BAR0 is not mapped")?;
             let count = igbvf_irq_test(&p.device, bar0, fds[0])?;
             println!("      device raised MSI-X vector 0: eventfd count {count}");
+        }
+        if let Some(secs) = hold {
+            println!(
+                "      holding {secs} s with VFIO live; SIGTERM/SIGINT tear down via restore_all()"
+            );
+            if let Some(sig) = hold_for(secs) {
+                // The VMM's signal path: close VFIO first (vfio-pci's unbind waits for
+                // the device fd), then put every claimed VF back.
+                println!("      signal {sig}: closing VFIO, then restore_all()");
+                let vf = claim.vf();
+                drop(maps);
+                drop(p);
+                drop(buf);
+                for fd in fds {
+                    // SAFETY: closing the eventfds created above.
+                    unsafe { libc::close(fd) };
+                }
+                let errors = hpmmap_vf::restore_all();
+                for e in &errors {
+                    eprintln!("hpmmap-vf: {e}");
+                }
+                println!(
+                    "      VF {vf} is on {:?} after restore_all()",
+                    sysfs.driver_of(vf)?
+                );
+                std::process::exit(128 + sig);
+            }
         }
         p.device.disable_msix()?;
         println!("      MSI-X disabled");
