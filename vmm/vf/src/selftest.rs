@@ -221,12 +221,37 @@ fn vfio_module(sysfs: &Sysfs) -> Check {
     if drv.is_dir() {
         return Check::ok("vfio-pci", format!("driver registered ({})", drv.display()));
     }
-    Check::bad(
-        "vfio-pci",
-        Status::Fail,
-        format!("driver not loaded ({} missing)", drv.display()),
-        "modprobe vfio-pci (and list it in /etc/modules-load.d/ to load at boot)",
-    )
+    let release = sysfs
+        .read_opt(&sysfs.proc("sys/kernel/osrelease"))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let dir = sysfs
+        .paths()
+        .modules
+        .join(&release)
+        .join("kernel/drivers/vfio/pci");
+    let on_disk = sysfs
+        .list(&dir)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|f| f.starts_with("vfio-pci.ko"));
+    match on_disk {
+        Some(f) => Check::bad(
+            "vfio-pci",
+            Status::Fail,
+            format!("driver not loaded ({} missing; the module is at {})", drv.display(), dir.join(f).display()),
+            "modprobe vfio-pci (and list it in /etc/modules-load.d/ to load at boot)",
+        ),
+        None => Check::bad(
+            "vfio-pci",
+            Status::Fail,
+            format!("driver not loaded and no vfio-pci module for kernel '{release}' in {}", dir.display()),
+            "install a kernel built with CONFIG_VFIO_PCI (Debian's linux-image-amd64 has it as a module)",
+        ),
+    }
 }
 
 fn vfio_dev(sysfs: &Sysfs) -> Check {

@@ -13,12 +13,14 @@ use std::sync::Arc;
 use crate::error::VfError;
 use crate::pci::PciAddr;
 
-/// Where sysfs, procfs and /dev live.
+/// Where sysfs, procfs, /dev and the kernel modules live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostPaths {
     pub sys: PathBuf,
     pub proc: PathBuf,
     pub dev: PathBuf,
+    /// `/lib/modules`, to tell "vfio-pci not loaded" from "not built".
+    pub modules: PathBuf,
 }
 
 impl HostPaths {
@@ -27,16 +29,18 @@ impl HostPaths {
             sys: "/sys".into(),
             proc: "/proc".into(),
             dev: "/dev".into(),
+            modules: "/lib/modules".into(),
         }
     }
 
-    /// `ROOT/sys`, `ROOT/proc`, `ROOT/dev`: the layout of a recorded tree.
+    /// `ROOT/sys`, `ROOT/proc`, `ROOT/dev`, `ROOT/lib/modules`: a recorded tree.
     pub fn under(root: impl AsRef<Path>) -> Self {
         let r = root.as_ref();
         HostPaths {
             sys: r.join("sys"),
             proc: r.join("proc"),
             dev: r.join("dev"),
+            modules: r.join("lib/modules"),
         }
     }
 }
