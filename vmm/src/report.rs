@@ -30,6 +30,8 @@ pub struct Report {
     pub prefault: PrefaultStats,
     /// From the VMM's start (main) to the boot vCPU's first KVM_RUN.
     pub start_to_first_instruction_ms: Option<f64>,
+    /// Where the start-up time went, phase by phase (ms).
+    pub startup_phases_ms: std::collections::BTreeMap<&'static str, f64>,
     pub run_seconds: f64,
     /// job-exit, guest-shutdown, guest-panic, triple-fault, kvm-internal-error, vmm-failure.
     pub exit_reason: String,

@@ -352,12 +352,23 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     let platform = Platform::detect();
     let kvm = open_kvm()?;
     let layout = preflight(cfg, &kvm)?;
+    let mut phases: Vec<(&'static str, f64)> = Vec::new();
+    let mut mark = {
+        let mut last = started;
+        move |phases: &mut Vec<(&'static str, f64)>, name: &'static str| {
+            let now = Instant::now();
+            phases.push((name, now.duration_since(last).as_secs_f64() * 1e3));
+            last = now;
+        }
+    };
+    mark(&mut phases, "start_and_checks");
     // After the checks, so that refused input stays a one-line error.
     if let Some(w) = platform.boot_warning() {
         eprintln!("hpmmap-vmm: note: {w}");
     }
 
     let (ram, prefault) = GuestRam::create(&ram_options(cfg))?;
+    mark(&mut phases, "guest_ram");
     let ram = Arc::new(ram);
     let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM"))?;
     // Needed by VMX for real-mode emulation; harmless elsewhere and refused by some KVMs.
@@ -380,12 +391,14 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         unsafe { vm.set_user_memory_region(region) }.map_err(host("KVM_SET_USER_MEMORY_REGION"))?;
     }
     let mem = ram.guest_memory(&layout)?;
+    mark(&mut phases, "kvm_vm");
     let kernel = loader::load_kernel(&mem, &layout, &cfg.kernel)?;
     let initrd = match &cfg.initrd {
         Some(p) => Some(loader::load_initrd(&mem, &layout, &kernel, p)?),
         None => None,
     };
     write_boot_structures(&mem, &layout, &kernel, initrd, &cfg.cmdline, cfg.vcpus)?;
+    mark(&mut phases, "load_and_boot_structures");
 
     let serial_irq =
         vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(host("eventfd"))?;
@@ -417,6 +430,7 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         vcpus.push(configure_vcpu(&kvm, &vm, i, cfg.vcpus, &kernel)?);
     }
     vcpu::install_kick_handler().map_err(host("signal handler"))?;
+    mark(&mut phases, "vcpus");
     let stop = Arc::new(AtomicBool::new(false));
     let shared = VcpuShared {
         bus: bus.clone(),
@@ -494,6 +508,7 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
             .first_entry
             .get()
             .map(|t| t.duration_since(started).as_secs_f64() * 1e3),
+        startup_phases_ms: phases.into_iter().collect(),
         run_seconds,
         exit_reason: reason.to_string(),
         exit_detail: detail,

@@ -241,7 +241,8 @@ impl GuestRam {
 
     /// Faults every page in, in parallel: one worker per core takes chunks off a shared
     /// counter, so workers finish together whatever the page size.
-    fn prefault(&self, opts: &RamOptions) -> Result<PrefaultStats, MemoryError> {
+    /// Also usable again after `punch_hole`, which is how the benchmark repeats it.
+    pub fn prefault(&self, opts: &RamOptions) -> Result<PrefaultStats, MemoryError> {
         let workers = if opts.workers == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
