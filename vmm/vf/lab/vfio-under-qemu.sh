@@ -16,8 +16,11 @@ deb=$(ls "$CACHE"/linux-image-6.1.*-amd64_*_amd64.deb 2>/dev/null | grep -v dbg 
 if [ -z "$deb" ]; then
     mkdir -p "$CACHE"
     log "downloading Debian's 6.1 kernel package into $CACHE"
-    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6.1/ {print $2; exit}')
-    (cd "$CACHE" && apt-get download "$pkg")
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-6.1/ {print $2; exit}')
+    if [ -z "$pkg" ] || ! (cd "$CACHE" && apt-get download "$pkg" >/dev/null); then
+        log "cannot get Debian's 6.1 kernel package (apt sources or network missing)"
+        exit 77
+    fi
     deb=$(ls "$CACHE"/linux-image-6.1.*-amd64_*_amd64.deb | sort -V | tail -1)
 fi
 rm -rf "$WORK" && mkdir -p "$WORK/k" "$WORK/root"/{bin,mods,proc,sys,dev,tmp}
