@@ -7,6 +7,7 @@
 //! - [`msix`], [`config`]: the guest-visible config space and MSI-X table as pure state
 //!   machines producing KVM MSI routes.
 //! - [`selftest`]: prerequisites on a real host, with what to fix.
+//! - [`record`]: copies the sysfs subset discovery reads, for test fixtures.
 //!
 //! All host access goes through [`Sysfs`] (a configurable root) and the
 //! [`vfio::VfioIoctls`] trait, which tests replace with a recorded tree plus a simulated
