@@ -9,17 +9,19 @@
 //! `/sys/bus/dax/drivers/device_dax/bind`. Static regions (pmem namespaces) fix size and align
 //! when the namespace is created.
 
+use crate::blocks;
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::hugetlb;
 use crate::session::Session;
 use crate::size::{human, GIB};
-use crate::state::DaxChange;
+use crate::state::{BlockChange, DaxChange};
 use serde::Serialize;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 pub const DEVICE_DAX: &str = "device_dax";
+pub const KMEM: &str = "kmem";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DaxDevice {
@@ -32,6 +34,8 @@ pub struct DaxDevice {
     pub align: Option<u64>,
     pub node: Option<i64>,
     pub driver: Option<String>,
+    /// Start of the device's physical range (kmem memory blocks live there).
+    pub resource: Option<u64>,
     /// Region can be carved (has available_size): size and align are writable.
     pub dynamic: bool,
     pub region_available: Option<u64>,
@@ -64,7 +68,12 @@ pub fn read_device(host: &Host, name: &str) -> Result<DaxDevice> {
         .ok()
         .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
     let region_available = read_opt_u64(host, &region.join("available_size"));
+    let resource = host
+        .read(&dir.join("resource"))
+        .ok()
+        .and_then(|r| u64::from_str_radix(r.trim().trim_start_matches("0x"), 16).ok());
     Ok(DaxDevice {
+        resource,
         name: name.to_string(),
         size: host.read_u64(&dir.join("size"))?,
         align: read_opt_u64(host, &dir.join("align")),
@@ -109,8 +118,26 @@ fn unsuitable(d: &DaxDevice, size: u64) -> Option<String> {
         return None;
     }
     match d.driver.as_deref() {
-        Some("kmem") => {
-            return Some("in system-ram mode (kmem): its memory belongs to the host".into())
+        Some(KMEM) => {
+            // System-ram mode: converted whole (its blocks go offline), never resized.
+            if !d.dynamic && d.align != Some(GIB) {
+                return Some(format!(
+                    "in system-ram mode (kmem) in a static region with align {}; the align is \
+                     fixed when the namespace is created",
+                    d.align.map(human).unwrap_or_else(|| "unknown".into())
+                ));
+            }
+            if d.size < size || !d.size.is_multiple_of(GIB) {
+                return Some(format!(
+                    "in system-ram mode (kmem) with {}, not a whole number of GiB of at least {}",
+                    human(d.size),
+                    human(size)
+                ));
+            }
+            if d.resource.is_none() {
+                return Some("in system-ram mode (kmem) without a resource attribute".into());
+            }
+            return None;
         }
         Some(DEVICE_DAX) if d.dynamic => {
             return Some(format!(
@@ -218,6 +245,7 @@ pub fn reserve_devdax(
     ordered.sort_by_key(|d| {
         (
             !(d.driver.as_deref() == Some(DEVICE_DAX) && d.align == Some(GIB)),
+            d.driver.as_deref() == Some(KMEM),
             d.size == 0,
             d.name.clone(),
         )
@@ -262,10 +290,25 @@ pub fn reserve_devdax(
         original_driver: d.driver.clone(),
         original_size: d.size,
         original_align: d.align.unwrap_or(0),
-        size: if d.dynamic { size } else { d.size },
+        size: if d.dynamic && d.driver.as_deref() != Some(KMEM) {
+            size
+        } else {
+            d.size
+        },
         align: GIB,
     };
     session.state.devdax.push(change.clone());
+    if d.driver.as_deref() == Some(KMEM) {
+        for b in kmem_blocks(host, &d)? {
+            session.state.blocks.push(BlockChange {
+                id: b.id,
+                node: b.node,
+                original_state: b.state.clone(),
+                original_zone: b.zone().map(String::from),
+                dax: Some(d.name.clone()),
+            });
+        }
+    }
     session.save()?;
     host.progress(format!(
         "{}: align 1 GiB, size {}, bind {DEVICE_DAX}",
@@ -278,9 +321,19 @@ pub fn reserve_devdax(
             Ok(report(&now, true))
         }
         Err(e) => {
-            let undo = undo_change(host, &change);
+            let mut undo = undo_change(host, &change);
             if undo.is_ok() {
                 session.state.devdax.retain(|c| c.device != change.device);
+                match session.restore_blocks() {
+                    Ok(stuck) if !stuck.is_empty() => {
+                        undo = Err(Error::StateIo {
+                            path: state_path.into(),
+                            why: format!("blocks not back online: {}", stuck.join("; ")),
+                        })
+                    }
+                    Err(x) => undo = Err(x),
+                    Ok(_) => {}
+                }
             }
             let _ = session.finish();
             Err(match undo {
@@ -305,7 +358,64 @@ fn report(d: &DaxDevice, changed: bool) -> DevdaxReport {
     }
 }
 
+/// Memory blocks holding a system-ram (kmem) device's memory.
+fn kmem_blocks(host: &Host, d: &DaxDevice) -> Result<Vec<blocks::Block>> {
+    let bs = blocks::block_size(host).ok_or_else(|| {
+        Error::input(format!(
+            "--devdax: {} is in system-ram mode but the host has no memory-hotplug sysfs",
+            d.name
+        ))
+    })?;
+    let start = d.resource.unwrap_or(0) / bs;
+    let end = (d.resource.unwrap_or(0) + d.size).div_ceil(bs);
+    let ids: Vec<u64> = (start..end)
+        .filter(|&id| blocks::block_dir(host, id).exists())
+        .collect();
+    if ids.is_empty() {
+        return Err(Error::input(format!(
+            "--devdax: no memory blocks for {} (system-ram mode) under {}",
+            d.name,
+            blocks::memory_dir(host).display()
+        )));
+    }
+    ids.into_iter()
+        .map(|id| blocks::read_block(host, id))
+        .collect()
+}
+
+/// Takes a system-ram device's memory away from the kernel: every block offline (the
+/// kernel migrates what lives there or refuses), then kmem unbound, which removes it.
+fn leave_system_ram(host: &Host, d: &DaxDevice) -> Result<()> {
+    for b in kmem_blocks(host, d)? {
+        if b.state != "offline" {
+            host.progress(format!("{}: memory{} offline", d.name, b.id));
+            blocks::set_state(host, b.id, "offline").map_err(|e| match e.raw_os_error() {
+                Some(errno) => Error::Write {
+                    path: blocks::state_path(host, b.id),
+                    value: "offline".into(),
+                    source: std::io::Error::new(
+                        std::io::Error::from_raw_os_error(errno).kind(),
+                        format!(
+                            "{}: the host still uses {}'s memory",
+                            std::io::Error::from_raw_os_error(errno),
+                            d.name
+                        ),
+                    ),
+                },
+                None => e,
+            })?;
+        }
+    }
+    host.write(
+        &bus(host).join("drivers").join(KMEM).join("unbind"),
+        &d.name,
+    )
+}
+
 fn configure(host: &Host, d: &DaxDevice, c: &DaxChange) -> Result<DaxDevice> {
+    if d.driver.as_deref() == Some(KMEM) {
+        leave_system_ram(host, d)?;
+    }
     if d.dynamic {
         // align first: the kernel checks a new size against the current align.
         if d.align != Some(GIB) {
@@ -315,7 +425,7 @@ fn configure(host: &Host, d: &DaxDevice, c: &DaxChange) -> Result<DaxDevice> {
             host.write(&d.dir.join("size"), &c.size.to_string())?;
         }
     }
-    if d.driver.as_deref() != Some(DEVICE_DAX) {
+    if read_device(host, &d.name)?.driver.as_deref() != Some(DEVICE_DAX) {
         host.write(
             &bus(host).join("drivers").join(DEVICE_DAX).join("bind"),
             &d.name,

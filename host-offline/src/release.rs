@@ -68,15 +68,17 @@ pub fn release(host: &Host, state_path: &Path, amount: Amount) -> Result<Release
         report.nodes.push(r);
     }
     if amount == Amount::All {
+        // dax devices first: a device going back to system-ram mode brings back the
+        // memory blocks that the block restore below then onlines.
+        let (done, left) = devdax::release_all(&mut session)?;
+        complete &= left.is_empty();
+        report.devdax_released = done;
+        report.notes.extend(left);
         let stuck = session.restore_blocks()?;
         complete &= stuck.is_empty();
         for s in stuck {
             report.notes.push(format!("block not restored: {s}"));
         }
-        let (done, left) = devdax::release_all(&mut session)?;
-        complete &= left.is_empty();
-        report.devdax_released = done;
-        report.notes.extend(left);
     }
     report.complete = complete;
     report.idle = session.finish()?;

@@ -135,6 +135,7 @@ impl<'h> Session<'h> {
                 node: b.node,
                 original_state: b.state.clone(),
                 original_zone: b.zone().map(String::from),
+                dax: None,
             });
         }
         self.state.blocks.extend(originals.iter().cloned());
@@ -188,7 +189,7 @@ impl<'h> Session<'h> {
     /// Puts one block back to its recorded state and zone; falls back to a plain `online`
     /// when the zone order refuses the original zone (the memory returns to the host either
     /// way).
-    fn bring_back(&self, c: &BlockChange) -> Result<()> {
+    pub fn bring_back(&self, c: &BlockChange) -> Result<()> {
         let now = blocks::read_block(self.host, c.id)?;
         if now.state == c.original_state {
             return Ok(());
@@ -208,7 +209,13 @@ impl<'h> Session<'h> {
     pub fn restore_blocks(&mut self) -> Result<Vec<String>> {
         let mut failed = Vec::new();
         let mut kept = Vec::new();
+        let dax_held: Vec<String> = self.state.devdax.iter().map(|d| d.device.clone()).collect();
         for c in std::mem::take(&mut self.state.blocks) {
+            // Memory of a dax device still in devdax mode does not exist as blocks now.
+            if c.dax.as_ref().is_some_and(|d| dax_held.contains(d)) {
+                kept.push(c);
+                continue;
+            }
             match self.bring_back(&c) {
                 Ok(()) => {}
                 Err(e) => {

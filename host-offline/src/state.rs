@@ -7,7 +7,9 @@
 //!   "sysfs_root": "/sys", "proc_root": "/proc",
 //!   "nodes": { "0": { "baseline_nr": 0, "reserved": 2 } },
 //!   "pending": { "node": 0, "before": 2, "target": 3 },
-//!   "blocks": [ { "id": 140, "node": 0, "original_state": "online", "original_zone": "Normal" } ],
+//!   "blocks": [ { "id": 140, "node": 0, "original_state": "online", "original_zone": "Normal" },
+//!               { "id": 40, "node": 0, "original_state": "online", "original_zone": "Movable",
+//!                 "dax": "dax0.0" } ],
 //!   "devdax": [ { "device": "dax0.1", "original_driver": null, "original_size": 0,
 //!                 "original_align": 2097152, "size": 2147483648, "align": 1073741824 } ],
 //!   "updated_unix": 1795000000 }
@@ -50,6 +52,10 @@ pub struct BlockChange {
     pub node: Option<u32>,
     pub original_state: String,
     pub original_zone: Option<String>,
+    /// The dax device whose system-ram memory this block is: restored after that device
+    /// is back with kmem (the kernel removes the block while the device is in devdax mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dax: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

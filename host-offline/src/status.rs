@@ -13,6 +13,12 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HeldBy {
+    pub pid: u32,
+    pub pages: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
     pub node: u32,
@@ -21,8 +27,8 @@ pub struct NodeStatus {
     pub pages_1g: Option<PoolCounters>,
     /// Pages of the pool that hpmmap-offline added and holds.
     pub reserved_by_hpmmap: u64,
-    /// (pid, pages) of hpmmap-vmm processes mapping 1 GiB pages on this node.
-    pub held_by: Vec<(u32, u64)>,
+    /// hpmmap-vmm processes mapping 1 GiB pages on this node.
+    pub held_by: Vec<HeldBy>,
     pub blocks: BlockSummary,
 }
 
@@ -63,7 +69,10 @@ pub fn gather(host: &Host, state_path: &Path) -> Result<Status> {
             held_by: holders
                 .iter()
                 .filter(|h| h.on_node(node) > 0)
-                .map(|h| (h.pid, h.on_node(node)))
+                .map(|h| HeldBy {
+                    pid: h.pid,
+                    pages: h.on_node(node),
+                })
                 .collect(),
             blocks: blocks::summarize(&all_blocks, bs, Some(node)),
         });
@@ -112,7 +121,7 @@ pub fn render_text(s: &Status) -> String {
             let list: Vec<String> = n
                 .held_by
                 .iter()
-                .map(|(pid, pages)| format!("pid {pid} ({pages} GiB)"))
+                .map(|h| format!("pid {} ({} GiB)", h.pid, h.pages))
                 .collect();
             let _ = writeln!(o, "  held by hpmmap-vmm: {}", list.join(", "));
         }

@@ -207,8 +207,8 @@ fn real_reserve_status_release_round_trip() {
     let s = status(&state);
     let held = s["nodes"][0]["held_by"].as_array().unwrap();
     assert_eq!(held.len(), 1, "{s}");
-    assert_eq!(held[0][0], holder.pid());
-    assert_eq!(held[0][1], 1);
+    assert_eq!(held[0]["pid"], holder.pid());
+    assert_eq!(held[0]["pages"], 1);
     assert_eq!(counters(), (nr0 + 2, free0 + 1));
     let text = hpmmap(&state, &["status"]);
     println!(

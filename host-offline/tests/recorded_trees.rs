@@ -11,6 +11,7 @@ use hpmmap_offline::host::Host;
 use hpmmap_offline::release::{self, Amount};
 use hpmmap_offline::reserve::{self, Placement, ReserveOptions};
 use hpmmap_offline::size::GIB;
+use hpmmap_offline::status::HeldBy;
 use hpmmap_offline::{state, status};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -71,7 +72,7 @@ fn one_node_reserve_status_release_round_trip() {
     assert!(rel.complete && rel.idle, "{rel:?}");
     assert_eq!(rel.nodes[0].released, 2);
     assert!(!t.state().exists(), "state file left behind");
-    assert_eq!(t.snapshot(), before, "host not back to where it started");
+    trees::assert_same(&before, &t.snapshot());
     no_violations(&k);
 }
 
@@ -223,7 +224,7 @@ fn shortfall_is_reported_and_rolled_back_leaving_the_host_unchanged() {
     );
     assert!(why.contains("cannot be cycled"), "{why}"); // the hole at GiB 3, memory0
     assert!(!t.state().exists());
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
     no_violations(&k);
 }
 
@@ -308,7 +309,7 @@ fn two_nodes_spread_release_by_size_then_all() {
     );
     let r = release::release(&h, &t.state(), Amount::All).unwrap();
     assert!(r.complete && r.idle);
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
 }
 
 #[test]
@@ -355,7 +356,7 @@ fn input_errors_change_nothing() {
         !t.path("run").exists(),
         "state directory created on bad input"
     );
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
 }
 
 #[test]
@@ -392,7 +393,7 @@ fn state_from_another_version_or_root_is_refused_untouched() {
         assert!(e.is_input() && e.to_string().contains("version 2"), "{e}");
     }
     assert!(status::gather(&h, &t.state()).unwrap_err().is_input());
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
     assert!(t.read("run/hpmmap/offline.json").contains("\"version\":2"));
 
     let mut other = state::State::new(std::path::Path::new("/sys"), std::path::Path::new("/proc"));
@@ -419,7 +420,7 @@ fn io_error_mid_reserve_rolls_back() {
     assert!(e.to_string().contains("nr_hugepages"), "{e}");
     assert_eq!(t.nr(0), 0);
     assert!(!t.state().exists());
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
 }
 
 #[test]
@@ -456,7 +457,7 @@ fn crash_mid_resize_then_release_all_restores_the_host() {
     let r = release::release(&h2, &t.state(), Amount::All).unwrap();
     assert!(r.complete && r.idle, "{r:?}");
     assert_eq!(r.nodes[0].released, 3);
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
     no_violations(&k2);
 }
 
@@ -479,7 +480,7 @@ fn crash_mid_block_cycle_then_release_all_brings_blocks_back() {
     let k2 = kernel(&t, |_| {});
     let r = release::release(&host(&t, &k2), &t.state(), Amount::All).unwrap();
     assert!(r.complete && r.idle, "{r:?}");
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
 }
 
 #[test]
@@ -492,7 +493,13 @@ fn release_never_takes_pages_a_running_vm_maps() {
     reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
     trees::add_vm(&t, 4242, 0, 2);
     let s = status::gather(&h, &t.state()).unwrap();
-    assert_eq!(s.nodes[0].held_by, vec![(4242, 2)]);
+    assert_eq!(
+        s.nodes[0].held_by,
+        vec![HeldBy {
+            pid: 4242,
+            pages: 2
+        }]
+    );
     assert_eq!(s.vm_holders[0].pages, 2);
     assert!(status::render_text(&s).contains("pid 4242 (2 GiB)"));
 
@@ -593,7 +600,7 @@ fn devdax_prepares_a_1g_aligned_device_and_release_restores_it() {
     let r = release::release(&h, &t.state(), Amount::All).unwrap();
     assert!(r.complete && r.idle, "{r:?}");
     assert_eq!(r.devdax_released, ["dax0.0"]);
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
 }
 
 #[test]
@@ -619,7 +626,7 @@ fn devdax_refuses_what_cannot_work_without_touching_anything() {
         "{e}"
     );
     assert!(k.with(|m| m.writes.is_empty()));
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
     let t2 = trees::one_node("nodax");
     std::fs::remove_dir_all(t2.path("sys/bus/dax")).unwrap();
     let k2 = kernel(&t2, |_| {});
@@ -638,7 +645,7 @@ fn devdax_bind_failure_is_undone() {
     let e = devdax::reserve_devdax(&host(&t, &k), &t.state(), &dax_opts(2, None)).unwrap_err();
     assert!(!e.is_input() && e.to_string().contains("bind"), "{e}");
     assert!(!t.state().exists());
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
 }
 
 #[test]
@@ -677,7 +684,7 @@ fn devdax_crash_then_release_all_restores_and_mapped_devices_are_kept() {
     std::fs::remove_dir_all(t.path("proc/777")).unwrap();
     let r = release::release(&h2, &t.state(), Amount::All).unwrap();
     assert!(r.complete && r.idle, "{r:?}");
-    assert_eq!(t.snapshot(), before);
+    trees::assert_same(&before, &t.snapshot());
 }
 
 #[test]
@@ -692,5 +699,119 @@ fn status_finds_the_recorded_real_vm_process() {
     assert_eq!(s.vm_holders.len(), 1, "{:?}", s.vm_holders);
     assert_eq!(s.vm_holders[0].pid, 31337);
     assert_eq!(s.vm_holders[0].pages, 1);
-    assert_eq!(s.nodes[0].held_by, vec![(31337, 1)]);
+    assert_eq!(
+        s.nodes[0].held_by,
+        vec![HeldBy {
+            pid: 31337,
+            pages: 1
+        }]
+    );
+}
+
+// Trees recorded from a real 6.1 kernel in the device-dax lab (QEMU/TCG guest).
+
+#[test]
+fn lab_recorded_devdax_device_is_used_as_it_is() {
+    let t = trees::lab("lab-pmem-devdax", "lab-devdax");
+    let before = t.snapshot();
+    let k = kernel(&t, |_| {});
+    let h = host(&t, &k);
+    let r = devdax::reserve_devdax(&h, &t.state(), &dax_opts(1, None)).unwrap();
+    assert!(!r.changed);
+    assert_eq!(
+        (r.path.as_str(), r.size, r.align),
+        ("/dev/dax0.0", 2 * GIB, GIB)
+    );
+    let e = devdax::reserve_devdax(&h, &t.state(), &dax_opts(4, None)).unwrap_err();
+    assert!(
+        e.is_input() && e.to_string().contains("static region device of 2 GiB only"),
+        "{e}"
+    );
+    assert!(k.with(|m| m.writes.is_empty()));
+    assert!(!t.path("run").exists());
+    trees::assert_same(&before, &t.snapshot());
+}
+
+const LAB_D0: &str = "sys/devices/platform/e820_pmem/ndbus0/region0/dax0.0/dax0.0";
+
+#[test]
+fn lab_recorded_system_ram_device_is_converted_and_given_back() {
+    let t = trees::lab("lab-pmem-kmem", "lab-kmem");
+    let before = t.snapshot();
+    let k = kernel(&t, |_| {});
+    let h = host(&t, &k);
+    let r = devdax::reserve_devdax(&h, &t.state(), &dax_opts(2, None)).unwrap();
+    assert!(r.changed, "{r:?}");
+    let drv = std::fs::read_link(t.path(&format!("{LAB_D0}/driver"))).unwrap();
+    assert!(drv.ends_with("device_dax"), "{drv:?}");
+    for b in 40..56 {
+        assert!(!t
+            .path(&format!("sys/devices/system/memory/memory{b}"))
+            .exists());
+    }
+    // offline every block first, then kmem unbind, then device_dax bind
+    let order: Vec<String> = k.with(|m| {
+        m.writes
+            .iter()
+            .map(|(p, v)| format!("{}={v}", p.rsplit('/').next().unwrap()))
+            .collect()
+    });
+    assert_eq!(order.len(), 18, "{order:?}");
+    assert!(
+        order[..16].iter().all(|w| w == "state=offline"),
+        "{order:?}"
+    );
+    assert_eq!(order[16..], ["unbind=dax0.0", "bind=dax0.0"]);
+    let st = state::load(&t.state()).unwrap().unwrap();
+    assert_eq!(st.blocks.len(), 16);
+    assert!(st.blocks.iter().all(
+        |b| b.dax.as_deref() == Some("dax0.0") && b.original_zone.as_deref() == Some("Movable")
+    ));
+    let s = status::gather(&h, &t.state()).unwrap();
+    assert_eq!(s.nodes[0].blocks.online, 40);
+
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle, "{r:?}");
+    trees::assert_same(&before, &t.snapshot());
+    no_violations(&k);
+}
+
+#[test]
+fn lab_recorded_system_ram_block_refusing_offline_aborts_and_restores() {
+    let t = trees::lab("lab-pmem-kmem", "lab-kmem-busy");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.busy.insert(47);
+    });
+    let e = devdax::reserve_devdax(&host(&t, &k), &t.state(), &dax_opts(2, None)).unwrap_err();
+    assert!(!e.is_input());
+    assert!(
+        e.to_string().contains("memory47") && e.to_string().contains("still uses dax0.0"),
+        "{e}"
+    );
+    assert!(!t.state().exists());
+    trees::assert_same(&before, &t.snapshot());
+    no_violations(&k);
+}
+
+#[test]
+fn lab_recorded_crash_after_kmem_unbind_then_release_all_restores() {
+    let t = trees::lab("lab-pmem-kmem", "lab-kmem-crash");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.crash_suffix = Some("kmem/unbind".into());
+    });
+    let h = host(&t, &k);
+    assert!(catch_unwind(AssertUnwindSafe(|| devdax::reserve_devdax(
+        &h,
+        &t.state(),
+        &dax_opts(2, None)
+    )))
+    .is_err());
+    assert!(!t.path("sys/devices/system/memory/memory40").exists());
+    let k2 = kernel(&t, |_| {});
+    let r = release::release(&host(&t, &k2), &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle, "{r:?}");
+    trees::assert_same(&before, &t.snapshot());
+    no_violations(&k2);
 }

@@ -115,8 +115,11 @@ impl FakeKernel {
             .lines()
             .map(|l| {
                 if l.split_whitespace().nth(2) == Some("MemFree:") {
+                    // keep the kernel's column layout: only the number changes
                     let v = self.meminfo_free_kb(node) as i64 + delta;
-                    format!("Node {node} MemFree:        {v:>9} kB")
+                    let head = &l[..l.find("MemFree:").unwrap() + "MemFree:".len()];
+                    let width = l.len() - head.len() - " kB".len();
+                    format!("{head}{v:>width$} kB")
                 } else {
                     l.to_string()
                 }
@@ -170,10 +173,13 @@ impl FakeKernel {
             let id: u64 = parts[4].trim_start_matches("memory").parse().unwrap();
             return self.block_state(m, id, v);
         }
-        if rel.starts_with("sys/bus/dax/drivers/")
-            && (rel.ends_with("/bind") || rel.ends_with("/unbind"))
-        {
-            return self.dax_bind(parts[4], v, rel.ends_with("/bind"));
+        if rel.starts_with("sys/bus/dax/drivers/") {
+            let attr = parts[parts.len() - 1];
+            // new_id attaches for id-matched drivers (kmem); device_dax matches everything
+            if attr == "bind" || attr == "unbind" || (attr == "new_id" && parts[4] != "device_dax")
+            {
+                return self.dax_bind(m, parts[4], v, attr != "unbind");
+            }
         }
         if let Some(dev) = parts
             .iter()
@@ -292,7 +298,7 @@ impl FakeKernel {
         fs::canonicalize(self.root.join("sys/bus/dax/devices").join(dev)).unwrap()
     }
 
-    fn dax_bind(&self, driver: &str, dev: &str, bind: bool) -> io::Result<()> {
+    fn dax_bind(&self, m: &mut Model, driver: &str, dev: &str, bind: bool) -> io::Result<()> {
         let link = self.root.join("sys/bus/dax/devices").join(dev);
         if !link.exists() {
             return Err(io::Error::from_raw_os_error(libc::ENODEV));
@@ -307,14 +313,85 @@ impl FakeKernel {
             if self.read_u64(&self.rel(&dir.join("size"))) == 0 {
                 return Err(io::Error::from_raw_os_error(libc::ENXIO));
             }
-            std::os::unix::fs::symlink(self.root.join("sys/bus/dax/drivers").join(driver), drv_link)
+            if driver == "kmem" {
+                self.kmem_add(&dir);
+            }
+            std::os::unix::fs::symlink(
+                relative(&dir, &self.root.join("sys/bus/dax/drivers").join(driver)),
+                drv_link,
+            )
         } else {
             match bound {
                 Some(t) if t.file_name().map(|n| n == driver).unwrap_or(false) => {
+                    if driver == "kmem" {
+                        self.kmem_remove(m, &dir);
+                    }
                     fs::remove_file(drv_link)
                 }
                 _ => Err(io::Error::from_raw_os_error(libc::ENODEV)),
             }
+        }
+    }
+
+    fn kmem_range(&self, dir: &Path) -> std::ops::Range<u64> {
+        let res = self.read(&self.rel(&dir.join("resource")));
+        let start = u64::from_str_radix(res.trim_start_matches("0x"), 16).unwrap();
+        let size = self.read_u64(&self.rel(&dir.join("size")));
+        let bs = self.block_size();
+        start / bs..(start + size) / bs
+    }
+
+    fn stash(&self) -> PathBuf {
+        self.root.join(".fake-kernel-stash")
+    }
+
+    /// kmem unbind: the kernel removes the device's memory. With every block offline the
+    /// blocks disappear from sysfs; with one still online, remove_memory fails and the
+    /// memory stays, unusable, until reboot (a leak the tests must never cause).
+    fn kmem_remove(&self, m: &mut Model, dir: &Path) {
+        let mem = self.root.join("sys/devices/system/memory");
+        let range = self.kmem_range(dir);
+        if range
+            .clone()
+            .any(|b| self.read(&format!("sys/devices/system/memory/memory{b}/state")) == "online")
+        {
+            m.violations
+                .push(format!("kmem unbound with online blocks in {range:?}"));
+            return;
+        }
+        fs::create_dir_all(self.stash()).unwrap();
+        for b in range {
+            let name = format!("memory{b}");
+            let node = self.block_node(b);
+            fs::rename(mem.join(&name), self.stash().join(&name)).unwrap();
+            let _ = fs::remove_file(
+                self.root
+                    .join(format!("sys/devices/system/node/node{node}/{name}")),
+            );
+        }
+    }
+
+    /// kmem bind: the memory comes back as offline blocks (auto_online_blocks = offline, as
+    /// recorded in the lab).
+    fn kmem_add(&self, dir: &Path) {
+        let mem = self.root.join("sys/devices/system/memory");
+        for b in self.kmem_range(dir) {
+            let name = format!("memory{b}");
+            if !self.stash().join(&name).exists() {
+                continue;
+            }
+            fs::rename(self.stash().join(&name), mem.join(&name)).unwrap();
+            let node = self.block_node(b);
+            std::os::unix::fs::symlink(
+                format!("../../memory/{name}"),
+                self.root
+                    .join(format!("sys/devices/system/node/node{node}/{name}")),
+            )
+            .unwrap();
+            let d = format!("sys/devices/system/memory/{name}");
+            self.put(&format!("{d}/state"), "offline");
+            self.put(&format!("{d}/online"), "0");
+            self.put(&format!("{d}/valid_zones"), "Normal Movable");
         }
     }
 
@@ -394,4 +471,19 @@ impl SysWriter for FakeKernel {
         }
         result
     }
+}
+
+/// `to` as seen from directory `from` (sysfs links are relative).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let f: Vec<_> = from.components().collect();
+    let t: Vec<_> = to.components().collect();
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out
 }

@@ -125,6 +125,16 @@ pub fn set_meminfo(t: &Tree, node: u32, total_kb: u64, free_kb: u64) {
     t.write(&rel, &(lines.join("\n") + "\n"));
 }
 
+/// A tree recorded in the device-dax lab (host-offline/lab/devdax-lab.sh): `lab-pmem-devdax`
+/// (dax0.0 bound to device_dax, 1 GiB align) or `lab-pmem-kmem` (dax0.0 in system-ram
+/// mode, its blocks memory40..55 online Movable). Recorded from a real 6.1 kernel in a
+/// QEMU/TCG guest; see their PROVENANCE.md.
+pub fn lab(name: &str, tag: &str) -> Tree {
+    let dir = Scratch::new(tag);
+    copy_tree(&fixtures().join(name), dir.path());
+    Tree { dir }
+}
+
 /// Two nodes, derived from the recording: node1 is a copy of node0's attributes (the
 /// recording host has one node), and memory blocks 100 and up move to node1.
 pub fn two_nodes(tag: &str) -> Tree {
@@ -294,4 +304,23 @@ pub fn add_recorded_vm(t: &Tree, pid: u32) {
             &fs::read_to_string(src.join(f)).unwrap(),
         );
     }
+}
+
+/// Asserts two snapshots are equal, naming only the entries that differ.
+pub fn assert_same(before: &[(String, String)], after: &[(String, String)]) {
+    use std::collections::BTreeMap;
+    let a: BTreeMap<_, _> = before.iter().cloned().collect();
+    let b: BTreeMap<_, _> = after.iter().cloned().collect();
+    let mut diffs = Vec::new();
+    for (k, v) in &a {
+        match b.get(k) {
+            None => diffs.push(format!("gone: {k}")),
+            Some(w) if w != v => diffs.push(format!("changed: {k}: {v:?} -> {w:?}")),
+            _ => {}
+        }
+    }
+    for k in b.keys().filter(|k| !a.contains_key(*k)) {
+        diffs.push(format!("new: {k}"));
+    }
+    assert!(diffs.is_empty(), "host tree differs:\n{}", diffs.join("\n"));
 }
