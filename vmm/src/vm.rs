@@ -24,6 +24,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// How long the console may keep printing after a panic banner before the VM is stopped.
 const PANIC_GRACE: Duration = Duration::from_millis(1000);
+/// After the exit status: stop once the console has been quiet this long...
+const EXIT_DRAIN_IDLE: Duration = Duration::from_millis(100);
+/// ...or after this long at most.
+const EXIT_DRAIN_MAX: Duration = Duration::from_millis(2000);
 const TSS_ADDRESS: usize = 0xFFFB_D000;
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
@@ -304,11 +308,30 @@ fn classify(ev: &VmEvent) -> (&'static str, String, Option<u8>, i32) {
     }
 }
 
-/// Waits for the first decisive event; after a panic banner, lets the console drain first.
-fn wait_for_outcome(rx: &Receiver<VmEvent>) -> VmEvent {
+/// Waits for the first decisive event. After a job's exit status or a panic banner the guest
+/// keeps running a little: its kernel still has console output queued (the job's last lines,
+/// the panic trace), which would otherwise be lost.
+fn wait_for_outcome(
+    rx: &Receiver<VmEvent>,
+    console_idle: impl Fn() -> Option<Duration>,
+) -> VmEvent {
     let first = rx
         .recv()
         .unwrap_or(VmEvent::VmmFailure("all event senders gone".into()));
+    if let VmEvent::JobExit(_) = first {
+        let deadline = Instant::now() + EXIT_DRAIN_MAX;
+        while Instant::now() < deadline {
+            if console_idle().is_none_or(|d| d >= EXIT_DRAIN_IDLE) {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                // Anything after the exit status (a reset, a fault) does not change the outcome.
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        return first;
+    }
     if let VmEvent::GuestPanic(_) = first {
         let deadline = Instant::now() + PANIC_GRACE;
         loop {
@@ -462,7 +485,8 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     }
     let input = crate::console::spawn_input(bus.serial.clone(), stop.clone());
 
-    let event = wait_for_outcome(&rx);
+    let console = bus.serial.clone();
+    let event = wait_for_outcome(&rx, || console.lock().unwrap().idle_for());
     stop.store(true, Ordering::Release);
     // Kick until every vCPU has left KVM_RUN: a kick that lands just before a thread enters
     // KVM_RUN is lost, the next one is not.
@@ -522,4 +546,73 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     drop(bus);
     drop(vm);
     Ok(Outcome { exit_code, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn exit_status_waits_for_the_console_to_go_quiet() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(VmEvent::JobExit(3)).unwrap();
+        tx.send(VmEvent::GuestShutdown("late reset".into()))
+            .unwrap();
+        let calls = Cell::new(0);
+        let started = Instant::now();
+        let ev = wait_for_outcome(&rx, || {
+            calls.set(calls.get() + 1);
+            // Busy for the first few polls, then quiet.
+            Some(if calls.get() < 4 {
+                Duration::ZERO
+            } else {
+                EXIT_DRAIN_IDLE
+            })
+        });
+        assert_eq!(ev, VmEvent::JobExit(3));
+        assert_eq!(calls.get(), 4);
+        assert!(started.elapsed() < EXIT_DRAIN_MAX);
+        // A guest that never printed does not wait at all.
+        tx.send(VmEvent::JobExit(0)).unwrap();
+        assert_eq!(wait_for_outcome(&rx, || None), VmEvent::JobExit(0));
+    }
+
+    #[test]
+    fn a_panic_waits_out_its_grace_period() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(VmEvent::GuestPanic("banner".into())).unwrap();
+        tx.send(VmEvent::TripleFault("reboot after panic".into()))
+            .unwrap();
+        let started = Instant::now();
+        let ev = wait_for_outcome(&rx, || None);
+        assert!(matches!(ev, VmEvent::GuestPanic(_)));
+        assert!(started.elapsed() >= PANIC_GRACE);
+    }
+
+    #[test]
+    fn outcomes_map_to_documented_statuses() {
+        assert_eq!(classify(&VmEvent::JobExit(9)).3, 9);
+        assert_eq!(
+            classify(&VmEvent::GuestPanic(String::new())).3,
+            exit::GUEST_PANIC
+        );
+        assert_eq!(
+            classify(&VmEvent::TripleFault(String::new())).3,
+            exit::TRIPLE_FAULT
+        );
+        assert_eq!(
+            classify(&VmEvent::InternalError(String::new())).3,
+            exit::KVM_INTERNAL_ERROR
+        );
+        assert_eq!(
+            classify(&VmEvent::GuestShutdown(String::new())).3,
+            exit::NO_STATUS
+        );
+        assert_eq!(
+            classify(&VmEvent::VmmFailure(String::new())).3,
+            exit::VMM_FAILURE
+        );
+        assert_eq!(classify(&VmEvent::Signal(15)).3, 143);
+    }
 }

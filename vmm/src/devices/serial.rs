@@ -26,6 +26,7 @@ pub struct ConsoleWriter {
     window: Vec<u8>,
     panic_seen: bool,
     panic_reported: bool,
+    last_output: Option<std::time::Instant>,
 }
 
 impl ConsoleWriter {
@@ -35,6 +36,7 @@ impl ConsoleWriter {
             window: Vec::with_capacity(2 * PANIC_BANNER.len()),
             panic_seen: false,
             panic_reported: false,
+            last_output: None,
         }
     }
 }
@@ -50,6 +52,7 @@ impl Write for ConsoleWriter {
                 self.panic_seen = true;
             }
         }
+        self.last_output = Some(std::time::Instant::now());
         // A console that cannot be written (closed pipe, full disk) must not stop the guest.
         let _ = self.out.write_all(buf);
         Ok(buf.len())
@@ -111,6 +114,11 @@ impl SerialPort {
 
     pub fn input_room(&self) -> usize {
         self.uart.fifo_capacity()
+    }
+
+    /// How long ago the guest last printed (None: never).
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        self.uart.writer().last_output.map(|t| t.elapsed())
     }
 
     pub fn flush(&mut self) {
