@@ -158,3 +158,36 @@ fn too_few_1g_pages_is_an_error_not_a_fallback() {
     assert!(!rep.exists());
     assert_eq!(free_1g_pages(), free);
 }
+
+/// The 2 MiB path and NUMA binding: smaller pages when asked, still read back from smaps.
+#[test]
+fn guest_ram_on_2m_pages_bound_to_node_0() {
+    if !kvm_or_skip("guest_ram_on_2m_pages_bound_to_node_0") {
+        return;
+    }
+    let Some(_pages) = HugePages::reserve_2m("guest_ram_on_2m_pages_bound_to_node_0", 32) else {
+        return;
+    };
+    let dir = TempDir::new("2m");
+    let k = kernel(&dir, asm64(|a| pv_exit(a, 0)));
+    let rep = dir.path("r.json");
+    let r = run_vmm(
+        &[
+            "--mem",
+            "64M",
+            "--hugepages",
+            "2M",
+            "--numa-node",
+            "0",
+            "--kernel",
+            &k,
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let j = report(&rep);
+    assert_eq!(j["host_page_size_bytes"], 2u64 << 20);
+    assert_eq!(j["hugepages_requested"], "2M");
+}

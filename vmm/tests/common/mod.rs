@@ -244,6 +244,7 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Run {
 }
 
 const HUGE_1G: &str = "/sys/kernel/mm/hugepages/hugepages-1048576kB";
+const HUGE_2M: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
 pub const HUGETLB_LOCK: &str = "/tmp/hpmmap-hugetlb.lock";
 
 fn read_num(p: &str) -> u64 {
@@ -251,22 +252,36 @@ fn read_num(p: &str) -> u64 {
 }
 
 pub fn free_1g_pages() -> u64 {
-    read_num(&format!("{HUGE_1G}/free_hugepages"))
-        .saturating_sub(read_num(&format!("{HUGE_1G}/resv_hugepages")))
+    free_pages(HUGE_1G)
+}
+
+fn free_pages(dir: &str) -> u64 {
+    read_num(&format!("{dir}/free_hugepages"))
+        .saturating_sub(read_num(&format!("{dir}/resv_hugepages")))
 }
 
 /// Holds the shared hugetlb lock and `n` available 1 GiB pages; gives back what it added.
 pub struct HugePages {
     _lock: std::fs::File,
+    dir: &'static str,
     added: u64,
 }
 
 impl HugePages {
     /// `None` (after printing SKIP) where the host cannot provide the pages.
     pub fn reserve(test: &str, n: u64) -> Option<HugePages> {
+        Self::reserve_in(test, HUGE_1G, n)
+    }
+
+    /// `n` available 2 MiB pages.
+    pub fn reserve_2m(test: &str, n: u64) -> Option<HugePages> {
+        Self::reserve_in(test, HUGE_2M, n)
+    }
+
+    fn reserve_in(test: &str, dir: &'static str, n: u64) -> Option<HugePages> {
         use std::os::fd::AsRawFd;
-        if !Path::new(HUGE_1G).exists() {
-            println!("SKIP: {test}: no 1 GiB huge page support on this host");
+        if !Path::new(dir).exists() {
+            println!("SKIP: {test}: no {dir} on this host");
             return None;
         }
         let lock = std::fs::OpenOptions::new()
@@ -277,24 +292,22 @@ impl HugePages {
             .unwrap();
         // SAFETY: flock on a descriptor we own; released when the file closes.
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-        let avail = free_1g_pages();
+        let avail = free_pages(dir);
         let mut hp = HugePages {
             _lock: lock,
+            dir,
             added: 0,
         };
         if avail < n {
             let want = n - avail;
-            let before = read_num(&format!("{HUGE_1G}/nr_hugepages"));
-            let _ = std::fs::write(
-                format!("{HUGE_1G}/nr_hugepages"),
-                (before + want).to_string(),
-            );
-            hp.added = read_num(&format!("{HUGE_1G}/nr_hugepages")).saturating_sub(before);
+            let before = read_num(&format!("{dir}/nr_hugepages"));
+            let _ = std::fs::write(format!("{dir}/nr_hugepages"), (before + want).to_string());
+            hp.added = read_num(&format!("{dir}/nr_hugepages")).saturating_sub(before);
         }
-        if free_1g_pages() < n {
+        if free_pages(dir) < n {
             println!(
-                "SKIP: {test}: could not reserve {n} free 1 GiB pages (have {})",
-                free_1g_pages()
+                "SKIP: {test}: could not reserve {n} free pages in {dir} (have {})",
+                free_pages(dir)
             );
             return None;
         }
@@ -305,9 +318,10 @@ impl HugePages {
 impl Drop for HugePages {
     fn drop(&mut self) {
         if self.added > 0 {
-            let now = read_num(&format!("{HUGE_1G}/nr_hugepages"));
+            let dir = self.dir;
+            let now = read_num(&format!("{dir}/nr_hugepages"));
             let _ = std::fs::write(
-                format!("{HUGE_1G}/nr_hugepages"),
+                format!("{dir}/nr_hugepages"),
                 now.saturating_sub(self.added).to_string(),
             );
         }
