@@ -7,7 +7,11 @@
 # --devdax` converting it back; `release --all`. The sysfs trees are recorded at each step
 # (tests/fixtures/record-sysfs.sh) and copied out through the serial console.
 #
-# usage: devdax-lab.sh OUTDIR     (OUTDIR receives console.log and the recorded trees)
+# A second boot with `movablecore=5G` (most memory in ZONE_MOVABLE, where 1 GiB pages cannot
+# come from) reserves 2 GiB of hugetlb pages, cycling blocks into a kernel zone if needed,
+# and releases them.
+#
+# usage: devdax-lab.sh OUTDIR     (OUTDIR receives the console logs and the recorded trees)
 # Platform: QEMU/TCG guest (emulated); this proves sysfs behaviour, not speed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -72,6 +76,22 @@ step() { echo; echo "LAB-STEP $*"; }
 run() { echo "\$ $*"; "$@"; echo "exit $?"; }
 H="hpmmap-offline --state-file /run/hpmmap/offline.json"
 
+if grep -q "lab=cycle" /proc/cmdline; then
+    step "hugetlb pool through block cycling (movablecore=: high memory is ZONE_MOVABLE)"
+    run $H status
+    sh /bin/record-sysfs /rec/cycle-before >/dev/null
+    run $H reserve --size 2G --keep 1G
+    run $H status
+    cat /run/hpmmap/offline.json
+    run $H release --all
+    run $H status
+    sh /bin/record-sysfs /rec/cycle-after >/dev/null
+    step "recorded trees"
+    cd /rec && tar czf /tmp/rec.tgz . && echo "LAB-TAR-BEGIN" && base64 /tmp/rec.tgz && echo "LAB-TAR-END"
+    echo "LAB-DONE"
+    poweroff -f
+fi
+
 step "nvdimm: namespace0.0 -> devdax with 1 GiB align"
 nd=/sys/bus/nd/devices
 ls $nd
@@ -130,20 +150,26 @@ INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initramfs.cpio.gz"
 
-log "booting $kver under QEMU/TCG (memmap=3G!4G)"
-timeout 600 nice qemu-system-x86_64 -nodefaults -display none -serial stdio -no-reboot \
-    -accel tcg -cpu max -m 8G -smp 1 -machine q35 \
-    -kernel "$vmlinuz" -initrd "$work/initramfs.cpio.gz" \
-    -append "console=ttyS0 memmap=3G!4G panic=-1 quiet" \
-    | tr -d '\r' >"$out/console.log" || true
-grep -q LAB-DONE "$out/console.log" || { log "guest did not finish; see $out/console.log"; exit 1; }
-sed -n '/^LAB-TAR-BEGIN$/,/^LAB-TAR-END$/p' "$out/console.log" | sed '1d;$d' | base64 -d \
-    | tar xzf - -C "$out"
-sed -i '/^LAB-TAR-BEGIN$/,/^LAB-TAR-END$/d' "$out/console.log"
+# boot NAME APPEND: one guest run; console in $out/console-NAME.log, trees under $out.
+boot() {
+    local name=$1 append=$2 log=$out/console-$1.log
+    log "booting $kver under QEMU/TCG ($append)"
+    timeout 600 nice qemu-system-x86_64 -nodefaults -display none -serial stdio -no-reboot \
+        -accel tcg -cpu max -m 8G -smp 1 -machine q35 \
+        -kernel "$vmlinuz" -initrd "$work/initramfs.cpio.gz" \
+        -append "console=ttyS0 $append panic=-1 quiet" \
+        | tr -d '\r' >"$log" || true
+    grep -q LAB-DONE "$log" || { log "guest did not finish; see $log"; exit 1; }
+    sed -n '/^LAB-TAR-BEGIN$/,/^LAB-TAR-END$/p' "$log" | sed '1d;$d' | base64 -d \
+        | tar xzf - -C "$out"
+    sed -i '/^LAB-TAR-BEGIN$/,/^LAB-TAR-END$/d' "$log"
+}
+boot devdax 'memmap=3G!4G'
+boot cycle 'movablecore=5G lab=cycle'
 
 # What the run must show (on the real 6.1 kernel of the guest).
 fail() { log "FAIL: $*"; exit 1; }
-c=$out/console.log
+c=$out/console-devdax.log
 grep -q '^/dev/dax0.0: 2 GiB with 1 GiB alignment on node 0 (already prepared)$' "$c" \
     || fail "the nvdimm-made 1 GiB-aligned device was not taken as it is"
 grep -q 'dax0.0: static region device of 2 GiB only' "$c" || fail "4 GiB on a 2 GiB device not refused"
@@ -157,4 +183,10 @@ grep -q '^dax dax0.0: restored$' "$c" || fail "release --all did not restore the
 diff --no-dereference -r -x meminfo "$out/pmem-kmem/sys" "$out/pmem-restored/sys" >/dev/null \
     || fail "sysfs after release --all differs from before reserve (meminfo aside)"
 log "PASS: devdax prepared, converted from system-ram and restored on the guest's 6.1 kernel"
+c=$out/console-cycle.log
+grep -q '^node 0: 2 of 2 GiB reserved' "$c" || fail "hugetlb reserve with movablecore= did not get 2 GiB"
+grep -q '^hpmmap-offline holds nothing now$' "$c" || fail "release --all did not finish"
+diff --no-dereference -r -x meminfo "$out/cycle-before/sys" "$out/cycle-after/sys" >/dev/null \
+    || fail "sysfs after release --all differs from before reserve (meminfo aside)"
+log "PASS: 1 GiB pages reserved and released with high memory in ZONE_MOVABLE"
 log "done: $out"

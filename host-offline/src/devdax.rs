@@ -306,6 +306,7 @@ pub fn reserve_devdax(
                 original_state: b.state.clone(),
                 original_zone: b.zone().map(String::from),
                 dax: Some(d.name.clone()),
+                zone_moved: false,
             });
         }
     }
@@ -324,7 +325,7 @@ pub fn reserve_devdax(
             let mut undo = undo_change(host, &change);
             if undo.is_ok() {
                 session.state.devdax.retain(|c| c.device != change.device);
-                match session.restore_blocks() {
+                match session.restore_blocks(false) {
                     Ok(stuck) if !stuck.is_empty() => {
                         undo = Err(Error::StateIo {
                             path: state_path.into(),
@@ -397,7 +398,7 @@ fn leave_system_ram(host: &Host, d: &DaxDevice) -> Result<()> {
                         std::io::Error::from_raw_os_error(errno).kind(),
                         format!(
                             "{}: the host still uses {}'s memory",
-                            std::io::Error::from_raw_os_error(errno),
+                            crate::error::strerror(errno),
                             d.name
                         ),
                     ),

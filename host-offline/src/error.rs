@@ -50,3 +50,12 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The C library's text for an errno, without Rust's " (os error N)" suffix.
+pub fn strerror(errno: i32) -> String {
+    let full = io::Error::from_raw_os_error(errno).to_string();
+    match full.rfind(" (os error ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    }
+}

@@ -245,9 +245,11 @@ fn reserve_cmd(host: &Host, state_file: &std::path::Path, a: ReserveArgs) -> any
             );
             if n.short() > 0 {
                 println!("  could not get {} GiB:", n.short());
-                for why in &n.reasons {
-                    println!("  - {why}");
-                }
+            } else if !n.reasons.is_empty() {
+                println!("  on the way:");
+            }
+            for why in &n.reasons {
+                println!("  - {why}");
             }
             if n.given_back > 0 {
                 println!("  gave back the {} GiB obtained: the whole size was not there (--allow-partial keeps them)", n.given_back);

@@ -74,7 +74,7 @@ pub fn release(host: &Host, state_path: &Path, amount: Amount) -> Result<Release
         complete &= left.is_empty();
         report.devdax_released = done;
         report.notes.extend(left);
-        let stuck = session.restore_blocks()?;
+        let stuck = session.restore_blocks(true)?;
         complete &= stuck.is_empty();
         for s in stuck {
             report.notes.push(format!("block not restored: {s}"));

@@ -122,7 +122,7 @@ pub fn reserve(host: &Host, state_path: &Path, opts: &ReserveOptions) -> Result<
     if let Some(n) = session.settle_pending()? {
         report.notes.push(n);
     }
-    for failed in session.restore_blocks()? {
+    for failed in session.restore_blocks(false)? {
         report.notes.push(format!(
             "block from an interrupted run still not restored: {failed}"
         ));

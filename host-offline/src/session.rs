@@ -136,6 +136,7 @@ impl<'h> Session<'h> {
                 original_state: b.state.clone(),
                 original_zone: b.zone().map(String::from),
                 dax: None,
+                zone_moved: false,
             });
         }
         self.state.blocks.extend(originals.iter().cloned());
@@ -151,7 +152,7 @@ impl<'h> Session<'h> {
                         "memory{} refused to go offline ({}); GiB {} of node {} left as it was",
                         c.id,
                         e.raw_os_error()
-                            .map(|n| std::io::Error::from_raw_os_error(n).to_string())
+                            .map(crate::error::strerror)
                             .unwrap_or_else(|| e.to_string()),
                         group.first_gib,
                         c.node.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
@@ -161,16 +162,19 @@ impl<'h> Session<'h> {
             }
         }
         let mut stuck = Vec::new();
+        let complete = refusal.is_none();
         for c in offlined {
-            if let Err(e) = self.bring_back(c) {
-                stuck.push(format!("memory{}: {e}", c.id));
+            // A whole group offline: bring it back into a kernel zone, where a 1 GiB page
+            // can be allocated (never from ZONE_MOVABLE). The zone order may refuse that
+            // (EINVAL); then the block goes back where it was.
+            let kernel = complete && blocks::set_state(self.host, c.id, "online_kernel").is_ok();
+            if !kernel {
+                if let Err(e) = self.bring_back(c) {
+                    stuck.push(format!("memory{}: {e}", c.id));
+                }
             }
         }
-        let ids: Vec<u64> = originals.iter().map(|c| c.id).collect();
-        if stuck.is_empty() {
-            self.state.blocks.retain(|c| !ids.contains(&c.id));
-            self.save()?;
-        } else {
+        if !stuck.is_empty() {
             self.save()?;
             return Err(Error::StateIo {
                 path: self.path.clone(),
@@ -179,6 +183,28 @@ impl<'h> Session<'h> {
                     stuck.join("; ")
                 ),
             });
+        }
+        let mut moved = 0;
+        for c in self.state.blocks.iter_mut().filter(|c| {
+            originals
+                .iter()
+                .any(|o| o.id == c.id && c.dax.is_none() && !c.zone_moved)
+        }) {
+            let now = blocks::read_block(self.host, c.id)?;
+            if now.online() && now.zone() != c.original_zone.as_deref() {
+                c.zone_moved = true;
+                moved += 1;
+            }
+        }
+        self.state
+            .blocks
+            .retain(|c| c.zone_moved || c.dax.is_some() || !originals.iter().any(|o| o.id == c.id));
+        self.save()?;
+        if moved > 0 {
+            self.host.progress(format!(
+                "GiB {}: {moved} block(s) now in a kernel zone; `release --all` moves them back",
+                group.first_gib
+            ));
         }
         Ok(match refusal {
             Some(r) => Err(r),
@@ -191,8 +217,13 @@ impl<'h> Session<'h> {
     /// way).
     pub fn bring_back(&self, c: &BlockChange) -> Result<()> {
         let now = blocks::read_block(self.host, c.id)?;
-        if now.state == c.original_state {
+        let zone_ok = c.original_zone.is_none() || now.zone() == c.original_zone.as_deref();
+        if now.state == c.original_state && (!now.online() || zone_ok) {
             return Ok(());
+        }
+        if now.online() {
+            // online in another zone: the only way back is offline and online again
+            blocks::set_state(self.host, c.id, "offline")?;
         }
         if c.original_state == "online" {
             let cmd = blocks::online_command(c.original_zone.as_deref());
@@ -205,14 +236,17 @@ impl<'h> Session<'h> {
         }
     }
 
-    /// Restores every block the state lists; returns the ones that would not come back.
-    pub fn restore_blocks(&mut self) -> Result<Vec<String>> {
+    /// Restores the blocks the state lists (with `include_moved`, also those moved into a
+    /// kernel zone on purpose); returns the ones that would not come back.
+    pub fn restore_blocks(&mut self, include_moved: bool) -> Result<Vec<String>> {
         let mut failed = Vec::new();
         let mut kept = Vec::new();
         let dax_held: Vec<String> = self.state.devdax.iter().map(|d| d.device.clone()).collect();
         for c in std::mem::take(&mut self.state.blocks) {
             // Memory of a dax device still in devdax mode does not exist as blocks now.
-            if c.dax.as_ref().is_some_and(|d| dax_held.contains(d)) {
+            if c.dax.as_ref().is_some_and(|d| dax_held.contains(d))
+                || (c.zone_moved && !include_moved)
+            {
                 kept.push(c);
                 continue;
             }

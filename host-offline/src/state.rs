@@ -9,7 +9,9 @@
 //!   "pending": { "node": 0, "before": 2, "target": 3 },
 //!   "blocks": [ { "id": 140, "node": 0, "original_state": "online", "original_zone": "Normal" },
 //!               { "id": 40, "node": 0, "original_state": "online", "original_zone": "Movable",
-//!                 "dax": "dax0.0" } ],
+//!                 "dax": "dax0.0" },
+//!               { "id": 180, "node": 0, "original_state": "online", "original_zone": "Movable",
+//!                 "zone_moved": true } ],
 //!   "devdax": [ { "device": "dax0.1", "original_driver": null, "original_size": 0,
 //!                 "original_align": 2097152, "size": 2147483648, "align": 1073741824 } ],
 //!   "updated_unix": 1795000000 }
@@ -56,6 +58,14 @@ pub struct BlockChange {
     /// is back with kmem (the kernel removes the block while the device is in devdax mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dax: Option<String>,
+    /// Brought back into a kernel zone on purpose (a 1 GiB page can live there, not in
+    /// ZONE_MOVABLE): put back into `original_zone` by `release --all` only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub zone_moved: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

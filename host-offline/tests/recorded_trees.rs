@@ -815,3 +815,100 @@ fn lab_recorded_crash_after_kmem_unbind_then_release_all_restores() {
     trees::assert_same(&before, &t.snapshot());
     no_violations(&k2);
 }
+
+/// The recorded host with its top 2 GiB (memory184..199) in ZONE_MOVABLE, as a host booted
+/// with movablecore= has: 1 GiB pages cannot come from there until blocks move to a kernel
+/// zone.
+fn movable_top(tag: &str) -> Tree {
+    let t = trees::one_node(tag);
+    for b in 184..200 {
+        t.write(
+            &format!("sys/devices/system/memory/memory{b}/valid_zones"),
+            "Movable\n",
+        );
+    }
+    t
+}
+
+#[test]
+fn movable_blocks_are_cycled_into_a_kernel_zone_and_moved_back_on_release() {
+    let t = movable_top("movable");
+    let before = t.snapshot();
+    let k = kernel(&t, |_| {});
+    let h = host(&t, &k);
+    let r = reserve::reserve(&h, &t.state(), &opts(1, Placement::Node(0))).unwrap();
+    assert!(r.complete, "{r:?}");
+    for b in 192..200 {
+        assert_eq!(t.block_zone(b), "Normal", "memory{b}");
+    }
+    let st = state::load(&t.state()).unwrap().unwrap();
+    assert_eq!(st.blocks.len(), 8);
+    assert!(st
+        .blocks
+        .iter()
+        .all(|b| b.zone_moved && b.original_zone.as_deref() == Some("Movable")));
+    // an idempotent reserve leaves the moved blocks (and the page in them) alone
+    let n = k.with(|m| m.writes.len());
+    reserve::reserve(&h, &t.state(), &opts(1, Placement::Node(0))).unwrap();
+    assert_eq!(k.with(|m| m.writes.len()), n);
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle, "{r:?}");
+    trees::assert_same(&before, &t.snapshot());
+    no_violations(&k);
+}
+
+#[test]
+fn movable_blocks_the_zone_order_keeps_movable_go_back_and_are_reported() {
+    let t = movable_top("movable-refused");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.no_kernel_zone.extend(184..200);
+    });
+    let h = host(&t, &k);
+    let r = reserve::reserve(&h, &t.state(), &opts(1, Placement::Node(0))).unwrap();
+    // the Movable groups give nothing; the next (Normal) group does
+    assert!(r.complete, "{r:?}");
+    assert_eq!(r.nodes[0].groups_cycled, 3);
+    for b in 184..200 {
+        assert_eq!(t.block_zone(b), "Movable", "memory{b}");
+    }
+    assert!(state::load(&t.state()).unwrap().unwrap().blocks.is_empty());
+    release::release(&h, &t.state(), Amount::All).unwrap();
+    trees::assert_same(&before, &t.snapshot());
+}
+
+#[test]
+fn lab_recorded_movable_host_gets_pages_by_moving_groups_into_a_kernel_zone() {
+    // Recorded from the lab guest booted with movablecore=5G; the simulation repeats what
+    // that kernel did in one run: memory78 busy (EBUSY), so GiB 9 stays Movable, GiB 8 and 7
+    // come back into ZONE_NORMAL.
+    let t = trees::lab("lab-movable", "lab-movable");
+    let before = t.snapshot();
+    let k = kernel(&t, |m| {
+        m.busy.insert(78);
+    });
+    let h = host(&t, &k);
+    let r = reserve::reserve(&h, &t.state(), &opts(2, Placement::Node(0))).unwrap();
+    assert!(r.complete, "{r:?}");
+    assert!(r.nodes[0].compacted);
+    assert!(
+        r.nodes[0]
+            .reasons
+            .iter()
+            .any(|w| w.contains("memory78 refused to go offline (Device or resource busy)")),
+        "{:?}",
+        r.nodes[0].reasons
+    );
+    for b in 56..72 {
+        assert_eq!(t.block_zone(b), "Normal", "memory{b}");
+    }
+    for b in 72..80 {
+        assert_eq!(t.block_zone(b), "Movable", "memory{b}");
+    }
+    let s = status::gather(&h, &t.state()).unwrap();
+    assert_eq!(s.nodes[0].blocks.online_by_zone["Movable"], 24);
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle, "{r:?}");
+    trees::assert_same(&before, &t.snapshot());
+    no_violations(&k);
+}
