@@ -501,3 +501,75 @@ fn sigterm_stops_the_guest_in_order_and_writes_the_report() {
     assert_eq!(j["exit_reason"], "signal");
     assert_eq!(j["exit_code"], 143);
 }
+
+#[test]
+fn image_directory_boots_kernel_initramfs_and_cmdline() {
+    if !kvm_or_skip("image_directory_boots_kernel_initramfs_and_cmdline") {
+        return;
+    }
+    let dir = TempDir::new("image");
+    // Result: the command line; exit status: 0 when the zero page names an initramfs of the
+    // image's size.
+    let rd = vec![0x42u8; 12345];
+    let code = asm64(|a| {
+        a.mov(r12, rsi)?;
+        a.mov(eax, dword_ptr(r12 + 0x228))?;
+        a.mov(ecx, dword_ptr(r12 + 0x238))?;
+        a.mov(rdx, PV_ARG_ADDR)?;
+        a.mov(qword_ptr(rdx), rax)?;
+        a.mov(rdx, PV_ARG_LEN)?;
+        a.mov(qword_ptr(rdx), rcx)?;
+        a.mov(rdx, PV_COMMAND)?;
+        a.mov(dword_ptr(rdx), 2u32)?;
+        let mut bad = a.create_label();
+        a.cmp(dword_ptr(r12 + 0x21C), 12345)?;
+        a.jne(bad)?;
+        // The initramfs bytes are where the zero page says.
+        a.mov(eax, dword_ptr(r12 + 0x218))?;
+        a.cmp(byte_ptr(rax), 0x42)?;
+        a.jne(bad)?;
+        pv_exit(a, 0)?;
+        a.set_label(&mut bad)?;
+        pv_exit(a, 1)
+    });
+    let elf = elf64(
+        PAYLOAD_BASE,
+        &[Segment {
+            addr: PAYLOAD_BASE,
+            bytes: code,
+        }],
+        &[],
+    );
+    dir.write("vmlinux", &elf);
+    dir.write("initramfs.cpio.gz", &rd);
+    dir.write(
+        "manifest.json",
+        br#"{ "format": 1, "kernel": "vmlinux", "bzimage": "bzImage",
+              "initramfs": "initramfs.cpio.gz", "cmdline": "console=ttyS0 quiet",
+              "kernel_version": "6.1.0-56-amd64", "job": "probe", "hpmmap": true,
+              "packages": {}, "files": {} }"#,
+    );
+    let rep = dir.path("r.json");
+    let r = run_vmm(
+        &[
+            "--mem",
+            "64M",
+            "--hugepages",
+            "none",
+            "--image",
+            dir.0.to_str().unwrap(),
+            "--cmdline",
+            "extra=1",
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let j = report(&rep);
+    assert_eq!(
+        j["result"],
+        "console=ttyS0 quiet extra=1 hpmmap.pv=0xfeb00000"
+    );
+    assert_eq!(j["job"], "probe");
+}
