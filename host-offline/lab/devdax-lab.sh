@@ -12,6 +12,7 @@
 # and releases them.
 #
 # usage: devdax-lab.sh OUTDIR     (OUTDIR receives the console logs and the recorded trees)
+# exit: 0 pass, 1 fail, 77 cannot run here (no kernel package obtainable)
 # Platform: QEMU/TCG guest (emulated); this proves sysfs behaviour, not speed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,9 +28,12 @@ log() { echo "[devdax-lab] $*" >&2; }
 
 deb=$(ls "$cache"/linux-image-6.1.*-amd64_*_amd64.deb 2>/dev/null | grep -v unsigned | sort -V | tail -1 || true)
 if [ -z "$deb" ]; then
-    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6/ {print $2; exit}')
-    log "downloading $pkg into $cache"
-    (cd "$cache" && apt-get download "$pkg")
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-6/ {print $2; exit}')
+    log "downloading ${pkg:-the kernel of linux-image-amd64} into $cache"
+    if [ -z "$pkg" ] || ! (cd "$cache" && apt-get download "$pkg"); then
+        log "cannot get Debian's 6.1 kernel package"
+        exit 77 # cannot run here: the caller prints SKIP
+    fi
     deb=$(ls "$cache"/linux-image-6.1.*-amd64_*_amd64.deb | sort -V | tail -1)
 fi
 kdir=$work/k

@@ -44,6 +44,7 @@ enum Cmd {
     Reserve(ReserveArgs),
     /// Per node: memory, 1 GiB pool, pages reserved, hpmmap-vmm pids holding them, blocks.
     Status {
+        /// Machine-readable output (format hpmmap-offline-status, version 1).
         #[arg(long)]
         json: bool,
     },
@@ -77,6 +78,7 @@ struct ReserveArgs {
     /// With --devdax: the device to use (daxX.Y); default: the first that fits.
     #[arg(long, requires = "devdax", value_name = "daxX.Y")]
     dax_device: Option<String>,
+    /// Machine-readable report.
     #[arg(long)]
     json: bool,
 }
@@ -96,6 +98,7 @@ struct ReleaseWhat {
 struct ReleaseArgs {
     #[command(flatten)]
     what: ReleaseWhat,
+    /// Machine-readable report.
     #[arg(long)]
     json: bool,
 }

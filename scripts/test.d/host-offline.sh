@@ -10,4 +10,10 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
 fi
 out=${CARGO_TARGET_DIR:-target}/devdax-lab/run
 rm -rf "$out"
-nice bash host-offline/lab/devdax-lab.sh "$out"
+rc=0
+nice bash host-offline/lab/devdax-lab.sh "$out" || rc=$?
+if [ "$rc" = 77 ]; then
+    echo "SKIP: no Debian 6.1 kernel package for the host-offline devdax lab"
+    exit 0
+fi
+exit "$rc"
