@@ -279,16 +279,30 @@ impl GuestRam {
             }
             if show {
                 s.spawn(|| {
+                    use std::io::IsTerminal;
                     let total = self.len;
+                    let tty = std::io::stderr().is_terminal();
+                    let mut last_decile = u64::MAX;
                     loop {
                         let d = done.load(Ordering::Relaxed);
-                        eprint!(
-                            "\rhpmmap-vmm: prefaulting guest RAM: {} / {} ",
-                            format_size(d / GIB * GIB),
-                            format_size(total)
+                        let finished = d >= total || failed.load(Ordering::Relaxed) != 0;
+                        let pct = d * 100 / total;
+                        let line = format!(
+                            "hpmmap-vmm: prefaulting guest RAM: {:.1} / {:.1} GiB ({pct}%)",
+                            d as f64 / GIB as f64,
+                            total as f64 / GIB as f64
                         );
-                        if d >= total || failed.load(Ordering::Relaxed) != 0 {
-                            eprintln!();
+                        // A terminal gets one updating line; a log gets a line per 10%.
+                        if tty {
+                            eprint!("\r{line}");
+                            if finished {
+                                eprintln!();
+                            }
+                        } else if pct / 10 != last_decile || finished {
+                            last_decile = pct / 10;
+                            eprintln!("{line}");
+                        }
+                        if finished {
                             break;
                         }
                         std::thread::sleep(Duration::from_millis(250));
