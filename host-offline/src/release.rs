@@ -48,6 +48,15 @@ pub fn release(host: &Host, state_path: &Path, amount: Amount) -> Result<Release
     if !state_path.exists() {
         return nothing_held(amount, report);
     }
+    if let Some(n) = session.settle_pending()? {
+        report.notes.push(n);
+    }
+    let nodes: Vec<u32> = session.state.nodes.keys().copied().collect();
+    for node in nodes {
+        if let Some(n) = session.reconcile(node)? {
+            report.notes.push(n);
+        }
+    }
     if let Amount::Gib(n) = amount {
         let have = session.state.total_reserved();
         if n > have {
@@ -55,9 +64,6 @@ pub fn release(host: &Host, state_path: &Path, amount: Amount) -> Result<Release
                 "--size {n}G: hpmmap-offline holds only {have} GiB"
             )));
         }
-    }
-    if let Some(n) = session.settle_pending()? {
-        report.notes.push(n);
     }
     let holders = holders::vm_holders(host);
     let plan = split(&session, amount);

@@ -127,6 +127,11 @@ pub fn reserve(host: &Host, state_path: &Path, opts: &ReserveOptions) -> Result<
             "block from an interrupted run still not restored: {failed}"
         ));
     }
+    for &(node, _) in &targets {
+        if let Some(n) = session.reconcile(node)? {
+            report.notes.push(n);
+        }
+    }
     for &(node, target) in &targets {
         report.nodes.push(NodeOutcome {
             node,

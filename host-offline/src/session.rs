@@ -100,6 +100,31 @@ impl<'h> Session<'h> {
         }
     }
 
+    /// The pool cannot hold fewer pages than this tool added: when someone else shrank it
+    /// (an administrator writing nr_hugepages), what is gone is no longer ours to give back.
+    pub fn reconcile(&mut self, node: u32) -> Result<Option<String>> {
+        let reserved = self.state.reserved(node);
+        if reserved == 0 {
+            return Ok(None);
+        }
+        let nr = hugetlb::node_pool(self.host, node)?.nr;
+        if nr >= reserved {
+            return Ok(None);
+        }
+        if let Some(n) = self.state.nodes.get_mut(&node) {
+            n.reserved = nr;
+        }
+        if nr == 0 {
+            self.state.nodes.remove(&node);
+        }
+        self.save()?;
+        Ok(Some(format!(
+            "node {node}: the pool has {nr} page(s) but hpmmap-offline had added {reserved}; \
+             someone else gave back {}",
+            reserved - nr
+        )))
+    }
+
     /// Resizes a node's pool with the journal around the write; returns the size reached.
     pub fn resize_node(&mut self, node: u32, target: u64) -> Result<u64> {
         let before = hugetlb::node_pool(self.host, node)?.nr;

@@ -912,3 +912,25 @@ fn lab_recorded_movable_host_gets_pages_by_moving_groups_into_a_kernel_zone() {
     trees::assert_same(&before, &t.snapshot());
     no_violations(&k);
 }
+
+#[test]
+fn pages_someone_else_gave_back_are_written_off_and_release_completes() {
+    let t = trees::one_node("external");
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 3);
+    });
+    let h = host(&t, &k);
+    reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
+    // An administrator shrinks the pool to 1 behind hpmmap-offline's back.
+    hpmmap_offline::hugetlb::set_node_nr(&h, 0, 1).unwrap();
+    let r = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(r.complete && r.idle, "{r:?}");
+    assert_eq!(r.nodes[0].released, 1);
+    assert!(
+        r.notes[0].contains("someone else gave back 2"),
+        "{:?}",
+        r.notes
+    );
+    assert_eq!(t.nr(0), 0);
+    no_violations(&k);
+}
