@@ -110,6 +110,10 @@ echo "L2-CPUS $(grep -c ^processor /proc/cpuinfo)"
 dmesg | grep "BIOS-e820"
 # Touch the first and last word of the pool GiB (e820-reserved, so /dev/mem may reach it).
 devmem 0x40000000 32 0x12345678 && devmem 0x7ffffff0 32 1 && echo "L2-POOL $(devmem 0x40000000 32)"
+# PV ZERO of the pool GiB (the host punches and refaults its 1 GiB page), then touch it again.
+devmem 0xfeb00020 64 0x40000000; devmem 0xfeb00028 64 0x40000000; devmem 0xfeb00030 32 1
+echo "L2-ZERO status=$(devmem 0xfeb0000c 32) after=$(devmem 0x40000000 32) magic=$(devmem 0xfeb00000 32)"
+devmem 0x40000000 32 0x5a5a5a5a
 echo "HPMMAP-JOB-EXIT 7"
 devmem 0xfeb00034 32 7
 sleep 5
@@ -303,6 +307,12 @@ fn linux_boots_as_l2_on_1g_pages_in_nested_kvm() {
         "both guests saw 2 vCPUs"
     );
     assert_eq!(log.matches("L2-POOL 0x12345678").count(), 2);
+    assert_eq!(
+        log.matches("L2-ZERO status=0x00000000 after=0x00000000 magic=0x4D4D5048")
+            .count(),
+        2,
+        "PV ZERO on a real KVM: STATUS ok and the pool reads zero"
+    );
     assert_eq!(
         log.matches("BIOS-e820: [mem 0x0000000040000000-0x000000007fffffff] reserved")
             .count(),
