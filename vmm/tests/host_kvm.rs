@@ -573,3 +573,55 @@ fn image_directory_boots_kernel_initramfs_and_cmdline() {
     );
     assert_eq!(j["job"], "probe");
 }
+
+#[test]
+fn console_input_reaches_the_guest() {
+    if !kvm_or_skip("console_input_reaches_the_guest") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let dir = TempDir::new("stdin");
+    // Echo every received byte back, upper-cased, until a newline; then exit 0.
+    let k = payload(
+        &dir,
+        "echo.elf",
+        asm64(|a| {
+            print(a, "ready\n")?;
+            let mut poll = a.create_label();
+            let mut done = a.create_label();
+            a.set_label(&mut poll)?;
+            a.mov(edx, COM1 + 5)?;
+            a.in_(al, dx)?;
+            a.test(al, 1)?;
+            a.je(poll)?;
+            a.mov(edx, COM1)?;
+            a.in_(al, dx)?;
+            a.cmp(al, b'\n' as i32)?;
+            a.je(done)?;
+            a.sub(al, 0x20)?;
+            a.out(dx, al)?;
+            a.jmp(poll)?;
+            a.set_label(&mut done)?;
+            print(a, "\n")?;
+            pv_exit(a, 0)
+        }),
+    );
+    let mut child = std::process::Command::new(vmm_bin())
+        .args(["--mem", "64M", "--hugepages", "none", "--kernel", &k])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    out.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hpmmap\n").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let st = child.wait().unwrap();
+    assert_eq!(rest, "HPMMAP\n");
+    assert_eq!(st.code(), Some(0));
+}
