@@ -75,6 +75,20 @@ fn registers_of(vcpu: &VcpuFd) -> String {
     }
 }
 
+/// The instruction KVM could not emulate, when an emulation failure carries its bytes:
+/// data[0] = flags (bit 0: bytes present), then one byte of length and up to 15 bytes.
+pub fn insn_bytes(suberror: u32, data: &[u64]) -> Option<Vec<u8>> {
+    const EMULATION: u32 = 1;
+    const FLAG_INSTRUCTION_BYTES: u64 = 1;
+    if suberror != EMULATION || data.len() < 3 || data[0] & FLAG_INSTRUCTION_BYTES == 0 {
+        return None;
+    }
+    let mut raw = data[1].to_le_bytes().to_vec();
+    raw.extend_from_slice(&data[2].to_le_bytes());
+    let len = (raw[0] as usize).min(15);
+    Some(raw[1..1 + len].to_vec())
+}
+
 /// Shared between the VM and its vCPU threads.
 pub struct VcpuShared<S: EventSink, H: PvHost> {
     pub bus: Arc<Bus<S, H>>,
@@ -143,8 +157,14 @@ pub fn run_loop<S: EventSink, H: PvHost>(index: u32, mut vcpu: VcpuFd, sh: VcpuS
                         4 => "unexpected exit reason",
                         _ => "other",
                     };
+                    let insn = insn_bytes(internal.suberror, &internal.data[..n])
+                        .map(|b| {
+                            let hex: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+                            format!(", instruction bytes {}", hex.join(" "))
+                        })
+                        .unwrap_or_default();
                     format!(
-                        "suberror {} ({kind}), data {:x?}",
+                        "suberror {} ({kind}), data {:x?}{insn}",
                         internal.suberror,
                         &internal.data[..n]
                     )
@@ -177,5 +197,22 @@ pub fn run_loop<S: EventSink, H: PvHost>(index: u32, mut vcpu: VcpuFd, sh: VcpuS
             bus.sink.event(ev);
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_instruction_of_an_emulation_failure() {
+        // Recorded from Debian 6.1 on kvm_pvm: lock cmpxchg16b [rbp+0x20].
+        let data = [1, 0x7420_4dc7_0f48_f00f, 0x894d_0824_448b_4c66, 0x1000];
+        let b = insn_bytes(1, &data).unwrap();
+        assert_eq!(b.len(), 15);
+        assert_eq!(&b[..5], &[0xf0, 0x48, 0x0f, 0xc7, 0x4d]);
+        assert_eq!(insn_bytes(1, &[0, 0, 0]), None);
+        assert_eq!(insn_bytes(2, &data), None);
+        assert_eq!(insn_bytes(1, &data[..2]), None);
     }
 }
