@@ -1,0 +1,44 @@
+#!/bin/sh
+# /init of the semantics-suite initramfs (QEMU/TCG, memmap= pool).
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+pool=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^hpmmap_pool=//p')
+base=${pool#*@}; size=${pool%@*}
+status=0
+fail() { echo "not ok - $*"; status=1; }
+if ! insmod /lib/hpmmap/hpmmap.ko pool_base="$base" pool_size="$size"; then
+    fail "insmod hpmmap.ko pool_base=$base pool_size=$size"
+else
+    echo "# free blocks: $(tr '\n' ' ' </sys/kernel/hpmmap/free_blocks)"
+    mode=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^hpmmap_mode=//p')
+    if [ "$mode" = bench ]; then
+        hpmmap-run -- hpmmap-test bench hpmmap || status=1
+        hpmmap-test bench thp || status=1
+        hpmmap-test bench 4k || status=1
+    else
+        hpmmap-test bad-ioctl || status=1
+        hpmmap-run -- hpmmap-test suite || status=1
+        # with --page-size 2M a 1 GiB mapping is 512 2 MiB blocks, no 1 GiB block
+        if HPMMAP_TEST_PAGE=2M hpmmap-run --page-size 2M -- hpmmap-test suite large-pages >/tmp/2m.out 2>&1; then
+            echo "ok - page-size-2M"
+        else
+            cat /tmp/2m.out; fail "page-size-2M"
+        fi
+        hpmmap-run --page-size 4K -- /bin/true 2>/tmp/bad.out; rc=$?
+        if [ $rc = 2 ] && grep -q 'page-size' /tmp/bad.out; then echo "ok - launcher-bad-flag"; else fail "launcher-bad-flag rc=$rc $(cat /tmp/bad.out)"; fi
+        hpmmap-run -- /nonexistent 2>/dev/null; rc=$?
+        [ $rc = 127 ] && echo "ok - launcher-missing-program" || fail "launcher-missing-program rc=$rc"
+    fi
+    free=$(cat /sys/kernel/hpmmap/free_bytes); total=$(cat /sys/kernel/hpmmap/pool_bytes)
+    [ "$free" = "$total" ] && echo "ok - pool-full-at-end" || fail "pool-full-at-end: $free of $total free"
+    [ "$(cat /sys/kernel/hpmmap/registered)" = 0 ] && echo "ok - none-registered-at-end" || fail "registered=$(cat /sys/kernel/hpmmap/registered)"
+    echo "# counters: mappings=$(cat /sys/kernel/hpmmap/mappings) fallbacks=$(cat /sys/kernel/hpmmap/fallbacks) faults=$(cat /sys/kernel/hpmmap/faults) fork_copies=$(cat /sys/kernel/hpmmap/fork_copies)"
+    if rmmod hpmmap; then echo "ok - rmmod"; else fail "rmmod"; fi
+fi
+if dmesg | grep -E 'BUG|WARNING|Oops|bad pud|bad pmd|hpmmap: leak|general protection|Bad page'; then
+    fail "kernel log has errors"
+else
+    echo "ok - kernel-log-clean"
+fi
+echo "HPMMAP-JOB-EXIT $status"
+poweroff -f

@@ -1,0 +1,1470 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Per address space state and the memory operations of registered processes.
+ *
+ * Model. Every hpmmap mapping is a real VMA: a MAP_SHARED mapping of one internal file
+ * (never reachable from user space) whose page offset names a place in a per-mm
+ * "object", a sparse set of pool blocks (offset -> 2 MiB .. 1 GiB block). Using Linux's
+ * own VMAs and page tables, instead of a private page table walker under one big VMA,
+ * is what makes the rest correct on 6.1:
+ *  - exit and exec: Linux zaps the entries (devmap PUD/PMD/PTE, "special" because the
+ *    file's inode is S_DAX) and frees every page table with free_pgtables(); the VMA
+ *    close() then returns the blocks to the pool. Nothing to leak.
+ *  - mprotect, partial munmap, MAP_FIXED: Linux splits VMAs and changes or clears
+ *    entries, flushing the TLB on every CPU in mm_cpumask; we put back, at a smaller
+ *    page size, what a split cleared (a 1 GiB entry is only broken where a range needs
+ *    it). 6.1's change_pud_range() treats a huge PUD as a bad entry, so mprotect zaps
+ *    1 GiB entries first (a normal flush) and re-inserts them after.
+ *  - GUP/pin_user_pages: the VMA is neither VM_IO nor VM_PFNMAP and the entries are
+ *    devmap, so GUP finds the ZONE_DEVICE struct pages (pool.c).
+ *  - fork: the VMAs are shared file mappings without anon_vma, so Linux copies no
+ *    page tables; our open() gives the child its own blocks and copies the contents
+ *    eagerly (policy: the child gets a private, fully populated copy from the pool, so
+ *    it takes no faults either; if the pool cannot hold the copy, the child's unbacked
+ *    part raises SIGBUS on access and fork_failures counts it).
+ * A private anonymous mapping must read zero and never share: offsets are never reused
+ * by two live mappings, blocks are zeroed when allocated, and any part of a still held
+ * block that no VMA covers any more is zeroed when it is uncovered.
+ *
+ * Address space: registration reserves a region (1 TiB, 1 GiB aligned) with real
+ * placeholder VMAs (PROT_NONE, no VM_MAY* bits, mergeable), so Linux never places
+ * anything there; munmap inside it puts a placeholder back. The first page is an
+ * anchor VMA whose close() marks the end of the mm; then the heap (brk) area; then the
+ * data area where mmap requests are placed, 1 GiB aligned when they can use 1 GiB
+ * pages, 2 MiB aligned otherwise.
+ */
+#include <linux/module.h>
+#include <linux/fs.h>
+#include <linux/file.h>
+#include <linux/mount.h>
+#include <linux/pseudo_fs.h>
+#include <linux/mman.h>
+#include <linux/huge_mm.h>
+#include <linux/pfn_t.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/rculist.h>
+#include "hpmmap.h"
+
+#define REGION_SIZE (1ul << 40)
+#define HEAP_MAX (64ul << 30)
+#define OFF_HEAP 0ull
+#define OFF_SMALL (1ull << 40)
+#define OFF_BIG (1ull << 50)
+#define SLOT_SHIFT 38 /* each large mapping owns 256 GiB of offsets to grow into */
+
+static DEFINE_HASHTABLE(ctx_hash, 8);
+static DEFINE_SPINLOCK(ctx_hash_lock);
+static atomic_t nr_ctx = ATOMIC_INIT(0);
+static atomic64_t nr_serving = ATOMIC64_INIT(0);
+
+static struct vfsmount *hpm_mnt;
+static struct file *hpm_file;
+
+static const struct vm_operations_struct hpm_data_ops, hpm_anchor_ops, hpm_hold_ops;
+
+/* ------------------------------------------------------------------ ctx lifetime */
+
+u64 hpm_nr_serving(void)
+{
+	return atomic64_read(&nr_serving);
+}
+
+/* Called from the ftrace callback: preemption is off, no locks. */
+bool notrace hpm_mm_hooked(struct mm_struct *mm)
+{
+	struct hpm_ctx *c;
+
+	if (!mm || !atomic_read(&nr_ctx))
+		return false;
+	hash_for_each_possible_rcu_notrace(ctx_hash, c, hnode, (unsigned long)mm)
+		if (c->mm == mm)
+			return true;
+	return false;
+}
+
+struct hpm_ctx *hpm_ctx_get_mm(struct mm_struct *mm)
+{
+	struct hpm_ctx *c, *found = NULL;
+
+	rcu_read_lock();
+	hash_for_each_possible_rcu(ctx_hash, c, hnode, (unsigned long)mm)
+		if (c->mm == mm && refcount_inc_not_zero(&c->ref)) {
+			found = c;
+			break;
+		}
+	rcu_read_unlock();
+	return found;
+}
+
+static void set_serving(struct hpm_ctx *ctx, bool on)
+{
+	if (ctx->serving == on)
+		return;
+	ctx->serving = on;
+	if (on)
+		atomic64_inc(&nr_serving);
+	else
+		atomic64_dec(&nr_serving);
+}
+
+static struct hpm_ctx *ctx_alloc(struct mm_struct *mm)
+{
+	struct hpm_ctx *ctx;
+
+	if (!try_module_get(THIS_MODULE))
+		return NULL;
+	ctx = kzalloc(sizeof(*ctx), GFP_KERNEL);
+	if (!ctx) {
+		module_put(THIS_MODULE);
+		return NULL;
+	}
+	ctx->mm = mm;
+	refcount_set(&ctx->ref, 1);
+	mutex_init(&ctx->op_lock);
+	mutex_init(&ctx->obj_lock);
+	xa_init(&ctx->blocks);
+	ctx->page_shift = 30;
+	ctx->node = NUMA_NO_NODE;
+	return ctx;
+}
+
+static void ctx_hash_add(struct hpm_ctx *ctx)
+{
+	spin_lock(&ctx_hash_lock);
+	hash_add_rcu(ctx_hash, &ctx->hnode, (unsigned long)ctx->mm);
+	ctx->hashed = true;
+	atomic_inc(&nr_ctx);
+	spin_unlock(&ctx_hash_lock);
+}
+
+/* Drops the hash table's reference. */
+static void ctx_unhash(struct hpm_ctx *ctx)
+{
+	bool was;
+
+	spin_lock(&ctx_hash_lock);
+	was = ctx->hashed;
+	if (was) {
+		hash_del_rcu(&ctx->hnode);
+		ctx->hashed = false;
+		atomic_dec(&nr_ctx);
+	}
+	spin_unlock(&ctx_hash_lock);
+	if (was) {
+		set_serving(ctx, false);
+		hpm_ctx_put(ctx);
+	}
+}
+
+static void blk_free(struct hpm_ctx *ctx, struct hpm_blk *b)
+{
+	unsigned long i, n = 1ul << b->order;
+
+	for (i = 0; i < n; i++)
+		xa_erase(&ctx->blocks, (b->off >> HPM_UNIT_SHIFT) + i);
+	hpm_pool_free(b->pa, b->order);
+	atomic64_sub(hpm_blk_size(b), &ctx->held_bytes);
+	kfree_rcu(b, rcu);
+}
+
+void hpm_ctx_put(struct hpm_ctx *ctx)
+{
+	struct hpm_blk *b;
+	unsigned long idx;
+
+	if (!refcount_dec_and_test(&ctx->ref))
+		return;
+	/* Last VMA gone (exit, exec): the page tables are already zapped and freed. */
+	xa_for_each(&ctx->blocks, idx, b)
+		if (idx == b->off >> HPM_UNIT_SHIFT)
+			blk_free(ctx, b);
+	xa_destroy(&ctx->blocks);
+	kfree_rcu(ctx, rcu);
+	module_put(THIS_MODULE);
+}
+
+/* ------------------------------------------------------------ internal file */
+
+struct hpm_req {
+	struct list_head l;
+	struct task_struct *task;
+	struct hpm_ctx *ctx;
+	enum hpm_req_kind kind;
+};
+static LIST_HEAD(reqs);
+static DEFINE_SPINLOCK(req_lock);
+
+static int hpm_file_mmap(struct file *f, struct vm_area_struct *vma)
+{
+	struct hpm_req *r, *req = NULL;
+
+	spin_lock(&req_lock);
+	list_for_each_entry(r, &reqs, l)
+		if (r->task == current)
+			req = r;
+	spin_unlock(&req_lock);
+	if (!req)
+		return -EPERM;
+	switch (req->kind) {
+	case HPM_REQ_HOLD:
+		vma->vm_flags &= ~(VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC);
+		vma->vm_flags |= VM_DONTDUMP;
+		vma->vm_ops = &hpm_hold_ops;
+		vma->vm_private_data = NULL;
+		break;
+	case HPM_REQ_ANCHOR:
+		vma->vm_flags &= ~(VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC);
+		vma->vm_flags |= VM_DONTDUMP | VM_DONTEXPAND;
+		vma->vm_ops = &hpm_anchor_ops;
+		vma->vm_private_data = req->ctx;
+		refcount_inc(&req->ctx->ref);
+		break;
+	case HPM_REQ_DATA:
+		/* DONTEXPAND: growth goes through hpmmap's mremap, which backs it first. */
+		vma->vm_flags |= VM_DONTEXPAND | VM_HUGEPAGE;
+		vma->vm_ops = &hpm_data_ops;
+		vma->vm_private_data = req->ctx;
+		refcount_inc(&req->ctx->ref);
+		break;
+	}
+	return 0;
+}
+
+/* No owner: alloc_file_pseudo() takes no module reference for it to drop; the
+ * module is pinned by every ctx instead. */
+static const struct file_operations hpm_data_fops = {
+	.mmap = hpm_file_mmap,
+};
+
+static unsigned long hpm_vm_mmap(struct hpm_ctx *ctx, enum hpm_req_kind kind,
+				 unsigned long addr, unsigned long len, unsigned long prot,
+				 bool fixed, u64 off)
+{
+	struct hpm_req req = { .task = current, .ctx = ctx, .kind = kind };
+	unsigned long ret;
+
+	spin_lock(&req_lock);
+	list_add(&req.l, &reqs);
+	spin_unlock(&req_lock);
+	ret = vm_mmap(hpm_file, addr, len, prot, MAP_SHARED | (fixed ? MAP_FIXED : 0), off);
+	spin_lock(&req_lock);
+	list_del(&req.l);
+	spin_unlock(&req_lock);
+	return ret;
+}
+
+/* Puts a placeholder over [a, b): unmaps whatever was there. */
+static long hold_range(struct hpm_ctx *ctx, unsigned long a, unsigned long b)
+{
+	unsigned long r;
+
+	if (a >= b)
+		return 0;
+	r = hpm_vm_mmap(ctx, HPM_REQ_HOLD, a, b - a, PROT_NONE, true, a - ctx->hold_base);
+	return IS_ERR_VALUE(r) ? (long)r : 0;
+}
+
+static int hpm_init_fs_context(struct fs_context *fc)
+{
+	return init_pseudo(fc, 0x48504d4d) ? 0 : -ENOMEM;
+}
+
+static struct file_system_type hpm_fs_type = {
+	.name = "hpmmap",
+	.init_fs_context = hpm_init_fs_context,
+	.kill_sb = kill_anon_super,
+};
+
+int hpm_ctx_init(void)
+{
+	struct inode *inode;
+
+	hpm_mnt = kern_mount(&hpm_fs_type);
+	if (IS_ERR(hpm_mnt))
+		return PTR_ERR(hpm_mnt);
+	inode = alloc_anon_inode(hpm_mnt->mnt_sb);
+	if (IS_ERR(inode)) {
+		kern_unmount(hpm_mnt);
+		return PTR_ERR(inode);
+	}
+	/*
+	 * S_DAX + S_IFCHR: Linux treats huge entries of these VMAs as "special" (no rmap,
+	 * no refcounting: zap_huge_pud() would BUG() otherwise) and as device-dax, not
+	 * fsdax, so FOLL_LONGTERM pins are allowed.
+	 */
+	inode->i_mode = S_IFCHR | 0600;
+	inode->i_flags |= S_DAX;
+	hpm_file = alloc_file_pseudo(inode, hpm_mnt, "hpmmap", O_RDWR, &hpm_data_fops);
+	if (IS_ERR(hpm_file)) {
+		iput(inode);
+		kern_unmount(hpm_mnt);
+		return PTR_ERR(hpm_file);
+	}
+	return 0;
+}
+
+static void hpm_fput_fn(struct work_struct *w)
+{
+	fput(hpm_file);
+}
+
+void hpm_ctx_exit(void)
+{
+	static DECLARE_WORK(w, hpm_fput_fn);
+
+	/* The last fput must finish before the module text goes: from a kthread it is
+	 * queued on the delayed list, which flush_delayed_fput() drains. */
+	schedule_work(&w);
+	flush_work(&w);
+	flush_delayed_fput();
+	kern_unmount(hpm_mnt);
+}
+
+/* ------------------------------------------------------------ the object */
+
+static inline u64 vma_off(struct vm_area_struct *vma, unsigned long addr)
+{
+	return ((u64)vma->vm_pgoff << PAGE_SHIFT) + (addr - vma->vm_start);
+}
+
+static inline bool is_data(struct hpm_ctx *ctx, struct vm_area_struct *vma)
+{
+	return vma->vm_ops == &hpm_data_ops && vma->vm_private_data == ctx;
+}
+
+static inline struct hpm_blk *blk_at(struct hpm_ctx *ctx, u64 off)
+{
+	return xa_load(&ctx->blocks, off >> HPM_UNIT_SHIFT);
+}
+
+static int blk_alloc(struct hpm_ctx *ctx, u64 off, unsigned int order, bool zero)
+{
+	struct hpm_blk *b;
+	unsigned long i, n = 1ul << order;
+	phys_addr_t pa;
+	int err;
+
+	b = kmalloc(sizeof(*b), GFP_KERNEL);
+	if (!b)
+		return -ENOMEM;
+	err = hpm_pool_alloc(order, ctx->node, &pa);
+	if (err)
+		goto free_b;
+	if (zero) {
+		err = hpm_zero(pa, (u64)HPM_UNIT << order);
+		if (err)
+			goto free_pa;
+	}
+	b->off = off;
+	b->pa = pa;
+	b->order = order;
+	for (i = 0; i < n; i++) {
+		err = xa_err(xa_store(&ctx->blocks, (off >> HPM_UNIT_SHIFT) + i, b, GFP_KERNEL));
+		if (err) {
+			while (i--)
+				xa_erase(&ctx->blocks, (off >> HPM_UNIT_SHIFT) + i);
+			goto free_pa;
+		}
+	}
+	atomic64_add((u64)HPM_UNIT << order, &ctx->held_bytes);
+	return 0;
+free_pa:
+	hpm_pool_free(pa, order);
+free_b:
+	kfree(b);
+	return err;
+}
+
+/* Backs [off, off + len) with zeroed blocks: 1 GiB where a whole aligned GiB of the
+ * range allows it and the policy says so, 2 MiB otherwise. Caller holds obj_lock. */
+static int obj_fill(struct hpm_ctx *ctx, u64 off, u64 len)
+{
+	u64 u = round_down(off, HPM_UNIT), end = off + len;
+	int err;
+
+	while (u < end) {
+		unsigned long idx = u >> HPM_UNIT_SHIFT;
+
+		if (blk_at(ctx, u)) {
+			u += HPM_UNIT;
+			continue;
+		}
+		if (ctx->page_shift == 30 && IS_ALIGNED(u, HPM_GIG) && u >= off &&
+		    u + HPM_GIG <= end &&
+		    !xa_find(&ctx->blocks, &idx, idx + (HPM_GIG >> HPM_UNIT_SHIFT) - 1, XA_PRESENT) &&
+		    !blk_alloc(ctx, u, HPM_NORD - 1, true)) {
+			u += HPM_GIG;
+			continue;
+		}
+		err = blk_alloc(ctx, u, 0, true);
+		if (err)
+			return err;
+		u += HPM_UNIT;
+	}
+	return 0;
+}
+
+struct ivl {
+	u64 a, b;
+};
+
+/*
+ * [o1, o2) is no longer mapped by the VMA being removed. Blocks no VMA of this mm
+ * covers go back to the pool; the uncovered part of a block still in use is zeroed.
+ * Caller holds the mmap lock (read or write) and obj_lock.
+ */
+static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o2,
+			struct vm_area_struct *skip)
+{
+	struct vm_area_struct *vma;
+	struct hpm_blk *b;
+	struct ivl *iv = NULL;
+	unsigned int n = 0, cap = 0, i;
+	u64 lo, hi, u;
+
+	if (o1 >= o2)
+		return;
+	b = blk_at(ctx, o1);
+	lo = b ? b->off : round_down(o1, HPM_UNIT);
+	b = blk_at(ctx, o2 - 1);
+	hi = b ? b->off + hpm_blk_size(b) : round_up(o2, HPM_UNIT);
+	{
+		VMA_ITERATOR(vmi, mm, 0);
+
+		for_each_vma(vmi, vma) {
+			u64 a, e;
+
+			if (vma == skip || !is_data(ctx, vma))
+				continue;
+			a = vma_off(vma, vma->vm_start);
+			e = a + (vma->vm_end - vma->vm_start);
+			if (e <= lo || a >= hi)
+				continue;
+			if (n == cap) {
+				struct ivl *nv = krealloc(iv, (cap + 16) * sizeof(*iv), GFP_KERNEL);
+
+				if (!nv) { /* keep the blocks: leaking until exit beats corrupting */
+					kfree(iv);
+					return;
+				}
+				iv = nv;
+				cap += 16;
+			}
+			iv[n].a = a;
+			iv[n].b = e;
+			n++;
+		}
+	}
+	for (u = lo; u < hi;) {
+		u64 bs, be, cur, top;
+		bool covered = false;
+
+		b = blk_at(ctx, u);
+		if (!b) {
+			u += HPM_UNIT;
+			continue;
+		}
+		bs = b->off;
+		be = bs + hpm_blk_size(b);
+		u = be;
+		for (i = 0; i < n; i++)
+			if (iv[i].a < be && iv[i].b > bs)
+				covered = true;
+		if (!covered) {
+			blk_free(ctx, b);
+			continue;
+		}
+		/* Zero [max(o1,bs), min(o2,be)) minus the covered intervals. */
+		cur = max(o1, bs);
+		top = min(o2, be);
+		while (cur < top) {
+			u64 next = top;
+			bool in = false;
+
+			for (i = 0; i < n; i++) {
+				if (iv[i].a <= cur && iv[i].b > cur) {
+					cur = iv[i].b;
+					in = true;
+					break;
+				}
+				if (iv[i].a > cur && iv[i].a < next)
+					next = iv[i].a;
+			}
+			if (in)
+				continue;
+			hpm_zero(b->pa + (cur - bs), next - cur);
+			cur = next;
+		}
+	}
+	kfree(iv);
+}
+
+/* Are the offsets [o1, o2) mapped by no VMA? Caller holds the mmap lock. */
+static bool offsets_free(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o2)
+{
+	struct vm_area_struct *vma;
+	VMA_ITERATOR(vmi, mm, 0);
+
+	for_each_vma(vmi, vma) {
+		u64 a;
+
+		if (!is_data(ctx, vma))
+			continue;
+		a = vma_off(vma, vma->vm_start);
+		if (a < o2 && a + (vma->vm_end - vma->vm_start) > o1)
+			return false;
+	}
+	return true;
+}
+
+static int obj_zero(struct hpm_ctx *ctx, u64 off, u64 len)
+{
+	while (len) {
+		struct hpm_blk *b = blk_at(ctx, off);
+		u64 chunk = min(len, round_up(off + 1, HPM_UNIT) - off);
+
+		if (b)
+			hpm_zero(b->pa + (off - b->off), chunk);
+		off += chunk;
+		len -= chunk;
+	}
+	return 0;
+}
+
+static void obj_copy(struct hpm_ctx *dst, u64 doff, struct hpm_ctx *src, u64 soff, u64 len)
+{
+	while (len) {
+		struct hpm_blk *d = blk_at(dst, doff), *s = blk_at(src, soff);
+		u64 chunk = min3(len, round_up(doff + 1, HPM_UNIT) - doff,
+				 round_up(soff + 1, HPM_UNIT) - soff);
+
+		if (d && s)
+			memcpy(hpm_pa_to_va(d->pa + (doff - d->off)),
+			       hpm_pa_to_va(s->pa + (soff - s->off)), chunk);
+		doff += chunk;
+		soff += chunk;
+		len -= chunk;
+		cond_resched();
+	}
+}
+
+/* ------------------------------------------------------------ page tables */
+
+static pud_t *pud_get(struct mm_struct *mm, unsigned long addr, bool alloc)
+{
+	pgd_t *pgd = pgd_offset(mm, addr);
+	p4d_t *p4d;
+
+	if (pgd_none(*pgd) && (!alloc || hpm_p4d_alloc(mm, pgd, addr)))
+		return NULL;
+	p4d = p4d_offset(pgd, addr);
+	if (p4d_none(*p4d) && (!alloc || hpm_pud_alloc(mm, p4d, addr)))
+		return NULL;
+	return pud_offset(p4d, addr);
+}
+
+static inline pfn_t blk_pfn(struct hpm_blk *b, u64 off)
+{
+	return phys_to_pfn_t(b->pa + (off - b->off), PFN_DEV | PFN_MAP);
+}
+
+/*
+ * Map what [start, end) of the VMA lacks, with the largest page each place allows.
+ * Entries already present are kept. Caller holds the mmap lock.
+ */
+static void populate_vma(struct vm_area_struct *vma, unsigned long start, unsigned long end)
+{
+	struct hpm_ctx *ctx = vma->vm_private_data;
+	struct mm_struct *mm = vma->vm_mm;
+	bool write = vma->vm_flags & VM_WRITE;
+	unsigned long addr;
+
+	if (!ctx || !(vma->vm_flags & (VM_READ | VM_WRITE | VM_EXEC)))
+		return; /* PROT_NONE: an access must fault (SIGSEGV), so map nothing */
+	start = max(start, vma->vm_start) & PAGE_MASK;
+	end = min(end, vma->vm_end);
+	addr = start;
+	while (addr < end) {
+		u64 off = vma_off(vma, addr);
+		struct hpm_blk *b = blk_at(ctx, off);
+		struct vm_fault vmf = { .vma = vma, .address = addr,
+					.pgoff = off >> PAGE_SHIFT, .flags = FAULT_FLAG_WRITE };
+		unsigned long next;
+		pud_t *pud;
+		pmd_t *pmd;
+
+		if (!b) {
+			addr = min(end, ALIGN(addr + 1, HPM_UNIT));
+			continue;
+		}
+		pud = pud_get(mm, addr, true);
+		if (!pud)
+			return;
+		/* Never walk below a leaf: a huge entry already maps this whole unit. */
+		if (pud_devmap(*pud) || pud_trans_huge(*pud)) {
+			addr = min(end, ALIGN(addr + 1, HPM_GIG));
+			continue;
+		}
+		if (pud_none(*pud) && b->order == HPM_NORD - 1 && b->off == off &&
+		    IS_ALIGNED(addr, HPM_GIG) && addr + HPM_GIG <= vma->vm_end) {
+			vmf.pud = pud;
+			vmf_insert_pfn_pud(&vmf, blk_pfn(b, off), write);
+			addr += HPM_GIG;
+			continue;
+		}
+		if (pud_none(*pud) && hpm_pmd_alloc(mm, pud, addr))
+			return;
+		pmd = pmd_offset(pud, addr);
+		if (pmd_devmap(*pmd) || pmd_trans_huge(*pmd)) {
+			addr = min(end, ALIGN(addr + 1, HPM_UNIT));
+			continue;
+		}
+		if (pmd_none(*pmd) && IS_ALIGNED(addr, HPM_UNIT) && IS_ALIGNED(off, HPM_UNIT) &&
+		    addr + HPM_UNIT <= vma->vm_end) {
+			vmf.pmd = pmd;
+			vmf_insert_pfn_pmd(&vmf, blk_pfn(b, off), write);
+			addr += HPM_UNIT;
+			continue;
+		}
+		next = min(end, ALIGN(addr + 1, HPM_UNIT));
+		for (; addr < next; addr += PAGE_SIZE) {
+			off = vma_off(vma, addr);
+			b = blk_at(ctx, off);
+			if (b)
+				vmf_insert_mixed_mkwrite(vma, addr, blk_pfn(b, off));
+		}
+		cond_resched();
+	}
+}
+
+/* Re-map, after Linux split or cleared entries, everything in [start, end). */
+void hpm_repopulate(struct hpm_ctx *ctx, unsigned long start, unsigned long end)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+
+	if (start > end) /* wrapped below zero */
+		start = 0;
+	start = round_down(start, HPM_GIG);
+	end = end > round_up(end, HPM_GIG) ? end : round_up(end, HPM_GIG);
+	mmap_read_lock(mm);
+	{
+		VMA_ITERATOR(vmi, mm, start);
+
+		for_each_vma_range(vmi, vma, end)
+			if (is_data(ctx, vma))
+				populate_vma(vma, start, end);
+	}
+	mmap_read_unlock(mm);
+}
+
+/* ------------------------------------------------------------ vm operations */
+
+static vm_fault_t hpm_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct hpm_ctx *ctx = vma->vm_private_data;
+	unsigned long addr = vmf->address & PAGE_MASK;
+	struct hpm_blk *b;
+	u64 off;
+
+	atomic64_inc(&hpm_st.faults);
+	if (!ctx)
+		return VM_FAULT_SIGBUS;
+	off = vma_off(vma, addr);
+	b = blk_at(ctx, off);
+	if (!b)
+		return VM_FAULT_SIGBUS; /* fork found the pool exhausted */
+	return vmf_insert_mixed_mkwrite(vma, addr, blk_pfn(b, off));
+}
+
+/* Only reached where an entry was cleared (a split, a page walker): refill it. */
+static vm_fault_t hpm_huge_fault(struct vm_fault *vmf, enum page_entry_size pe)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct hpm_ctx *ctx = vma->vm_private_data;
+	bool write = vmf->flags & FAULT_FLAG_WRITE;
+	unsigned long addr;
+	struct hpm_blk *b;
+	u64 off;
+
+	if (!ctx)
+		return VM_FAULT_SIGBUS;
+	switch (pe) {
+	case PE_SIZE_PUD:
+		addr = vmf->address & HPAGE_PUD_MASK;
+		if (addr < vma->vm_start || addr + HPM_GIG > vma->vm_end)
+			return VM_FAULT_FALLBACK;
+		off = vma_off(vma, addr);
+		b = blk_at(ctx, off);
+		if (!b || b->order != HPM_NORD - 1 || b->off != off)
+			return VM_FAULT_FALLBACK;
+		atomic64_inc(&hpm_st.faults);
+		return vmf_insert_pfn_pud(vmf, blk_pfn(b, off), write);
+	case PE_SIZE_PMD:
+		addr = vmf->address & HPAGE_PMD_MASK;
+		if (addr < vma->vm_start || addr + HPM_UNIT > vma->vm_end)
+			return VM_FAULT_FALLBACK;
+		off = vma_off(vma, addr);
+		b = blk_at(ctx, off);
+		if (!b || !IS_ALIGNED(off, HPM_UNIT))
+			return VM_FAULT_FALLBACK;
+		atomic64_inc(&hpm_st.faults);
+		return vmf_insert_pfn_pmd(vmf, blk_pfn(b, off), write);
+	default:
+		return hpm_fault(vmf);
+	}
+}
+
+static struct hpm_ctx *fork_ctx(struct hpm_ctx *parent, struct mm_struct *mm)
+{
+	struct hpm_ctx *ctx = ctx_alloc(mm);
+
+	if (!ctx)
+		return NULL;
+	ctx->serving = false; /* set_serving() below counts it */
+	ctx->brk_served = parent->brk_served;
+	ctx->flags = parent->flags;
+	ctx->page_shift = parent->page_shift;
+	ctx->node = parent->node;
+	ctx->region_start = parent->region_start;
+	ctx->region_end = parent->region_end;
+	ctx->heap_base = parent->heap_base;
+	ctx->heap_end = parent->heap_end;
+	ctx->data_start = parent->data_start;
+	ctx->hold_base = parent->hold_base;
+	ctx->next_slot = parent->next_slot;
+	ctx->small_cursor = parent->small_cursor;
+	return ctx;
+}
+
+/* The child's ctx at fork, made by whichever of its VMAs dup_mmap() opens first.
+ * Returns a reference for the caller's VMA. */
+static struct hpm_ctx *child_ctx(struct hpm_ctx *parent, struct mm_struct *mm)
+{
+	struct hpm_ctx *ctx = hpm_ctx_get_mm(mm);
+
+	if (ctx)
+		return ctx;
+	ctx = fork_ctx(parent, mm);
+	if (!ctx)
+		return NULL;
+	refcount_inc(&ctx->ref); /* the caller's; the first one is the hash table's */
+	ctx_hash_add(ctx);
+	set_serving(ctx, parent->serving);
+	return ctx;
+}
+
+/*
+ * open() runs for the new half of a split, for mremap's copy, and for the child's
+ * copy at fork (with both mm's write-locked by dup_mmap()).
+ */
+static void hpm_data_open(struct vm_area_struct *vma)
+{
+	struct hpm_ctx *parent = vma->vm_private_data, *ctx;
+	u64 o1, o2, u;
+	bool failed = false;
+
+	if (!parent)
+		return;
+	if (parent->mm == vma->vm_mm) {
+		refcount_inc(&parent->ref);
+		return;
+	}
+	ctx = child_ctx(parent, vma->vm_mm);
+	vma->vm_private_data = ctx;
+	if (!ctx) {
+		atomic64_inc(&hpm_st.fork_failures);
+		return;
+	}
+	o1 = vma_off(vma, vma->vm_start);
+	o2 = o1 + (vma->vm_end - vma->vm_start);
+	mutex_lock(&parent->obj_lock);
+	mutex_lock_nested(&ctx->obj_lock, SINGLE_DEPTH_NESTING);
+	for (u = round_down(o1, HPM_UNIT); u < o2;) {
+		struct hpm_blk *pb = blk_at(parent, u);
+
+		if (!pb || blk_at(ctx, u)) {
+			u += HPM_UNIT;
+			continue;
+		}
+		/* same block size as the parent where the pool allows, 2 MiB otherwise */
+		if (pb->off == u && !blk_alloc(ctx, u, pb->order, true)) {
+			u += hpm_blk_size(pb);
+			continue;
+		}
+		if (blk_alloc(ctx, u, 0, true)) {
+			failed = true;
+			u += HPM_UNIT;
+			continue;
+		}
+		u += HPM_UNIT;
+	}
+	obj_copy(ctx, o1, parent, o1, o2 - o1);
+	mutex_unlock(&ctx->obj_lock);
+	mutex_unlock(&parent->obj_lock);
+	atomic64_inc(failed ? &hpm_st.fork_failures : &hpm_st.fork_copies);
+	populate_vma(vma, vma->vm_start, vma->vm_end);
+}
+
+static void hpm_data_close(struct vm_area_struct *vma)
+{
+	struct hpm_ctx *ctx = vma->vm_private_data;
+	u64 o1;
+
+	if (!ctx)
+		return;
+	/* mm_users == 0: exit or exec tears the whole mm down; the last put frees all. */
+	if (atomic_read(&vma->vm_mm->mm_users)) {
+		o1 = vma_off(vma, vma->vm_start);
+		mutex_lock(&ctx->obj_lock);
+		obj_release(ctx, vma->vm_mm, o1, o1 + (vma->vm_end - vma->vm_start), vma);
+		mutex_unlock(&ctx->obj_lock);
+	}
+	hpm_ctx_put(ctx);
+}
+
+static void hpm_anchor_open(struct vm_area_struct *vma)
+{
+	struct hpm_ctx *parent = vma->vm_private_data;
+
+	if (!parent)
+		return;
+	if (parent->mm == vma->vm_mm) {
+		refcount_inc(&parent->ref);
+		return;
+	}
+	/* fork: children follow their parent */
+	vma->vm_private_data = child_ctx(parent, vma->vm_mm);
+}
+
+static void hpm_anchor_close(struct vm_area_struct *vma)
+{
+	struct hpm_ctx *ctx = vma->vm_private_data;
+
+	if (!ctx)
+		return;
+	ctx_unhash(ctx);
+	hpm_ctx_put(ctx);
+}
+
+static vm_fault_t hpm_segv_fault(struct vm_fault *vmf)
+{
+	return VM_FAULT_SIGSEGV;
+}
+
+static int hpm_hold_mprotect(struct vm_area_struct *vma, unsigned long start,
+			     unsigned long end, unsigned long newflags)
+{
+	return -ENOMEM; /* reserved address space reads as unmapped */
+}
+
+static const struct vm_operations_struct hpm_data_ops = {
+	.open = hpm_data_open,
+	.close = hpm_data_close,
+	.fault = hpm_fault,
+	.huge_fault = hpm_huge_fault,
+};
+
+static const struct vm_operations_struct hpm_anchor_ops = {
+	.open = hpm_anchor_open,
+	.close = hpm_anchor_close,
+	.fault = hpm_segv_fault,
+	.mprotect = hpm_hold_mprotect,
+};
+
+/* No open/close: adjacent placeholders merge back into one VMA. */
+static const struct vm_operations_struct hpm_hold_ops = {
+	.fault = hpm_segv_fault,
+	.mprotect = hpm_hold_mprotect,
+};
+
+/* ------------------------------------------------------------ registration */
+
+static int region_create(struct hpm_ctx *ctx)
+{
+	unsigned long addr, start, end, r;
+
+	addr = hpm_vm_mmap(ctx, HPM_REQ_HOLD, 0, REGION_SIZE + HPM_GIG, PROT_NONE, false, 0);
+	if (IS_ERR_VALUE(addr))
+		return (long)addr;
+	start = ALIGN(addr, HPM_GIG);
+	end = start + REGION_SIZE;
+	if (start > addr)
+		vm_munmap(addr, start - addr);
+	if (addr + REGION_SIZE + HPM_GIG > end)
+		vm_munmap(end, addr + REGION_SIZE + HPM_GIG - end);
+	ctx->hold_base = addr;
+	ctx->region_start = start;
+	ctx->region_end = end;
+	ctx->heap_base = start + HPM_GIG;
+	ctx->heap_end = ctx->heap_base + HEAP_MAX;
+	ctx->data_start = ctx->heap_end;
+	/* The anchor is the region's last page: exit_mmap() closes VMAs in address
+	 * order, so every placeholder is gone before the anchor drops the last ref. */
+	r = hpm_vm_mmap(ctx, HPM_REQ_ANCHOR, end - PAGE_SIZE, PAGE_SIZE, PROT_NONE, true,
+			end - PAGE_SIZE - addr);
+	if (IS_ERR_VALUE(r)) {
+		vm_munmap(start, REGION_SIZE);
+		return (long)r;
+	}
+	return 0;
+}
+
+static int check_params(unsigned int page_shift)
+{
+	return page_shift == 30 || page_shift == 21 ? 0 : -EINVAL;
+}
+
+int hpm_register_current(u32 flags, unsigned int page_shift, int node, bool on_exec)
+{
+	struct mm_struct *mm = current->mm;
+	struct hpm_ctx *ctx;
+	unsigned long r;
+	int err;
+
+	if (check_params(page_shift))
+		return -EINVAL;
+	ctx = hpm_ctx_get_mm(mm);
+	if (ctx) {
+		/* re-registering a deregistered address space re-enables it */
+		err = -EBUSY;
+		mutex_lock(&ctx->op_lock);
+		if (!ctx->serving && ctx->region_start && !on_exec) {
+			ctx->flags = flags;
+			ctx->page_shift = page_shift;
+			ctx->node = node;
+			set_serving(ctx, true);
+			err = 0;
+		}
+		mutex_unlock(&ctx->op_lock);
+		hpm_ctx_put(ctx);
+		return err;
+	}
+	ctx = ctx_alloc(mm);
+	if (!ctx)
+		return -ENOMEM;
+	ctx->flags = flags;
+	ctx->page_shift = page_shift;
+	ctx->node = node;
+	if (on_exec) {
+		/* Only an anchor, so that exit or fork of the launcher is noticed. */
+		r = hpm_vm_mmap(ctx, HPM_REQ_ANCHOR, 0, PAGE_SIZE, PROT_NONE, false, 0);
+		err = IS_ERR_VALUE(r) ? (int)r : 0;
+	} else {
+		err = region_create(ctx);
+	}
+	if (err) {
+		hpm_ctx_put(ctx);
+		return err;
+	}
+	ctx_hash_add(ctx);
+	if (!on_exec)
+		set_serving(ctx, true);
+	return 0;
+}
+
+int hpm_deregister_current(void)
+{
+	struct hpm_ctx *ctx = hpm_ctx_get_mm(current->mm);
+	int err = -ENOENT;
+
+	if (!ctx)
+		return -ENOENT;
+	mutex_lock(&ctx->op_lock);
+	if (ctx->serving || (ctx->flags & HPMMAP_REG_ON_EXEC)) {
+		/* Existing mappings stay valid and managed until unmapped or exit. */
+		set_serving(ctx, false);
+		ctx->flags &= ~HPMMAP_REG_ON_EXEC;
+		err = 0;
+	}
+	mutex_unlock(&ctx->op_lock);
+	hpm_ctx_put(ctx);
+	return err;
+}
+
+/* A registered process finished execve: its new mm gets a region and the heap. */
+int hpm_after_exec(u32 flags, unsigned int page_shift, int node)
+{
+	struct mm_struct *mm = current->mm;
+	struct hpm_ctx *ctx = ctx_alloc(mm);
+	int err;
+
+	if (!ctx)
+		return -ENOMEM;
+	ctx->flags = flags & ~HPMMAP_REG_ON_EXEC;
+	ctx->page_shift = page_shift;
+	ctx->node = node;
+	err = region_create(ctx);
+	if (err) {
+		hpm_ctx_put(ctx);
+		return err;
+	}
+	mmap_write_lock(mm);
+	mm->start_brk = mm->brk = ctx->heap_base;
+	mmap_write_unlock(mm);
+	ctx->brk_served = true;
+	ctx_hash_add(ctx);
+	set_serving(ctx, true);
+	return 0;
+}
+
+bool hpm_in_region(struct hpm_ctx *ctx, unsigned long start, unsigned long end)
+{
+	return ctx->region_start && start < ctx->region_end && end > ctx->region_start;
+}
+
+/* ------------------------------------------------------------ operations */
+
+static bool fallback_allowed(struct hpm_ctx *ctx)
+{
+	return READ_ONCE(hpm_fallback) && !(ctx->flags & HPMMAP_REG_NO_FALLBACK);
+}
+
+/* First fit among runs of placeholders in the data area. Caller holds the mmap lock. */
+static unsigned long find_free_va(struct hpm_ctx *ctx, struct mm_struct *mm,
+				  unsigned long len, unsigned long align)
+{
+	struct vm_area_struct *vma;
+	unsigned long rs = 0, re = 0, a;
+	bool run = false;
+	VMA_ITERATOR(vmi, mm, ctx->data_start);
+
+	for_each_vma_range(vmi, vma, ctx->region_end) {
+		unsigned long vs = max(vma->vm_start, ctx->data_start);
+		unsigned long ve = min(vma->vm_end, ctx->region_end - PAGE_SIZE);
+
+		if (vma->vm_ops == &hpm_hold_ops && run && vs == re) {
+			re = ve;
+			continue;
+		}
+		if (run) {
+			a = ALIGN(rs, align);
+			if (a >= rs && a + len > a && a + len <= re)
+				return a;
+		}
+		run = vma->vm_ops == &hpm_hold_ops;
+		rs = vs;
+		re = ve;
+	}
+	if (run) {
+		a = ALIGN(rs, align);
+		if (a >= rs && a + len > a && a + len <= re)
+			return a;
+	}
+	return -ENOMEM;
+}
+
+static bool only_holds(struct mm_struct *mm, unsigned long a, unsigned long b)
+{
+	struct vm_area_struct *vma;
+	unsigned long at = a;
+	VMA_ITERATOR(vmi, mm, a);
+
+	for_each_vma_range(vmi, vma, b) {
+		if (vma->vm_ops != &hpm_hold_ops || vma->vm_start > at)
+			return false;
+		at = vma->vm_end;
+	}
+	return at >= b;
+}
+
+static unsigned long offset_for(struct hpm_ctx *ctx, unsigned long va, unsigned long len)
+{
+	u64 off;
+
+	if (len < HPM_UNIT) {
+		off = OFF_SMALL + ctx->small_cursor;
+		ctx->small_cursor += len;
+		return off;
+	}
+	/* Keep offset and address congruent modulo 1 GiB so large pages line up. */
+	return OFF_BIG + (ctx->next_slot++ << SLOT_SHIFT) + (va & (HPM_GIG - 1));
+}
+
+/* Back and map [va, va + len) at object offset off. Caller holds op_lock. */
+static long map_at(struct hpm_ctx *ctx, unsigned long va, unsigned long len,
+		   unsigned long prot, u64 off)
+{
+	struct mm_struct *mm = current->mm;
+	unsigned long r;
+	int err;
+
+	mutex_lock(&ctx->obj_lock);
+	err = obj_fill(ctx, off, len);
+	mutex_unlock(&ctx->obj_lock);
+	if (!err) {
+		r = hpm_vm_mmap(ctx, HPM_REQ_DATA, va, len, prot, true, off);
+		if (IS_ERR_VALUE(r)) {
+			err = (int)r;
+			hold_range(ctx, va, va + len); /* MAP_FIXED may have unmapped it */
+		}
+	}
+	if (err) {
+		mmap_read_lock(mm);
+		mutex_lock(&ctx->obj_lock);
+		obj_release(ctx, mm, off, off + len, NULL);
+		mutex_unlock(&ctx->obj_lock);
+		mmap_read_unlock(mm);
+		return err;
+	}
+	hpm_repopulate(ctx, va, va + len);
+	atomic64_inc(&hpm_st.mappings);
+	return va;
+}
+
+static long map_new(struct hpm_ctx *ctx, unsigned long addr, unsigned long len,
+		    unsigned long prot, bool fixed, bool noreplace)
+{
+	struct mm_struct *mm = current->mm;
+	unsigned long va = addr, align;
+
+	if (fixed) {
+		if (addr < ctx->region_start || addr + len > ctx->region_end - PAGE_SIZE)
+			return -EINVAL;
+		if (noreplace) {
+			mmap_read_lock(mm);
+			if (!only_holds(mm, addr, addr + len)) {
+				mmap_read_unlock(mm);
+				return -EEXIST;
+			}
+			mmap_read_unlock(mm);
+		}
+	} else {
+		align = len >= HPM_GIG && ctx->page_shift == 30 ? HPM_GIG :
+			len >= HPM_UNIT ? HPM_UNIT : PAGE_SIZE;
+		mmap_read_lock(mm);
+		va = find_free_va(ctx, mm, len, align);
+		mmap_read_unlock(mm);
+		if (IS_ERR_VALUE(va))
+			return -ENOMEM;
+	}
+	return map_at(ctx, va, len, prot, offset_for(ctx, va, len));
+}
+
+long hpm_do_mmap(struct hpm_ctx *ctx, unsigned long addr, unsigned long len,
+		 unsigned long prot, unsigned long flags)
+{
+	bool fixed = flags & (MAP_FIXED | MAP_FIXED_NOREPLACE);
+	long ret;
+
+	mutex_lock(&ctx->op_lock);
+	ret = map_new(ctx, addr, len, prot, fixed, flags & MAP_FIXED_NOREPLACE);
+	mutex_unlock(&ctx->op_lock);
+	return ret;
+}
+
+long hpm_do_munmap(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
+		   bool *handled)
+{
+	unsigned long end = start + len;
+	long ret = 0, r;
+
+	*handled = hpm_in_region(ctx, start, end);
+	if (!*handled)
+		return 0;
+	mutex_lock(&ctx->op_lock);
+	if (start < ctx->region_start)
+		ret = vm_munmap(start, ctx->region_start - start);
+	if (end > ctx->region_end) {
+		r = vm_munmap(ctx->region_end, end - ctx->region_end);
+		ret = ret ?: r;
+	}
+	/* The anchor stays: the region remains reserved while the mm lives. */
+	r = hold_range(ctx, max(start, ctx->region_start), min(end, ctx->region_end - PAGE_SIZE));
+	ret = ret ?: r;
+	hpm_repopulate(ctx, start - HPM_GIG, start);
+	hpm_repopulate(ctx, end, end + HPM_GIG);
+	mutex_unlock(&ctx->op_lock);
+	return ret;
+}
+
+/* 6.1's mprotect mistakes a 1 GiB leaf for a bad table; zap those leaves first. */
+long hpm_do_mprotect_pre(struct hpm_ctx *ctx, unsigned long start, unsigned long end)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	VMA_ITERATOR(vmi, mm, start);
+
+	mmap_read_lock(mm);
+	for_each_vma_range(vmi, vma, end) {
+		unsigned long u;
+
+		if (!is_data(ctx, vma))
+			continue;
+		for (u = round_down(max(start, vma->vm_start), HPM_GIG);
+		     u < min(end, vma->vm_end); u += HPM_GIG) {
+			pud_t *pud;
+
+			if (u < vma->vm_start || u + HPM_GIG > vma->vm_end)
+				continue;
+			pud = pud_get(mm, u, false);
+			if (pud && pud_devmap(*pud))
+				zap_page_range(vma, u, HPM_GIG);
+		}
+	}
+	mmap_read_unlock(mm);
+	return 0;
+}
+
+static unsigned long vma_prot(struct vm_area_struct *vma)
+{
+	return (vma->vm_flags & VM_READ ? PROT_READ : 0) |
+	       (vma->vm_flags & VM_WRITE ? PROT_WRITE : 0) |
+	       (vma->vm_flags & VM_EXEC ? PROT_EXEC : 0);
+}
+
+/*
+ * Is [a, b) covered, without gaps, by data VMAs of ctx? One mapping can be several
+ * VMAs (mprotect split it, mremap grew it in place). Caller holds the mmap lock.
+ */
+static bool data_covers(struct hpm_ctx *ctx, struct mm_struct *mm, unsigned long a,
+			unsigned long b)
+{
+	struct vm_area_struct *vma;
+	unsigned long at = a;
+	VMA_ITERATOR(vmi, mm, a);
+
+	for_each_vma_range(vmi, vma, b) {
+		if (!is_data(ctx, vma) || vma->vm_start > at)
+			return false;
+		at = vma->vm_end;
+	}
+	return at >= b;
+}
+
+/* Copy the contents of [src, src + len) (data VMAs) to offset doff on. */
+static void copy_range(struct hpm_ctx *ctx, struct mm_struct *mm, unsigned long src,
+		       unsigned long len, u64 doff)
+{
+	struct vm_area_struct *vma;
+	VMA_ITERATOR(vmi, mm, src);
+
+	mutex_lock(&ctx->obj_lock);
+	for_each_vma_range(vmi, vma, src + len) {
+		unsigned long a = max(src, vma->vm_start), b = min(src + len, vma->vm_end);
+
+		obj_copy(ctx, doff + (a - src), ctx, vma_off(vma, a), b - a);
+	}
+	mutex_unlock(&ctx->obj_lock);
+}
+
+long hpm_do_mremap(struct hpm_ctx *ctx, unsigned long old, unsigned long old_len,
+		   unsigned long new_len, unsigned long flags, unsigned long new_addr)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	unsigned long prot, dest;
+	u64 o_end, o_new;
+	long ret;
+
+	if (flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP))
+		return -EINVAL;
+	if ((flags & MREMAP_FIXED) && !(flags & MREMAP_MAYMOVE))
+		return -EINVAL;
+	if (flags & MREMAP_DONTUNMAP)
+		return -EINVAL; /* hpmmap memory cannot be left behind unbacked */
+	if (offset_in_page(old))
+		return -EINVAL;
+	old_len = PAGE_ALIGN(old_len);
+	new_len = PAGE_ALIGN(new_len);
+	if (!new_len || !old_len || old + old_len < old)
+		return -EINVAL;
+	if ((flags & MREMAP_FIXED) &&
+	    (offset_in_page(new_addr) || new_addr + new_len < new_addr ||
+	     (new_addr < old + old_len && old < new_addr + new_len)))
+		return -EINVAL;
+
+	mutex_lock(&ctx->op_lock);
+	mmap_read_lock(mm);
+	if (!data_covers(ctx, mm, old, old + old_len)) {
+		mmap_read_unlock(mm);
+		ret = -EFAULT;
+		goto out;
+	}
+	vma = find_vma(mm, old + old_len - 1);
+	prot = vma_prot(vma);
+	o_end = vma_off(vma, old + old_len);
+	if (!(flags & MREMAP_FIXED) && new_len > old_len &&
+	    old + old_len == vma->vm_end && old + new_len > old &&
+	    old + new_len <= ctx->region_end - PAGE_SIZE &&
+	    only_holds(mm, old + old_len, old + new_len) &&
+	    offsets_free(ctx, mm, o_end, o_end + (new_len - old_len)) &&
+	    (o_end < OFF_BIG ||
+	     (o_end + (new_len - old_len) - 1) >> SLOT_SHIFT == (o_end - 1) >> SLOT_SHIFT)) {
+		mmap_read_unlock(mm);
+		/* grow in place: the offsets after the mapping are its own */
+		ret = map_at(ctx, old + old_len, new_len - old_len, prot, o_end);
+		if (ret >= 0)
+			ret = old;
+		goto out;
+	}
+	prot = vma_prot(find_vma(mm, old));
+	mmap_read_unlock(mm);
+	if (!(flags & MREMAP_FIXED) && new_len <= old_len) {
+		ret = hold_range(ctx, old + new_len, old + old_len);
+		hpm_repopulate(ctx, old + new_len - HPM_GIG, old + new_len);
+		if (!ret)
+			ret = old;
+		goto out;
+	}
+	if (!(flags & MREMAP_MAYMOVE)) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* move: a new mapping, a copy, then the old range is given back */
+	ret = map_new(ctx, new_addr, new_len, prot, flags & MREMAP_FIXED, false);
+	if (ret < 0)
+		goto out;
+	dest = ret;
+	mmap_read_lock(mm);
+	vma = find_vma(mm, dest);
+	o_new = vma_off(vma, dest);
+	copy_range(ctx, mm, old, min(old_len, new_len), o_new);
+	mmap_read_unlock(mm);
+	hold_range(ctx, old, old + old_len);
+	hpm_repopulate(ctx, old - HPM_GIG, old);
+	hpm_repopulate(ctx, old + old_len, old + old_len + HPM_GIG);
+	ret = dest;
+out:
+	mutex_unlock(&ctx->op_lock);
+	return ret;
+}
+
+/* Zero what data VMAs map in [start, end). Caller holds op_lock. Returns false if a
+ * part of the range is not hpmmap data. */
+static bool zero_va(struct hpm_ctx *ctx, unsigned long start, unsigned long end, bool zero)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	unsigned long at = start;
+	bool all = true;
+	VMA_ITERATOR(vmi, mm, start);
+
+	mmap_read_lock(mm);
+	for_each_vma_range(vmi, vma, end) {
+		unsigned long a = max(start, vma->vm_start), b = min(end, vma->vm_end);
+
+		if (a > at || !is_data(ctx, vma))
+			all = false;
+		at = b;
+		if (!is_data(ctx, vma) || !zero)
+			continue;
+		mutex_lock(&ctx->obj_lock);
+		obj_zero(ctx, vma_off(vma, a), b - a);
+		mutex_unlock(&ctx->obj_lock);
+	}
+	mmap_read_unlock(mm);
+	return all && at >= end;
+}
+
+long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
+		    int advice, long (*orig)(unsigned long, unsigned long, int))
+{
+	unsigned long end;
+	bool zero, all;
+
+	switch (advice) {
+	case MADV_DONTNEED:
+	case MADV_DONTNEED_LOCKED:
+	case MADV_REMOVE:
+		zero = true; /* private anonymous memory reads zero afterwards */
+		break;
+	case MADV_FREE:
+	case MADV_COLD:
+	case MADV_PAGEOUT:
+	case MADV_WILLNEED:
+		zero = false; /* resident by design: nothing to reclaim or read ahead */
+		break;
+	default:
+		return orig(start, len, advice);
+	}
+	if (offset_in_page(start))
+		return -EINVAL;
+	end = start + PAGE_ALIGN(len);
+	if (end < start || (len && !PAGE_ALIGN(len)))
+		return -EINVAL;
+	if (end == start)
+		return 0;
+	mutex_lock(&ctx->op_lock);
+	all = zero_va(ctx, start, end, zero);
+	mutex_unlock(&ctx->op_lock);
+	if (all)
+		return 0;
+	/* Mixed with Linux memory: Linux does its part (our VMAs were already handled
+	 * and DONTNEED on them only clears entries, which we put back). */
+	{
+		long r = orig(start, len, advice);
+
+		hpm_repopulate(ctx, start, end);
+		return r == -EINVAL && advice == MADV_FREE ? 0 : r;
+	}
+}
+
+unsigned long hpm_do_brk(struct hpm_ctx *ctx, unsigned long brk, bool *handled)
+{
+	struct mm_struct *mm = current->mm;
+	unsigned long cur, top_old, top_new, ret;
+
+	*handled = ctx->brk_served;
+	if (!*handled)
+		return 0;
+	mutex_lock(&ctx->op_lock);
+	cur = ret = mm->brk;
+	if (brk < mm->start_brk || brk > ctx->heap_end)
+		goto out;
+	/* The heap is mapped in 2 MiB steps so it can use large pages. */
+	top_old = ALIGN(cur, HPM_UNIT);
+	top_new = ALIGN(brk, HPM_UNIT);
+	if (top_new > top_old) {
+		long r;
+
+		mmap_read_lock(mm);
+		if (!only_holds(mm, top_old, top_new)) { /* something was mapped there */
+			mmap_read_unlock(mm);
+			goto out;
+		}
+		mmap_read_unlock(mm);
+		r = map_at(ctx, top_old, top_new - top_old, PROT_READ | PROT_WRITE,
+			   OFF_HEAP + (top_old - ctx->heap_base));
+		if (r < 0) {
+			if (r == -ENOMEM)
+				atomic64_inc(&hpm_st.fallbacks); /* malloc falls back to mmap */
+			goto out;
+		}
+	} else if (top_new < top_old) {
+		hold_range(ctx, top_new, top_old);
+		hpm_repopulate(ctx, top_new - HPM_GIG, top_new);
+	}
+	/* Memory between the break and the 2 MiB step is mapped but must read zero when
+	 * the break moves over it again. */
+	if (brk < cur)
+		zero_va(ctx, PAGE_ALIGN(brk), min(top_new, top_old), true);
+	mmap_write_lock(mm);
+	mm->brk = brk;
+	mmap_write_unlock(mm);
+	ret = brk;
+out:
+	mutex_unlock(&ctx->op_lock);
+	return ret;
+}
+
+bool hpm_fallback_allowed(struct hpm_ctx *ctx)
+{
+	return fallback_allowed(ctx);
+}
+
+void hpm_ctx_count_blocks(struct hpm_ctx *ctx, u64 out[HPM_NORD])
+{
+	struct hpm_blk *b;
+	unsigned long idx;
+
+	memset(out, 0, sizeof(u64) * HPM_NORD);
+	mutex_lock(&ctx->obj_lock);
+	xa_for_each(&ctx->blocks, idx, b)
+		if (idx == b->off >> HPM_UNIT_SHIFT)
+			out[b->order]++;
+	mutex_unlock(&ctx->obj_lock);
+}

@@ -1,0 +1,431 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The hpmmap pool: guest-physical ranges the guest kernel never got as RAM (E820
+ * reserved: the VMM's pool, or a memmap=SIZE$BASE reservation), managed by a buddy
+ * allocator whose smallest block is 2 MiB and largest 1 GiB, one set of free lists
+ * per NUMA node.
+ *
+ * Why memremap_pages(MEMORY_DEVICE_GENERIC) for struct pages: the ranges must stay
+ * out of Linux's page allocator (that isolation is the point of hpmmap), yet RDMA
+ * registration of a rank's buffer calls pin_user_pages(), which needs a struct page
+ * behind every PFN. add_memory_driver_managed() would give struct pages too, but it
+ * onlines the memory as System RAM that the buddy allocator hands to anyone.
+ * memremap_pages() creates ZONE_DEVICE struct pages and the direct mapping (what
+ * device-dax does) without ever giving the memory to the page allocator; user
+ * mappings then use devmap PUD/PMD/PTE entries, which GUP resolves through the
+ * dev_pagemap. The pages keep their initial reference forever, so pin/unpin never
+ * drop them to zero and they are never "freed" anywhere but in our own allocator.
+ */
+#include <linux/module.h>
+#include <linux/io.h>
+#include <linux/memremap.h>
+#include <linux/ioport.h>
+#include <linux/numa.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+#include "hpmmap.h"
+
+static unsigned long pv;
+module_param(pv, ulong, 0444);
+MODULE_PARM_DESC(pv, "physical address of the hpmmap paravirtual device's MMIO page");
+static unsigned long pool_base, pool_size;
+module_param(pool_base, ulong, 0444);
+MODULE_PARM_DESC(pool_base, "start of a reserved physical range to use as the pool (memmap=SIZE$BASE)");
+module_param(pool_size, ulong, 0444);
+MODULE_PARM_DESC(pool_size, "size in bytes of the range at pool_base");
+
+/* Interface 2 (docs/architecture.md). */
+#define PV_MAGIC 0x000
+#define PV_VERSION 0x004
+#define PV_GUEST_VERSION 0x008
+#define PV_STATUS 0x00c
+#define PV_NR_RANGES 0x010
+#define PV_PAGE_SHIFT 0x014
+#define PV_POOL_BYTES 0x018
+#define PV_ARG_ADDR 0x020
+#define PV_ARG_LEN 0x028
+#define PV_COMMAND 0x030
+#define PV_RANGE 0x100
+#define PV_MAGIC_VAL 0x4D4D5048u
+#define PV_CMD_ZERO 1
+#define PV_MAX_RANGES 64
+
+struct hpm_range {
+	phys_addr_t start, end; /* 2 MiB aligned */
+	int nid;
+	struct dev_pagemap pgmap;
+	void *va;
+	unsigned long nunits;
+	u8 *state;		 /* per unit: order + 1 if head of a free block, else 0 */
+	struct list_head *link;	 /* per unit: free list link of a free head */
+};
+
+static struct hpm_range ranges[PV_MAX_RANGES];
+static int nr_ranges;
+static DEFINE_SPINLOCK(pool_lock);
+static struct list_head free_lists[HPM_MAX_NODES][HPM_NORD];
+static unsigned long nr_free[HPM_MAX_NODES][HPM_NORD];
+static u64 total_bytes, free_bytes;
+static void __iomem *pv_regs;
+static unsigned int pv_page_shift;
+static DEFINE_MUTEX(pv_lock);
+
+static struct hpm_range *range_of(phys_addr_t pa)
+{
+	int i;
+
+	for (i = 0; i < nr_ranges; i++)
+		if (pa >= ranges[i].start && pa < ranges[i].end)
+			return &ranges[i];
+	return NULL;
+}
+
+static struct hpm_range *range_of_link(struct list_head *l)
+{
+	int i;
+
+	for (i = 0; i < nr_ranges; i++)
+		if (l >= ranges[i].link && l < ranges[i].link + ranges[i].nunits)
+			return &ranges[i];
+	return NULL;
+}
+
+bool hpm_pa_in_pool(phys_addr_t pa)
+{
+	return range_of(pa) != NULL;
+}
+
+void *hpm_pa_to_va(phys_addr_t pa)
+{
+	struct hpm_range *r = range_of(pa);
+
+	return r ? r->va + (pa - r->start) : NULL;
+}
+
+static void add_free(struct hpm_range *r, unsigned long unit, unsigned int order)
+{
+	r->state[unit] = order + 1;
+	list_add(&r->link[unit], &free_lists[r->nid][order]);
+	nr_free[r->nid][order]++;
+}
+
+static void del_free(struct hpm_range *r, unsigned long unit)
+{
+	unsigned int order = r->state[unit] - 1;
+
+	list_del(&r->link[unit]);
+	r->state[unit] = 0;
+	nr_free[r->nid][order]--;
+}
+
+int hpm_pool_alloc(unsigned int order, int nid, phys_addr_t *pa)
+{
+	int n, tries;
+	unsigned int o;
+
+	if (order >= HPM_NORD)
+		return -EINVAL;
+	if (nid < 0 || nid >= HPM_MAX_NODES)
+		nid = numa_node_id() < HPM_MAX_NODES ? numa_node_id() : 0;
+	spin_lock(&pool_lock);
+	/* The preferred node first, then every other node. */
+	for (tries = 0; tries < HPM_MAX_NODES; tries++) {
+		n = (nid + tries) % HPM_MAX_NODES;
+		for (o = order; o < HPM_NORD; o++) {
+			struct list_head *l = &free_lists[n][o];
+			struct hpm_range *r;
+			unsigned long unit;
+
+			if (list_empty(l))
+				continue;
+			r = range_of_link(l->next);
+			unit = l->next - r->link;
+			del_free(r, unit);
+			/* Split: keep the lower half, free the upper halves. */
+			while (o > order) {
+				o--;
+				add_free(r, unit + (1ul << o), o);
+			}
+			free_bytes -= (u64)HPM_UNIT << order;
+			spin_unlock(&pool_lock);
+			*pa = r->start + ((phys_addr_t)unit << HPM_UNIT_SHIFT);
+			return 0;
+		}
+	}
+	spin_unlock(&pool_lock);
+	return -ENOMEM;
+}
+
+void hpm_pool_free(phys_addr_t pa, unsigned int order)
+{
+	struct hpm_range *r = range_of(pa);
+	unsigned long unit;
+
+	if (WARN_ON_ONCE(!r || order >= HPM_NORD))
+		return;
+	unit = (pa - r->start) >> HPM_UNIT_SHIFT;
+	spin_lock(&pool_lock);
+	if (WARN_ON_ONCE(r->state[unit])) { /* double free */
+		spin_unlock(&pool_lock);
+		return;
+	}
+	free_bytes += (u64)HPM_UNIT << order;
+	while (order + 1 < HPM_NORD) {
+		phys_addr_t bpa = pa ^ ((phys_addr_t)HPM_UNIT << order);
+		unsigned long bunit;
+
+		/* Buddies pair on physical alignment; both halves must lie in this range. */
+		if (bpa < r->start || bpa + ((phys_addr_t)HPM_UNIT << order) > r->end)
+			break;
+		bunit = (bpa - r->start) >> HPM_UNIT_SHIFT;
+		if (r->state[bunit] != order + 1)
+			break;
+		del_free(r, bunit);
+		pa = min(pa, bpa);
+		order++;
+	}
+	add_free(r, (pa - r->start) >> HPM_UNIT_SHIFT, order);
+	spin_unlock(&pool_lock);
+}
+
+/* Host-side zeroing through the PV device where the block covers whole host pages. */
+static bool pv_zero(phys_addr_t pa, u64 len)
+{
+	bool ok;
+
+	if (!pv_regs || !pv_page_shift || !IS_ALIGNED(pa | len, 1ull << pv_page_shift))
+		return false;
+	mutex_lock(&pv_lock);
+	writeq(pa, pv_regs + PV_ARG_ADDR);
+	writeq(len, pv_regs + PV_ARG_LEN);
+	writel(PV_CMD_ZERO, pv_regs + PV_COMMAND);
+	ok = readl(pv_regs + PV_STATUS) == 0;
+	mutex_unlock(&pv_lock);
+	return ok;
+}
+
+int hpm_zero(phys_addr_t pa, u64 len)
+{
+	u64 done;
+	char *va = hpm_pa_to_va(pa);
+
+	if (!va)
+		return -EINVAL;
+	if (pv_zero(pa, len))
+		return 0;
+	for (done = 0; done < len; done += PAGE_SIZE) {
+		clear_page(va + done);
+		if (!(done & (HPM_UNIT - 1))) {
+			cond_resched();
+			if (fatal_signal_pending(current))
+				return -EINTR;
+		}
+	}
+	return 0;
+}
+
+u64 hpm_pool_bytes(void)
+{
+	return total_bytes;
+}
+
+u64 hpm_pool_free_bytes(void)
+{
+	u64 v;
+
+	spin_lock(&pool_lock);
+	v = free_bytes;
+	spin_unlock(&pool_lock);
+	return v;
+}
+
+void hpm_pool_free_blocks(u64 out[HPM_NORD])
+{
+	int n, o;
+
+	spin_lock(&pool_lock);
+	for (o = 0; o < HPM_NORD; o++) {
+		out[o] = 0;
+		for (n = 0; n < HPM_MAX_NODES; n++)
+			out[o] += nr_free[n][o];
+	}
+	spin_unlock(&pool_lock);
+}
+
+int hpm_pool_show_nodes(char *buf, size_t len)
+{
+	int n, o, w = 0;
+	bool used[HPM_MAX_NODES] = { false };
+
+	for (n = 0; n < nr_ranges; n++)
+		used[ranges[n].nid] = true;
+	spin_lock(&pool_lock);
+	for (n = 0; n < HPM_MAX_NODES; n++) {
+		if (!used[n])
+			continue;
+		w += scnprintf(buf + w, len - w, "node%d", n);
+		for (o = 0; o < HPM_NORD; o++)
+			w += scnprintf(buf + w, len - w, " %luM:%lu", 2ul << o, nr_free[n][o]);
+		w += scnprintf(buf + w, len - w, "\n");
+	}
+	spin_unlock(&pool_lock);
+	return w;
+}
+
+static int pool_add_range(phys_addr_t base, u64 size)
+{
+	struct hpm_range *r;
+	phys_addr_t start = ALIGN(base, HPM_UNIT), end = ALIGN_DOWN(base + size, HPM_UNIT);
+	unsigned long unit;
+	void *va;
+	int nid;
+
+	if (size == 0 || base + size < base || end <= start) {
+		pr_err("hpmmap: pool range %pa+%#llx holds no 2 MiB block\n", &base, size);
+		return -EINVAL;
+	}
+	if (nr_ranges == PV_MAX_RANGES)
+		return -E2BIG;
+	/* Never take memory the kernel is using: the range must be reserved, not RAM. */
+	if (region_intersects(start, end - start, IORESOURCE_SYSTEM_RAM, IORES_DESC_NONE) !=
+	    REGION_DISJOINT) {
+		pr_err("hpmmap: pool range %pa-%pa overlaps System RAM; reserve it (memmap=SIZE$BASE)\n",
+		       &start, &end);
+		return -EBUSY;
+	}
+	for (nid = 0; nid < nr_ranges; nid++)
+		if (start < ranges[nid].end && ranges[nid].start < end)
+			return -EEXIST;
+	r = &ranges[nr_ranges];
+	memset(r, 0, sizeof(*r));
+	r->start = start;
+	r->end = end;
+	nid = phys_to_target_node(start);
+	if (nid == NUMA_NO_NODE)
+		nid = 0;
+	r->nid = nid < HPM_MAX_NODES ? nid : 0;
+	r->nunits = (end - start) >> HPM_UNIT_SHIFT;
+	r->state = vzalloc(r->nunits);
+	r->link = vzalloc(r->nunits * sizeof(*r->link));
+	if (!r->state || !r->link)
+		goto nomem;
+	r->pgmap.type = MEMORY_DEVICE_GENERIC;
+	r->pgmap.range.start = start;
+	r->pgmap.range.end = end - 1;
+	r->pgmap.nr_range = 1;
+	va = memremap_pages(&r->pgmap, r->nid);
+	if (IS_ERR(va)) {
+		pr_err("hpmmap: memremap_pages(%pa-%pa) failed: %ld\n", &start, &end, PTR_ERR(va));
+		vfree(r->state);
+		vfree(r->link);
+		return PTR_ERR(va);
+	}
+	r->va = va;
+	nr_ranges++;
+	/* Carve the largest naturally aligned blocks. */
+	spin_lock(&pool_lock);
+	for (unit = 0; unit < r->nunits;) {
+		unsigned int o = HPM_NORD - 1;
+
+		while (o && (!IS_ALIGNED(start + ((phys_addr_t)unit << HPM_UNIT_SHIFT),
+					 (phys_addr_t)HPM_UNIT << o) ||
+			     unit + (1ul << o) > r->nunits))
+			o--;
+		add_free(r, unit, o);
+		unit += 1ul << o;
+	}
+	total_bytes += end - start;
+	free_bytes += end - start;
+	spin_unlock(&pool_lock);
+	pr_info("hpmmap: pool range %pa-%pa node %d\n", &start, &end, r->nid);
+	return 0;
+nomem:
+	vfree(r->state);
+	vfree(r->link);
+	return -ENOMEM;
+}
+
+static int pv_probe(void)
+{
+	u32 magic, ver, n, i;
+
+	pv_regs = ioremap(pv, PAGE_SIZE);
+	if (!pv_regs)
+		return -ENOMEM;
+	magic = readl(pv_regs + PV_MAGIC);
+	ver = readl(pv_regs + PV_VERSION);
+	if (magic != PV_MAGIC_VAL || ver != 1) {
+		pr_err("hpmmap: no hpmmap PV device v1 at %#lx (magic %#x version %u)\n", pv,
+		       magic, ver);
+		goto bad;
+	}
+	writel(1, pv_regs + PV_GUEST_VERSION);
+	if (readl(pv_regs + PV_STATUS) != 0) {
+		pr_err("hpmmap: PV device refused guest version 1\n");
+		goto bad;
+	}
+	n = readl(pv_regs + PV_NR_RANGES);
+	pv_page_shift = readl(pv_regs + PV_PAGE_SHIFT);
+	if (n > PV_MAX_RANGES || (pv_page_shift != 30 && pv_page_shift != 21 && pv_page_shift != 12)) {
+		pr_err("hpmmap: PV device reports %u ranges, page shift %u: unsupported\n", n,
+		       pv_page_shift);
+		goto bad;
+	}
+	for (i = 0; i < n; i++) {
+		u64 base = readq(pv_regs + PV_RANGE + 16 * i);
+		u64 size = readq(pv_regs + PV_RANGE + 16 * i + 8);
+		int err = pool_add_range(base, size);
+
+		if (err)
+			pr_warn("hpmmap: PV range %u (%#llx+%#llx) skipped: %d\n", i, base, size, err);
+	}
+	return 0;
+bad:
+	iounmap(pv_regs);
+	pv_regs = NULL;
+	return -ENODEV;
+}
+
+int hpm_pool_init(void)
+{
+	int n, o, err = 0;
+
+	for (n = 0; n < HPM_MAX_NODES; n++)
+		for (o = 0; o < HPM_NORD; o++)
+			INIT_LIST_HEAD(&free_lists[n][o]);
+	if (pv)
+		err = pv_probe();
+	if (!err && pool_size)
+		err = pool_add_range(pool_base, pool_size);
+	if (err)
+		goto fail;
+	if (!nr_ranges) {
+		pr_err("hpmmap: no pool: give pv=<mmio address> or pool_base= and pool_size=\n");
+		err = -EINVAL;
+		goto fail;
+	}
+	return 0;
+fail:
+	hpm_pool_exit();
+	return err;
+}
+
+void hpm_pool_exit(void)
+{
+	int i;
+
+	if (total_bytes && free_bytes != total_bytes)
+		pr_err("hpmmap: leak: %llu of %llu pool bytes not returned\n",
+		       total_bytes - free_bytes, total_bytes);
+	for (i = 0; i < nr_ranges; i++) {
+		memunmap_pages(&ranges[i].pgmap);
+		vfree(ranges[i].state);
+		vfree(ranges[i].link);
+	}
+	nr_ranges = 0;
+	total_bytes = free_bytes = 0;
+	if (pv_regs)
+		iounmap(pv_regs);
+	pv_regs = NULL;
+}

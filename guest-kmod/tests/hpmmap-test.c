@@ -1,0 +1,896 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * hpmmap-test: the semantics suite and the benchmark of the hpmmap module, run inside
+ * the guest (static binary in the test initramfs).
+ *
+ *   hpmmap-run -- hpmmap-test suite      every semantic; prints "ok|not ok - NAME: why"
+ *   hpmmap-test bad-ioctl                 ioctl errors from an unregistered process
+ *   hpmmap-run -- hpmmap-test bench hpmmap   map + first-touch 1 GiB, one "BENCH" line
+ *   hpmmap-test bench thp|4k              the same on Linux memory
+ *   hpmmap-test report-brk                exit 0 if this process's heap is hpmmap's
+ *
+ * The suite checks after every case that the pool is back where it was before the case
+ * (read from /sys/kernel/hpmmap/free_bytes).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "hpmmap_uapi.h"
+
+#define MiB (1ul << 20)
+#define GiB (1ul << 30)
+#define PG 4096ul
+
+static int failures, cases;
+static char why[512];
+
+#define CHECK(cond, ...)                                                  \
+	do {                                                              \
+		if (!(cond)) {                                            \
+			snprintf(why, sizeof(why), __VA_ARGS__);          \
+			return 1;                                         \
+		}                                                         \
+	} while (0)
+
+static uint64_t sysfs_u64(const char *name)
+{
+	char path[128], buf[64];
+	FILE *f;
+
+	snprintf(path, sizeof(path), HPMMAP_SYSFS "/%s", name);
+	f = fopen(path, "r");
+	if (!f)
+		return UINT64_MAX;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = 0;
+	fclose(f);
+	return strtoull(buf, NULL, 10);
+}
+
+static int sysfs_write(const char *name, const char *val)
+{
+	char path[128];
+	int fd, ok;
+
+	snprintf(path, sizeof(path), HPMMAP_SYSFS "/%s", name);
+	fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return -1;
+	ok = write(fd, val, strlen(val)) == (ssize_t)strlen(val);
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+static uint64_t free_blocks(unsigned mib)
+{
+	char line[64];
+	uint64_t n = UINT64_MAX;
+	unsigned m;
+	unsigned long long v;
+	FILE *f = fopen(HPMMAP_SYSFS "/free_blocks", "r");
+
+	if (!f)
+		return n;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%uM %llu", &m, &v) == 2 && m == mib)
+			n = v;
+	fclose(f);
+	return n;
+}
+
+static struct hpmmap_stats stats(void)
+{
+	struct hpmmap_stats s = { .size = sizeof(s), .version = HPMMAP_UAPI_VERSION };
+	int fd = open(HPMMAP_DEVICE, O_RDWR);
+
+	if (fd < 0 || ioctl(fd, HPMMAP_IOC_STATS, &s))
+		memset(&s, 0xff, sizeof(s));
+	if (fd >= 0)
+		close(fd);
+	return s;
+}
+
+static long minflt(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_minflt + ru.ru_majflt;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Is addr inside an hpmmap mapping of this process (the internal file's VMAs)? */
+static int is_hpmmap(void *addr)
+{
+	char line[512];
+	unsigned long a = (unsigned long)addr, s, e;
+	int found = 0;
+	FILE *f = fopen("/proc/self/maps", "r");
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 && a >= s && a < e) {
+			found = strstr(line, "/hpmmap") != NULL && strstr(line, "rw") != NULL;
+			break;
+		}
+	fclose(f);
+	return found;
+}
+
+/* The region: lowest and highest address of the internal file's VMAs. */
+static void region_bounds(unsigned long *lo, unsigned long *hi)
+{
+	char line[512];
+	unsigned long s, e;
+	FILE *f = fopen("/proc/self/maps", "r");
+
+	*lo = ~0ul;
+	*hi = 0;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 && strstr(line, "/hpmmap")) {
+			if (s < *lo)
+				*lo = s;
+			if (e > *hi)
+				*hi = e;
+		}
+	if (f)
+		fclose(f);
+}
+
+static sigjmp_buf probe_jmp;
+static volatile sig_atomic_t probe_sig;
+
+static void probe_handler(int sig)
+{
+	probe_sig = sig;
+	siglongjmp(probe_jmp, 1);
+}
+
+/* 0 if the access works, else the signal it raised. */
+static int probe(volatile char *p, int write)
+{
+	struct sigaction sa = { .sa_handler = probe_handler }, o1, o2;
+	int r = 0;
+
+	sigaction(SIGSEGV, &sa, &o1);
+	sigaction(SIGBUS, &sa, &o2);
+	probe_sig = 0;
+	if (sigsetjmp(probe_jmp, 1) == 0) {
+		if (write)
+			*p = *p;
+		else
+			(void)*p;
+	} else {
+		r = probe_sig;
+	}
+	sigaction(SIGSEGV, &o1, NULL);
+	sigaction(SIGBUS, &o2, NULL);
+	return r;
+}
+
+static void *map(size_t len)
+{
+	return mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+}
+
+static int all_zero(const char *p, size_t len)
+{
+	const uint64_t *q = (const uint64_t *)p;
+	size_t i;
+
+	for (i = 0; i < len / 8; i++)
+		if (q[i])
+			return 0;
+	return 1;
+}
+
+/* One 8-byte marker per page: cheap to write and to verify over a GiB under TCG. */
+static void mark(char *p, size_t len, uint64_t seed)
+{
+	size_t i;
+
+	for (i = 0; i < len; i += PG)
+		*(uint64_t *)(p + i) = seed + i;
+}
+
+static int marked(const char *p, size_t len, uint64_t seed)
+{
+	size_t i;
+
+	for (i = 0; i < len; i += PG)
+		if (*(const uint64_t *)(p + i) != seed + i)
+			return 0;
+	return 1;
+}
+
+static unsigned long cur_brk(void)
+{
+	return syscall(SYS_brk, 0);
+}
+
+/* ------------------------------------------------------------------ cases */
+
+static int t_zero_and_reuse(void)
+{
+	char *p = map(8 * MiB);
+
+	CHECK(p != MAP_FAILED, "mmap: %s", strerror(errno));
+	CHECK(is_hpmmap(p), "8 MiB anonymous mapping not served by hpmmap");
+	CHECK(((unsigned long)p & (2 * MiB - 1)) == 0, "not 2 MiB aligned: %p", p);
+	CHECK(all_zero(p, 8 * MiB), "fresh memory not zero");
+	memset(p, 0xa5, 8 * MiB);
+	munmap(p, 8 * MiB);
+	p = map(8 * MiB);
+	CHECK(p != MAP_FAILED && all_zero(p, 8 * MiB), "reused blocks not zeroed");
+	munmap(p, 8 * MiB);
+	p = map(10000); /* small: shares a 2 MiB block, tail of the page must read zero */
+	CHECK(p != MAP_FAILED && is_hpmmap(p), "small mapping not served");
+	CHECK(all_zero(p, 3 * PG), "small mapping not zero");
+	CHECK(probe(p + 3 * PG, 0) == SIGSEGV, "access past a small mapping did not fault");
+	munmap(p, 10000);
+	return 0;
+}
+
+static int t_large_pages(void)
+{
+	const char *ps = getenv("HPMMAP_TEST_PAGE");
+	int two_m = ps && !strcmp(ps, "2M");
+	struct hpmmap_stats s0 = stats(), s1;
+	uint64_t g0 = free_blocks(1024), f0 = sysfs_u64("free_bytes");
+	char *p = map(GiB), *q;
+
+	CHECK(s0.self == 1, "stats: caller not registered");
+	CHECK(p != MAP_FAILED && is_hpmmap(p), "1 GiB mapping not served");
+	s1 = stats();
+	if (two_m) {
+		CHECK(s1.self_blocks[9] == s0.self_blocks[9] &&
+		      s1.self_blocks[0] == s0.self_blocks[0] + 512,
+		      "--page-size 2M: 1 GiB mapping held %llu 1 GiB and %llu 2 MiB blocks",
+		      (unsigned long long)(s1.self_blocks[9] - s0.self_blocks[9]),
+		      (unsigned long long)(s1.self_blocks[0] - s0.self_blocks[0]));
+		munmap(p, GiB);
+		return 0;
+	}
+	CHECK(((unsigned long)p & (GiB - 1)) == 0, "1 GiB mapping not 1 GiB aligned: %p", p);
+	CHECK(s1.self_blocks[9] == s0.self_blocks[9] + 1 && s1.self_blocks[0] == s0.self_blocks[0],
+	      "1 GiB mapping not backed by one 1 GiB block");
+	CHECK(free_blocks(1024) + 1 == g0, "no 1 GiB block taken from the pool (%llu -> %llu)",
+	      (unsigned long long)g0, (unsigned long long)free_blocks(1024));
+	munmap(p, GiB);
+	CHECK(free_blocks(1024) == g0, "1 GiB block not returned");
+	q = map(6 * MiB);
+	CHECK(q != MAP_FAILED && sysfs_u64("free_bytes") + 6 * MiB == f0,
+	      "6 MiB mapping did not take exactly three 2 MiB blocks");
+	munmap(q, 6 * MiB);
+	return 0;
+}
+
+static int t_map_fixed(void)
+{
+	char *p = map(4 * MiB), *q;
+
+	CHECK(p != MAP_FAILED, "mmap");
+	memset(p, 0x11, 4 * MiB);
+	q = mmap(p + MiB, MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	CHECK(q == p + MiB, "MAP_FIXED returned %p, wanted %p", q, p + MiB);
+	CHECK(is_hpmmap(q), "MAP_FIXED mapping not served");
+	CHECK(all_zero(q, MiB), "MAP_FIXED memory not zero");
+	CHECK(p[0] == 0x11 && p[MiB - 1] == 0x11 && p[2 * MiB] == 0x11 && p[4 * MiB - 1] == 0x11,
+	      "MAP_FIXED damaged the memory around it");
+	q = mmap(p, PG, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	CHECK(q == MAP_FAILED && errno == EEXIST, "MAP_FIXED_NOREPLACE over a mapping: %p %s", q,
+	      strerror(errno));
+	munmap(p, 4 * MiB);
+	return 0;
+}
+
+static int t_partial_munmap(void)
+{
+	char *p = map(GiB), *hole;
+	uint64_t faults;
+	long mf;
+
+	CHECK(p != MAP_FAILED && is_hpmmap(p), "1 GiB mapping not served");
+	mark(p, GiB, 0x1234);
+	hole = p + 512 * MiB + PG;
+	CHECK(munmap(hole, PG) == 0, "munmap of one page: %s", strerror(errno));
+	faults = sysfs_u64("faults");
+	mf = minflt();
+	CHECK(probe(hole, 0) == SIGSEGV, "unmapped page still readable");
+	CHECK(marked(p, 512 * MiB + PG, 0x1234), "data before the hole changed");
+	CHECK(*(uint64_t *)(hole + PG) == 0x1234 + 512 * MiB + 2 * PG, "page after hole");
+	CHECK(marked(hole + PG, GiB - 512 * MiB - 2 * PG, 0x1234 + 512 * MiB + 2 * PG),
+	      "data after the hole changed");
+	CHECK(sysfs_u64("faults") == faults, "split pages were not remapped eagerly (%llu faults)",
+	      (unsigned long long)(sysfs_u64("faults") - faults));
+	CHECK(minflt() - mf <= 1, "%ld page faults after the split", minflt() - mf);
+	munmap(p, 512 * MiB + PG);
+	munmap(hole + PG, GiB - 512 * MiB - 2 * PG);
+	return 0;
+}
+
+static int t_mprotect(void)
+{
+	char *p = map(4 * MiB), *g;
+
+	CHECK(p != MAP_FAILED, "mmap");
+	memset(p, 0x22, 4 * MiB);
+	CHECK(mprotect(p + 2 * MiB, PG, PROT_READ) == 0, "mprotect RO: %s", strerror(errno));
+	CHECK(probe(p + 2 * MiB, 1) == SIGSEGV, "write to a read-only page did not fault");
+	CHECK(probe(p + 2 * MiB, 0) == 0 && p[2 * MiB] == 0x22, "read-only page not readable");
+	CHECK(probe(p + 2 * MiB + PG, 1) == 0, "page next to the read-only one not writable");
+	CHECK(mprotect(p + MiB, PG, PROT_NONE) == 0, "mprotect NONE");
+	CHECK(probe(p + MiB, 0) == SIGSEGV, "PROT_NONE guard page readable");
+	CHECK(mprotect(p + MiB, PG, PROT_READ | PROT_WRITE) == 0, "mprotect back");
+	CHECK(mprotect(p + 2 * MiB, PG, PROT_READ | PROT_WRITE) == 0, "mprotect back");
+	CHECK(probe(p + MiB, 1) == 0 && probe(p + 2 * MiB, 1) == 0, "not writable again");
+	CHECK(p[MiB] == 0x22 && p[2 * MiB] == 0x22, "data lost across mprotect");
+	munmap(p, 4 * MiB);
+
+	g = map(GiB);
+	CHECK(g != MAP_FAILED, "mmap 1 GiB");
+	mark(g, GiB, 77);
+	CHECK(mprotect(g, GiB, PROT_READ) == 0, "mprotect 1 GiB RO");
+	CHECK(probe(g + 3 * MiB, 1) == SIGSEGV, "write to read-only 1 GiB page did not fault");
+	CHECK(marked(g, GiB, 77), "read-only 1 GiB data");
+	CHECK(mprotect(g + 100 * MiB, 2 * MiB, PROT_NONE) == 0, "guard in the middle");
+	CHECK(mprotect(g, GiB, PROT_READ | PROT_WRITE) == 0, "mprotect RW");
+	CHECK(probe(g + 3 * MiB, 1) == 0 && probe(g + 100 * MiB, 1) == 0, "1 GiB not writable again");
+	CHECK(marked(g, GiB, 77), "1 GiB data lost across mprotect");
+	munmap(g, GiB);
+	return 0;
+}
+
+static int t_mremap(void)
+{
+	char *p = map(2 * MiB), *q, *t;
+
+	CHECK(p != MAP_FAILED, "mmap");
+	memset(p, 0x33, 2 * MiB);
+	q = mremap(p, 2 * MiB, 6 * MiB, MREMAP_MAYMOVE);
+	CHECK(q != MAP_FAILED, "mremap grow: %s", strerror(errno));
+	CHECK(is_hpmmap(q) && is_hpmmap(q + 5 * MiB), "grown mapping not hpmmap");
+	CHECK(q[0] == 0x33 && q[2 * MiB - 1] == 0x33, "data lost in mremap grow");
+	CHECK(all_zero(q + 2 * MiB, 4 * MiB), "grown part not zero");
+	q[3 * MiB] = 1;
+	CHECK(mremap(q, 6 * MiB, MiB, 0) == q, "mremap shrink: %s", strerror(errno));
+	CHECK(probe(q + MiB, 0) == SIGSEGV, "shrunk-off part still mapped");
+	t = map(8 * MiB);
+	CHECK(t != MAP_FAILED, "mmap target");
+	munmap(t, 8 * MiB);
+	p = mremap(q, MiB, 3 * MiB, MREMAP_MAYMOVE | MREMAP_FIXED, t);
+	CHECK(p == t, "MREMAP_FIXED returned %p wanted %p (%s)", p, t, strerror(errno));
+	CHECK(p[0] == 0x33 && p[MiB - 1] == 0x33 && all_zero(p + MiB, 2 * MiB), "moved data");
+	CHECK(probe(q, 0) == SIGSEGV, "old range still mapped after move");
+	q = mremap(p, 3 * MiB, 4 * MiB, 0); /* in place, the space after it is free */
+	CHECK(q == p, "mremap in place: %s", strerror(errno));
+	CHECK(p[0] == 0x33 && all_zero(p + MiB, 3 * MiB), "in-place growth");
+	CHECK(mremap(p, 4 * MiB, 8 * MiB, MREMAP_DONTUNMAP | MREMAP_MAYMOVE) == MAP_FAILED,
+	      "MREMAP_DONTUNMAP accepted");
+	munmap(p, 4 * MiB);
+	return 0;
+}
+
+static int t_madvise(void)
+{
+	char *p = map(4 * MiB);
+	uint64_t faults;
+
+	CHECK(p != MAP_FAILED, "mmap");
+	memset(p, 0x55, 4 * MiB);
+	faults = sysfs_u64("faults");
+	CHECK(madvise(p + MiB, MiB, MADV_DONTNEED) == 0, "madvise: %s", strerror(errno));
+	CHECK(all_zero(p + MiB, MiB), "MADV_DONTNEED range not zero");
+	CHECK(p[0] == 0x55 && p[MiB - 1] == 0x55 && p[2 * MiB] == 0x55, "data outside changed");
+	CHECK(sysfs_u64("faults") == faults, "DONTNEED range faulted back in");
+	CHECK(madvise(p, 4 * MiB, MADV_WILLNEED) == 0, "MADV_WILLNEED");
+	CHECK(madvise(p + 1, PG, MADV_DONTNEED) == -1 && errno == EINVAL, "unaligned madvise");
+	munmap(p, 4 * MiB);
+	return 0;
+}
+
+static int t_brk(void)
+{
+	unsigned long b0 = cur_brk(), b;
+	char *h = (char *)b0;
+
+	CHECK(syscall(SYS_brk, b0 + 8 * MiB) == (long)(b0 + 8 * MiB), "brk grow");
+	CHECK(is_hpmmap(h), "heap not served by hpmmap");
+	CHECK(all_zero(h, 8 * MiB), "new heap memory not zero");
+	memset(h, 0x66, 8 * MiB);
+	CHECK(syscall(SYS_brk, b0 + PG) == (long)(b0 + PG), "brk shrink");
+	CHECK(probe(h + 4 * MiB, 0) == SIGSEGV, "memory beyond the shrunk break still mapped");
+	b = syscall(SYS_brk, b0 + 8 * MiB);
+	CHECK(b == b0 + 8 * MiB, "brk regrow");
+	CHECK(h[0] == 0x66 && h[PG - 1] == 0x66, "heap below the break lost");
+	CHECK(all_zero(h + PG, 8 * MiB - PG), "re-grown heap not zero");
+	CHECK(syscall(SYS_brk, 1) == (long)(b0 + 8 * MiB), "brk below the heap start moved it");
+	CHECK(syscall(SYS_brk, b0) == (long)b0, "brk restore");
+	return 0;
+}
+
+#define NTHREADS 4
+static char *shared_buf;
+static volatile int thread_err;
+
+static void *thread_main(void *arg)
+{
+	long id = (long)arg;
+	int i;
+
+	for (i = 0; i < 60; i++) {
+		size_t len = (i % 3 == 0) ? 64 * 1024 : (size_t)(2 + (i + id) % 4) * MiB;
+		char *p = map(len);
+
+		if (p == MAP_FAILED) {
+			thread_err = 1;
+			break;
+		}
+		if (!all_zero(p, len))
+			thread_err = 2;
+		mark(p, len, id * 1000 + i);
+		if (i % 5 == 0)
+			sched_yield();
+		if (!marked(p, len, id * 1000 + i))
+			thread_err = 3;
+		munmap(p, len);
+	}
+	shared_buf[id * PG] = (char)(id + 1); /* threads share the address space */
+	return NULL;
+}
+
+static int t_threads(void)
+{
+	pthread_t th[NTHREADS];
+	long i;
+
+	shared_buf = map(2 * MiB);
+	CHECK(shared_buf != MAP_FAILED, "mmap");
+	for (i = 0; i < NTHREADS; i++)
+		pthread_create(&th[i], NULL, thread_main, (void *)i);
+	for (i = 0; i < NTHREADS; i++)
+		pthread_join(th[i], NULL);
+	CHECK(!thread_err, "a thread saw error %d", thread_err);
+	for (i = 0; i < NTHREADS; i++)
+		CHECK(shared_buf[i * PG] == i + 1, "thread %ld's write not visible", i);
+	munmap(shared_buf, 2 * MiB);
+	return 0;
+}
+
+static int t_fork(void)
+{
+	char *p = map(16 * MiB);
+	unsigned long b0 = cur_brk();
+	uint64_t copies = sysfs_u64("fork_copies");
+	pid_t pid;
+	int st;
+
+	CHECK(p != MAP_FAILED, "mmap");
+	memset(p, 0x77, 16 * MiB);
+	CHECK(syscall(SYS_brk, b0 + 2 * MiB) == (long)(b0 + 2 * MiB), "brk");
+	memset((char *)b0, 0x78, 2 * MiB);
+	pid = fork();
+	if (pid == 0) {
+		uint64_t f0 = sysfs_u64("faults");
+		int bad = 0;
+
+		for (size_t i = 0; i < 16 * MiB; i += PG)
+			bad |= p[i] != 0x77;
+		bad |= ((char *)b0)[0] != 0x78 || ((char *)b0)[2 * MiB - 1] != 0x78;
+		memset(p, 0x99, 16 * MiB);
+		if (bad)
+			_exit(2);
+		if (sysfs_u64("faults") != f0)
+			_exit(3); /* the copy was populated at fork: no faults */
+		if (!is_hpmmap(p))
+			_exit(4);
+		_exit(0);
+	}
+	CHECK(pid > 0, "fork: %s", strerror(errno));
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x (2 data, 3 faults, 4 not hpmmap)", st);
+	CHECK(p[0] == 0x77 && p[16 * MiB - 1] == 0x77, "child's writes reached the parent");
+	CHECK(sysfs_u64("fork_copies") > copies, "fork_copies did not count");
+	syscall(SYS_brk, b0);
+	munmap(p, 16 * MiB);
+	return 0;
+}
+
+static int t_exit(void)
+{
+	pid_t pid = fork();
+	int st;
+
+	if (pid == 0) {
+		char *p = map(64 * MiB);
+		unsigned long b = cur_brk();
+
+		if (p == MAP_FAILED || syscall(SYS_brk, b + 8 * MiB) != (long)(b + 8 * MiB))
+			_exit(2);
+		memset(p, 1, 64 * MiB);
+		mprotect(p + MiB, PG, PROT_NONE); /* leave split state behind */
+		_exit(0);
+	}
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+	return 0;
+}
+
+static const char *self_exe = "/proc/self/exe";
+
+static int t_exec(void)
+{
+	pid_t pid = fork();
+	int st;
+
+	if (pid == 0) {
+		char *p = map(64 * MiB);
+
+		memset(p, 1, 64 * MiB);
+		execl(self_exe, "hpmmap-test", "report-brk", (char *)NULL);
+		_exit(5);
+	}
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	      "exec'd child status %#x (its heap should be hpmmap's: registration follows exec)", st);
+	return 0;
+}
+
+static int t_killed(void)
+{
+	pid_t pid;
+	int st, round;
+
+	for (round = 0; round < 3; round++) {
+		pid = fork();
+		if (pid == 0) {
+			for (;;) {
+				char *p = map(256 * MiB);
+				unsigned long b = cur_brk();
+
+				syscall(SYS_brk, b + 64 * MiB);
+				if (p != MAP_FAILED)
+					munmap(p, 256 * MiB);
+				syscall(SYS_brk, b);
+			}
+		}
+		usleep(150000 + round * 70000);
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+		CHECK(WIFSIGNALED(st), "child not killed");
+	}
+	return 0;
+}
+
+static int t_pin(void)
+{
+	int fd = open(HPMMAP_DEVICE, O_RDWR);
+	char *p = map(4 * MiB);
+	struct hpmmap_pin_test t = { sizeof(t), HPMMAP_UAPI_VERSION, (uint64_t)p, 4 * MiB, 0, 0 };
+	char stackbuf[2 * PG] __attribute__((aligned(4096)));
+	size_t i;
+
+	CHECK(fd >= 0 && p != MAP_FAILED, "setup");
+	CHECK(ioctl(fd, HPMMAP_IOC_PIN_TEST, &t) == 0, "pin_user_pages: %s", strerror(errno));
+	CHECK(t.pinned == 1024 && t.in_pool == 1024, "pinned %llu, in pool %llu of 1024",
+	      (unsigned long long)t.pinned, (unsigned long long)t.in_pool);
+	for (i = 0; i < 4 * MiB; i += PG)
+		CHECK(((uint64_t *)(p + i))[1] == HPMMAP_PIN_MARK(p + i), "DMA-style write lost at +%zu", i);
+	memset(stackbuf, 0, sizeof(stackbuf));
+	t.addr = (uint64_t)stackbuf;
+	t.len = PG;
+	CHECK(ioctl(fd, HPMMAP_IOC_PIN_TEST, &t) == 0 && t.pinned == 1 && t.in_pool == 0,
+	      "pin of Linux memory");
+	close(fd);
+	munmap(p, 4 * MiB);
+	return 0;
+}
+
+static int t_exhaust(void)
+{
+	uint64_t pool = sysfs_u64("pool_bytes"), fb = sysfs_u64("fallbacks");
+	size_t len = pool + GiB;
+	char *p;
+	unsigned long b0 = cur_brk();
+
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	CHECK(p != MAP_FAILED, "fallback mmap of %zu bytes failed: %s", len, strerror(errno));
+	CHECK(!is_hpmmap(p), "over-sized mapping claims to be hpmmap");
+	CHECK(sysfs_u64("fallbacks") == fb + 1, "fallback not counted");
+	p[0] = 1; /* Linux memory works */
+	munmap(p, len);
+	CHECK(syscall(SYS_brk, b0 + len) == (long)b0, "brk beyond the pool did not fail");
+	/* fork must fail up front when the pool cannot hold the child's copy */
+	p = map(pool / 2 + 64 * MiB);
+	CHECK(p != MAP_FAILED && is_hpmmap(p), "mmap of more than half the pool");
+	{
+		pid_t pid = fork();
+
+		if (pid == 0)
+			_exit(0);
+		if (pid > 0)
+			waitpid(pid, NULL, 0);
+		CHECK(pid == -1 && errno == ENOMEM, "fork without room for the copy: pid %d (%s)",
+		      pid, strerror(errno));
+	}
+	munmap(p, pool / 2 + 64 * MiB);
+	CHECK(sysfs_write("policy", "enomem") == 0, "set policy");
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	CHECK(p == MAP_FAILED && errno == ENOMEM, "policy enomem: got %p (%s)", p, strerror(errno));
+	CHECK(sysfs_write("policy", "fallback") == 0, "restore policy");
+	return 0;
+}
+
+static int t_bad_input(void)
+{
+	unsigned long lo, hi;
+	char *p = map(4 * MiB), *l;
+	int fd = open(HPMMAP_DEVICE, O_RDWR);
+	struct hpmmap_register r = { sizeof(r), HPMMAP_UAPI_VERSION, 0, 0, 30, -1, 0 };
+
+	CHECK(p != MAP_FAILED && fd >= 0, "setup");
+	CHECK(ioctl(fd, HPMMAP_IOC_REGISTER, &r) == -1 && errno == EBUSY, "second register: %s",
+	      strerror(errno));
+	CHECK(munmap(p + 1, PG) == -1 && errno == EINVAL, "unaligned munmap");
+	CHECK(munmap(p, 0) == -1 && errno == EINVAL, "zero-length munmap");
+	CHECK(mmap(NULL, (size_t)-PG, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == MAP_FAILED &&
+	      errno == ENOMEM, "overflowing mmap length: %s", strerror(errno));
+	CHECK(mmap(NULL, 0, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == MAP_FAILED &&
+	      errno == EINVAL, "zero-length mmap");
+	CHECK(mmap(p + 1, PG, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED &&
+	      errno == EINVAL, "unaligned MAP_FIXED");
+	CHECK(mprotect(p, (size_t)-PG, PROT_READ) == -1, "overflowing mprotect succeeded");
+	CHECK(mremap(p, 4 * MiB, (size_t)-PG, MREMAP_MAYMOVE) == MAP_FAILED, "overflowing mremap");
+	CHECK(mremap(p + PG, 4 * MiB, 8 * MiB, MREMAP_MAYMOVE) == MAP_FAILED && errno == EFAULT,
+	      "mremap past the end of a mapping: %s", strerror(errno));
+	/* Ranges half inside the region: a Linux mapping right after its end. */
+	region_bounds(&lo, &hi);
+	CHECK(lo < hi, "no region in /proc/self/maps");
+	l = mmap((void *)hi, 4 * MiB, PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (l == (void *)hi) {
+		l[0] = 1;
+		CHECK(mprotect((void *)(hi - 2 * MiB), 4 * MiB, PROT_READ) == -1,
+		      "mprotect over the reserved region succeeded");
+		CHECK(munmap((void *)(hi - 2 * PG), 2 * PG + MiB) == 0, "munmap half inside: %s",
+		      strerror(errno));
+		CHECK(probe(l, 0) == SIGSEGV, "Linux part not unmapped");
+		CHECK(probe(l + MiB, 1) == 0, "Linux mapping beyond the range lost");
+		munmap(l + MiB, 3 * MiB);
+		region_bounds(&lo, &hi);
+		CHECK(hi == (unsigned long)l, "reserved region shrank: ends at %#lx", hi);
+	}
+	munmap(p, 4 * MiB);
+	close(fd);
+	return 0;
+}
+
+/* Measured phase: 512 MiB mmap'd + 512 MiB brk'd, every page touched, no fault. */
+static int t_zero_faults(void)
+{
+	unsigned long b0 = cur_brk();
+	char *p = map(512 * MiB), *h = (char *)b0;
+	uint64_t f0;
+	long m0, mf;
+	double t0, t1;
+
+	CHECK(p != MAP_FAILED && is_hpmmap(p), "mmap 512 MiB");
+	CHECK(syscall(SYS_brk, b0 + 512 * MiB) == (long)(b0 + 512 * MiB), "brk 512 MiB");
+	f0 = sysfs_u64("faults");
+	m0 = minflt();
+	t0 = now();
+	mark(p, 512 * MiB, 1);
+	mark(h, 512 * MiB, 2);
+	t1 = now();
+	mf = minflt() - m0;
+	CHECK(mf == 0, "%ld page faults (getrusage) touching 1 GiB", mf);
+	CHECK(sysfs_u64("faults") == f0, "%llu faults in hpmmap ranges",
+	      (unsigned long long)(sysfs_u64("faults") - f0));
+	CHECK(marked(p, 512 * MiB, 1) && marked(h, 512 * MiB, 2), "data");
+	printf("# measured phase: 1 GiB touched, 0 faults, %.3f s (QEMU/TCG guest)\n", t1 - t0);
+	syscall(SYS_brk, b0);
+	munmap(p, 512 * MiB);
+	return 0;
+}
+
+struct tcase {
+	const char *name;
+	int (*fn)(void);
+};
+
+static const struct tcase suite_cases[] = {
+	{ "zero-and-reuse", t_zero_and_reuse },
+	{ "large-pages", t_large_pages },
+	{ "map-fixed", t_map_fixed },
+	{ "partial-munmap", t_partial_munmap },
+	{ "mprotect", t_mprotect },
+	{ "mremap", t_mremap },
+	{ "madvise-dontneed", t_madvise },
+	{ "brk", t_brk },
+	{ "threads", t_threads },
+	{ "fork", t_fork },
+	{ "exit-cleanup", t_exit },
+	{ "exec-cleanup", t_exec },
+	{ "killed-mid-mmap", t_killed },
+	{ "pin-user-pages", t_pin },
+	{ "pool-exhausted", t_exhaust },
+	{ "bad-input", t_bad_input },
+	{ "zero-faults-1g", t_zero_faults },
+};
+
+static int run_suite(const char *only)
+{
+	size_t i;
+	uint64_t base;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (sysfs_u64("pool_bytes") == UINT64_MAX) {
+		printf("not ok - setup: %s not readable\n", HPMMAP_SYSFS);
+		return 1;
+	}
+	printf("# pool %llu MiB\n", (unsigned long long)(sysfs_u64("pool_bytes") >> 20));
+	for (i = 0; i < sizeof(suite_cases) / sizeof(suite_cases[0]); i++) {
+		const struct tcase *c = &suite_cases[i];
+		uint64_t after;
+		double t0;
+		int r;
+
+		if (only && strcmp(only, c->name))
+			continue;
+		base = sysfs_u64("free_bytes");
+		why[0] = 0;
+		t0 = now();
+		r = c->fn();
+		after = sysfs_u64("free_bytes");
+		cases++;
+		if (!r && after != base) {
+			snprintf(why, sizeof(why), "pool not back to where it was: %lld bytes missing",
+				 (long long)(base - after));
+			r = 1;
+		}
+		if (r) {
+			failures++;
+			printf("not ok - %s: %s\n", c->name, why);
+		} else {
+			printf("ok - %s (%.2f s)\n", c->name, now() - t0);
+		}
+	}
+	printf("# %d cases, %d failed\n", cases, failures);
+	return failures ? 1 : 0;
+}
+
+/* ioctl errors, from a process that is not registered. */
+static int run_bad_ioctl(void)
+{
+	int fd = open(HPMMAP_DEVICE, O_RDWR);
+	struct hpmmap_register r = { sizeof(r), HPMMAP_UAPI_VERSION, 0, 0, 30, -1, 0 };
+	struct hpmmap_deregister d = { sizeof(d), HPMMAP_UAPI_VERSION, 0, 0 };
+	struct hpmmap_stats s = { .size = sizeof(s), .version = HPMMAP_UAPI_VERSION };
+	int bad = 0;
+
+#define EXPECT(call, err)                                                                    \
+	do {                                                                                 \
+		errno = 0;                                                                   \
+		if ((call) != -1 || errno != (err)) {                                        \
+			printf("not ok - bad-ioctl: %s gave errno %d, want %d\n", #call, errno, \
+			       err);                                                         \
+			bad = 1;                                                             \
+		}                                                                            \
+	} while (0)
+
+	if (fd < 0) {
+		printf("not ok - bad-ioctl: open %s: %s\n", HPMMAP_DEVICE, strerror(errno));
+		return 1;
+	}
+	EXPECT(ioctl(fd, HPMMAP_IOC_DEREGISTER, &d), ENOENT);
+	r.size = 8;
+	EXPECT(ioctl(fd, HPMMAP_IOC_REGISTER, &r), EINVAL);
+	r.size = sizeof(r);
+	r.version = 99;
+	EXPECT(ioctl(fd, HPMMAP_IOC_REGISTER, &r), EPROTO);
+	r.version = HPMMAP_UAPI_VERSION;
+	r.pid = 1;
+	EXPECT(ioctl(fd, HPMMAP_IOC_REGISTER, &r), EPERM);
+	r.pid = 999999;
+	EXPECT(ioctl(fd, HPMMAP_IOC_REGISTER, &r), ESRCH);
+	r.pid = 0;
+	r.flags = 0x80;
+	EXPECT(ioctl(fd, HPMMAP_IOC_REGISTER, &r), EINVAL);
+	r.flags = 0;
+	r.page_shift = 12;
+	EXPECT(ioctl(fd, HPMMAP_IOC_REGISTER, &r), EINVAL);
+	r.page_shift = 30;
+	r.node = 77;
+	EXPECT(ioctl(fd, HPMMAP_IOC_REGISTER, &r), EINVAL);
+	r.node = -1;
+	EXPECT(ioctl(fd, _IO('H', 42), 0), ENOTTY);
+	EXPECT(ioctl(fd, HPMMAP_IOC_STATS, (void *)8), EFAULT);
+	s.version = 0;
+	EXPECT(ioctl(fd, HPMMAP_IOC_STATS, &s), EPROTO);
+	s.version = HPMMAP_UAPI_VERSION;
+	d.pid = 1;
+	EXPECT(ioctl(fd, HPMMAP_IOC_DEREGISTER, &d), EPERM);
+	/* register, deregister, deregister again */
+	if (ioctl(fd, HPMMAP_IOC_REGISTER, &r) || ioctl(fd, HPMMAP_IOC_STATS, &s) || !s.self) {
+		printf("not ok - bad-ioctl: plain register failed: %s\n", strerror(errno));
+		bad = 1;
+	}
+	d.pid = 0;
+	if (ioctl(fd, HPMMAP_IOC_DEREGISTER, &d)) {
+		printf("not ok - bad-ioctl: deregister: %s\n", strerror(errno));
+		bad = 1;
+	}
+	EXPECT(ioctl(fd, HPMMAP_IOC_DEREGISTER, &d), ENOENT);
+	if (!bad)
+		printf("ok - bad-ioctl\n");
+	close(fd);
+	return bad;
+}
+
+static int run_bench(const char *mode)
+{
+	char *p;
+	double t0, t1, t2;
+	long m0, m1;
+	uint64_t f0 = sysfs_u64("faults");
+	int thp = !strcmp(mode, "thp");
+
+	m0 = minflt();
+	t0 = now();
+	p = mmap(NULL, GiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		perror("mmap");
+		return 1;
+	}
+	if (strcmp(mode, "hpmmap"))
+		madvise(p, GiB, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	t1 = now();
+	mark(p, GiB, 3);
+	t2 = now();
+	m1 = minflt();
+	printf("BENCH %s hpmmap_backed=%d faults=%ld module_faults=%llu map_s=%.4f touch_s=%.3f total_s=%.3f\n",
+	       mode, is_hpmmap(p), m1 - m0, (unsigned long long)(sysfs_u64("faults") - f0),
+	       t1 - t0, t2 - t1, t2 - t0);
+	munmap(p, GiB);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 2 && !strcmp(argv[1], "suite"))
+		return run_suite(argc >= 3 ? argv[2] : NULL);
+	if (argc >= 2 && !strcmp(argv[1], "bad-ioctl"))
+		return run_bad_ioctl();
+	if (argc >= 3 && !strcmp(argv[1], "bench"))
+		return run_bench(argv[2]);
+	if (argc >= 2 && !strcmp(argv[1], "report-brk")) {
+		unsigned long b = cur_brk();
+
+		return syscall(SYS_brk, b + PG) == (long)(b + PG) && is_hpmmap((void *)b) ? 0 : 1;
+	}
+	fprintf(stderr, "usage: hpmmap-test suite [CASE] | bad-ioctl | bench hpmmap|thp|4k | report-brk\n");
+	return 2;
+}
