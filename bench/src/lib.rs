@@ -1,1 +1,22 @@
-//! Placeholder; filled in by its issue.
+//! hpmmap's isolation benchmark (issue 6; the paper's section 4, Fig. 8).
+//!
+//! - [`workloads`]: `cg`, `stream`, `gups`, `faults`, run by the `hpmmap-workload` binary as
+//!   N forked ranks with a shared-memory barrier ([`comm`], [`ranks`]), memory mapped as the
+//!   run's [`memory::AllocMode`] says, printing the line format of [`report`].
+//! - The `hpmmap-bench` harness: competing commodity workloads ([`competitor`]), the
+//!   interleaved run plan and its execution ([`harness`]), statistics ([`stats`]), the
+//!   markdown / JSON table ([`table`]), the SVG plot ([`svg`]) and the platform line
+//!   ([`platform`]).
+
+pub mod comm;
+pub mod competitor;
+pub mod harness;
+pub mod hugepages;
+pub mod memory;
+pub mod platform;
+pub mod ranks;
+pub mod report;
+pub mod stats;
+pub mod svg;
+pub mod table;
+pub mod workloads;

@@ -1,0 +1,228 @@
+//! The plot: per workload, runtime (mean with ±1 sd error bars) of every configuration
+//! under each profile, bars grouped by profile, like the paper's Fig. 8.
+
+use crate::harness::Profile;
+use crate::memory::AllocMode;
+use crate::table::{Results, Row};
+use crate::workloads::Workload;
+
+const W: f64 = 760.0;
+const PANEL_H: f64 = 260.0;
+const TOP: f64 = 78.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const COLORS: [&str; 4] = ["#d95f02", "#1b9e77", "#7570b3", "#666666"];
+
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A round tick step giving about five ticks up to `max`.
+pub fn tick_step(max: f64) -> f64 {
+    if max <= 0.0 || !max.is_finite() {
+        return 1.0;
+    }
+    let raw = max / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    let nice = if f <= 1.0 {
+        1.0
+    } else if f <= 2.0 {
+        2.0
+    } else if f <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * mag
+}
+
+fn color(c: AllocMode) -> &'static str {
+    COLORS[AllocMode::ALL.iter().position(|x| *x == c).unwrap_or(3)]
+}
+
+pub fn plot(r: &Results) -> String {
+    let workloads: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| r.rows.iter().any(|x| x.workload == *w))
+        .collect();
+    let configs: Vec<AllocMode> = AllocMode::ALL
+        .into_iter()
+        .filter(|c| r.rows.iter().any(|x| x.config == *c))
+        .collect();
+    let profiles: Vec<Profile> = Profile::ALL
+        .into_iter()
+        .filter(|p| r.rows.iter().any(|x| x.profile == *p))
+        .collect();
+    let h = TOP + PANEL_H * workloads.len().max(1) as f64 + 20.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\" font-family=\"sans-serif\">\n"
+    );
+    s += &format!("<rect width=\"{W}\" height=\"{h}\" fill=\"white\"/>\n");
+    s += "<text x=\"10\" y=\"20\" font-size=\"15\" font-weight=\"bold\">hpmmap isolation benchmark: runtime (mean ± sd) per configuration and profile</text>\n";
+    let plat = r.header.platform.line();
+    let (p1, p2) = split_line(&plat, 125);
+    s += &format!(
+        "<text x=\"10\" y=\"37\" font-size=\"10\">{}</text>\n",
+        escape(&p1)
+    );
+    s += &format!(
+        "<text x=\"10\" y=\"50\" font-size=\"10\">{}</text>\n",
+        escape(&p2)
+    );
+    let mut lx = LEFT;
+    for c in &configs {
+        s += &format!(
+            "<rect x=\"{lx}\" y=\"58\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"68\" font-size=\"11\">{}</text>\n",
+            color(*c),
+            lx + 16.0,
+            c.name()
+        );
+        lx += 90.0;
+    }
+    if let Some(why) = &r.header.vm_rows_absent {
+        let short = if why.contains("kvm_pvm") {
+            "VM rows absent: host KVM is kvm_pvm (cannot boot Linux)"
+        } else {
+            "VM rows absent (see table)"
+        };
+        s += &format!(
+            "<text x=\"{lx}\" y=\"68\" font-size=\"10\" fill=\"#a00\">{}</text>\n",
+            escape(short)
+        );
+    }
+    for (i, w) in workloads.iter().enumerate() {
+        let y0 = TOP + PANEL_H * i as f64;
+        s += &panel(r, *w, &configs, &profiles, y0);
+    }
+    s += "</svg>\n";
+    s
+}
+
+fn split_line(text: &str, max: usize) -> (String, String) {
+    if text.chars().count() <= max {
+        return (text.to_string(), String::new());
+    }
+    let cut = text
+        .char_indices()
+        .take_while(|(i, _)| *i < max)
+        .filter(|(_, c)| *c == ' ')
+        .map(|(i, _)| i)
+        .last()
+        .unwrap_or(max.min(text.len()));
+    (
+        text[..cut].to_string(),
+        text[cut..].trim_start().to_string(),
+    )
+}
+
+fn panel(r: &Results, w: Workload, configs: &[AllocMode], profiles: &[Profile], y0: f64) -> String {
+    let plot_top = y0 + 24.0;
+    let plot_h = PANEL_H - 64.0;
+    let plot_w = W - LEFT - RIGHT;
+    let rows: Vec<&Row> = r.rows.iter().filter(|x| x.workload == w).collect();
+    let ymax = rows
+        .iter()
+        .filter_map(|x| x.runtime.map(|s| s.mean + s.stdev))
+        .fold(0.0, f64::max);
+    let step = tick_step(ymax * 1.05);
+    let top = (ymax * 1.05 / step).ceil().max(1.0) * step;
+    let y = |v: f64| plot_top + plot_h - v / top * plot_h;
+    let mut s = format!(
+        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"13\" font-weight=\"bold\">{}</text>\n",
+        y0 + 16.0,
+        w.name()
+    );
+    // Axes and grid.
+    let mut t = 0.0;
+    while t <= top + step * 0.01 {
+        let yy = y(t);
+        s += &format!(
+            "<line x1=\"{LEFT}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{}</text>\n",
+            LEFT + plot_w,
+            LEFT - 5.0,
+            yy + 3.5,
+            crate::table::fmt_sig(t)
+        );
+        t += step;
+    }
+    s += &format!(
+        "<line x1=\"{LEFT}\" y1=\"{plot_top}\" x2=\"{LEFT}\" y2=\"{:.1}\" stroke=\"black\"/>\n",
+        plot_top + plot_h
+    );
+    s += &format!(
+        "<text x=\"16\" y=\"{:.1}\" font-size=\"11\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\">runtime (s)</text>\n",
+        plot_top + plot_h / 2.0,
+        plot_top + plot_h / 2.0
+    );
+    let group_w = plot_w / profiles.len().max(1) as f64;
+    let bar_w = (group_w * 0.7 / configs.len().max(1) as f64).min(60.0);
+    for (gi, p) in profiles.iter().enumerate() {
+        let gx = LEFT + group_w * gi as f64;
+        let inner = bar_w * configs.len() as f64;
+        let start = gx + (group_w - inner) / 2.0;
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\n",
+            gx + group_w / 2.0,
+            plot_top + plot_h + 16.0,
+            match p {
+                Profile::Iso => "isolated",
+                Profile::A => "profile A (1 build)",
+                Profile::B => "profile B (2 builds + stress-ng)",
+            }
+        );
+        for (ci, c) in configs.iter().enumerate() {
+            let Some(row) = rows.iter().find(|x| x.profile == *p && x.config == *c) else {
+                continue;
+            };
+            let Some(rt) = row.runtime else { continue };
+            let x = start + bar_w * ci as f64;
+            let top_y = y(rt.mean);
+            s += &format!(
+                "<rect x=\"{:.1}\" y=\"{top_y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {} {}: {:.3} ± {:.3} s</title></rect>\n",
+                x + 1.0,
+                bar_w - 2.0,
+                plot_top + plot_h - top_y,
+                color(*c),
+                w.name(),
+                c.name(),
+                p.name(),
+                rt.mean,
+                rt.stdev
+            );
+            let cx = x + bar_w / 2.0;
+            let (lo, hi) = (y((rt.mean - rt.stdev).max(0.0)), y(rt.mean + rt.stdev));
+            s += &format!(
+                "<line x1=\"{cx:.1}\" y1=\"{lo:.1}\" x2=\"{cx:.1}\" y2=\"{hi:.1}\" stroke=\"black\"/><line x1=\"{:.1}\" y1=\"{hi:.1}\" x2=\"{:.1}\" y2=\"{hi:.1}\" stroke=\"black\"/><line x1=\"{:.1}\" y1=\"{lo:.1}\" x2=\"{:.1}\" y2=\"{lo:.1}\" stroke=\"black\"/>\n",
+                cx - 4.0,
+                cx + 4.0,
+                cx - 4.0,
+                cx + 4.0
+            );
+            if let Some(sd) = row.slowdown.filter(|_| *p != Profile::Iso) {
+                s += &format!(
+                    "<text x=\"{cx:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">×{sd:.2}</text>\n",
+                    hi - 3.0
+                );
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round() {
+        assert_eq!(tick_step(10.0), 2.0);
+        assert_eq!(tick_step(0.7), 0.2);
+        assert_eq!(tick_step(4.0), 1.0);
+        assert_eq!(tick_step(0.0), 1.0);
+        assert_eq!(escape("a<b & \"c\">"), "a&lt;b &amp; &quot;c&quot;&gt;");
+    }
+}
