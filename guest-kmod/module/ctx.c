@@ -855,6 +855,30 @@ static vm_fault_t hpm_segv_fault(struct vm_fault *vmf)
 	return VM_FAULT_SIGSEGV;
 }
 
+/*
+ * Linux's mprotect calls this with the mmap lock held for writing, just before it
+ * changes [start, end) of the VMA. 6.1's change_pud_range() mistakes a 1 GiB leaf for
+ * a corrupt table ("bad pud") and drops it without a TLB flush, so the 1 GiB leaves
+ * are zapped here first (with the flush); hpmmap's mprotect puts them back after.
+ * Under the write lock no fault can re-insert one in between.
+ */
+static int hpm_data_mprotect(struct vm_area_struct *vma, unsigned long start,
+			     unsigned long end, unsigned long newflags)
+{
+	unsigned long u;
+
+	for (u = round_down(start, HPM_GIG); u < end; u += HPM_GIG) {
+		pud_t *pud;
+
+		if (u < vma->vm_start || u + HPM_GIG > vma->vm_end)
+			continue;
+		pud = pud_get(vma->vm_mm, u, false);
+		if (pud && (pud_devmap(*pud) || pud_trans_huge(*pud)))
+			zap_page_range(vma, u, HPM_GIG);
+	}
+	return 0;
+}
+
 static int hpm_hold_mprotect(struct vm_area_struct *vma, unsigned long start,
 			     unsigned long end, unsigned long newflags)
 {
@@ -866,6 +890,7 @@ static const struct vm_operations_struct hpm_data_ops = {
 	.close = hpm_data_close,
 	.fault = hpm_fault,
 	.huge_fault = hpm_huge_fault,
+	.mprotect = hpm_data_mprotect,
 };
 
 static const struct vm_operations_struct hpm_anchor_ops = {
@@ -1181,33 +1206,6 @@ long hpm_do_munmap(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 	return ret;
 }
 
-/* 6.1's mprotect mistakes a 1 GiB leaf for a bad table; zap those leaves first. */
-long hpm_do_mprotect_pre(struct hpm_ctx *ctx, unsigned long start, unsigned long end)
-{
-	struct mm_struct *mm = current->mm;
-	struct vm_area_struct *vma;
-	VMA_ITERATOR(vmi, mm, start);
-
-	mmap_read_lock(mm);
-	for_each_vma_range(vmi, vma, end) {
-		unsigned long u;
-
-		if (!is_data(ctx, vma))
-			continue;
-		for (u = round_down(max(start, vma->vm_start), HPM_GIG);
-		     u < min(end, vma->vm_end); u += HPM_GIG) {
-			pud_t *pud;
-
-			if (u < vma->vm_start || u + HPM_GIG > vma->vm_end)
-				continue;
-			pud = pud_get(mm, u, false);
-			if (pud && pud_devmap(*pud))
-				zap_page_range(vma, u, HPM_GIG);
-		}
-	}
-	mmap_read_unlock(mm);
-	return 0;
-}
 
 static unsigned long vma_prot(struct vm_area_struct *vma)
 {

@@ -165,8 +165,9 @@ static long hpm_sys_mprotect(const struct pt_regs *regs)
 		goto out;
 	}
 	mutex_lock(&ctx->op_lock);
-	hpm_do_mprotect_pre(ctx, start, end);
-	ret = ORIG(H_MPROTECT, regs); /* Linux changes VMAs and entries, flushes TLBs */
+	/* Linux changes VMAs and entries and flushes TLBs (1 GiB leaves: see
+	 * hpm_data_mprotect()); what a split cleared is mapped again below. */
+	ret = ORIG(H_MPROTECT, regs);
 	hpm_repopulate(ctx, start - HPM_GIG, end + HPM_GIG);
 	mutex_unlock(&ctx->op_lock);
 out:

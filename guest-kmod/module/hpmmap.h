@@ -85,7 +85,6 @@ long hpm_do_mmap(struct hpm_ctx *ctx, unsigned long addr, unsigned long len,
 		 unsigned long prot, unsigned long flags);
 long hpm_do_munmap(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		   bool *handled);
-long hpm_do_mprotect_pre(struct hpm_ctx *ctx, unsigned long start, unsigned long end);
 void hpm_repopulate(struct hpm_ctx *ctx, unsigned long start, unsigned long end);
 long hpm_do_mremap(struct hpm_ctx *ctx, unsigned long old, unsigned long old_len,
 		   unsigned long new_len, unsigned long flags, unsigned long new_addr);

@@ -18,6 +18,7 @@ const CASES: &[&str] = &[
     "madvise-dontneed",
     "brk",
     "threads",
+    "tlb-shootdown",
     "fork",
     "exit-cleanup",
     "exec-cleanup",
