@@ -15,8 +15,8 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 echo "Platform: Debian 6.1 guest under QEMU/TCG (emulation; counts are real, times are not"
 echo "hardware speed), 2 vCPUs, 4 GiB, pool = memmap 2 GiB; host CPU: $cpu. One run."
 echo
-echo "| memory | page faults (getrusage) | faults in hpmmap ranges | map (s) | first touch 1 GiB (s) | total (s) |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| memory | page faults (getrusage) | faults in hpmmap ranges | THP faults (vmstat) | map (s) | first touch 1 GiB (s) | total (s) |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 sed -n 's/^BENCH //p' "$out.bench.log" | while read -r mode rest; do
     eval "$(echo "$rest" | tr ' ' '\n' | sed 's/^\([a-z_]*\)=\(.*\)$/\1=\2/')"
     case $mode in
@@ -25,5 +25,5 @@ sed -n 's/^BENCH //p' "$out.bench.log" | while read -r mode rest; do
         *) name="Linux 4 KiB (nohugepage)" ;;
     esac
     # shellcheck disable=SC2154 # set by the eval above
-    echo "| $name | $faults | $module_faults | $map_s | $touch_s | $total_s |"
+    echo "| $name | $faults | $module_faults | $thp_alloc | $map_s | $touch_s | $total_s |"
 done

@@ -934,6 +934,21 @@ static int run_bad_ioctl(void)
 	return bad;
 }
 
+static long vmstat(const char *key)
+{
+	char line[128];
+	long v = -1;
+	size_t n = strlen(key);
+	FILE *f = fopen("/proc/vmstat", "r");
+
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, n) && line[n] == ' ')
+			v = atol(line + n + 1);
+	if (f)
+		fclose(f);
+	return v;
+}
+
 static int run_bench(const char *mode)
 {
 	char *p;
@@ -941,6 +956,8 @@ static int run_bench(const char *mode)
 	long m0, m1;
 	uint64_t f0 = sysfs_u64("faults");
 	int thp = !strcmp(mode, "thp");
+
+	long thp0 = vmstat("thp_fault_alloc");
 
 	now(); /* the first clock read faults the vDSO data page in: not part of the measure */
 	m0 = minflt();
@@ -956,9 +973,9 @@ static int run_bench(const char *mode)
 	mark(p, GiB, 3);
 	t2 = now();
 	m1 = minflt();
-	printf("BENCH %s hpmmap_backed=%d faults=%ld module_faults=%llu map_s=%.4f touch_s=%.3f total_s=%.3f\n",
+	printf("BENCH %s hpmmap_backed=%d faults=%ld module_faults=%llu thp_alloc=%ld map_s=%.4f touch_s=%.3f total_s=%.3f\n",
 	       mode, is_hpmmap(p), m1 - m0, (unsigned long long)(sysfs_u64("faults") - f0),
-	       t1 - t0, t2 - t1, t2 - t0);
+	       vmstat("thp_fault_alloc") - thp0, t1 - t0, t2 - t1, t2 - t0);
 	munmap(p, GiB);
 	return 0;
 }
