@@ -3,15 +3,20 @@
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 pool=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^hpmmap_pool=//p')
-base=${pool#*@}; size=${pool%@*}
 status=0
 fail() { echo "not ok - $*"; status=1; }
-if ! insmod /lib/hpmmap/hpmmap.ko pool_base="$base" pool_size="$size"; then
-    fail "insmod hpmmap.ko pool_base=$base pool_size=$size"
+if ! insmod /lib/hpmmap/hpmmap.ko pool="$pool"; then
+    fail "insmod hpmmap.ko pool=$pool"
 else
     echo "# free blocks: $(tr '\n' ' ' </sys/kernel/hpmmap/free_blocks)"
     mode=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^hpmmap_mode=//p')
-    if [ "$mode" = bench ]; then
+    if [ "$mode" = numa ]; then
+        echo "# $(tr '\n' ' ' </sys/kernel/hpmmap/nodes)"
+        [ "$(grep -c '^node' /sys/kernel/hpmmap/nodes)" = 2 ] && echo "ok - numa-two-node-pool" || fail "numa-two-node-pool"
+        hpmmap-run --node 1 -- hpmmap-test numa 1 || status=1
+        hpmmap-run --node 0 -- hpmmap-test numa 0 || status=1
+        hpmmap-run --node 1 -- hpmmap-test suite fork || status=1
+    elif [ "$mode" = bench ]; then
         hpmmap-run -- hpmmap-test bench hpmmap || status=1
         hpmmap-test bench thp || status=1
         hpmmap-test bench 4k || status=1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds hpmmap.ko against Debian's 6.1 kernel, the guest test program and a static
 # hpmmap-run, packs a minimal initramfs and boots it under QEMU/TCG with a memmap= pool.
-#   run.sh suite|bench [OUT_DIR]
+#   run.sh suite|numa|bench [OUT_DIR]
 # Prints the guest's console; exits with the guest job's status (HPMMAP-JOB-EXIT), 3 with
 # "SKIP: reason" when QEMU, the compiler or the kernel packages cannot be had.
 set -euo pipefail
@@ -40,15 +40,21 @@ run="$out/cargo/x86_64-unknown-linux-gnu/debug/hpmmap-run"
     "$out/hpmmap-test" "$run" "$out/module/hpmmap.ko"
 
 # q35 with 4 GiB: RAM below 2 GiB and [4 GiB, 6 GiB); the high 2 GiB become the pool.
-pool_base=0x100000000
-pool_size=0x80000000
-append="console=ttyS0 loglevel=4 memmap=2G\$$pool_base hpmmap_pool=$pool_size@$pool_base"
-append="$append hpmmap_mode=$mode panic=-1 oops=panic softlockup_panic=1"
+# numa: two nodes (node 0 = the low 2 GiB, node 1 = the high 2 GiB), a range in each.
+numa=()
+if [ "$mode" = numa ]; then
+    numa=(-object memory-backend-ram,id=m0,size=2G -numa node,nodeid=0,memdev=m0
+          -object memory-backend-ram,id=m1,size=2G -numa node,nodeid=1,memdev=m1)
+    append="memmap=512M\$0x40000000 memmap=1G\$0x100000000 hpmmap_pool=512M@0x40000000,1G@0x100000000"
+else
+    append="memmap=2G\$0x100000000 hpmmap_pool=2G@0x100000000"
+fi
+append="console=ttyS0 loglevel=4 $append hpmmap_mode=$mode panic=-1 oops=panic softlockup_panic=1"
 echo "[lab] booting $ABI under QEMU/TCG ($mode)" >&2
 log="$out/console-$mode.log"
 set +e
 timeout "${HPMMAP_LAB_TIMEOUT:-420}" nice qemu-system-x86_64 -accel tcg -machine q35 -cpu max \
-    -smp 2 -m 4G -kernel "$VMLINUZ" -initrd "$out/initramfs-$mode.cpio.gz" \
+    -smp 2 -m 4G "${numa[@]}" -kernel "$VMLINUZ" -initrd "$out/initramfs-$mode.cpio.gz" \
     -append "$append" -display none -serial stdio -monitor none -no-reboot </dev/null \
     | tr -d '\r' | tee "$log"
 set -e

@@ -34,6 +34,9 @@ module_param(pool_base, ulong, 0444);
 MODULE_PARM_DESC(pool_base, "start of a reserved physical range to use as the pool (memmap=SIZE$BASE)");
 module_param(pool_size, ulong, 0444);
 MODULE_PARM_DESC(pool_size, "size in bytes of the range at pool_base");
+static char *pool;
+module_param(pool, charp, 0444);
+MODULE_PARM_DESC(pool, "reserved ranges as SIZE@BASE[,SIZE@BASE...] (memmap= syntax without '$')");
 
 /* Interface 2 (docs/architecture.md). */
 #define PV_MAGIC 0x000
@@ -346,6 +349,35 @@ nomem:
 	return -ENOMEM;
 }
 
+static int parse_pool(const char *spec)
+{
+	char *buf = kstrdup(spec, GFP_KERNEL), *cur, *tok;
+	int err = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	cur = buf;
+	while (!err && (tok = strsep(&cur, ",")) != NULL) {
+		char *at = tok;
+		u64 size = memparse(tok, &at), base;
+
+		if (*at != '@') {
+			pr_err("hpmmap: pool=: expected SIZE@BASE, got \"%s\"\n", tok);
+			err = -EINVAL;
+			break;
+		}
+		base = memparse(at + 1, &at);
+		if (*at) {
+			pr_err("hpmmap: pool=: trailing \"%s\"\n", at);
+			err = -EINVAL;
+			break;
+		}
+		err = pool_add_range(base, size);
+	}
+	kfree(buf);
+	return err;
+}
+
 static int pv_probe(void)
 {
 	u32 magic, ver, n, i;
@@ -398,10 +430,12 @@ int hpm_pool_init(void)
 		err = pv_probe();
 	if (!err && pool_size)
 		err = pool_add_range(pool_base, pool_size);
+	if (!err && pool)
+		err = parse_pool(pool);
 	if (err)
 		goto fail;
 	if (!nr_ranges) {
-		pr_err("hpmmap: no pool: give pv=<mmio address> or pool_base= and pool_size=\n");
+		pr_err("hpmmap: no pool: give pv=<mmio address>, pool=SIZE@BASE or pool_base= and pool_size=\n");
 		err = -EINVAL;
 		goto fail;
 	}

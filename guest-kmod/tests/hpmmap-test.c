@@ -997,12 +997,68 @@ static int run_bench(const char *mode)
 	return 0;
 }
 
+/* Free pool bytes per node, from /sys/kernel/hpmmap/nodes ("nodeN 2M:c 4M:c ..."). */
+static void node_free(uint64_t out[8])
+{
+	char line[512], *tok, *save;
+	FILE *f = fopen(HPMMAP_SYSFS "/nodes", "r");
+
+	memset(out, 0, 8 * sizeof(out[0]));
+	while (f && fgets(line, sizeof(line), f)) {
+		int node = -1;
+
+		for (tok = strtok_r(line, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save)) {
+			unsigned mib;
+			unsigned long long n;
+
+			if (sscanf(tok, "node%d", &node) == 1)
+				continue;
+			if (node >= 0 && node < 8 && sscanf(tok, "%uM:%llu", &mib, &n) == 2)
+				out[node] += (uint64_t)mib * MiB * n;
+		}
+	}
+	if (f)
+		fclose(f);
+}
+
+/* Run as "hpmmap-run --node N -- hpmmap-test numa N": memory comes from node N's pool. */
+static int run_numa(int node)
+{
+	uint64_t before[8], after[8];
+	char *p;
+	int i, bad = 0;
+
+	node_free(before);
+	p = map(256 * MiB);
+	if (p == MAP_FAILED || !is_hpmmap(p)) {
+		printf("not ok - numa-node-%d: mapping not served\n", node);
+		return 1;
+	}
+	memset(p, 1, 256 * MiB);
+	node_free(after);
+	for (i = 0; i < 8; i++) {
+		uint64_t want = before[i] - (i == node ? 256 * MiB : 0);
+
+		if (after[i] != want) {
+			printf("not ok - numa-node-%d: node %d free %llu MiB -> %llu MiB\n", node, i,
+			       (unsigned long long)(before[i] >> 20), (unsigned long long)(after[i] >> 20));
+			bad = 1;
+		}
+	}
+	munmap(p, 256 * MiB);
+	if (!bad)
+		printf("ok - numa-node-%d\n", node);
+	return bad;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 2 && !strcmp(argv[1], "suite"))
 		return run_suite(argc >= 3 ? argv[2] : NULL);
 	if (argc >= 2 && !strcmp(argv[1], "bad-ioctl"))
 		return run_bad_ioctl();
+	if (argc >= 3 && !strcmp(argv[1], "numa"))
+		return run_numa(atoi(argv[2]));
 	if (argc >= 3 && !strcmp(argv[1], "bench"))
 		return run_bench(argv[2]);
 	if (argc >= 2 && !strcmp(argv[1], "report-brk")) {

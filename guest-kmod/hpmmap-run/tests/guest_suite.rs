@@ -1,13 +1,14 @@
 //! The hpmmap semantics suite in a real guest: builds hpmmap.ko against Debian's 6.1
 //! kernel, boots it under QEMU/TCG with a `memmap=` pool and runs `hpmmap-test suite`
-//! through a static `hpmmap-run` (guest-kmod/lab/run.sh). Prints `SKIP: <reason>` and
-//! passes where QEMU, the compiler or the kernel packages are missing.
+//! through a static `hpmmap-run` (guest-kmod/lab/run.sh), then a two-node NUMA guest.
+//! Prints `SKIP: <reason>` and passes where QEMU, the compiler or the kernel packages
+//! are missing.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 /// Every case the guest must report as passed; a case that vanished is a failure too.
-const CASES: &[&str] = &[
+const SUITE_CASES: &[&str] = &[
     "bad-ioctl",
     "zero-and-reuse",
     "large-pages",
@@ -36,48 +37,85 @@ const CASES: &[&str] = &[
     "kernel-log-clean",
 ];
 
-#[test]
-fn semantics_suite_in_a_qemu_guest() {
+const NUMA_CASES: &[&str] = &[
+    "numa-two-node-pool",
+    "numa-node-1",
+    "numa-node-0",
+    "fork",
+    "pool-full-at-end",
+    "rmmod",
+    "kernel-log-clean",
+];
+
+enum Lab {
+    Skipped(String),
+    Ran {
+        ok: bool,
+        report: Vec<String>,
+        log: String,
+    },
+}
+
+fn run_lab(mode: &str) -> Lab {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-lab");
     let res = Command::new("bash")
         .arg(root.join("guest-kmod/lab/run.sh"))
-        .arg("suite")
+        .arg(mode)
         .arg(&out)
         .output()
         .expect("run guest-kmod/lab/run.sh");
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    let stderr = String::from_utf8_lossy(&res.stderr);
+    let stdout = String::from_utf8_lossy(&res.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&res.stderr).into_owned();
     if res.status.code() == Some(3) {
         let reason = stderr
             .lines()
             .find(|l| l.starts_with("SKIP:"))
-            .unwrap_or("SKIP: lab prerequisites missing");
-        println!("{reason}");
-        return;
+            .unwrap_or("SKIP: lab prerequisites missing")
+            .to_string();
+        return Lab::Skipped(reason);
     }
-    let report: Vec<&str> = stdout
+    let report = stdout
         .lines()
         .filter(|l| l.starts_with("ok") || l.starts_with("not ok") || l.starts_with('#'))
+        .map(str::to_string)
         .collect();
-    println!("{}", report.join("\n"));
-    let failed: Vec<&&str> = report.iter().filter(|l| l.starts_with("not ok")).collect();
+    Lab::Ran {
+        ok: res.status.success(),
+        report,
+        log: format!("{stdout}\n{stderr}"),
+    }
+}
+
+fn check(mode: &str, cases: &[&str]) {
+    let (ok, report, log) = match run_lab(mode) {
+        Lab::Skipped(reason) => {
+            println!("{reason}");
+            return;
+        }
+        Lab::Ran { ok, report, log } => (ok, report, log),
+    };
+    println!("[{mode}]\n{}", report.join("\n"));
+    let failed: Vec<&String> = report.iter().filter(|l| l.starts_with("not ok")).collect();
     assert!(
         failed.is_empty(),
-        "guest cases failed: {failed:#?}\n{stderr}"
+        "{mode}: guest cases failed: {failed:#?}\n{log}"
     );
-    for case in CASES {
+    for case in cases {
         let want = format!("ok - {case}");
         assert!(
             report
                 .iter()
                 .any(|l| *l == want || l.starts_with(&format!("{want} "))),
-            "case {case} not reported as passed\n{stdout}\n{stderr}"
+            "{mode}: case {case} not reported as passed\n{log}"
         );
     }
-    assert!(
-        res.status.success(),
-        "guest job failed: {:?}\n{stderr}",
-        res.status
-    );
+    assert!(ok, "{mode}: guest job failed\n{log}");
+}
+
+/// One test for both boots: they share the lab's build directory.
+#[test]
+fn semantics_suite_and_numa_pool_in_qemu_guests() {
+    check("suite", SUITE_CASES);
+    check("numa", NUMA_CASES);
 }
