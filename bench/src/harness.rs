@@ -136,7 +136,7 @@ pub fn default_sizes(quick: bool) -> BTreeMap<Workload, WorkloadSize> {
     let (cg, stream, gups, faults) = if quick {
         ((mb(128), 40), (mb(192), 10), (mb(64), 8), (mb(64), 8))
     } else {
-        ((mb(512), 50), (mb(512), 20), (mb(256), 16), (mb(128), 16))
+        ((mb(256), 50), (mb(256), 20), (mb(128), 16), (mb(64), 16))
     };
     for (w, (m, i)) in [
         (Workload::Cg, cg),

@@ -40,6 +40,12 @@ pub fn tick_step(max: f64) -> f64 {
     nice * mag
 }
 
+/// A tick value with as many decimals as the step needs.
+pub fn tick_label(v: f64, step: f64) -> String {
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    format!("{v:.decimals$}")
+}
+
 fn color(c: AllocMode) -> &'static str {
     COLORS[AllocMode::ALL.iter().position(|x| *x == c).unwrap_or(3)]
 }
@@ -145,7 +151,7 @@ fn panel(r: &Results, w: Workload, configs: &[AllocMode], profiles: &[Profile], 
             LEFT + plot_w,
             LEFT - 5.0,
             yy + 3.5,
-            crate::table::fmt_sig(t)
+            tick_label(t, step)
         );
         t += step;
     }
@@ -223,6 +229,9 @@ mod tests {
         assert_eq!(tick_step(0.7), 0.2);
         assert_eq!(tick_step(4.0), 1.0);
         assert_eq!(tick_step(0.0), 1.0);
+        assert_eq!(tick_label(10.0, 2.0), "10");
+        assert_eq!(tick_label(0.4, 0.2), "0.4");
+        assert_eq!(tick_label(0.05, 0.05), "0.05");
         assert_eq!(escape("a<b & \"c\">"), "a&lt;b &amp; &quot;c&quot;&gt;");
     }
 }

@@ -144,7 +144,7 @@ fn main() -> ExitCode {
             return usage(format!("--mem-per-rank {m} is below the minimum of 1M"));
         }
     }
-    let warmup = a.warmup.unwrap_or(if a.quick { 3.0 } else { 8.0 });
+    let warmup = a.warmup.unwrap_or(if a.quick { 3.0 } else { 5.0 });
     if !(warmup >= 0.0 && warmup.is_finite()) {
         return usage(format!(
             "--warmup {warmup} must be a number of seconds >= 0"

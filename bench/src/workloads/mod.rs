@@ -163,6 +163,7 @@ pub fn measured_loop(
     out.setup_minflt = smin;
     out.setup_majflt = smaj;
     ctx.comm.prefault();
+    Comm::prefault_text();
     // Warm the paths the loop takes (timer, time slots, this stack depth) so their first
     // use is not charged to the measured phase.
     let t = Instant::now();
