@@ -5,6 +5,15 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 pool=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^hpmmap_pool=//p')
 status=0
 fail() { echo "not ok - $*"; status=1; }
+# Bad parameters: a clear refusal, never an oops (the kernel log is checked at the end).
+bad=""
+for params in "pv=0xfeb00000" "pool=garbage" "pool=1G@0x0" "pool=1G" ""; do
+    if insmod /lib/hpmmap/hpmmap.ko $params 2>/dev/null; then
+        bad="$bad [$params]"; rmmod hpmmap
+    fi
+done
+[ -z "$bad" ] && echo "ok - insmod-bad-params" || fail "insmod-bad-params: accepted$bad"
+dmesg | grep 'hpmmap: ' | sed 's/^\[[^]]*\] /# /' | head -8
 if ! insmod /lib/hpmmap/hpmmap.ko pool="$pool"; then
     fail "insmod hpmmap.ko pool=$pool"
 else
