@@ -232,10 +232,18 @@ static int hpm_file_mmap(struct file *f, struct vm_area_struct *vma)
 	return 0;
 }
 
+/* msync(MS_SYNC) on anonymous memory succeeds; on these shared file VMAs it would
+ * call fsync, so there must be one. */
+static int hpm_file_fsync(struct file *f, loff_t start, loff_t end, int datasync)
+{
+	return 0;
+}
+
 /* No owner: alloc_file_pseudo() takes no module reference for it to drop; the
  * module is pinned by every ctx instead. */
 static const struct file_operations hpm_data_fops = {
 	.mmap = hpm_file_mmap,
+	.fsync = hpm_file_fsync,
 };
 
 static unsigned long hpm_vm_mmap(struct hpm_ctx *ctx, enum hpm_req_kind kind,
@@ -1319,8 +1327,10 @@ long hpm_do_mremap(struct hpm_ctx *ctx, unsigned long old, unsigned long old_len
 	dest = ret;
 	mmap_read_lock(mm);
 	vma = find_vma(mm, dest);
-	o_new = vma_off(vma, dest);
-	copy_range(ctx, mm, old, min(old_len, new_len), o_new);
+	if (vma && is_data(ctx, vma) && vma->vm_start <= dest) {
+		o_new = vma_off(vma, dest);
+		copy_range(ctx, mm, old, min(old_len, new_len), o_new);
+	}
 	mmap_read_unlock(mm);
 	hold_range(ctx, old, old + old_len);
 	hpm_repopulate(ctx, old - HPM_GIG, old);

@@ -242,6 +242,7 @@ static int t_zero_and_reuse(void)
 	CHECK(((unsigned long)p & (2 * MiB - 1)) == 0, "not 2 MiB aligned: %p", p);
 	CHECK(all_zero(p, 8 * MiB), "fresh memory not zero");
 	memset(p, 0xa5, 8 * MiB);
+	CHECK(msync(p, 8 * MiB, MS_SYNC) == 0, "msync: %s", strerror(errno));
 	munmap(p, 8 * MiB);
 	p = map(8 * MiB);
 	CHECK(p != MAP_FAILED && all_zero(p, 8 * MiB), "reused blocks not zeroed");
