@@ -105,6 +105,41 @@ static struct hpmmap_stats stats(void)
 	return s;
 }
 
+/* A /proc/meminfo field in kB, read without malloc (so the heap stays as it is). */
+static long meminfo_kb(const char *key)
+{
+	char buf[8192], *at;
+	ssize_t n;
+	int fd = open("/proc/meminfo", O_RDONLY);
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	at = strstr(buf, key);
+	return at ? atol(at + strlen(key) + 1) : -1;
+}
+
+/* Page-table pages of other, finished work are freed partly after an RCU grace
+ * period: wait until the counter holds still (or is down to want). A leak shows as
+ * more page tables than before. */
+static long page_tables_settled(long want)
+{
+	long v = meminfo_kb("PageTables"), last = -2;
+	int i, same = 0;
+
+	for (i = 0; i < 60 && !(want >= 0 && v <= want) && same < 5; i++) {
+		usleep(50000);
+		last = v;
+		v = meminfo_kb("PageTables");
+		same = v == last ? same + 1 : 0;
+	}
+	return v;
+}
+
 static long minflt(void)
 {
 	struct rusage ru;
@@ -539,6 +574,7 @@ static int t_fork(void)
 
 static int t_exit(void)
 {
+	long pt0 = page_tables_settled(-1), pt1;
 	pid_t pid = fork();
 	int st;
 
@@ -554,6 +590,29 @@ static int t_exit(void)
 	}
 	waitpid(pid, &st, 0);
 	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+	pt1 = page_tables_settled(pt0);
+	CHECK(pt1 <= pt0, "page tables not freed at exit: %ld kB -> %ld kB", pt0, pt1);
+	return 0;
+}
+
+/* munmap frees the page tables of what it unmapped, split 4 KiB tables included. */
+static int t_page_tables(void)
+{
+	long pt0, pt1, pt2;
+	char *p;
+	int i;
+
+	pt0 = page_tables_settled(-1);
+	p = map(64 * MiB);
+	CHECK(p != MAP_FAILED, "mmap");
+	for (i = 0; i < 32; i++) /* a read-only page in every 2 MiB: 4 KiB tables */
+		CHECK(mprotect(p + i * 2 * MiB + PG, PG, PROT_READ) == 0, "mprotect");
+	pt1 = meminfo_kb("PageTables");
+	CHECK(pt1 > pt0, "no page tables for split mappings? %ld -> %ld kB", pt0, pt1);
+	munmap(p, 64 * MiB);
+	pt2 = page_tables_settled(pt0);
+	CHECK(pt2 <= pt0, "page tables leaked by munmap: %ld kB before, %ld kB after (%ld while mapped)",
+	      pt0, pt2, pt1);
 	return 0;
 }
 
@@ -835,6 +894,7 @@ static const struct tcase suite_cases[] = {
 	{ "tlb-shootdown", t_tlb_shootdown },
 	{ "fork", t_fork },
 	{ "exit-cleanup", t_exit },
+	{ "page-tables", t_page_tables },
 	{ "exec-cleanup", t_exec },
 	{ "killed-mid-mmap", t_killed },
 	{ "pin-user-pages", t_pin },

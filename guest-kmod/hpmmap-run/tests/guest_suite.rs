@@ -23,6 +23,7 @@ const SUITE_CASES: &[&str] = &[
     "tlb-shootdown",
     "fork",
     "exit-cleanup",
+    "page-tables",
     "exec-cleanup",
     "killed-mid-mmap",
     "pin-user-pages",
