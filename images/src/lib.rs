@@ -1,1 +1,19 @@
-//! Placeholder; filled in by its issue.
+//! hpmmap-image: bootable job images from Debian's packages (docs/architecture.md,
+//! Interface 3), and the nested KVM lab (QEMU/TCG L1 with SVM+NPT, VT-d and an igb
+//! SR-IOV NIC) that runs the whole stack on a real KVM.
+
+pub mod builder;
+pub mod cpio;
+pub mod debs;
+pub mod elf;
+pub mod init;
+pub mod job;
+pub mod kernel;
+pub mod kmods;
+pub mod lab;
+pub mod manifest;
+pub mod outdir;
+pub mod progress;
+pub mod qemu;
+pub mod rootfs;
+pub mod workspace;

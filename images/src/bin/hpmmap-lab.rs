@@ -1,0 +1,112 @@
+//! hpmmap-lab: the nested KVM lab. Boots Debian's kernel as L1 under QEMU/TCG with
+//! SVM+NPT, VT-d and an igb SR-IOV NIC, runs one command inside, prints its output and
+//! exits with its status. Figures measured in the lab are emulation figures (nested lab
+//! under QEMU/TCG), never hardware ones.
+
+use clap::{Parser, Subcommand};
+use hpmmap_image::job::sh_quote;
+use hpmmap_image::lab::{parse_add, parse_mem, Lab, LabConfig, LabError};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "hpmmap-lab",
+    version,
+    about = "The nested KVM lab (QEMU/TCG L1 with SVM+NPT, VT-d, igb SR-IOV)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot L1, run CMD in it (sh, in /root), print its output, exit with its status.
+    Run {
+        /// L1 memory (e.g. 8G, 6144M).
+        #[arg(long, default_value = "8G")]
+        mem: String,
+        /// L1 vCPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// 1 GiB hugetlb pages reserved on L1's kernel command line.
+        #[arg(long, default_value_t = 2)]
+        hugepages: u32,
+        /// Kill L1 after this many seconds and show its console.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// HOSTPATH:GUESTPATH, a file or directory (e.g. a job image) to place in L1;
+        /// executables bring their shared libraries (repeatable).
+        #[arg(long = "add")]
+        adds: Vec<String>,
+        /// Directory holding built hpmmap-vmm / hpmmap-offline (repeatable; default
+        /// $CARGO_TARGET_DIR/debug, then target/debug).
+        #[arg(long = "bins")]
+        bin_dirs: Vec<PathBuf>,
+        /// Keep the initramfs and logs here (default: a temporary directory, removed).
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Also print L1's console on stderr.
+        #[arg(long)]
+        console: bool,
+        /// The command: one argument is a shell command line; several are quoted words.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let Cmd::Run {
+        mem,
+        cpus,
+        hugepages,
+        timeout,
+        adds,
+        bin_dirs,
+        work,
+        console,
+        cmd,
+    } = Cli::parse().cmd;
+    let result = (|| -> Result<_, LabError> {
+        let mut cfg = LabConfig {
+            mem: parse_mem(&mem)?,
+            cpus,
+            hugepages_1g: hugepages,
+            timeout: Duration::from_secs(timeout),
+            bin_dirs,
+            work,
+            ..LabConfig::default()
+        };
+        cfg.adds = adds
+            .iter()
+            .map(|a| parse_add(a))
+            .collect::<Result<_, _>>()?;
+        let line = if cmd.len() == 1 {
+            cmd[0].clone()
+        } else {
+            cmd.iter()
+                .map(|w| sh_quote(w))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let lab = Lab::prepare(cfg)?;
+        lab.run(&line)
+    })();
+    match result {
+        Ok(out) => {
+            if console {
+                eprintln!("{}", out.console);
+            }
+            print!("{}", out.output);
+            let _ = std::io::stdout().flush();
+            ExitCode::from(out.status.clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            eprintln!("hpmmap-lab: {e}");
+            ExitCode::from(if e.is_input() { 2 } else { 1 })
+        }
+    }
+}

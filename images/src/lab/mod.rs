@@ -1,0 +1,446 @@
+//! The nested KVM lab: Debian's kernel as L1 under QEMU/TCG with SVM+NPT, 1 GiB pages
+//! reserved on its command line, an emulated VT-d IOMMU and an igb SR-IOV NIC, booted
+//! from an initramfs this crate builds (kvm_amd, vfio-pci, igb and their dependencies,
+//! busybox, the KVM probe, the workspace's host binaries, files passed in). `Lab::run`
+//! boots it, runs one shell command inside, and returns its output and exit status.
+//!
+//! Everything measured in the lab is an emulation figure (nested lab under QEMU/TCG):
+//! it proves behaviour and counters, never speed.
+
+mod args;
+pub use args::{parse_add, parse_mem, Add};
+
+use crate::cpio::Archive;
+use crate::debs::DebCache;
+use crate::init::prelude;
+use crate::kernel::{default_abi, fetch_kernel, Kernel, KernelError};
+use crate::progress::step;
+use crate::qemu::{self, QemuError};
+use crate::rootfs::{self, RootfsError};
+use crate::workspace::{self, PartError};
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Modules L1 loads at boot: real KVM with nested paging (kvm_amd and what it needs),
+/// VFIO for device assignment, the igb PF and VF drivers.
+pub const LAB_MODULES: [&str; 10] = [
+    "irqbypass",
+    "ccp",
+    "kvm",
+    "kvm_amd",
+    "vfio",
+    "vfio_iommu_type1",
+    "vfio_pci",
+    "igb",
+    "igbvf",
+    "tun",
+];
+
+/// Host binaries of the workspace the lab carries when they have been built.
+pub const WORKSPACE_BINS: [&str; 2] = ["hpmmap-vmm", "hpmmap-offline"];
+
+pub const LAB_BEGIN: &str = "HPMMAP-LAB-BEGIN";
+pub const LAB_END: &str = "HPMMAP-LAB-END";
+
+#[derive(Debug, Error)]
+pub enum LabError {
+    #[error("--mem {0}: {1}")]
+    Mem(String, String),
+    #[error("--cpus {0}: must be between 1 and 16")]
+    Cpus(u32),
+    #[error("--add {0}: {1}")]
+    Add(String, String),
+    #[error("command {0:?} does not exist in the lab (not a busybox applet, a lab binary, a shell builtin or an --add'ed file); lab binaries: {1}")]
+    UnknownCommand(String, String),
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("the lab needs qemu-system-x86_64 with the igb device (QEMU 8.0 or newer; scripts/setup-host.sh installs it from bookworm-backports)")]
+    NoIgb,
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Part(#[from] PartError),
+    #[error(transparent)]
+    Qemu(#[from] QemuError),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+impl LabError {
+    /// Errors in what the caller asked for (the CLI exits 2 for these).
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            LabError::Mem(..)
+                | LabError::Cpus(_)
+                | LabError::Add(..)
+                | LabError::UnknownCommand(..)
+                | LabError::EmptyCommand
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// L1 RAM in bytes.
+    pub mem: u64,
+    pub cpus: u32,
+    /// 1 GiB hugetlb pages reserved on L1's command line.
+    pub hugepages_1g: u32,
+    pub timeout: Duration,
+    pub adds: Vec<Add>,
+    /// Look for hpmmap-vmm / hpmmap-offline in these directories (first hit wins);
+    /// empty: $CARGO_TARGET_DIR/debug and <workspace>/target/debug.
+    pub bin_dirs: Vec<PathBuf>,
+    pub cache: DebCache,
+    pub workspace: PathBuf,
+    /// Where console and output logs go (default: a directory under the temp dir).
+    pub work: Option<PathBuf>,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            mem: 8 << 30,
+            cpus: 2,
+            hugepages_1g: 2,
+            timeout: Duration::from_secs(600),
+            adds: vec![],
+            bin_dirs: vec![],
+            cache: DebCache::from_env(),
+            workspace: workspace::root(),
+            work: None,
+        }
+    }
+}
+
+impl LabConfig {
+    pub fn validate(&self) -> Result<(), LabError> {
+        if !(1..=16).contains(&self.cpus) {
+            return Err(LabError::Cpus(self.cpus));
+        }
+        let need = (u64::from(self.hugepages_1g) + 1) << 30;
+        if self.mem < need {
+            return Err(LabError::Mem(
+                format!("{}M", self.mem >> 20),
+                format!(
+                    "too small for {} reserved 1 GiB pages plus 1 GiB for L1 itself",
+                    self.hugepages_1g
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LabOutput {
+    /// The command's exit status in L1.
+    pub status: i32,
+    /// The command's stdout and stderr (L1's second serial port).
+    pub output: String,
+    /// L1's console (kernel and init messages).
+    pub console: String,
+    pub elapsed: Duration,
+}
+
+pub struct Lab {
+    cfg: LabConfig,
+    kernel: Kernel,
+    base: Archive,
+    /// Names a command may start with (applets, lab binaries, added files).
+    commands: BTreeSet<String>,
+    lab_bins: Vec<String>,
+}
+
+const SH_BUILTINS: &[&str] = &[
+    "cd", "echo", "exit", "export", "for", "if", "while", "until", "case", "set", "test", "[",
+    "true", "false", "read", "printf", "wait", "kill", "exec", "eval", "trap", "type", "command",
+    "ulimit", "umask", ".", ":", "{", "(", "!", "sleep",
+];
+
+fn lab_init(abi: &str) -> String {
+    let mut s = prelude(abi);
+    s.push_str(&format!(
+        r#"ip link set lo up 2>/dev/null
+stty -F /dev/ttyS1 raw -echo 2>/dev/null
+cd /root
+echo "{LAB_BEGIN}"
+sh /lab/cmd > /dev/ttyS1 2>&1 < /dev/null
+rc=$?
+echo "{LAB_END} $rc"
+sync
+reboot -f
+poweroff -f
+while :; do sleep 60; done
+"#
+    ));
+    s
+}
+
+impl Lab {
+    /// Gathers L1's kernel, modules, busybox, the KVM probe and the workspace binaries.
+    pub fn prepare(cfg: LabConfig) -> Result<Lab, LabError> {
+        cfg.validate()?;
+        for a in &cfg.adds {
+            if !a.host.exists() {
+                return Err(LabError::Add(
+                    a.spec.clone(),
+                    format!("{} does not exist", a.host.display()),
+                ));
+            }
+        }
+        let q = qemu::qemu_binary().ok_or(QemuError::Missing)?;
+        if !qemu::has_device(&q, "igb") {
+            return Err(LabError::NoIgb);
+        }
+        let abi = default_abi(&cfg.cache)?;
+        step(format!("lab: L1 kernel {abi}"));
+        let kernel = fetch_kernel(&cfg.cache, &abi)?;
+        let bb = rootfs::busybox(&cfg.cache)?;
+        let mut a = rootfs::base(&bb)?;
+        rootfs::add_modules(&mut a, &kernel, &LAB_MODULES)?;
+        let mut lab_bins = Vec::new();
+        let probe = workspace::cargo_static(
+            &cfg.workspace,
+            "hpmmap-kvm-probe",
+            "hpmmap-kvm-probe",
+            Some(&cfg.workspace.join("images/kvm-probe/Cargo.toml")),
+        )?;
+        rootfs::add_program(&mut a, "lab/bin/hpmmap-kvm-probe", &probe)?;
+        lab_bins.push("hpmmap-kvm-probe".to_string());
+        let dirs = if cfg.bin_dirs.is_empty() {
+            default_bin_dirs(&cfg.workspace)
+        } else {
+            cfg.bin_dirs.clone()
+        };
+        for name in WORKSPACE_BINS {
+            match dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+                Some(p) => {
+                    step(format!("lab: carrying {}", p.display()));
+                    rootfs::add_program(&mut a, &format!("lab/bin/{name}"), &p)?;
+                    lab_bins.push(name.to_string());
+                }
+                None => step(format!(
+                    "lab: {name} not built (looked in {}); not in L1",
+                    dirs.iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        a.file("init", 0o755, lab_init(&abi).into_bytes());
+        let mut commands: BTreeSet<String> = bb
+            .applets
+            .iter()
+            .map(|p| p.rsplit('/').next().unwrap().to_string())
+            .collect();
+        commands.insert("busybox".into());
+        commands.extend(lab_bins.iter().cloned());
+        commands.extend(SH_BUILTINS.iter().map(|s| s.to_string()));
+        Ok(Lab {
+            cfg,
+            kernel,
+            base: a,
+            commands,
+            lab_bins,
+        })
+    }
+
+    pub fn config(&self) -> &LabConfig {
+        &self.cfg
+    }
+
+    /// Binaries under /lab/bin in L1 (on PATH).
+    pub fn lab_bins(&self) -> &[String] {
+        &self.lab_bins
+    }
+
+    fn check_command(&self, cmd: &str, extra: &[Add]) -> Result<(), LabError> {
+        let first = cmd
+            .split_whitespace()
+            .next()
+            .ok_or(LabError::EmptyCommand)?;
+        // Only a plain word can be checked before boot; shell syntax is L1's business.
+        if first.contains(|c: char| "$`'\"();&|<>=*?{}".contains(c)) {
+            return Ok(());
+        }
+        let known = if first.contains('/') {
+            let in_adds = self.cfg.adds.iter().chain(extra).any(|a| {
+                a.guest == first
+                    || first.starts_with(&format!("{}/", a.guest.trim_end_matches('/')))
+            });
+            in_adds || self.base.contains(first)
+        } else {
+            self.commands.contains(first)
+                || self
+                    .cfg
+                    .adds
+                    .iter()
+                    .chain(extra)
+                    .any(|a| a.guest.rsplit('/').next() == Some(first))
+        };
+        if known {
+            Ok(())
+        } else {
+            Err(LabError::UnknownCommand(
+                first.to_string(),
+                self.lab_bins.join(", "),
+            ))
+        }
+    }
+
+    /// Boots L1, runs `cmd` with `sh` in /root, returns its output and status. `extra`
+    /// files are added for this run only.
+    pub fn run_with(&self, cmd: &str, extra: &[Add]) -> Result<LabOutput, LabError> {
+        self.check_command(cmd, extra)?;
+        let work = match &self.cfg.work {
+            Some(w) => w.clone(),
+            None => std::env::temp_dir().join(format!("hpmmap-lab-{}", crate::progress::unique())),
+        };
+        std::fs::create_dir_all(&work).map_err(|e| LabError::Io(work.clone(), e))?;
+        let mut a = self.base.clone();
+        a.file("lab/cmd", 0o644, format!("{cmd}\n").into_bytes());
+        for add in self.cfg.adds.iter().chain(extra) {
+            add_path(&mut a, &add.host, &add.guest)?;
+        }
+        let initrd = work.join("initramfs.cpio");
+        // Uncompressed: the lab carries large debug binaries and L1 unpacks it faster.
+        std::fs::write(&initrd, a.to_newc()).map_err(|e| LabError::Io(initrd.clone(), e))?;
+        let console = work.join("console.log");
+        let output = work.join("output.log");
+        let _ = std::fs::remove_file(&output);
+        let args = self.qemu_args(&initrd, &console, &output);
+        step(format!(
+            "lab: booting L1 (QEMU/TCG, {} vCPUs, {} MiB, {} x 1 GiB pages); logs in {}",
+            self.cfg.cpus,
+            self.cfg.mem >> 20,
+            self.cfg.hugepages_1g,
+            work.display()
+        ));
+        let f = qemu::run(&args, self.cfg.timeout, &console)?;
+        let out =
+            String::from_utf8_lossy(&std::fs::read(&output).unwrap_or_default()).replace('\r', "");
+        let status = f
+            .console
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(LAB_END))
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| QemuError::NoStatus {
+                marker: LAB_END,
+                log: console.clone(),
+                tail: qemu::tail(&f.console, 40),
+            })?;
+        step(format!(
+            "lab: L1 done in {:.1} s, command exit status {status}",
+            f.elapsed.as_secs_f64()
+        ));
+        if self.cfg.work.is_none() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        Ok(LabOutput {
+            status,
+            output: out,
+            console: f.console,
+            elapsed: f.elapsed,
+        })
+    }
+
+    pub fn run(&self, cmd: &str) -> Result<LabOutput, LabError> {
+        self.run_with(cmd, &[])
+    }
+
+    /// L1's QEMU command line (DESIGN.md's measured recipe).
+    pub fn qemu_args(&self, initrd: &Path, console: &Path, output: &Path) -> Vec<OsString> {
+        let c = &self.cfg;
+        let append = format!(
+            "console=ttyS0 intel_iommu=on hugepagesz=1G hugepages={} panic=-1 quiet",
+            c.hugepages_1g
+        );
+        let mut v: Vec<OsString> = Vec::new();
+        let mut push = |s: &str| v.push(s.into());
+        for s in [
+            "-accel",
+            "tcg",
+            "-cpu",
+            "EPYC,+svm,+npt,+pdpe1gb",
+            "-machine",
+            "q35,kernel-irqchip=split",
+            "-device",
+            "intel-iommu,intremap=on,caching-mode=on",
+            "-device",
+            "pcie-root-port,id=rp0,slot=1,chassis=1",
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "igb,netdev=n0,bus=rp0",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ] {
+            push(s);
+        }
+        push("-smp");
+        push(&c.cpus.to_string());
+        push("-m");
+        push(&format!("{}M", c.mem >> 20));
+        push("-serial");
+        push(&format!("file:{}", console.display()));
+        push("-serial");
+        push(&format!("file:{}", output.display()));
+        push("-kernel");
+        v.push(self.kernel.bzimage().into());
+        v.push("-initrd".into());
+        v.push(initrd.into());
+        v.push("-append".into());
+        v.push(append.into());
+        v
+    }
+}
+
+fn default_bin_dirs(ws: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|p| !p.is_empty()) {
+        v.push(PathBuf::from(t).join("debug"));
+    }
+    v.push(ws.join("target/debug"));
+    v
+}
+
+/// Adds a host file or directory tree at `guest`; executables bring their libraries.
+fn add_path(a: &mut Archive, host: &Path, guest: &str) -> Result<(), LabError> {
+    let io = |e| LabError::Io(host.to_path_buf(), e);
+    let meta = std::fs::metadata(host).map_err(io)?;
+    if meta.is_dir() {
+        a.dir(guest);
+        let mut entries: Vec<_> = std::fs::read_dir(host).map_err(io)?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().to_string_lossy().into_owned();
+            add_path(
+                a,
+                &e.path(),
+                &format!("{}/{name}", guest.trim_end_matches('/')),
+            )?;
+        }
+        return Ok(());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let exec = meta.permissions().mode() & 0o111 != 0;
+    let data = std::fs::read(host).map_err(io)?;
+    if exec && crate::elf::is_elf(&data) {
+        rootfs::add_program(a, guest, host)?;
+    } else {
+        a.file(guest, if exec { 0o755 } else { 0o644 }, data);
+    }
+    Ok(())
+}

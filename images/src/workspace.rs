@@ -1,0 +1,248 @@
+//! Parts that come from this workspace rather than Debian: the hpmmap guest module (Kbuild
+//! against the image kernel's headers), `hpmmap-run` and other static Rust guest binaries,
+//! and the built-in workload.
+
+use crate::progress;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PartError {
+    #[error("building {what} failed ({cmd}): {detail}")]
+    Build {
+        what: String,
+        cmd: String,
+        detail: String,
+    },
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+fn io(p: &Path) -> impl FnOnce(std::io::Error) -> PartError + '_ {
+    move |e| PartError::Io(p.to_path_buf(), e)
+}
+
+/// The workspace root: $HPMMAP_WORKSPACE, else the nearest directory above the current
+/// one holding images/Cargo.toml, else the tree this binary was built from.
+pub fn root() -> PathBuf {
+    if let Some(p) = std::env::var_os("HPMMAP_WORKSPACE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Ok(mut d) = std::env::current_dir() {
+        loop {
+            if d.join("images/Cargo.toml").is_file() && d.join("Cargo.toml").is_file() {
+                return d;
+            }
+            if !d.pop() {
+                break;
+            }
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Where cargo builds of static guest binaries go: beside the caller's target dir, in a
+/// directory of their own (different RUSTFLAGS would otherwise rebuild everything).
+pub fn guest_target_dir(ws: &Path) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"));
+    base.join("hpmmap-guest-static")
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<(), PartError> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| PartError::Build {
+        what: what.to_string(),
+        cmd: shown.clone(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(PartError::Build {
+            what: what.to_string(),
+            cmd: shown,
+            detail: tail.join("\n"),
+        });
+    }
+    Ok(())
+}
+
+/// `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target
+/// x86_64-unknown-linux-gnu` of one binary (the workspace convention for guest binaries).
+/// `manifest` names a Cargo.toml outside the workspace's members, or None for `-p package`.
+pub fn cargo_static(
+    ws: &Path,
+    package: &str,
+    bin: &str,
+    manifest: Option<&Path>,
+) -> Result<PathBuf, PartError> {
+    let target = guest_target_dir(ws);
+    progress::step(format!(
+        "building {bin} (static, release) in {}",
+        target.display()
+    ));
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(ws)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .args(["--bin", bin])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("CARGO_TARGET_DIR", &target);
+    match manifest {
+        Some(m) => cmd.arg("--manifest-path").arg(m),
+        None => cmd.args(["-p", package]),
+    };
+    run(cmd, bin)?;
+    Ok(target.join("x86_64-unknown-linux-gnu/release").join(bin))
+}
+
+pub fn module_source(ws: &Path) -> Option<PathBuf> {
+    let d = ws.join("guest-kmod/module");
+    d.join("Makefile").is_file().then_some(d)
+}
+
+pub fn hpmmap_run_source(ws: &Path) -> Option<PathBuf> {
+    let d = ws.join("guest-kmod/hpmmap-run");
+    d.join("Cargo.toml").is_file().then_some(d)
+}
+
+/// Source files of an out-of-tree module (not its build products), sorted.
+fn module_files(src: &Path) -> Result<Vec<PathBuf>, PartError> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(src)
+        .map_err(io(src))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            p.is_file()
+                && (n == "Makefile"
+                    || n == "Kbuild"
+                    || (n.ends_with(".c") && !n.ends_with(".mod.c"))
+                    || n.ends_with(".h"))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Builds hpmmap.ko against `kdir` in a copy of the sources under the cache (the
+/// engineer's own tree is left alone), keyed by ABI and source hash, so a rebuild with
+/// unchanged sources reuses the same .ko bytes.
+pub fn build_module(
+    src: &Path,
+    kdir: &Path,
+    abi: &str,
+    cache_root: &Path,
+) -> Result<PathBuf, PartError> {
+    use sha2::{Digest, Sha256};
+    let files = module_files(src)?;
+    let mut h = Sha256::new();
+    for f in &files {
+        h.update(f.file_name().unwrap().as_encoded_bytes());
+        h.update(std::fs::read(f).map_err(io(f))?);
+    }
+    let key: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = cache_root.join("kmod").join(format!("{abi}-{key}"));
+    let ko = dir.join("hpmmap.ko");
+    if ko.is_file() {
+        return Ok(ko);
+    }
+    let tmp = cache_root
+        .join("kmod")
+        .join(format!(".build-{}-{key}", crate::progress::unique()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    for f in &files {
+        let d = tmp.join(f.file_name().unwrap());
+        std::fs::copy(f, &d).map_err(io(&d))?;
+    }
+    progress::step(format!(
+        "building the hpmmap module against {}",
+        kdir.display()
+    ));
+    let mut cmd = Command::new("make");
+    cmd.arg("-C")
+        .arg(&tmp)
+        .arg(format!("KDIR={}", kdir.display()));
+    let r = run(cmd, "the hpmmap module (guest-kmod/module)").and_then(|_| {
+        if tmp.join("hpmmap.ko").is_file() {
+            Ok(())
+        } else {
+            Err(PartError::Build {
+                what: "the hpmmap module".into(),
+                cmd: "make".into(),
+                detail: "make succeeded but wrote no hpmmap.ko".into(),
+            })
+        }
+    });
+    if let Err(e) = r {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // Kbuild builds in place; rename publishes the finished directory at once.
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(ko)
+}
+
+/// The built-in workload: a STREAM-style triad in C, compiled static once per source hash.
+/// Hook for bench/: when that crate ships its workloads as binaries, return the
+/// static `cg` here (cargo_static(ws, "hpmmap-bench", "cg", None)) with its default arguments.
+pub const TRIAD_SOURCE: &str = include_str!("../workload/triad.c");
+pub const TRIAD_NAME: &str = "hpmmap-triad";
+
+pub struct Workload {
+    pub name: &'static str,
+    pub binary: PathBuf,
+    pub args: Vec<String>,
+    pub description: &'static str,
+}
+
+pub fn builtin_workload(cache_root: &Path) -> Result<Workload, PartError> {
+    let key = crate::debs::short_hash(TRIAD_SOURCE);
+    let dir = cache_root.join("workload").join(format!("triad-{key}"));
+    let bin = dir.join(TRIAD_NAME);
+    if !bin.is_file() {
+        let tmp = cache_root
+            .join("workload")
+            .join(format!(".triad-{}", crate::progress::unique()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        std::fs::write(tmp.join("triad.c"), TRIAD_SOURCE).map_err(io(&tmp))?;
+        progress::step("compiling the built-in workload (gcc -static)");
+        let mut cmd = Command::new("gcc");
+        cmd.current_dir(&tmp)
+            .args(["-O2", "-static", "-o", TRIAD_NAME, "triad.c"]);
+        if let Err(e) = run(cmd, "the built-in workload (images/workload/triad.c)") {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if std::fs::rename(&tmp, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    Ok(Workload {
+        name: TRIAD_NAME,
+        binary: bin,
+        args: vec!["32".into(), "5".into()],
+        description: "built-in STREAM-style triad (images/workload/triad.c, static C)",
+    })
+}
