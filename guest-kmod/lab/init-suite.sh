@@ -43,6 +43,14 @@ else
         hpmmap-run -- /nonexistent 2>/dev/null; rc=$?
         [ $rc = 127 ] && echo "ok - launcher-missing-program" || fail "launcher-missing-program rc=$rc"
     fi
+    if [ "$mode" = suite ]; then
+        # a registered process pins the module
+        hpmmap-run -- sleep 2 & pid=$!
+        sleep 1
+        if rmmod hpmmap 2>/dev/null; then fail "rmmod-while-in-use: unloaded under a registered process"
+        else echo "ok - rmmod-while-in-use"; fi
+        wait $pid
+    fi
     free=$(cat /sys/kernel/hpmmap/free_bytes); total=$(cat /sys/kernel/hpmmap/pool_bytes)
     [ "$free" = "$total" ] && echo "ok - pool-full-at-end" || fail "pool-full-at-end: $free of $total free"
     [ "$(cat /sys/kernel/hpmmap/registered)" = 0 ] && echo "ok - none-registered-at-end" || fail "registered=$(cat /sys/kernel/hpmmap/registered)"

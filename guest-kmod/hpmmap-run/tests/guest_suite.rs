@@ -33,6 +33,7 @@ const SUITE_CASES: &[&str] = &[
     "page-size-2M",
     "launcher-bad-flag",
     "launcher-missing-program",
+    "rmmod-while-in-use",
     "pool-full-at-end",
     "none-registered-at-end",
     "rmmod",
