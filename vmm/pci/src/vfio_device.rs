@@ -23,6 +23,8 @@ use crate::hooks::{IrqRouter, MemorySlots};
 use crate::vfio_tap::HandleTap;
 
 const PAGE: u64 = 4096;
+/// Command register: I/O and memory space enable.
+const CMD_DECODE: u16 = 0b11;
 
 #[derive(Default)]
 struct BarState {
@@ -88,12 +90,17 @@ impl VfioPciDevice {
         hooks: KvmHooks,
     ) -> Result<Self, PciError> {
         let tap = Arc::new(HandleTap::new(ops));
+        // Opening the device fd resets the function where it can (vfio-pci core).
         let vfio = VfioPassthrough::open(tap.clone(), group, name, ram)?;
-        // Whatever the VF's last user left behind, the guest gets a device out of reset.
-        vfio.device.reset()?;
         let bytes = vfio.device.read_config_space()?;
         let bar_infos = vfio.device.bars(&bytes);
-        let cfg = VfConfig::new(bytes, &bar_infos);
+        let mut cfg = VfConfig::new(bytes, &bar_infos);
+        // The guest finds decode off, as after reset: its enabling it is what maps the
+        // BARs (vfio-pci may report a VF's memory decode on, and VfConfig maps on changes).
+        let cmd = cfg.read(&vfio.device, 0x04, 2);
+        if cmd & u32::from(CMD_DECODE) != 0 {
+            cfg.write(&vfio.device, 0x04, 2, cmd & !u32::from(CMD_DECODE));
+        }
         let mut d = VfioPciDevice {
             name: name.to_string(),
             cfg,

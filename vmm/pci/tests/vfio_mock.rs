@@ -566,3 +566,34 @@ fn the_device_owns_its_claim_and_rebinds_on_teardown_or_failed_open() {
     assert_eq!(wrong.open_handles(), 0);
     let _ = std::fs::remove_dir_all(&root_dir);
 }
+
+#[test]
+fn decode_left_on_by_the_host_is_off_for_the_guest_until_it_enables_it() {
+    // vfio-pci can show a VF with memory decode on; the guest must still see a device
+    // out of reset, and its enabling decode must map the BARs.
+    let mut cfg = vf_config();
+    cfg[0x04] = 0x06;
+    let mock = Arc::new(MockVfio::new(vec![MockGroup {
+        id: GROUP,
+        viable: true,
+        devices: vec![MockDevice {
+            name: NAME.into(),
+            bar_sizes: [0x4000, 0, 0, 0x4000, 0, 0],
+            config: cfg,
+            msix_vectors: 3,
+        }],
+    }]));
+    let kvm = Arc::new(RecordingKvm::default());
+    let dev = VfioPciDevice::open(mock.clone(), GROUP, NAME, &ram(), hooks(&kvm)).unwrap();
+    let root = PciRoot::new(PciWindows::for_ram_end(6 * GIB));
+    let slot = root.add_device(Box::new(dev)).unwrap();
+    let r = Rig {
+        root,
+        kvm,
+        mock,
+        slot,
+    };
+    assert_eq!(r.rd(0x04, 2) & 3, 0, "decode off at start");
+    r.wr(0x04, 2, 0x0006);
+    assert_eq!(r.kvm.slots().len(), 3, "BAR0 + BAR3 around the MSI-X pages");
+}
