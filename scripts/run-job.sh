@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The main job (README): build the default job image, boot it under hpmmap-vmm on 1 GiB pages
+# reserved by hpmmap-offline, run the HPC workload in hpmmap memory, print its figure and the
+# VMM report. Where this host's KVM cannot run a Linux kernel (the software kvm_pvm of the
+# development machines), the same steps run inside the nested lab (QEMU/TCG L1 with a real KVM
+# with NPT), and the figures are emulation figures: the script says which.
+#
+#   scripts/run-job.sh [--mem 2G] [--vcpus 2] [--job 'CMD ARGS']
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MEM=2G
+VCPUS=2
+JOB=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mem) MEM=$2; shift 2 ;;
+        --vcpus) VCPUS=$2; shift 2 ;;
+        --job) JOB=(--job "$2"); shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "run-job.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+case "$MEM" in
+    *G) MEM_GIB=${MEM%G} ;;
+    *) echo "run-job.sh: --mem must be whole GiB, like 2G (got '$MEM')" >&2; exit 2 ;;
+esac
+
+if [ "${HPMMAP_SKIP_SETUP:-0}" != 1 ]; then
+    bash scripts/setup-host.sh
+fi
+
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+echo "[run-job] building hpmmap-vmm, hpmmap-offline, hpmmap-image, hpmmap-lab (release)" >&2
+cargo build --release --quiet -p hpmmap-vmm -p hpmmap-offline -p hpmmap-image
+BIN=$TARGET/release
+
+WORK=$(mktemp -d /tmp/hpmmap-job.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+echo "[run-job] building the job image" >&2
+"$BIN/hpmmap-image" build --out "$WORK/image" "${JOB[@]}"
+
+# The steps inside the machine that has a KVM able to run Linux: reserve, boot, release.
+STEPS="hpmmap-offline -q reserve --size $MEM
+hpmmap-vmm --mem $MEM --vcpus $VCPUS --image IMAGE --report REPORT
+rc=\$?
+echo '--- hpmmap-vmm report (JSON) ---'; cat REPORT
+hpmmap-offline -q release --all
+exit \$rc"
+
+if [ -e /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+    echo "[run-job] platform: this host's KVM (hardware virtualization)" >&2
+    export PATH="$BIN:$PATH"
+    script=${STEPS//IMAGE/$WORK/image}
+    script=${script//REPORT/$WORK/report.json}
+    rc=0; bash -c "$script" || rc=$?
+    exit $rc
+fi
+
+echo "[run-job] this host's /dev/kvm cannot run a Linux kernel (software nested virtualization" >&2
+echo "[run-job] or no KVM): running the job inside the nested lab, a real KVM with NPT under" >&2
+echo "[run-job] QEMU/TCG. Its timings are emulation timings; the page counters are real." >&2
+# L1's own RAM is scattered over every GiB by its initramfs, so a run-time reservation finds
+# no free 1 GiB range there; L1 reserves the guest's pages at boot instead (hugepages= on its
+# command line, what a real host does with hugepagesz=1G hugepages=N), and hpmmap-offline
+# shows them and the VM holding them.
+LAB_STEPS="hpmmap-offline status
+hpmmap-vmm --mem $MEM --vcpus $VCPUS --image /job --report /tmp/report.json &
+vmm=\$!
+sleep 3; echo '--- hpmmap-offline status while the VM runs ---'; hpmmap-offline status
+wait \$vmm; rc=\$?
+echo '--- hpmmap-vmm report (JSON) ---'; cat /tmp/report.json
+exit \$rc"
+rc=0
+"$BIN/hpmmap-lab" run --mem "$((MEM_GIB + 3))G" --cpus "$VCPUS" --hugepages "$MEM_GIB" \
+    --bins "$BIN" --add "$WORK/image:/job" -- "$LAB_STEPS" || rc=$?
+exit $rc
