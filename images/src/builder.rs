@@ -15,8 +15,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// Kernel command line every image needs; the VMM appends `hpmmap.pv=`.
-pub const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
+/// Kernel command line every image needs; the VMM appends `hpmmap.pv=`. no_timer_check:
+/// emulated (TCG) or nested guests on a loaded host can miss the IO-APIC timer check's
+/// ticks and panic.
+pub const CMDLINE: &str = "console=ttyS0 no_timer_check panic=-1 quiet";
 
 /// Modules every job image loads: the lab's VF driver (an igb VF passed to L2).
 pub const JOB_MODULES: [&str; 1] = ["igbvf"];

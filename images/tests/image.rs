@@ -108,6 +108,15 @@ fn job_exit_status_comes_back_zero_and_nonzero() {
     let r = boot(&fail, "");
     assert!(r.console.contains("job says hi"), "{}", r.console);
     assert_eq!(r.status, 3, "{}", r.console);
+    // hpmmap.pv= naming no PV device (microvm has none): the init checks MAGIC, writes
+    // nothing there, and the status still comes back on the console.
+    let r = boot(&fail, "hpmmap.pv=0xfeb00000");
+    assert!(
+        r.console.contains("no hpmmap PV device at 0xfeb00000"),
+        "{}",
+        r.console
+    );
+    assert_eq!(r.status, 3, "{}", r.console);
 
     // /bin/true is dynamic: it runs only if its loader and libc came along.
     let dynamic = d.join("dynamic");

@@ -209,3 +209,81 @@ fn lab_library_rejects_a_command_missing_from_l1() {
         LabError::EmptyCommand
     ));
 }
+
+/// The whole stack: a job image built here boots as L2 under hpmmap-vmm inside L1, the
+/// hpmmap module gets its pool from the PV device, and the job's status comes back through
+/// the PV device's EXIT register as hpmmap-vmm's exit status (0 and non-zero).
+#[test]
+fn job_image_boots_as_l2_under_hpmmap_vmm() {
+    if let Some(r) = skip_reason() {
+        println!("SKIP: {r}");
+        return;
+    }
+    let ws = hpmmap_image::workspace::root();
+    let dirs = hpmmap_image::lab::default_bin_dirs(&ws);
+    if !dirs.iter().any(|d| d.join("hpmmap-vmm").is_file()) {
+        println!("SKIP: hpmmap-vmm is not built (looked in {dirs:?}); cargo build -p hpmmap-vmm");
+        return;
+    }
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("lab-l2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let image = |name: &str, job: &str| {
+        let out = base.join(name);
+        let o = Command::new(env!("CARGO_BIN_EXE_hpmmap-image"))
+            .args(["build", "--quiet", "--out"])
+            .arg(&out)
+            .args(["--job", job])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        parse_add(&format!("{}:/{name}", out.display())).unwrap()
+    };
+    let ok = image("ok", "hpmmap-triad 8 2");
+    let with_hpmmap = hpmmap_image::manifest::Manifest::read(&base.join("ok"))
+        .unwrap()
+        .hpmmap;
+    let fail = image(
+        "fail",
+        "/bin/busybox sh -c 'echo failing on purpose; exit 3'",
+    );
+    let lab = Lab::prepare(LabConfig {
+        mem: 6 << 30,
+        timeout: Duration::from_secs(500),
+        adds: vec![ok, fail],
+        bin_dirs: dirs,
+        ..LabConfig::default()
+    })
+    .unwrap();
+    let o = lab
+        .run("hpmmap-vmm --image /ok --mem 2G; echo ok_status=$?; hpmmap-vmm --image /fail --mem 2G; echo fail_status=$?")
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "L2 under hpmmap-vmm (nested lab under QEMU/TCG):\n{}",
+        o.output
+    );
+    assert_eq!(value(&o, "ok_status"), "0", "{}", o.output);
+    assert_eq!(value(&o, "fail_status"), "3", "{}", o.output);
+    assert!(
+        o.output.contains("hpmmap-triad rank 0: 8 MiB x 3"),
+        "{}",
+        o.output
+    );
+    assert!(o.output.contains("failing on purpose"), "{}", o.output);
+    // With the module in the image, the PV device gives it its pool.
+    let mode = if with_hpmmap {
+        "job runs hpmmap"
+    } else {
+        "job runs direct"
+    };
+    assert!(o.output.contains(mode), "{}", o.output);
+    assert!(
+        o.output.contains("pages_1g=2"),
+        "guest RAM on 1 GiB pages: {}",
+        o.output
+    );
+    std::fs::remove_dir_all(&base).unwrap();
+}

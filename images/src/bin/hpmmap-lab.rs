@@ -43,7 +43,7 @@ enum Cmd {
         #[arg(long = "add")]
         adds: Vec<String>,
         /// Directory holding built hpmmap-vmm / hpmmap-offline (repeatable; default
-        /// $CARGO_TARGET_DIR/debug, then target/debug).
+        /// $HPMMAP_LAB_BINS, $CARGO_TARGET_DIR/debug, then target/debug).
         #[arg(long = "bins")]
         bin_dirs: Vec<PathBuf>,
         /// Keep the initramfs and logs here (default: a temporary directory, removed).

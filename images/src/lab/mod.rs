@@ -95,7 +95,7 @@ pub struct LabConfig {
     pub timeout: Duration,
     pub adds: Vec<Add>,
     /// Look for hpmmap-vmm / hpmmap-offline in these directories (first hit wins);
-    /// empty: $CARGO_TARGET_DIR/debug and <workspace>/target/debug.
+    /// empty: `default_bin_dirs`.
     pub bin_dirs: Vec<PathBuf>,
     pub cache: DebCache,
     pub workspace: PathBuf,
@@ -360,8 +360,10 @@ impl Lab {
     /// L1's QEMU command line (DESIGN.md's measured recipe).
     pub fn qemu_args(&self, initrd: &Path, console: &Path, output: &Path) -> Vec<OsString> {
         let c = &self.cfg;
+        // no_timer_check: under TCG on a loaded host the IO-APIC timer check can miss its
+        // ticks and panic ("timer doesn't work through Interrupt-remapped IO-APIC").
         let append = format!(
-            "console=ttyS0 intel_iommu=on hugepagesz=1G hugepages={} panic=-1 quiet",
+            "console=ttyS0 intel_iommu=on hugepagesz=1G hugepages={} no_timer_check panic=-1 quiet",
             c.hugepages_1g
         );
         let mut v: Vec<OsString> = Vec::new();
@@ -407,8 +409,12 @@ impl Lab {
     }
 }
 
-fn default_bin_dirs(ws: &Path) -> Vec<PathBuf> {
-    let mut v = Vec::new();
+/// Where the lab looks for the workspace's host binaries: $HPMMAP_LAB_BINS (a PATH-style
+/// list), $CARGO_TARGET_DIR/debug, <workspace>/target/debug.
+pub fn default_bin_dirs(ws: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::env::var_os("HPMMAP_LAB_BINS")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     if let Some(t) = std::env::var_os("CARGO_TARGET_DIR").filter(|p| !p.is_empty()) {
         v.push(PathBuf::from(t).join("debug"));
     }
