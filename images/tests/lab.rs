@@ -165,10 +165,12 @@ fn cli_runs_a_command_and_refuses_bad_input() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(expect), "{args:?}: {err}");
     }
-    // A hang is killed at the timeout and the console is shown.
+    // A hang is killed at the timeout and the console is shown; its logs stay in --work.
+    let work = std::env::temp_dir().join(format!("hpmmap-lab-timeout-{}", std::process::id()));
     let o = Command::new(LAB)
+        .args(["run", "--work"])
+        .arg(&work)
         .args([
-            "run",
             "--mem",
             "2G",
             "--hugepages",
@@ -186,6 +188,15 @@ fn cli_runs_a_command_and_refuses_bad_input() {
         err.contains("did not finish within 8 s") && err.contains("console log"),
         "{err}"
     );
+    assert!(
+        work.join("console.log").is_file(),
+        "the console log is kept"
+    );
+    assert!(
+        !work.join("initramfs.cpio").exists(),
+        "the initramfs is not"
+    );
+    std::fs::remove_dir_all(&work).unwrap();
 }
 
 #[test]

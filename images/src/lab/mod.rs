@@ -324,7 +324,11 @@ impl Lab {
             self.cfg.hugepages_1g,
             work.display()
         ));
-        let f = qemu::run(&args, self.cfg.timeout, &console)?;
+        let f = qemu::run(&args, self.cfg.timeout, &console);
+        // The initramfs is large and rebuilt every run; the logs stay when the run
+        // failed, since the error points at them.
+        let _ = std::fs::remove_file(&initrd);
+        let f = f?;
         let out =
             String::from_utf8_lossy(&std::fs::read(&output).unwrap_or_default()).replace('\r', "");
         let status = f
