@@ -133,10 +133,18 @@ pub fn run_loop<S: EventSink, H: PvHost>(index: u32, mut vcpu: VcpuFd, sh: VcpuS
             }
             // Only without an in-kernel LAPIC; with one, HLT waits in KVM.
             Ok(VcpuExit::Hlt) | Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => None,
-            Ok(VcpuExit::Shutdown) => Some(VmEvent::TripleFault(format!(
-                "vCPU {index}: triple fault (KVM_EXIT_SHUTDOWN)\n  {}",
-                registers_of(&vcpu)
-            ))),
+            Ok(VcpuExit::Shutdown) => {
+                let regs = registers_of(&vcpu);
+                // AMD SVM leaves the VMCB undefined on shutdown and KVM re-INITs the vCPU.
+                let note = if regs.starts_with("rip=0x000000000000fff0") {
+                    " (post-INIT registers: on AMD SVM, KVM resets a vCPU that shut down, so the faulting state is lost)"
+                } else {
+                    ""
+                };
+                Some(VmEvent::TripleFault(format!(
+                    "vCPU {index}: triple fault (KVM_EXIT_SHUTDOWN){note}\n  {regs}"
+                )))
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET => {
                     VmEvent::GuestShutdown(format!("vCPU {index}: KVM system event {kind}"))

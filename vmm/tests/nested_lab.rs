@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const L1_TIMEOUT: Duration = Duration::from_secs(1200);
+const L1_TIMEOUT: Duration = Duration::from_secs(900);
 
 fn cache_debs() -> PathBuf {
     let base = std::env::var_os("HPMMAP_CACHE")
@@ -128,7 +128,8 @@ echo "L1-NPT $(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
 for run in pvh bzimage; do
   set --
   while read -r a; do set -- "$@" "$a"; done < /lab/args-$run
-  /bin/hpmmap-vmm "$@" --report /tmp/r.json
+  # A hung guest is stopped by SIGTERM (the VMM exits 143 with its report).
+  timeout 300 /bin/hpmmap-vmm "$@" --report /tmp/r.json
   echo "L1-VMM-EXIT $run $?"
   echo "L1-REPORT-BEGIN $run"; cat /tmp/r.json; echo "L1-REPORT-END $run"
 done
@@ -240,35 +241,59 @@ fn linux_boots_as_l2_on_1g_pages_in_nested_kvm() {
     let l1_cpio = dir.path("l1.cpio.gz");
     cpio(&l1, &l1_cpio);
 
-    let r = run_cmd(
-        Command::new("nice").args([
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "EPYC,+svm,+npt,+pdpe1gb",
-            "-machine",
-            "q35",
-            "-m",
-            "6G",
-            "-smp",
-            "2",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-            "-kernel",
-            bzimage.to_str().unwrap(),
-            "-initrd",
-            l1_cpio.to_str().unwrap(),
-            "-append",
-            "console=ttyS0 quiet hugepagesz=1G hugepages=2 panic=-1",
-        ]),
-        L1_TIMEOUT,
-    );
-    let log = r.stdout;
+    // Two vCPUs of an L2 Linux under nested SVM emulated by TCG fail now and then (a guest
+    // triple fault on vCPU 1, or an RCU stall on vCPU 0; see the vmm README): one retry, and
+    // the first failure is printed.
+    let mut attempt = 0;
+    let (r, log) = loop {
+        attempt += 1;
+        let r = run_cmd(
+            Command::new("nice").args([
+                "qemu-system-x86_64",
+                "-accel",
+                "tcg",
+                "-cpu",
+                "EPYC,+svm,+npt,+pdpe1gb",
+                "-machine",
+                "q35",
+                "-m",
+                "6G",
+                "-smp",
+                "2",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+                "-kernel",
+                bzimage.to_str().unwrap(),
+                "-initrd",
+                l1_cpio.to_str().unwrap(),
+                "-append",
+                "console=ttyS0 quiet hugepagesz=1G hugepages=2 panic=-1",
+            ]),
+            L1_TIMEOUT,
+        );
+        let log = r.stdout.clone();
+        let intermittent = r.code.is_none()
+            || ["pvh", "bzimage"].iter().any(|run| {
+                log.contains(&format!("L1-VMM-EXIT {run} 72"))
+                    || log.contains(&format!("L1-VMM-EXIT {run} 143"))
+            });
+        if intermittent && attempt == 1 {
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("hpmmap-vmm") || l.contains("L1-"))
+                .collect();
+            println!(
+                "RETRY: {name}: intermittent nested failure on attempt 1:\n{}",
+                tail.join("\n")
+            );
+            continue;
+        }
+        break (r, log);
+    };
     std::fs::write(std::env::temp_dir().join("hpmmap-vmm-nested.log"), &log).unwrap();
     assert!(
         r.code.is_some(),
