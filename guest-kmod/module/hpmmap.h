@@ -37,6 +37,8 @@ void *hpm_pa_to_va(phys_addr_t pa);
 bool hpm_pa_in_pool(phys_addr_t pa);
 int hpm_zero(phys_addr_t pa, u64 len);
 u64 hpm_pool_bytes(void);
+u64 hpm_pool_pv_zero_bytes(void);
+int hpm_pool_show_source(char *buf);
 u64 hpm_pool_free_bytes(void);
 void hpm_pool_free_blocks(u64 out[HPM_NORD]);
 int hpm_pool_show_nodes(char *buf, size_t len);

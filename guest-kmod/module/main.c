@@ -240,6 +240,18 @@ static ssize_t nodes_show(struct kobject *k, struct kobj_attribute *a, char *buf
 }
 static struct kobj_attribute nodes_attr = __ATTR_RO(nodes);
 
+static ssize_t pool_source_show(struct kobject *k, struct kobj_attribute *a, char *buf)
+{
+	return hpm_pool_show_source(buf);
+}
+static struct kobj_attribute pool_source_attr = __ATTR_RO(pool_source);
+
+static ssize_t pv_zero_bytes_show(struct kobject *k, struct kobj_attribute *a, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n", (unsigned long long)hpm_pool_pv_zero_bytes());
+}
+static struct kobj_attribute pv_zero_bytes_attr = __ATTR_RO(pv_zero_bytes);
+
 static ssize_t policy_show(struct kobject *k, struct kobj_attribute *a, char *buf)
 {
 	return sysfs_emit(buf, "%s\n", READ_ONCE(hpm_fallback) ? "fallback" : "enomem");
@@ -262,7 +274,8 @@ static struct attribute *hpm_attrs[] = {
 	&pool_bytes_attr.attr, &free_bytes_attr.attr, &bytes_mapped_attr.attr,
 	&registered_attr.attr, &mappings_attr.attr, &fallbacks_attr.attr,
 	&faults_attr.attr, &fork_copies_attr.attr, &fork_failures_attr.attr,
-	&free_blocks_attr.attr, &nodes_attr.attr, &policy_attr.attr, NULL,
+	&free_blocks_attr.attr, &nodes_attr.attr, &policy_attr.attr, &pool_source_attr.attr,
+	&pv_zero_bytes_attr.attr, NULL,
 };
 static const struct attribute_group hpm_group = { .attrs = hpm_attrs };
 static struct kobject *hpm_kobj;

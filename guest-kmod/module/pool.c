@@ -73,6 +73,8 @@ static u64 total_bytes, free_bytes;
 static void __iomem *pv_regs;
 static unsigned int pv_page_shift;
 static DEFINE_MUTEX(pv_lock);
+/* Bytes the host zeroed for us through PV ZERO (sysfs pv_zero_bytes). */
+static atomic64_t pv_zeroed = ATOMIC64_INIT(0);
 
 static struct hpm_range *range_of(phys_addr_t pa)
 {
@@ -205,6 +207,8 @@ static bool pv_zero(phys_addr_t pa, u64 len)
 	writel(PV_CMD_ZERO, pv_regs + PV_COMMAND);
 	ok = readl(pv_regs + PV_STATUS) == 0;
 	mutex_unlock(&pv_lock);
+	if (ok)
+		atomic64_add(len, &pv_zeroed);
 	return ok;
 }
 
@@ -226,6 +230,20 @@ int hpm_zero(phys_addr_t pa, u64 len)
 		}
 	}
 	return 0;
+}
+
+u64 hpm_pool_pv_zero_bytes(void)
+{
+	return atomic64_read(&pv_zeroed);
+}
+
+/* Where the pool came from: "pv@ADDR,page_shift=N,ranges=N" or "memmap,ranges=N". */
+int hpm_pool_show_source(char *buf)
+{
+	if (pv_regs)
+		return sysfs_emit(buf, "pv@%#lx,page_shift=%u,ranges=%d\n", pv, pv_page_shift,
+				  nr_ranges);
+	return sysfs_emit(buf, "memmap,ranges=%d\n", nr_ranges);
 }
 
 u64 hpm_pool_bytes(void)
@@ -412,6 +430,8 @@ static int pv_probe(void)
 		if (err)
 			pr_warn("hpmmap: PV range %u (%#llx+%#llx) skipped: %d\n", i, base, size, err);
 	}
+	pr_info("hpmmap: pool from PV device at %#lx: %u ranges, %llu MiB on %u KiB host pages\n",
+		pv, n, (unsigned long long)(total_bytes >> 20), 1u << (pv_page_shift - 10));
 	return 0;
 bad:
 	iounmap(pv_regs);
