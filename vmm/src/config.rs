@@ -32,7 +32,7 @@ that every GiB of guest-physical RAM is exactly one host page, NUMA-bound, prefa
 The guest finds the hpmmap paravirtual device through `hpmmap.pv=0xfeb00000`, appended to its \
 command line, and reports its exit status there; the VMM exits with it.",
     after_long_help = crate::exit::HELP,
-    after_help = "Run with --help for the exit statuses."
+    after_help = "Run with --help for the exit statuses. `hpmmap-vmm selftest --vf NAME [--mem SIZE]` checks a host for --vf."
 )]
 pub struct Args {
     /// Guest RAM, with K/M/G/T suffixes (binary: 1G = 2^30). A multiple of the host page size
@@ -58,8 +58,8 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "kernel")]
     pub initrd: Option<PathBuf>,
 
-    /// Kernel command line for --kernel (default: "console=ttyS0 reboot=k panic=1 pci=off");
-    /// with --image, appended to the image's. `hpmmap.pv=0xfeb00000` is always added.
+    /// Kernel command line for --kernel (default: "console=ttyS0 reboot=k panic=1 pci=off",
+    /// without pci=off under --vf); with --image, appended to the image's. `hpmmap.pv=0xfeb00000` is always added.
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
 
@@ -90,9 +90,40 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
 
+    /// Pass an SR-IOV VF through to the guest with VFIO: an InfiniBand device (mlx5_0), a
+    /// netdev (ib0), a PF PCI address (a free VF of it is taken) or a VF PCI address. The VF is
+    /// bound to vfio-pci for the run and given back to its driver at exit; the guest sees it
+    /// at PCI 00:01.0 and `pci=off` is dropped from the default command line. Check a host
+    /// first with `hpmmap-vmm selftest --vf NAME`.
+    #[arg(long, value_name = "NAME")]
+    pub vf: Option<String>,
+
+    /// With --vf naming a PF that has no VFs enabled: enable N VFs through sriov_numvfs for the
+    /// run (disabled again at exit).
+    #[arg(long, value_name = "N", requires = "vf")]
+    pub vf_create: Option<u32>,
+
     /// Prefault workers (default: one per available core).
     #[arg(long, value_name = "N", default_value_t = 0, hide_short_help = true)]
     pub prefault_workers: usize,
+}
+
+/// `hpmmap-vmm selftest --vf NAME [--mem SIZE]`: checks this host's VF passthrough
+/// prerequisites and prints what to fix. Read-only.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hpmmap-vmm selftest",
+    about = "Check this host's prerequisites for --vf (IOMMU, IOMMU group, vfio-pci, memlock, huge pages); changes nothing",
+    after_help = "Exit status: 0 every prerequisite is met; 1 one or more are missing (each FAIL line says what to fix); 2 bad arguments."
+)]
+pub struct SelftestArgs {
+    /// The device --vf would be given: mlx5_0, ib0, a PF or a VF PCI address.
+    #[arg(long, value_name = "NAME")]
+    pub vf: String,
+
+    /// Guest RAM the VM will have (VFIO pins all of it for DMA), with K/M/G/T suffixes.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "1G")]
+    pub mem: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +147,9 @@ pub struct VmConfig {
     pub report: Option<PathBuf>,
     pub prefault_workers: usize,
     pub job: Option<String>,
+    /// `--vf NAME`, resolved to a VF only when the VM is built.
+    pub vf: Option<String>,
+    pub vf_create: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -142,6 +176,15 @@ fn parent_must_exist(flag: &str, p: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The base command line without its `pci=off` token: with --vf the guest must probe PCI
+/// (it finds conf1 by itself).
+pub fn without_pci_off(base: &str) -> String {
+    base.split_whitespace()
+        .filter(|w| *w != "pci=off")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The guest command line: the base plus the PV device's address.
 pub fn guest_cmdline(base: &str) -> String {
     let pv = format!("hpmmap.pv={PV_MMIO_BASE:#x}");
@@ -162,19 +205,27 @@ impl VmConfig {
                 "--vcpus 0: a guest needs at least 1 vCPU".into(),
             ));
         }
+        // The VMM's own defaults (and an image's) say pci=off; an explicit --cmdline is the
+        // user's and is kept as written.
+        let vmm_default = |s: &str| match a.vf {
+            Some(_) => without_pci_off(s),
+            None => s.to_string(),
+        };
         let (kernel, initrd, base, job) = match (&a.image, &a.kernel) {
             (Some(dir), _) => {
                 let b = image::read(dir).map_err(|e| ConfigError(e.to_string()))?;
                 let base = match &a.cmdline {
-                    Some(extra) => format!("{} {}", b.cmdline, extra),
-                    None => b.cmdline,
+                    Some(extra) => format!("{} {}", vmm_default(&b.cmdline), extra),
+                    None => vmm_default(&b.cmdline),
                 };
                 (b.kernel, b.initrd, base, b.job)
             }
             (None, Some(k)) => (
                 k.clone(),
                 a.initrd.clone(),
-                a.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+                a.cmdline
+                    .clone()
+                    .unwrap_or_else(|| vmm_default(DEFAULT_CMDLINE)),
                 None,
             ),
             (None, None) => {
@@ -228,6 +279,13 @@ impl VmConfig {
                 )));
             }
         }
+        if let Some(v) = &a.vf {
+            if v.trim().is_empty() || v.contains('/') {
+                return Err(ConfigError(format!(
+                    "--vf '{v}': not a device name or PCI address"
+                )));
+            }
+        }
         Ok(VmConfig {
             mem: a.mem,
             vcpus: a.vcpus,
@@ -242,6 +300,8 @@ impl VmConfig {
             report: a.report,
             prefault_workers: a.prefault_workers,
             job,
+            vf: a.vf,
+            vf_create: a.vf_create,
         })
     }
 }
@@ -378,6 +438,86 @@ mod tests {
                 .unwrap_err()
                 .starts_with("--cmdline")
         );
+    }
+
+    #[test]
+    fn vf_flags() {
+        let c = parse(&["--mem", "1G", "--kernel", "/k", "--vf", "ib0"]).unwrap();
+        assert_eq!(c.vf.as_deref(), Some("ib0"));
+        assert_eq!(c.vf_create, None);
+        assert_eq!(
+            c.cmdline,
+            "console=ttyS0 reboot=k panic=1 hpmmap.pv=0xfeb00000"
+        );
+        let c = parse(&[
+            "--mem",
+            "1G",
+            "--kernel",
+            "/k",
+            "--vf",
+            "0000:3b:00.0",
+            "--vf-create",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(c.vf.as_deref(), Some("0000:3b:00.0"));
+        assert_eq!(c.vf_create, Some(4));
+        // An explicit command line is the user's: kept as written.
+        let c = parse(&[
+            "--mem",
+            "1G",
+            "--kernel",
+            "/k",
+            "--vf",
+            "ib0",
+            "--cmdline",
+            "console=ttyS0 pci=off",
+        ])
+        .unwrap();
+        assert_eq!(c.cmdline, "console=ttyS0 pci=off hpmmap.pv=0xfeb00000");
+        // Without --vf nothing changes.
+        let c = parse(&["--mem", "1G", "--kernel", "/k"]).unwrap();
+        assert!(c.cmdline.contains("pci=off"));
+        assert_eq!(c.vf, None);
+    }
+
+    #[test]
+    fn vf_refusals_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--mem", "1G", "--kernel", "/k", "--vf-create", "2"],
+                "--vf",
+            ),
+            (
+                &[
+                    "--mem",
+                    "1G",
+                    "--kernel",
+                    "/k",
+                    "--vf",
+                    "ib0",
+                    "--vf-create",
+                    "x",
+                ],
+                "--vf-create",
+            ),
+            (&["--mem", "1G", "--kernel", "/k", "--vf", " "], "--vf ' '"),
+            (
+                &["--mem", "1G", "--kernel", "/k", "--vf", "../etc"],
+                "--vf '../etc'",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn pci_off_is_removed_as_a_token() {
+        assert_eq!(without_pci_off("a pci=off b"), "a b");
+        assert_eq!(without_pci_off("pci=offx pci=off"), "pci=offx");
+        assert_eq!(without_pci_off("a"), "a");
     }
 
     #[test]

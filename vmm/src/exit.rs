@@ -21,12 +21,16 @@ pub const HELP: &str = "\
 Exit status:
   0-255  the job's exit status, written by the guest to the PV device's EXIT register
   2      bad input: an unusable flag value, kernel, initramfs or image; no /dev/kvm or no
-         permission; too few free huge pages; nothing is left allocated
-  70     the VMM failed on the host
+         permission; too few free huge pages; a --vf that names no device, a PF without
+         SR-IOV or without VFs, no free VF, a VF in use; nothing is left allocated or bound
+  70     the VMM failed on the host (for --vf also: no IOMMU group, a non-viable group,
+         vfio-pci missing, a failed bind, VFIO or DMA mapping; the VF is given back)
   71     the guest kernel panicked
   72     a vCPU triple-faulted (KVM_EXIT_SHUTDOWN)
   73     KVM_EXIT_INTERNAL_ERROR, failed VM entry or unhandled exit (exit data and vCPU
          registers are printed)
   74     the guest powered off without reporting an exit status
   128+N  stopped by signal N (SIGINT, SIGTERM, SIGHUP); the report is still written
-The report (stderr, and --report PATH as JSON) names the exit reason.";
+The report (stderr, and --report PATH as JSON) names the exit reason.
+`hpmmap-vmm selftest --vf NAME [--mem SIZE]` exits 0 when every --vf prerequisite is met,
+1 when one is missing.";

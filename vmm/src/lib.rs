@@ -13,6 +13,7 @@ pub mod loader;
 pub mod memory;
 pub mod platform;
 pub mod report;
+pub mod selftest;
 pub mod units;
 pub mod vcpu;
 pub mod vm;

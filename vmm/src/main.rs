@@ -1,35 +1,20 @@
 use clap::Parser;
-use hpmmap_vmm::config::{Args, VmConfig};
+use hpmmap_vmm::config::{Args, SelftestArgs, VmConfig};
 use hpmmap_vmm::{exit, vm};
 use std::time::Instant;
 
 fn main() {
     let started = Instant::now();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "selftest") {
+        let args = match SelftestArgs::try_parse_from(std::env::args_os().skip(1)) {
+            Ok(a) => a,
+            Err(e) => usage_error(e),
+        };
+        std::process::exit(hpmmap_vmm::selftest::run(&args));
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                std::process::exit(0);
-            }
-            // One line naming the flag and value, not clap's usage block.
-            let text = e.render().to_string();
-            let head = text.split("Usage:").next().unwrap_or("bad arguments");
-            let line = head
-                .lines()
-                .map(str::trim)
-                .filter(|l| {
-                    !l.is_empty()
-                        && !l.starts_with("tip:")
-                        && !l.starts_with("For more information")
-                })
-                .collect::<Vec<_>>()
-                .join(" ");
-            let line = line.strip_prefix("error: ").unwrap_or(&line);
-            eprintln!("hpmmap-vmm: {line} (see --help)");
-            std::process::exit(exit::USAGE);
-        }
+        Err(e) => usage_error(e),
     };
     let report_path = args.report.clone();
     let cfg = match VmConfig::from_args(args) {
@@ -39,7 +24,19 @@ fn main() {
             std::process::exit(exit::USAGE);
         }
     };
-    match vm::run(&cfg, started) {
+    // A panic unwinds through run(), whose drops close VFIO and give the VF back; whatever
+    // a claim still holds after that is put back here, before the process exits.
+    let result = std::panic::catch_unwind(|| vm::run(&cfg, started));
+    if cfg.vf.is_some() {
+        for e in hpmmap_vf::restore_all() {
+            eprintln!("hpmmap-vmm: --vf: restoring the host failed: {e}");
+        }
+    }
+    let result = match result {
+        Ok(r) => r,
+        Err(_) => std::process::exit(exit::VMM_FAILURE),
+    };
+    match result {
         Ok(outcome) => {
             eprintln!("{}", outcome.report.summary());
             if let Some(p) = report_path {
@@ -55,4 +52,26 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     }
+}
+
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        std::process::exit(0);
+    }
+    // One line naming the flag and value, not clap's usage block.
+    let text = e.render().to_string();
+    let head = text.split("Usage:").next().unwrap_or("bad arguments");
+    let line = head
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("tip:") && !l.starts_with("For more information")
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    eprintln!("hpmmap-vmm: {line} (see --help)");
+    std::process::exit(exit::USAGE);
 }

@@ -50,6 +50,31 @@ pub enum VmmError {
     /// A KVM or host call that should not fail did.
     #[error("{0}: {1}")]
     Host(&'static str, String),
+    /// `--vf`: the VF could not be found, claimed or bound (names the sysfs path).
+    #[error("{}", vf_message(.spec, .source))]
+    Vf {
+        spec: String,
+        #[source]
+        source: hpmmap_vf::VfError,
+    },
+    /// `--vf`: VFIO or the guest PCI bus failed after the VF was claimed.
+    #[error("--vf {spec}: {source}")]
+    Pci {
+        spec: String,
+        #[source]
+        source: hpmmap_pci::PciError,
+    },
+}
+
+/// One line naming the flag: hpmmap-vf's messages name it already when the cause lies in
+/// the flag's value (`--vf 'x': ...`, `--vf-create N: ...`), not when it lies in the host.
+fn vf_message(spec: &str, e: &hpmmap_vf::VfError) -> String {
+    let m = e.to_string();
+    if m.starts_with("--vf") {
+        m
+    } else {
+        format!("--vf {spec}: {m}")
+    }
 }
 
 impl VmmError {
@@ -57,6 +82,8 @@ impl VmmError {
         match self {
             VmmError::Memory(m) if !m.is_input() => exit::VMM_FAILURE,
             VmmError::Host(..) => exit::VMM_FAILURE,
+            VmmError::Vf { source, .. } if !source.is_input_error() => exit::VMM_FAILURE,
+            VmmError::Pci { .. } => exit::VMM_FAILURE,
             _ => exit::USAGE,
         }
     }
@@ -102,6 +129,82 @@ impl pv::PvHost for RamHost {
 }
 
 pub type VmBus = Bus<Controller, RamHost>;
+
+/// Tears the guest PCI bus down (irqfds, routes, BAR slots, VFIO, then the VF's original
+/// driver) when it goes out of scope, so that an error return after the VF is on the bus
+/// still gives it back. The signal thread holds the bus forever, so dropping the bus is
+/// not enough.
+struct PciTeardown(Option<Arc<hpmmap_pci::PciRoot>>);
+
+impl Drop for PciTeardown {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            p.shutdown();
+        }
+    }
+}
+
+/// `--vf`: claims the VF (bound to vfio-pci; released on drop). Done before guest RAM is
+/// allocated so that a bad name costs nothing.
+fn claim_vf(cfg: &VmConfig) -> Result<Option<hpmmap_vf::VfClaim>, VmmError> {
+    let Some(spec) = &cfg.vf else {
+        return Ok(None);
+    };
+    let req = hpmmap_vf::VfRequest {
+        spec: spec.clone(),
+        create: cfg.vf_create,
+    };
+    hpmmap_vf::claim_vf(&hpmmap_vf::Sysfs::host(), &req)
+        .map(Some)
+        .map_err(|source| VmmError::Vf {
+            spec: spec.clone(),
+            source,
+        })
+}
+
+/// Opens VFIO for the claimed VF, DMA-maps all guest RAM (IOVA = GPA) and puts the VF on a
+/// new root bus. BAR slots follow the RAM slots; every GSI route goes through one router.
+fn pci_bus(
+    spec: &str,
+    claim: hpmmap_vf::VfClaim,
+    vm: &Arc<VmFd>,
+    ram: &GuestRam,
+    layout: &GuestLayout,
+) -> Result<Arc<hpmmap_pci::PciRoot>, VmmError> {
+    let err = |source| VmmError::Pci {
+        spec: spec.to_string(),
+        source,
+    };
+    let regions = layout.ram_regions();
+    let ram_map: Vec<_> = regions
+        .iter()
+        .map(|r| hpmmap_vf::vfio::GuestRamRegion {
+            gpa: r.gpa,
+            hva: ram.host_address() + r.host_offset,
+            size: r.size,
+        })
+        .collect();
+    let hooks = hpmmap_pci::KvmHooks {
+        slots: Arc::new(hpmmap_pci::KvmMemorySlots::new(
+            vm.clone(),
+            regions.len() as u32,
+        )),
+        router: Arc::new(hpmmap_pci::KvmIrqRouting::new(vm.clone())),
+    };
+    let vf = claim.vf();
+    let dev = hpmmap_pci::VfioPciDevice::from_claim(
+        claim,
+        Arc::new(hpmmap_vf::vfio::KernelVfio::new("/dev")),
+        &ram_map,
+        hooks,
+    )
+    .map_err(err)?;
+    let ram_end = regions.iter().map(|r| r.gpa + r.size).max().unwrap_or(0);
+    let root = hpmmap_pci::PciRoot::new(hpmmap_pci::PciWindows::for_ram_end(ram_end));
+    let slot = root.add_device(Box::new(dev)).map_err(err)?;
+    eprintln!("hpmmap-vmm: --vf {spec}: VF {vf} on the guest's PCI bus at 00:{slot:02x}.0");
+    Ok(Arc::new(root))
+}
 
 /// The end of a run.
 pub struct Outcome {
@@ -375,6 +478,8 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     let platform = Platform::detect();
     let kvm = open_kvm()?;
     let layout = preflight(cfg, &kvm)?;
+    // Bound to vfio-pci from here; released on every return (drop) and by PciTeardown.
+    let vf_claim = claim_vf(cfg)?;
     let mut phases: Vec<(&'static str, f64)> = Vec::new();
     let mut mark = {
         let mut last = started;
@@ -393,7 +498,8 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     let (ram, prefault) = GuestRam::create(&ram_options(cfg))?;
     mark(&mut phases, "guest_ram");
     let ram = Arc::new(ram);
-    let vm = kvm.create_vm().map_err(host("KVM_CREATE_VM"))?;
+    // Shared with the VF's memory slots and GSI routing, which vCPU threads update.
+    let vm = Arc::new(kvm.create_vm().map_err(host("KVM_CREATE_VM"))?);
     // Needed by VMX for real-mode emulation; harmless elsewhere and refused by some KVMs.
     let _ = vm.set_tss_address(TSS_ADDRESS);
     vm.create_irq_chip().map_err(host("KVM_CREATE_IRQCHIP"))?;
@@ -415,6 +521,15 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     }
     let mem = ram.guest_memory(&layout)?;
     mark(&mut phases, "kvm_vm");
+    let pci = match (vf_claim, &cfg.vf) {
+        (Some(claim), Some(spec)) => {
+            let root = pci_bus(spec, claim, &vm, &ram, &layout)?;
+            mark(&mut phases, "vfio_and_pci");
+            Some(root)
+        }
+        _ => None,
+    };
+    let pci_teardown = PciTeardown(pci.clone());
     let kernel = loader::load_kernel(&mem, &layout, &cfg.kernel)?;
     let initrd = match &cfg.initrd {
         Some(p) => Some(loader::load_initrd(&mem, &layout, &kernel, p)?),
@@ -446,6 +561,7 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         sink: Controller { tx: Mutex::new(tx) },
         unhandled: devices::Unhandled::default(),
         result: Mutex::new(None),
+        pci,
     });
 
     let mut vcpus = Vec::new();
@@ -544,6 +660,8 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     };
     drop(shared);
     drop(bus);
+    // The vCPUs are gone; the VF's slots, routes and VFIO go before the VM.
+    drop(pci_teardown);
     drop(vm);
     Ok(Outcome { exit_code, report })
 }
@@ -588,6 +706,40 @@ mod tests {
         let ev = wait_for_outcome(&rx, || None);
         assert!(matches!(ev, VmEvent::GuestPanic(_)));
         assert!(started.elapsed() >= PANIC_GRACE);
+    }
+
+    #[test]
+    fn vf_errors_name_the_flag_and_pick_the_status() {
+        let input = VmmError::Vf {
+            spec: "0000:00:02.0".into(),
+            source: hpmmap_vf::VfError::NoSriov {
+                pf: "0000:00:02.0".parse().unwrap(),
+                path: "/sys/bus/pci/devices/0000:00:02.0/sriov_totalvfs".into(),
+            },
+        };
+        assert_eq!(input.exit_code(), exit::USAGE);
+        let m = input.to_string();
+        assert!(m.starts_with("--vf 0000:00:02.0: PF"), "{m}");
+        assert!(m.contains("/sys/bus/pci/devices/0000:00:02.0/sriov_totalvfs"));
+        // Already names the flag: not named twice.
+        let named = VmmError::Vf {
+            spec: "x".into(),
+            source: hpmmap_vf::VfError::BadSpec {
+                name: "x".into(),
+                reason: "r".into(),
+            },
+        };
+        assert!(named.to_string().starts_with("--vf 'x'"));
+        assert_eq!(named.exit_code(), exit::USAGE);
+        let host_state = VmmError::Vf {
+            spec: "ib0".into(),
+            source: hpmmap_vf::VfError::NoIommuGroup {
+                device: "0000:3b:00.2".parse().unwrap(),
+                path: "/sys/bus/pci/devices/0000:3b:00.2/iommu_group".into(),
+            },
+        };
+        assert_eq!(host_state.exit_code(), exit::VMM_FAILURE);
+        assert!(host_state.to_string().starts_with("--vf ib0: "));
     }
 
     #[test]

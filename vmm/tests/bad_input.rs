@@ -259,3 +259,123 @@ fn no_dev_kvm_or_no_permission() {
     }
     let _ = std::fs::remove_file(ro);
 }
+
+/// Every PCI function of this host and the driver it is bound to, to show a refused `--vf`
+/// left no binding behind.
+fn pci_bindings() -> Vec<(String, Option<String>)> {
+    let mut v: Vec<_> = std::fs::read_dir("/sys/bus/pci/devices")
+        .map(|d| d.filter_map(Result::ok).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let drv = std::fs::read_link(e.path().join("driver"))
+                .ok()
+                .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()));
+            (e.file_name().to_string_lossy().into_owned(), drv)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// `--vf` that cannot be satisfied on this host (no such device; a PCI function without
+/// SR-IOV): exit 2, one line naming --vf and the sysfs path of the cause, no binding changed.
+/// This host has no SR-IOV and no IOMMU; the real claim path is the pci lab's.
+#[test]
+fn vf_refused() {
+    if !kvm_or_skip("vf_refused") {
+        return;
+    }
+    let dir = TempDir::new("bad-vf");
+    let k = good_kernel(&dir);
+    let before = pci_bindings();
+    refuse(
+        &dir,
+        &[
+            "--mem",
+            "64M",
+            "--hugepages",
+            "none",
+            "--kernel",
+            &k,
+            "--vf",
+            "nosuchdev0",
+        ],
+        &[
+            "--vf",
+            "nosuchdev0",
+            "no such device",
+            "/sys/class/net/nosuchdev0",
+        ],
+    );
+    // A real PCI function without SR-IOV, named as a PF.
+    let plain = before.iter().map(|(a, _)| a.clone()).find(|a| {
+        !std::path::Path::new("/sys/bus/pci/devices")
+            .join(a)
+            .join("sriov_totalvfs")
+            .exists()
+    });
+    match plain {
+        Some(addr) => refuse(
+            &dir,
+            &[
+                "--mem",
+                "64M",
+                "--hugepages",
+                "none",
+                "--kernel",
+                &k,
+                "--vf",
+                &addr,
+            ],
+            &[
+                "--vf",
+                &addr,
+                "no SR-IOV",
+                &format!("/sys/bus/pci/devices/{addr}/sriov_totalvfs"),
+            ],
+        ),
+        None => eprintln!("SKIP: vf_refused (no SR-IOV half): no PCI function without SR-IOV"),
+    }
+    // --vf-create without --vf is a usage error, before anything is looked up.
+    refuse(
+        &dir,
+        &["--mem", "64M", "--kernel", &k, "--vf-create", "2"],
+        &["--vf"],
+    );
+    assert_eq!(pci_bindings(), before, "a PCI binding changed");
+}
+
+/// `selftest --vf` prints every check it made and fails on this host (no IOMMU, no VF).
+#[test]
+fn vf_selftest_reports_and_fails() {
+    let r = run_vmm(&["selftest", "--vf", "nosuchdev0", "--mem", "1G"], T);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        r.stdout,
+        r.stderr
+    );
+    for check in ["IOMMU", "vfio-pci", "PF / SR-IOV", "RLIMIT_MEMLOCK"] {
+        assert!(
+            r.stdout.lines().any(|l| l.contains(check)),
+            "no {check:?} check in:\n{}",
+            r.stdout
+        );
+    }
+    assert!(
+        r.stdout.contains("nosuchdev0") && r.stdout.contains("no such device"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("selftest failed"), "{}", r.stdout);
+    assert!(r.stdout.contains("fix:"), "{}", r.stdout);
+    // Bad arguments to the subcommand are usage errors.
+    let r = run_vmm(&["selftest"], T);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("--vf"), "{}", r.stderr);
+    let r = run_vmm(&["selftest", "--vf", "ib0", "--mem", "12X"], T);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("--mem"), "{}", r.stderr);
+}

@@ -54,10 +54,16 @@ pub struct Bus<S: EventSink, H: pv::PvHost> {
     pub unhandled: Unhandled,
     /// The job's result line (PV RESULT command), the last one written.
     pub result: Mutex<Option<String>>,
+    /// The guest PCI bus (conf1 ports, ECAM, trapped BAR pages), present with `--vf`. It is
+    /// asked first: its ranges do not overlap the devices above.
+    pub pci: Option<std::sync::Arc<hpmmap_pci::PciRoot>>,
 }
 
 impl<S: EventSink, H: pv::PvHost> Bus<S, H> {
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if self.pci.as_ref().is_some_and(|p| p.pio_read(port, data)) {
+            return;
+        }
         match port {
             p if (COM1_BASE..COM1_BASE + 8).contains(&p) && data.len() == 1 => {
                 data[0] = self.serial.lock().unwrap().read((p - COM1_BASE) as u8);
@@ -73,6 +79,9 @@ impl<S: EventSink, H: pv::PvHost> Bus<S, H> {
     }
 
     pub fn pio_write(&self, port: u16, data: &[u8]) {
+        if self.pci.as_ref().is_some_and(|p| p.pio_write(port, data)) {
+            return;
+        }
         match port {
             p if (COM1_BASE..COM1_BASE + 8).contains(&p) && data.len() == 1 => {
                 let ev = self
@@ -96,6 +105,9 @@ impl<S: EventSink, H: pv::PvHost> Bus<S, H> {
     }
 
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if self.pci.as_ref().is_some_and(|p| p.mmio_read(addr, data)) {
+            return;
+        }
         if (PV_MMIO_BASE..PV_MMIO_BASE + PV_MMIO_SIZE).contains(&addr) {
             self.pv.lock().unwrap().read(addr - PV_MMIO_BASE, data);
         } else {
@@ -105,6 +117,9 @@ impl<S: EventSink, H: pv::PvHost> Bus<S, H> {
     }
 
     pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if self.pci.as_ref().is_some_and(|p| p.mmio_write(addr, data)) {
+            return;
+        }
         if (PV_MMIO_BASE..PV_MMIO_BASE + PV_MMIO_SIZE).contains(&addr) {
             let ev = self
                 .pv
@@ -165,6 +180,7 @@ mod tests {
                 sink: Sink::default(),
                 unhandled: Unhandled::default(),
                 result: Mutex::new(None),
+                pci: None,
             },
             out,
         )
