@@ -43,7 +43,8 @@ $SUDO apt-get update -qq
 log "installing build and lab packages"
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential cpio zstd xz-utils gzip kmod busybox-static dpkg-dev \
-    numactl libnuma-dev python3 ca-certificates >/dev/null
+    numactl libnuma-dev python3 ca-certificates \
+    stress-ng flex bison libelf-dev bc >/dev/null
 $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
     qemu-system-x86 >/dev/null
 qemu-system-x86_64 --version | head -1 >&2
