@@ -203,6 +203,48 @@ mod tests {
         assert_eq!(&m, b"HPMM");
     }
 
+    /// With a PCI bus the guest's conf1 probe (Linux's: 0x80000000 to 0xCF8, read back, read
+    /// the host bridge's IDs) and ECAM reach it first; what it does not answer (0xCF9 reset
+    /// control, the serial port, the PV page) still reaches the other devices.
+    #[test]
+    fn pci_bus_answers_first_and_only_for_its_ranges() {
+        use hpmmap_pci::layout::{CONF1_ADDRESS_PORT, CONF1_DATA_PORT, ECAM_BASE};
+        let (mut b, out) = bus();
+        b.pci = Some(std::sync::Arc::new(hpmmap_pci::PciRoot::new(
+            hpmmap_pci::PciWindows::for_ram_end(1 << 30),
+        )));
+        b.pio_write(CONF1_ADDRESS_PORT, &0x8000_0000u32.to_le_bytes());
+        let mut d = [0u8; 4];
+        b.pio_read(CONF1_ADDRESS_PORT, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x8000_0000);
+        b.pio_read(CONF1_DATA_PORT, &mut d);
+        assert_eq!(
+            u32::from_le_bytes(d),
+            0x0008_1b36,
+            "host bridge vendor:device"
+        );
+        b.mmio_read(ECAM_BASE, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x0008_1b36, "same through ECAM");
+        // 00:05.0 is absent: all-ones, answered by the bus, not counted as unhandled.
+        b.pio_write(CONF1_ADDRESS_PORT, &0x8000_2800u32.to_le_bytes());
+        b.pio_read(CONF1_DATA_PORT, &mut d);
+        assert_eq!(d, [0xFF; 4]);
+        assert_eq!(b.unhandled.pio.load(Ordering::Relaxed), 0);
+        assert_eq!(b.unhandled.mmio.load(Ordering::Relaxed), 0);
+        let mut one = [0u8; 1];
+        b.pio_read(0xCF9, &mut one);
+        assert_eq!(
+            b.unhandled.pio.load(Ordering::Relaxed),
+            1,
+            "0xCF9 is not the bus's"
+        );
+        b.pio_write(COM1_BASE, b"x");
+        assert_eq!(&*out.lock().unwrap(), b"x");
+        b.mmio_read(PV_MMIO_BASE, &mut d);
+        assert_eq!(&d, b"HPMM");
+        b.pci.as_ref().unwrap().shutdown();
+    }
+
     /// Garbage everywhere: every port, sizes 1..8, MMIO across the hole. Nothing panics and
     /// unknown accesses read as all-ones.
     #[test]
