@@ -13,11 +13,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::competitor::{self, BuildLoop, Competitor};
+use crate::config::{Config, Place};
 use crate::hugepages::{HugePool, POOL_2M};
-use crate::memory::{AllocMode, HUGE_2M};
+use crate::memory::HUGE_2M;
 use crate::platform::Platform;
 use crate::report::WorkloadReport;
 use crate::table::{self, Results};
+use crate::vm::{self, VmPlace, VmRunInfo, VmShape};
 use crate::workloads::Workload;
 
 /// Competing commodity load around a measurement.
@@ -77,7 +79,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cell {
     pub workload: Workload,
-    pub config: AllocMode,
+    pub config: Config,
 }
 
 /// The order of a run: for every repetition, every profile, every cell. Profiles and cells
@@ -115,7 +117,7 @@ pub struct Options {
     pub reps: usize,
     pub out: PathBuf,
     pub workloads: Vec<Workload>,
-    pub configs: Vec<AllocMode>,
+    pub configs: Vec<Config>,
     pub profiles: Vec<Profile>,
     pub ranks: usize,
     pub sizes: BTreeMap<Workload, WorkloadSize>,
@@ -127,6 +129,11 @@ pub struct Options {
     pub note: Option<String>,
     pub command_line: String,
     pub run_timeout: Duration,
+    /// Run the VM configurations in the nested lab even where this host's KVM boots Linux.
+    pub force_lab: bool,
+    /// Repetitions and sizes of the lab's VM runs (emulated: far smaller than native).
+    pub lab_reps: usize,
+    pub lab_sizes: BTreeMap<Workload, WorkloadSize>,
 }
 
 /// Default sizes: `--quick` small enough for < 10 minutes on 2 shared cores.
@@ -153,6 +160,34 @@ pub fn default_sizes(quick: bool) -> BTreeMap<Workload, WorkloadSize> {
         );
     }
     s
+}
+
+/// Lab sizes: small enough for QEMU/TCG (about 50-100x slower than native) and an L2
+/// guest of 2 GiB; `--quick` fits one L1 boot of about 10 minutes for all four workloads.
+pub fn default_lab_sizes(quick: bool) -> BTreeMap<Workload, WorkloadSize> {
+    let mb = |m: u64| m << 20;
+    let (cg, stream, gups, faults) = if quick {
+        ((mb(16), 40), (mb(16), 3), (mb(8), 2), (mb(16), 4))
+    } else {
+        ((mb(32), 50), (mb(32), 5), (mb(16), 4), (mb(32), 8))
+    };
+    [
+        (Workload::Cg, cg),
+        (Workload::Stream, stream),
+        (Workload::Gups, gups),
+        (Workload::Faults, faults),
+    ]
+    .into_iter()
+    .map(|(w, (m, i))| {
+        (
+            w,
+            WorkloadSize {
+                mem_per_rank: m,
+                iters: i,
+            },
+        )
+    })
+    .collect()
 }
 
 /// Set by SIGINT / SIGTERM / SIGHUP; every wait in the harness checks it.
@@ -199,10 +234,15 @@ pub struct RunRecord {
     pub rep: usize,
     pub profile: Profile,
     pub workload: Workload,
-    pub config: AllocMode,
+    pub config: Config,
+    #[serde(default)]
+    pub place: Place,
     pub wall_secs: f64,
     pub error: Option<String>,
     pub report: Option<WorkloadReport>,
+    /// VM runs: what the guest and hpmmap-vmm said besides the workload's lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmRunInfo>,
 }
 
 /// The workload binary: `HPMMAP_WORKLOAD_BIN`, else `hpmmap-workload` beside this binary.
@@ -353,26 +393,12 @@ impl Profiles {
     }
 }
 
-/// Runs one workload process in its own process group; killed on timeout or signal.
-fn run_workload(
-    bin: &Path,
-    cell: Cell,
-    size: &WorkloadSize,
-    ranks: usize,
-    cpus: &[usize],
+/// Runs `cmd` in its own process group (dying with the harness), collecting stdout and
+/// stderr; the group is killed on timeout or signal.
+pub(crate) fn run_child(
+    mut cmd: Command,
     timeout: Duration,
-) -> Result<WorkloadReport> {
-    let mut cmd = Command::new(bin);
-    cmd.arg(cell.workload.name())
-        .args(["--ranks", &ranks.to_string()])
-        .args(["--mem-per-rank", &size.mem_per_rank.to_string()])
-        .args(["--iters", &size.iters.to_string()])
-        .args(["--mode", cell.config.name()])
-        .args(["--tol", "0"]);
-    if !cpus.is_empty() {
-        let list: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
-        cmd.args(["--cpus", &list.join(",")]);
-    }
+) -> Result<(std::process::ExitStatus, String, String)> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -383,9 +409,8 @@ fn run_workload(
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+    let prog = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd.spawn().with_context(|| format!("starting {prog}"))?;
     let pgid = child.id() as i32;
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
@@ -419,15 +444,156 @@ fn run_workload(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    // Ranks die with their parent (PDEATHSIG); make sure of it before going on.
+    // Children die with their parent (PDEATHSIG); make sure of it before going on.
     kill_group();
     let out = out_t.join().unwrap_or_default();
     let err = err_t.join().unwrap_or_default();
+    Ok((status, out, err))
+}
+
+/// Runs one native workload process.
+fn run_workload(
+    bin: &Path,
+    cell: Cell,
+    size: &WorkloadSize,
+    ranks: usize,
+    cpus: &[usize],
+    timeout: Duration,
+) -> Result<WorkloadReport> {
+    let mut cmd = Command::new(bin);
+    cmd.args(vm::workload_args(cell, size, ranks, cpus));
+    let (status, out, err) = run_child(cmd, timeout)?;
     if !status.success() {
         let last = err.lines().last().unwrap_or("").to_string();
         bail!("exited with {status}: {last}");
     }
     WorkloadReport::parse(&out).map_err(|e| anyhow!("unreadable output: {e}"))
+}
+
+/// The VM cells in one nested-lab boot; their records join `records`.
+fn run_lab(
+    opts: &Options,
+    l: &crate::runner::LabRunner,
+    configs: &[Config],
+    shape: &VmShape,
+    logs: &Path,
+    records: &mut Vec<RunRecord>,
+) -> Result<table::LabInfo> {
+    let cells: Vec<Cell> = opts
+        .workloads
+        .iter()
+        .flat_map(|&w| {
+            configs.iter().map(move |&c| Cell {
+                workload: w,
+                config: c,
+            })
+        })
+        .collect();
+    let plan = crate::lab::LabPlan {
+        cells: schedule(opts.lab_reps, &opts.profiles, &cells)
+            .into_iter()
+            .flat_map(|(rep, profile, order)| {
+                order.into_iter().map(move |c| crate::lab::LabCell {
+                    rep,
+                    profile,
+                    workload: c.workload,
+                    config: c.config,
+                })
+            })
+            .collect(),
+        sizes: opts.lab_sizes.clone(),
+        // L2 has two vCPUs: one rank, the guest kernel beside it.
+        ranks: 1,
+        shape: shape.clone(),
+        warmup_secs: opts.warmup.as_secs_f64().ceil().max(1.0) as u32,
+        run_timeout_secs: 300,
+        l1_cpus: 2,
+    };
+    eprintln!(
+        "[bench] nested lab: {} L2 runs in one L1 boot (QEMU/TCG; roughly 15-25 s each); hpmmap-lab {}",
+        plan.cells.len(),
+        l.args(&plan).join(" ")
+    );
+    let res = l.run(&plan)?;
+    table::write_atomic(&logs.join("lab-output.txt"), &res.raw)?;
+    for r in &res.records {
+        match (&r.report, &r.error) {
+            (Some(w), _) => eprintln!(
+                "[bench] lab rep {} {:>3} {:>6}/{:<9} verified={} measured-phase faults {} (setup {}){}",
+                r.rep + 1,
+                r.profile.name(),
+                r.workload.name(),
+                r.config.name(),
+                w.valid,
+                w.minflt + w.majflt,
+                w.setup_minflt + w.setup_majflt,
+                r.vm
+                    .as_ref()
+                    .and_then(|v| v.hpmmap_counters.iter().find(|(k, _)| k == "faults"))
+                    .map_or(String::new(), |(_, v)| format!(", hpmmap module faults {v}"))
+            ),
+            (None, e) => eprintln!(
+                "[bench] lab rep {} {} {}/{} FAILED: {}",
+                r.rep + 1,
+                r.profile.name(),
+                r.workload.name(),
+                r.config.name(),
+                e.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    records.extend(res.records);
+    let l1 = res
+        .output
+        .l1
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut notes = vec![
+        "the paper's competing kernel build cannot run in L1 (no compiler there): profiles A and B are stress-ng inside L1".to_string(),
+        "L2 guests' RAM is boot-reserved 1 GiB hugetlb pages of L1, prefaulted and locked by hpmmap-vmm, so L1's memory pressure does not reach it; the difference between the rows is the guest's own memory management".to_string(),
+    ];
+    notes.extend(res.boot_notes.iter().cloned());
+    let retried = res.output.runs.iter().filter(|r| r.retries > 0).count();
+    if retried > 0 {
+        notes.push(format!(
+            "{retried} L2 boot(s) triple-faulted before the guest's init ran (hpmmap-vmm exit 72, the known intermittent nested-boot failure under TCG) and were booted once more; the job had not started"
+        ));
+    }
+    if !res.output.done {
+        notes.push(format!(
+            "the lab stopped before the end of its plan (hpmmap-lab status {:?})",
+            res.status
+        ));
+    }
+    Ok(table::LabInfo {
+        label: crate::config::LAB_LABEL.to_string(),
+        l1,
+        reps: opts.lab_reps,
+        ranks: plan.ranks,
+        sizes: opts
+            .workloads
+            .iter()
+            .map(|w| (w.name().to_string(), opts.lab_sizes[w].clone()))
+            .collect(),
+        shape: shape.clone(),
+        competitors: [Profile::A, Profile::B]
+            .into_iter()
+            .filter(|p| opts.profiles.contains(p))
+            .map(|p| {
+                format!(
+                    "profile {}: `stress-ng {}` in L1",
+                    p.name(),
+                    crate::lab::stress_args(p).unwrap_or("")
+                )
+            })
+            .collect(),
+        competitor_stops: res.output.profile_stops.clone(),
+        elapsed_secs: res.elapsed.as_secs_f64(),
+        complete: res.output.done,
+        notes,
+    })
 }
 
 fn utc_now() -> String {
@@ -468,7 +634,15 @@ pub fn run(opts: &Options) -> Result<Results> {
         let _ = std::fs::remove_file(logs.join(f));
     }
 
-    let max_builds = opts.profiles.iter().map(|p| p.builds()).max().unwrap_or(0);
+    // Host competitors are only needed for cells that run on this host: not when every
+    // configuration asked for is a VM one and the VMs go to the nested lab.
+    let host_cells = opts.configs.iter().any(|c| !c.is_vm())
+        || (!opts.force_lab && vm::host_can_boot_linux(&platform));
+    let max_builds = if host_cells {
+        opts.profiles.iter().map(|p| p.builds()).max().unwrap_or(0)
+    } else {
+        0
+    };
     let mut competitors_desc = Vec::new();
     let mut build_src = None;
     let mut build_objs = Vec::new();
@@ -520,7 +694,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         competitors_desc.push(format!("build: {what}"));
         build_src = Some(src);
     }
-    if opts.profiles.contains(&Profile::B) {
+    if host_cells && opts.profiles.contains(&Profile::B) {
         if !competitor::have("stress-ng") {
             bail!("profile B needs stress-ng (apt-get install stress-ng)");
         }
@@ -547,7 +721,7 @@ pub fn run(opts: &Options) -> Result<Results> {
 
     let mut configs = opts.configs.clone();
     let mut notes = Vec::new();
-    let _pool = if configs.contains(&AllocMode::Hugetlb) {
+    let _pool = if configs.contains(&Config::Hugetlb) {
         // Every array is rounded up to 2 MiB; no workload has more than 8 arrays.
         let per_rank = opts
             .workloads
@@ -562,7 +736,7 @@ pub fn run(opts: &Options) -> Result<Results> {
                 Some(p)
             }
             Err(e) => {
-                configs.retain(|c| *c != AllocMode::Hugetlb);
+                configs.retain(|c| *c != Config::Hugetlb);
                 notes.push(format!("hugetlb rows absent: {e}"));
                 eprintln!("[bench] hugetlb rows absent: {e}");
                 None
@@ -571,10 +745,104 @@ pub fn run(opts: &Options) -> Result<Results> {
     } else {
         None
     };
-    let vm_absent = platform.kvm.vm_rows_absent_because();
+    // The VM configurations: here (a KVM that boots Linux) or in the nested lab.
+    let want_vm: Vec<Config> = configs.iter().copied().filter(|c| c.is_vm()).collect();
+    let mut vm_absent = None;
+    let mut host_vm = None;
+    let mut lab_runner = None;
+    let mut _reservation = None;
+    let mut _images_dir = None;
+    let vm_shape = VmShape::default();
+    if want_vm.is_empty() {
+        vm_absent = Some(match platform.kvm.vm_rows_absent_because() {
+            Some(w) => format!("not requested (--configs vm-thp,vm-hpmmap); besides, {w}"),
+            None => "not requested (--configs vm-thp,vm-hpmmap)".into(),
+        });
+    } else {
+        let lab_tool = vm::find_tool("hpmmap-lab");
+        let lab_ok = match &lab_tool {
+            Some(_) => crate::runner::lab_prerequisites(),
+            None => Err("hpmmap-lab not found (cargo build --release -p hpmmap-image, or set HPMMAP_LAB_BIN)".into()),
+        };
+        let place = vm::choose_place(&platform.kvm, opts.force_lab, lab_ok);
+        let prepared: Result<()> = (|| {
+            if matches!(place, VmPlace::Absent(_)) {
+                return Ok(());
+            }
+            let vmm = vm::find_tool("hpmmap-vmm")
+                .ok_or_else(|| anyhow!("hpmmap-vmm not found (cargo build --release -p hpmmap-vmm, or set HPMMAP_VMM_BIN)"))?;
+            let image_tool = vm::find_tool("hpmmap-image")
+                .ok_or_else(|| anyhow!("hpmmap-image not found (cargo build --release -p hpmmap-image, or set HPMMAP_IMAGE_BIN)"))?;
+            let dir = crate::runner::TempDir::new("images")?;
+            let images = vm::build_images(
+                &image_tool,
+                &vm::image_workload_binary(&bin),
+                &want_vm,
+                &dir.0,
+            )?;
+            if place == VmPlace::Host {
+                if let Some(off) = vm::find_tool("hpmmap-offline") {
+                    _reservation = Some(crate::runner::Reservation::take(&off, vm_shape.mem_gib)?);
+                }
+                host_vm = Some(crate::runner::HostVm {
+                    vmm,
+                    images,
+                    shape: VmShape {
+                        vcpus: rank_cpus.len().max(1) as u32,
+                        cpu_affinity: (!rank_cpus.is_empty()).then(|| {
+                            rank_cpus
+                                .iter()
+                                .map(|c| c.to_string())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        }),
+                        ..vm_shape.clone()
+                    },
+                    scratch: dir.0.clone(),
+                });
+            } else {
+                lab_runner = Some(crate::runner::LabRunner {
+                    lab: lab_tool.clone().expect("checked"),
+                    bins: vmm.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    images,
+                    stress_ng: std::env::var_os("PATH").and_then(|p| {
+                        std::env::split_paths(&p)
+                            .map(|d| d.join("stress-ng"))
+                            .find(|p| p.is_file())
+                    }),
+                    scratch: dir.0.clone(),
+                });
+            }
+            _images_dir = Some(dir);
+            Ok(())
+        })();
+        match (&place, prepared) {
+            (VmPlace::Absent(why), _) => vm_absent = Some(why.clone()),
+            (_, Err(e)) if e.downcast_ref::<Interrupted>().is_some() => return Err(e),
+            (_, Err(e)) => vm_absent = Some(format!("{e:#}")),
+            (VmPlace::Host, Ok(())) => eprintln!(
+                "[bench] VM rows: hpmmap-vmm on this host's KVM, interleaved with the native runs"
+            ),
+            (VmPlace::Lab, Ok(())) => eprintln!(
+                "[bench] VM rows: in the nested lab ({}), after the native runs",
+                crate::config::LAB_LABEL
+            ),
+        }
+        if vm_absent.is_some() {
+            configs.retain(|c| !c.is_vm());
+        }
+    }
     if let Some(why) = &vm_absent {
         eprintln!("[bench] VM rows absent: {why}");
     }
+    // In the lab the VM cells run after the native ones, in one L1 boot.
+    let lab_configs: Vec<Config> = if lab_runner.is_some() {
+        let v = configs.iter().copied().filter(|c| c.is_vm()).collect();
+        configs.retain(|c| !c.is_vm());
+        v
+    } else {
+        Vec::new()
+    };
 
     let cells: Vec<Cell> = opts
         .workloads
@@ -586,7 +854,12 @@ pub fn run(opts: &Options) -> Result<Results> {
             })
         })
         .collect();
-    let plan = schedule(opts.reps, &opts.profiles, &cells);
+    // No native cell (only VM cells, all in the lab): no host profile to run.
+    let plan = if cells.is_empty() {
+        Vec::new()
+    } else {
+        schedule(opts.reps, &opts.profiles, &cells)
+    };
     let total_runs: usize = plan.iter().map(|(_, _, c)| c.len()).sum();
     let mut records = Vec::with_capacity(total_runs);
     let t_start = Instant::now();
@@ -622,13 +895,24 @@ pub fn run(opts: &Options) -> Result<Results> {
             }
             let size = &opts.sizes[&cell.workload];
             let t0 = Instant::now();
-            let res = run_workload(&bin, *cell, size, opts.ranks, &rank_cpus, opts.run_timeout);
+            let (res, place) = match (&host_vm, cell.config.is_vm()) {
+                (Some(h), true) => (
+                    h.run(*cell, size, opts.ranks, opts.run_timeout)
+                        .map(|(r, i)| (r, Some(i))),
+                    Place::HostVm,
+                ),
+                _ => (
+                    run_workload(&bin, *cell, size, opts.ranks, &rank_cpus, opts.run_timeout)
+                        .map(|r| (r, None)),
+                    Place::Native,
+                ),
+            };
             let wall = t0.elapsed().as_secs_f64();
             done += 1;
             let elapsed = t_start.elapsed().as_secs_f64();
             let eta = elapsed / done as f64 * (total_runs - done) as f64;
             let rec = match res {
-                Ok(r) => {
+                Ok((r, vm_info)) => {
                     eprintln!(
                         "[bench] [{done}/{total_runs}, eta {:.0} min] rep {} {:>3} {:>6}/{:<8} {:.3} s measured, {} = {:.4} {}, faults {}{}",
                         eta / 60.0,
@@ -648,9 +932,11 @@ pub fn run(opts: &Options) -> Result<Results> {
                         profile: *profile,
                         workload: cell.workload,
                         config: cell.config,
+                        place,
                         wall_secs: wall,
                         error: None,
                         report: Some(r),
+                        vm: vm_info,
                     }
                 }
                 Err(e) => {
@@ -669,9 +955,11 @@ pub fn run(opts: &Options) -> Result<Results> {
                         profile: *profile,
                         workload: cell.workload,
                         config: cell.config,
+                        place,
                         wall_secs: wall,
                         error: Some(format!("{e:#}")),
                         report: None,
+                        vm: None,
                     }
                 }
             };
@@ -681,6 +969,18 @@ pub fn run(opts: &Options) -> Result<Results> {
             c.stop()?;
         }
     }
+
+    let lab = match &lab_runner {
+        Some(l) => Some(run_lab(
+            opts,
+            l,
+            &lab_configs,
+            &vm_shape,
+            &logs,
+            &mut records,
+        )?),
+        None => None,
+    };
 
     let mut builds = Vec::new();
     for k in 0..max_builds {
@@ -711,6 +1011,11 @@ pub fn run(opts: &Options) -> Result<Results> {
             competitors: competitors_desc,
             builds_completed: builds,
             vm_rows_absent: vm_absent,
+            vm_place: records
+                .iter()
+                .find(|r| r.config.is_vm())
+                .map(|r| r.place.label().to_string()),
+            lab,
             notes,
             quick: opts.quick,
         },
@@ -726,7 +1031,7 @@ mod tests {
 
     #[test]
     fn schedule_interleaves_and_covers_every_cell_once_per_rep_and_profile() {
-        let cells: Vec<Cell> = [AllocMode::Thp, AllocMode::Hugetlb, AllocMode::Populate]
+        let cells: Vec<Cell> = [Config::Thp, Config::Hugetlb, Config::Populate]
             .into_iter()
             .map(|c| Cell {
                 workload: Workload::Cg,
@@ -748,11 +1053,8 @@ mod tests {
             }
         }
         // Each configuration comes first in a different repetition.
-        let firsts: Vec<AllocMode> = (0..3).map(|r| plan[r * 3].2[0].config).collect();
-        assert_eq!(
-            firsts,
-            vec![AllocMode::Thp, AllocMode::Hugetlb, AllocMode::Populate]
-        );
+        let firsts: Vec<Config> = (0..3).map(|r| plan[r * 3].2[0].config).collect();
+        assert_eq!(firsts, vec![Config::Thp, Config::Hugetlb, Config::Populate]);
         assert_ne!(plan[0].1, plan[3].1);
     }
 

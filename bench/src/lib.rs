@@ -7,16 +7,23 @@
 //!   interleaved run plan and its execution ([`harness`]), statistics ([`stats`]), the
 //!   markdown / JSON table ([`table`]), the SVG plot ([`svg`]) and the platform line
 //!   ([`platform`]).
+//! - The VM configurations ([`config`]): job images booted by `hpmmap-vmm` ([`vm`]), run on
+//!   this host's KVM or, where it cannot boot Linux, in one nested-lab boot ([`lab`]);
+//!   [`runner`] holds who runs a cell.
 
 pub mod comm;
 pub mod competitor;
+pub mod config;
 pub mod harness;
 pub mod hugepages;
+pub mod lab;
 pub mod memory;
 pub mod platform;
 pub mod ranks;
 pub mod report;
+pub mod runner;
 pub mod stats;
 pub mod svg;
 pub mod table;
+pub mod vm;
 pub mod workloads;

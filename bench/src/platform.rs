@@ -38,22 +38,18 @@ impl KvmKind {
         }
     }
 
-    /// Why the VM configurations cannot run here, or `None` where a KVM that boots Linux
-    /// is at hand.
+    /// Why the VM configurations cannot run on this host's KVM, or `None` where it boots
+    /// Linux (they may still run in the nested lab: `vm::choose_place`).
     pub fn vm_rows_absent_because(&self) -> Option<String> {
         match self {
             Self::None => Some("no /dev/kvm on this host".into()),
             Self::Pvm => Some(
                 "this host's KVM is kvm_pvm (software nested virtualization): it cannot boot a \
                  Linux guest (the 6.1 kernel's early int3 self-test and lock cmpxchg16b / xrstor \
-                 stop it with KVM_EXIT_INTERNAL_ERROR), so the VM rows (guest THP, hpmmap) are not run"
+                 stop it with KVM_EXIT_INTERNAL_ERROR), so the VM rows (guest THP, hpmmap) cannot run on it"
                     .into(),
             ),
-            Self::Hardware(_) => Some(
-                "a hardware KVM is present, but the VM configurations (hpmmap-vmm booting a job \
-                 image) are not wired into this harness yet"
-                    .into(),
-            ),
+            Self::Hardware(_) => None,
             Self::Unknown => Some("the KVM module behind /dev/kvm is unknown".into()),
         }
     }

@@ -1,8 +1,10 @@
 //! The plot: per workload, runtime (mean with ±1 sd error bars) of every configuration
-//! under each profile, bars grouped by profile, like the paper's Fig. 8.
+//! under each profile, bars grouped by profile, like the paper's Fig. 8. Rows from the
+//! nested lab get panels of their own that plot measured-phase page faults, never their
+//! emulated times.
 
+use crate::config::{Config, Place, LAB_LABEL};
 use crate::harness::Profile;
-use crate::memory::AllocMode;
 use crate::table::{Results, Row};
 use crate::workloads::Workload;
 
@@ -11,7 +13,9 @@ const PANEL_H: f64 = 260.0;
 const TOP: f64 = 78.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const COLORS: [&str; 4] = ["#d95f02", "#1b9e77", "#7570b3", "#666666"];
+const COLORS: [&str; 6] = [
+    "#d95f02", "#1b9e77", "#7570b3", "#666666", "#e7298a", "#1f78b4",
+];
 
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -46,16 +50,21 @@ pub fn tick_label(v: f64, step: f64) -> String {
     format!("{v:.decimals$}")
 }
 
-fn color(c: AllocMode) -> &'static str {
-    COLORS[AllocMode::ALL.iter().position(|x| *x == c).unwrap_or(3)]
+fn color(c: Config) -> &'static str {
+    COLORS[Config::ALL.iter().position(|x| *x == c).unwrap_or(3)]
 }
 
 pub fn plot(r: &Results) -> String {
-    let workloads: Vec<Workload> = Workload::ALL
+    let is_lab = |x: &Row| x.place == Place::Lab;
+    let native_w: Vec<Workload> = Workload::ALL
         .into_iter()
-        .filter(|w| r.rows.iter().any(|x| x.workload == *w))
+        .filter(|w| r.rows.iter().any(|x| x.workload == *w && !is_lab(x)))
         .collect();
-    let configs: Vec<AllocMode> = AllocMode::ALL
+    let lab_w: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| r.rows.iter().any(|x| x.workload == *w && is_lab(x)))
+        .collect();
+    let configs: Vec<Config> = Config::ALL
         .into_iter()
         .filter(|c| r.rows.iter().any(|x| x.config == *c))
         .collect();
@@ -63,12 +72,21 @@ pub fn plot(r: &Results) -> String {
         .into_iter()
         .filter(|p| r.rows.iter().any(|x| x.profile == *p))
         .collect();
-    let h = TOP + PANEL_H * workloads.len().max(1) as f64 + 20.0;
+    let panels = native_w.len() + lab_w.len();
+    let h = TOP + PANEL_H * panels.max(1) as f64 + 20.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\" font-family=\"sans-serif\">\n"
     );
     s += &format!("<rect width=\"{W}\" height=\"{h}\" fill=\"white\"/>\n");
-    s += "<text x=\"10\" y=\"20\" font-size=\"15\" font-weight=\"bold\">hpmmap isolation benchmark: runtime (mean ± sd) per configuration and profile</text>\n";
+    let title = if native_w.is_empty() && !lab_w.is_empty() {
+        "hpmmap isolation benchmark, VM rows in the nested lab: measured-phase page faults per run"
+    } else {
+        "hpmmap isolation benchmark: runtime (mean ± sd) per configuration and profile"
+    };
+    s += &format!(
+        "<text x=\"10\" y=\"20\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
+        escape(title)
+    );
     let plat = r.header.platform.line();
     let (p1, p2) = split_line(&plat, 125);
     s += &format!(
@@ -87,9 +105,9 @@ pub fn plot(r: &Results) -> String {
             lx + 16.0,
             c.name()
         );
-        lx += 90.0;
+        lx += if c.is_vm() { 100.0 } else { 90.0 };
     }
-    if let Some(why) = &r.header.vm_rows_absent {
+    if let (Some(why), true) = (&r.header.vm_rows_absent, lab_w.is_empty()) {
         let short = if why.contains("kvm_pvm") {
             "VM rows absent: host KVM is kvm_pvm (cannot boot Linux)"
         } else {
@@ -100,9 +118,13 @@ pub fn plot(r: &Results) -> String {
             escape(short)
         );
     }
-    for (i, w) in workloads.iter().enumerate() {
+    for (i, w) in native_w.iter().enumerate() {
         let y0 = TOP + PANEL_H * i as f64;
-        s += &panel(r, *w, &configs, &profiles, y0);
+        s += &panel(r, *w, &configs, &profiles, y0, false);
+    }
+    for (i, w) in lab_w.iter().enumerate() {
+        let y0 = TOP + PANEL_H * (native_w.len() + i) as f64;
+        s += &panel(r, *w, &configs, &profiles, y0, true);
     }
     s += "</svg>\n";
     s
@@ -125,22 +147,54 @@ fn split_line(text: &str, max: usize) -> (String, String) {
     )
 }
 
-fn panel(r: &Results, w: Workload, configs: &[AllocMode], profiles: &[Profile], y0: f64) -> String {
+/// (bar height, error-bar half width) of a row: runtime mean ± sd, or for lab rows the
+/// measured-phase faults per run (no error bar: the max is in the table).
+fn bar_value(row: &Row, lab: bool) -> Option<(f64, f64)> {
+    if lab {
+        (row.runs > row.runs_failed).then_some((row.faults_mean, 0.0))
+    } else {
+        row.runtime.map(|s| (s.mean, s.stdev))
+    }
+}
+
+fn panel(
+    r: &Results,
+    w: Workload,
+    configs: &[Config],
+    profiles: &[Profile],
+    y0: f64,
+    lab: bool,
+) -> String {
     let plot_top = y0 + 24.0;
     let plot_h = PANEL_H - 64.0;
     let plot_w = W - LEFT - RIGHT;
-    let rows: Vec<&Row> = r.rows.iter().filter(|x| x.workload == w).collect();
+    let rows: Vec<&Row> = r
+        .rows
+        .iter()
+        .filter(|x| x.workload == w && (x.place == Place::Lab) == lab)
+        .collect();
+    let configs: Vec<Config> = configs
+        .iter()
+        .copied()
+        .filter(|c| rows.iter().any(|x| x.config == *c))
+        .collect();
     let ymax = rows
         .iter()
-        .filter_map(|x| x.runtime.map(|s| s.mean + s.stdev))
+        .filter_map(|x| bar_value(x, lab).map(|(m, sd)| m + sd))
         .fold(0.0, f64::max);
     let step = tick_step(ymax * 1.05);
     let top = (ymax * 1.05 / step).ceil().max(1.0) * step;
     let y = |v: f64| plot_top + plot_h - v / top * plot_h;
+    let heading = if lab {
+        format!("{} — {LAB_LABEL}", w.name())
+    } else {
+        w.name().to_string()
+    };
     let mut s = format!(
-        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"13\" font-weight=\"bold\">{}</text>\n",
+        "<text x=\"{LEFT}\" y=\"{}\" font-size=\"13\" font-weight=\"bold\"{}>{}</text>\n",
         y0 + 16.0,
-        w.name()
+        if lab { " fill=\"#a00\"" } else { "" },
+        escape(&heading)
     );
     // Axes and grid.
     let mut t = 0.0;
@@ -160,9 +214,10 @@ fn panel(r: &Results, w: Workload, configs: &[AllocMode], profiles: &[Profile], 
         plot_top + plot_h
     );
     s += &format!(
-        "<text x=\"16\" y=\"{:.1}\" font-size=\"11\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\">runtime (s)</text>\n",
+        "<text x=\"16\" y=\"{:.1}\" font-size=\"11\" transform=\"rotate(-90 16 {:.1})\" text-anchor=\"middle\">{}</text>\n",
         plot_top + plot_h / 2.0,
-        plot_top + plot_h / 2.0
+        plot_top + plot_h / 2.0,
+        if lab { "faults / run (measured phase)" } else { "runtime (s)" }
     );
     let group_w = plot_w / profiles.len().max(1) as f64;
     let bar_w = (group_w * 0.7 / configs.len().max(1) as f64).min(60.0);
@@ -184,11 +239,23 @@ fn panel(r: &Results, w: Workload, configs: &[AllocMode], profiles: &[Profile], 
             let Some(row) = rows.iter().find(|x| x.profile == *p && x.config == *c) else {
                 continue;
             };
-            let Some(rt) = row.runtime else { continue };
+            let Some((mean, sd)) = bar_value(row, lab) else {
+                continue;
+            };
             let x = start + bar_w * ci as f64;
-            let top_y = y(rt.mean);
+            let top_y = y(mean);
+            let what =
+                if lab {
+                    format!(
+                    "{mean:.0} measured-phase faults per run (max {}), {} (emulated; not speed)",
+                    row.faults_max,
+                    if row.all_valid { "verified" } else { "NOT verified" }
+                )
+                } else {
+                    format!("{mean:.3} ± {sd:.3} s")
+                };
             s += &format!(
-                "<rect x=\"{:.1}\" y=\"{top_y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {} {}: {:.3} ± {:.3} s</title></rect>\n",
+                "<rect x=\"{:.1}\" y=\"{top_y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {} {}: {}</title></rect>\n",
                 x + 1.0,
                 bar_w - 2.0,
                 plot_top + plot_h - top_y,
@@ -196,11 +263,20 @@ fn panel(r: &Results, w: Workload, configs: &[AllocMode], profiles: &[Profile], 
                 w.name(),
                 c.name(),
                 p.name(),
-                rt.mean,
-                rt.stdev
+                escape(&what)
             );
             let cx = x + bar_w / 2.0;
-            let (lo, hi) = (y((rt.mean - rt.stdev).max(0.0)), y(rt.mean + rt.stdev));
+            if lab {
+                // The count itself over the bar: a zero bar has no height to see.
+                s += &format!(
+                    "<text x=\"{cx:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}{}</text>\n",
+                    top_y - 3.0,
+                    crate::table::fmt_sig(mean),
+                    if row.all_valid { "" } else { " ✗" }
+                );
+                continue;
+            }
+            let (lo, hi) = (y((mean - sd).max(0.0)), y(mean + sd));
             s += &format!(
                 "<line x1=\"{cx:.1}\" y1=\"{lo:.1}\" x2=\"{cx:.1}\" y2=\"{hi:.1}\" stroke=\"black\"/><line x1=\"{:.1}\" y1=\"{hi:.1}\" x2=\"{:.1}\" y2=\"{hi:.1}\" stroke=\"black\"/><line x1=\"{:.1}\" y1=\"{lo:.1}\" x2=\"{:.1}\" y2=\"{lo:.1}\" stroke=\"black\"/>\n",
                 cx - 4.0,

@@ -6,10 +6,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Config, Place};
 use crate::harness::{Profile, RunRecord, WorkloadSize};
-use crate::memory::AllocMode;
+use crate::lab::ProfileStop;
 use crate::platform::Platform;
 use crate::stats::Summary;
+use crate::vm::VmShape;
 use crate::workloads::Workload;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -28,16 +30,47 @@ pub struct Header {
     /// (competitor, builds completed, builds failed) over the whole run.
     pub builds_completed: Vec<(String, u64, u64)>,
     pub vm_rows_absent: Option<String>,
+    /// Where the VM rows ran ([`Place::label`]), when they ran.
+    #[serde(default)]
+    pub vm_place: Option<String>,
+    /// The nested-lab pass, when the VM rows ran there.
+    #[serde(default)]
+    pub lab: Option<LabInfo>,
     pub notes: Vec<String>,
     pub quick: bool,
+}
+
+/// The nested-lab pass: its own sizes, repetitions, competitors and L1.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabInfo {
+    pub label: String,
+    /// L1 as its script saw it (kernel, CPUs, 1 GiB pages, stress-ng).
+    pub l1: String,
+    pub reps: usize,
+    pub ranks: usize,
+    pub sizes: Vec<(String, WorkloadSize)>,
+    pub shape: VmShape,
+    pub competitors: Vec<String>,
+    pub competitor_stops: Vec<ProfileStop>,
+    pub elapsed_secs: f64,
+    pub complete: bool,
+    pub notes: Vec<String>,
 }
 
 /// One (workload, configuration, profile) cell over all its repetitions.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub workload: Workload,
-    pub config: AllocMode,
+    pub config: Config,
     pub profile: Profile,
+    /// Where it was measured; lab rows' times are emulated and not speed figures.
+    #[serde(default)]
+    pub place: Place,
+    /// [`Place::label`], spelled out in the JSON so no reader misses it.
+    #[serde(default)]
+    pub measured_on: String,
+    #[serde(default)]
+    pub speed_comparable: bool,
     pub runs: usize,
     pub runs_failed: usize,
     pub all_valid: bool,
@@ -53,8 +86,16 @@ pub struct Row {
     pub faults_max: u64,
     /// Faults while allocating and initialising, mean per run.
     pub setup_faults_mean: f64,
-    /// Mean runtime over the same workload and configuration's isolated mean runtime.
+    /// Mean runtime over the same workload and configuration's isolated mean runtime
+    /// (none for lab rows: emulated times are no speed figure).
     pub slowdown: Option<f64>,
+    /// VM rows under hpmmap: the most faults the hpmmap module counted inside its
+    /// mappings in one run (sysfs `faults`).
+    #[serde(default)]
+    pub hpmmap_module_faults_max: Option<u64>,
+    /// VM rows: the fewest 1 GiB pages KVM mapped for guest RAM in one run.
+    #[serde(default)]
+    pub kvm_pages_1g_min: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,18 +107,36 @@ pub struct Results {
 
 impl Results {
     pub fn build(header: Header, runs: Vec<RunRecord>) -> Results {
-        let mut groups: BTreeMap<(usize, usize, Profile), Vec<&RunRecord>> = BTreeMap::new();
+        let mut groups: BTreeMap<(Place, usize, usize, Profile), Vec<&RunRecord>> = BTreeMap::new();
         let widx = |w: Workload| Workload::ALL.iter().position(|x| *x == w).unwrap_or(0);
-        let cidx = |c: AllocMode| AllocMode::ALL.iter().position(|x| *x == c).unwrap_or(0);
+        let cidx = |c: Config| Config::ALL.iter().position(|x| *x == c).unwrap_or(0);
         for r in &runs {
+            // Native and host-VM rows share tables; lab rows are kept apart.
+            let group = if r.place == Place::Lab {
+                Place::Lab
+            } else {
+                Place::Native
+            };
             groups
-                .entry((widx(r.workload), cidx(r.config), r.profile))
+                .entry((group, widx(r.workload), cidx(r.config), r.profile))
                 .or_default()
                 .push(r);
         }
         let mut rows: Vec<Row> = groups
             .into_iter()
-            .map(|((w, c, profile), rs)| {
+            .map(|((_, w, c, profile), rs)| {
+                let place = rs[0].place;
+                let counter = |r: &&RunRecord, k: &str| -> Option<u64> {
+                    r.vm.as_ref()?
+                        .hpmmap_counters
+                        .iter()
+                        .find(|(key, _)| key == k)?
+                        .1
+                        .parse()
+                        .ok()
+                };
+                let module_faults = rs.iter().filter_map(|r| counter(r, "faults")).max();
+                let pages_1g = rs.iter().filter_map(|r| r.vm.as_ref()?.vmm.pages_1g).min();
                 let ok: Vec<_> = rs.iter().filter_map(|r| r.report.as_ref()).collect();
                 let runtime: Vec<f64> = ok.iter().map(|r| r.total_secs()).collect();
                 let iters: Vec<f64> = ok
@@ -96,8 +155,11 @@ impl Results {
                 };
                 Row {
                     workload: Workload::ALL[w],
-                    config: AllocMode::ALL[c],
+                    config: Config::ALL[c],
                     profile,
+                    place,
+                    measured_on: place.label().to_string(),
+                    speed_comparable: place.speed_comparable(),
                     runs: rs.len(),
                     runs_failed: rs.len() - ok.len(),
                     all_valid: !ok.is_empty() && ok.len() == rs.len() && ok.iter().all(|r| r.valid),
@@ -109,15 +171,17 @@ impl Results {
                     faults_max: faults.iter().copied().max().unwrap_or(0),
                     setup_faults_mean: mean_u(&setup),
                     slowdown: None,
+                    hpmmap_module_faults_max: module_faults,
+                    kvm_pages_1g_min: pages_1g,
                 }
             })
             .collect();
-        let iso: BTreeMap<(Workload, AllocMode), f64> = rows
+        let iso: BTreeMap<(Workload, Config), f64> = rows
             .iter()
-            .filter(|r| r.profile == Profile::Iso)
+            .filter(|r| r.profile == Profile::Iso && r.speed_comparable)
             .filter_map(|r| r.runtime.map(|s| ((r.workload, r.config), s.mean)))
             .collect();
-        for r in &mut rows {
+        for r in rows.iter_mut().filter(|r| r.speed_comparable) {
             if let (Some(rt), Some(base)) = (r.runtime, iso.get(&(r.workload, r.config))) {
                 r.slowdown = Some(rt.mean / base);
             }
@@ -146,30 +210,47 @@ impl Results {
             h.load_end,
             h.command
         );
-        s += &format!("{} rank(s) per run, {} repetition(s), configurations and profiles interleaved across repetitions. Sizes per rank (weak scaling): ", h.ranks, h.reps);
-        s += &h
-            .sizes
-            .iter()
-            .map(|(w, z)| format!("{w} {} MiB × {} iterations", z.mem_per_rank >> 20, z.iters))
-            .collect::<Vec<_>>()
-            .join(", ");
-        s += ".\n\nProfiles: `iso` nothing else running; `A` one build; `B` two builds + stress-ng.\n";
-        for c in &h.competitors {
-            s += &format!("- {c}\n");
+        let on_host = self.runs.iter().any(|r| r.place != Place::Lab);
+        if on_host {
+            s += &format!("{} rank(s) per run, {} repetition(s), configurations and profiles interleaved across repetitions. Sizes per rank (weak scaling): ", h.ranks, h.reps);
+            s += &h
+                .sizes
+                .iter()
+                .map(|(w, z)| format!("{w} {} MiB × {} iterations", z.mem_per_rank >> 20, z.iters))
+                .collect::<Vec<_>>()
+                .join(", ");
+            s += ".\n\nProfiles: `iso` nothing else running; `A` one build; `B` two builds + stress-ng.\n";
+            for c in &h.competitors {
+                s += &format!("- {c}\n");
+            }
+            for (name, ok, failed) in &h.builds_completed {
+                s += &format!(
+                    "- {name}: {ok} build(s) completed during the run ({failed} failed)\n"
+                );
+            }
+        } else {
+            s += "No run on this host in this run: only VM configurations, all in the nested lab (its own sizes, repetitions and competitors below).\n";
         }
-        for (name, ok, failed) in &h.builds_completed {
-            s += &format!("- {name}: {ok} build(s) completed during the run ({failed} failed)\n");
+        s += "\nConfigurations (native, on this host): `thp` = madvise(MADV_HUGEPAGE); `hugetlb` = MAP_HUGETLB 2 MiB; `populate` = MAP_POPULATE on 4 KiB pages; `plain` = demand-paged 4 KiB.\n";
+        s += &format!(
+            "VM configurations: `vm-thp` = {}; `vm-hpmmap` = {}.\n\n",
+            Config::VmThp.describe(),
+            Config::VmHpmmap.describe()
+        );
+        if let Some(v) = &h.vm_place {
+            s += &format!("**VM rows measured on:** {v}.\n\n");
         }
-        s += "\nConfigurations (native, on this host): `thp` = madvise(MADV_HUGEPAGE); `hugetlb` = MAP_HUGETLB 2 MiB; `populate` = MAP_POPULATE on 4 KiB pages; `plain` = demand-paged 4 KiB.\n\n";
         if let Some(v) = &h.vm_rows_absent {
             s += &format!("**VM rows absent:** {v}.\n\n");
         }
         for n in &h.notes {
             s += &format!("**Note:** {n}\n\n");
         }
-        s += "Runtime = measured phase of one run (sum of its iteration times); iteration statistics over every iteration of every run; faults = minor + major page faults of all ranks in the measured phase (getrusage), mean per run (max); slowdown = mean runtime / the same configuration's isolated mean runtime.\n\n";
+        if on_host {
+            s += "Runtime = measured phase of one run (sum of its iteration times); iteration statistics over every iteration of every run; faults = minor + major page faults of all ranks in the measured phase (getrusage), mean per run (max); slowdown = mean runtime / the same configuration's isolated mean runtime.\n\n";
+        }
         let mut last_w = None;
-        for r in &self.rows {
+        for r in self.rows.iter().filter(|r| r.place != Place::Lab) {
             if last_w != Some(r.workload) {
                 last_w = Some(r.workload);
                 s += &format!("\n## {}\n\n", r.workload.name());
@@ -216,21 +297,124 @@ impl Results {
                 r.slowdown.map_or(dash(), |x| format!("{x:.3}")),
             );
         }
+        if let Some(lab) = &h.lab {
+            s += &self.lab_markdown(lab);
+        }
         let failures: Vec<&RunRecord> = self.runs.iter().filter(|r| r.error.is_some()).collect();
         if !failures.is_empty() {
             s += "\n## Failed runs\n\n";
             for f in failures {
                 s += &format!(
-                    "- rep {} {} {}/{}: {}\n",
+                    "- rep {} {} {}/{}{}: {}\n",
                     f.rep + 1,
                     f.profile.name(),
                     f.workload.name(),
                     f.config.name(),
+                    if f.place == Place::Lab {
+                        " (nested lab)"
+                    } else {
+                        ""
+                    },
                     f.error.as_deref().unwrap_or("")
                 );
             }
         }
         s += "\nPlot: `results.svg`. Raw per-iteration times of every run: `results.json`.\n";
+        s
+    }
+}
+
+impl Results {
+    /// The lab's section: its own header, then per workload the behaviour (verification,
+    /// faults, the hpmmap module's and KVM's counters) and the emulated times, no slowdown.
+    fn lab_markdown(&self, lab: &LabInfo) -> String {
+        let mut s = format!("\n## VM rows: {}\n\n", lab.label);
+        s += "**These rows ran in the nested lab** (`hpmmap-lab`: QEMU/TCG emulating L1, a real KVM with nested paging inside it, `hpmmap-vmm` booting each job image as an L2 guest). Every time in them is an emulated time, 50-100x slower than hardware and distorted by the emulation: **they are no speed figure**, are not compared with the native rows, and get no slowdown. What they show is behaviour: whether the workload verified, and the page faults its measured phase took.\n\n";
+        s += &format!(
+            "L1: {}; L2 guest: {} GiB RAM on L1's 1 GiB pages, {} vCPUs; {} rank(s); {} repetition(s), profiles and configurations interleaved; one L1 boot for every run ({:.0} s){}. Sizes per rank: {}.\n\n",
+            lab.l1,
+            lab.shape.mem_gib,
+            lab.shape.vcpus,
+            lab.ranks,
+            lab.reps,
+            lab.elapsed_secs,
+            if lab.complete { "" } else { ", **stopped before the end of its plan**" },
+            lab.sizes
+                .iter()
+                .map(|(w, z)| format!("{w} {} MiB × {} iterations", z.mem_per_rank >> 20, z.iters))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        s += "Profiles in L1: `iso` nothing else running in L1";
+        for c in &lab.competitors {
+            s += &format!("; {c}");
+        }
+        s += ".\n";
+        for st in &lab.competitor_stops {
+            if !st.alive {
+                s += &format!(
+                    "- profile {}: stress-ng had exited before the profile ended\n",
+                    st.profile.name()
+                );
+            }
+        }
+        for n in &lab.notes {
+            s += &format!("- {n}\n");
+        }
+        s += "\nFaults = minor + major page faults of the workload in its measured phase (getrusage inside L2), mean per run (max); setup = while allocating and initialising; hpmmap faults = the module's own count of faults inside hpmmap mappings (sysfs, max per run); pages_1g = KVM's 1 GiB mappings of guest RAM (fewest in a run).\n";
+        let mut last_w = None;
+        for r in self.rows.iter().filter(|r| r.place == Place::Lab) {
+            if last_w != Some(r.workload) {
+                last_w = Some(r.workload);
+                s += &format!("\n### {} (nested lab, emulated)\n\n", r.workload.name());
+                s += "| config | profile | runs | verified | measured-phase faults/run (max) | setup faults/run | hpmmap faults (max) | KVM pages_1g | emulated runtime mean ± sd (s) | emulated iter median / mean / sd / CoV / p99 (ms) | slowdown |\n";
+                s += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+            }
+            let ok = r.runs - r.runs_failed;
+            let dash = "–".to_string();
+            s += &format!(
+                "| {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} | n/a (emulated) |\n",
+                r.config.name(),
+                r.profile.name(),
+                ok,
+                if r.runs_failed > 0 {
+                    format!(" ({} failed)", r.runs_failed)
+                } else {
+                    String::new()
+                },
+                if ok == 0 {
+                    "–"
+                } else if r.all_valid {
+                    "yes"
+                } else {
+                    "**no**"
+                },
+                if ok == 0 {
+                    dash.clone()
+                } else {
+                    format!("{:.0} ({})", r.faults_mean, r.faults_max)
+                },
+                if ok == 0 {
+                    dash.clone()
+                } else {
+                    format!("{:.0}", r.setup_faults_mean)
+                },
+                r.hpmmap_module_faults_max
+                    .map_or(dash.clone(), |x| x.to_string()),
+                r.kvm_pages_1g_min.map_or(dash.clone(), |x| x.to_string()),
+                r.runtime
+                    .map_or(dash.clone(), |x| format!("{:.3} ± {:.3}", x.mean, x.stdev)),
+                r.iteration.map_or(dash, |x| format!(
+                    "{:.1} / {:.1} / {:.1} / {:.1} % / {:.1}",
+                    x.median * 1e3,
+                    x.mean * 1e3,
+                    x.stdev * 1e3,
+                    x.cov * 100.0,
+                    x.p99 * 1e3
+                )),
+            );
+        }
+        s += "\nRaw L1 output of the run (every guest's serial console and hpmmap-vmm report): `logs/lab-output.txt`.\n";
         s
     }
 }

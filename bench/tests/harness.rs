@@ -349,6 +349,16 @@ fn bad_harness_arguments_exit_2() {
         (vec!["run", "--workloads", "hpl"], "--workloads"),
         (vec!["run", "--reps", "0"], "--reps"),
         (vec!["run", "--build-src", "/nonexistent"], "--build-src"),
+        (vec!["run", "--configs", "thp,vm"], "--configs"),
+        (vec!["run", "--lab"], "--lab"),
+        (
+            vec!["run", "--configs", "vm-thp", "--lab-mem-per-rank", "2G"],
+            "--lab-mem-per-rank",
+        ),
+        (
+            vec!["run", "--configs", "vm-thp", "--lab-reps", "0"],
+            "--lab-reps",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_hpmmap-bench"))
             .args(&args)

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use hpmmap_bench::config::Config;
 use hpmmap_bench::harness::{self, parse_size, Options, Profile};
-use hpmmap_bench::memory::AllocMode;
 use hpmmap_bench::platform::Platform;
 use hpmmap_bench::workloads::Workload;
 
@@ -43,7 +43,9 @@ struct RunArgs {
     /// Workloads (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "cg,stream,gups,faults")]
     workloads: Vec<String>,
-    /// Native configurations (comma-separated): thp, hugetlb, populate, plain.
+    /// Configurations (comma-separated): native thp, hugetlb, populate, plain; VM vm-thp,
+    /// vm-hpmmap (hpmmap-vmm booting a job image: on this host's KVM where it boots Linux,
+    /// else in the nested lab).
     #[arg(long, value_delimiter = ',', default_value = "thp,hugetlb,populate")]
     configs: Vec<String>,
     /// Profiles (comma-separated): iso, A, B.
@@ -76,6 +78,20 @@ struct RunArgs {
     /// Per-run time limit in seconds.
     #[arg(long, default_value_t = 600.0)]
     run_timeout: f64,
+    /// Run the VM configurations in the nested lab (one QEMU/TCG L1 boot; behaviour only,
+    /// never speed) even where this host's KVM boots Linux. Where it cannot (kvm_pvm), the
+    /// lab is used without this flag.
+    #[arg(long)]
+    lab: bool,
+    /// Repetitions of the lab's VM runs (default 1 with --quick, else 2).
+    #[arg(long)]
+    lab_reps: Option<usize>,
+    /// Memory per rank of the lab's VM runs (default: small per-workload sizes).
+    #[arg(long, value_parser = parse_size)]
+    lab_mem_per_rank: Option<u64>,
+    /// Iterations of the lab's VM runs.
+    #[arg(long)]
+    lab_iters: Option<usize>,
 }
 
 fn usage(msg: String) -> ExitCode {
@@ -106,12 +122,12 @@ fn main() -> ExitCode {
     }
     let mut configs = Vec::new();
     for c in &a.configs {
-        match AllocMode::from_name(c) {
+        match Config::from_name(c) {
             Some(x) if !configs.contains(&x) => configs.push(x),
             Some(_) => {}
             None => {
                 return usage(format!(
-                    "--configs: unknown configuration {c:?} (thp, hugetlb, populate, plain)"
+                    "--configs: unknown configuration {c:?} (thp, hugetlb, populate, plain, vm-thp, vm-hpmmap)"
                 ))
             }
         }
@@ -136,8 +152,28 @@ fn main() -> ExitCode {
     if ranks == 0 {
         return usage("--ranks must be at least 1".into());
     }
-    if a.iters == Some(0) {
-        return usage("--iters must be at least 1".into());
+    if a.iters == Some(0) || a.lab_iters == Some(0) {
+        return usage("--iters and --lab-iters must be at least 1".into());
+    }
+    let lab_reps = a.lab_reps.unwrap_or(if a.quick { 1 } else { 2 });
+    if lab_reps == 0 {
+        return usage("--lab-reps must be at least 1".into());
+    }
+    if a.lab && !configs.iter().any(|c| c.is_vm()) {
+        return usage(
+            "--lab runs the VM configurations: add vm-thp and/or vm-hpmmap to --configs".into(),
+        );
+    }
+    if let Some(m) = a.lab_mem_per_rank {
+        if m < hpmmap_bench::workloads::MIN_MEM {
+            return usage(format!("--lab-mem-per-rank {m} is below the minimum of 1M"));
+        }
+        // The L2 guest has 2 GiB: 1 for its kernel and page cache, 1 for hpmmap's pool.
+        if m > 512 << 20 {
+            return usage(format!(
+                "--lab-mem-per-rank {m} is above 512M (the lab's L2 guest has a 1 GiB pool)"
+            ));
+        }
     }
     if let Some(m) = a.mem_per_rank {
         if m < hpmmap_bench::workloads::MIN_MEM {
@@ -170,6 +206,15 @@ fn main() -> ExitCode {
             s.iters = i;
         }
     }
+    let mut lab_sizes = harness::default_lab_sizes(a.quick);
+    for s in lab_sizes.values_mut() {
+        if let Some(m) = a.lab_mem_per_rank {
+            s.mem_per_rank = m;
+        }
+        if let Some(i) = a.lab_iters {
+            s.iters = i;
+        }
+    }
     let opts = Options {
         quick: a.quick,
         reps,
@@ -187,6 +232,9 @@ fn main() -> ExitCode {
         note: a.note,
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
         run_timeout: Duration::from_secs_f64(a.run_timeout),
+        force_lab: a.lab,
+        lab_reps,
+        lab_sizes,
     };
     match harness::run(&opts) {
         Ok(r) => {

@@ -5,6 +5,12 @@
 //! at a relative residual of 1e-10 (at most 200 iterations; about 70 are needed) — small
 //! enough for a job image. Exit status 0 when the result verified, 1 when not or on
 //! failure, 2 for bad arguments.
+//!
+//! In a job image the program is started without arguments; the harness's VM runner passes
+//! them on the guest kernel's command line as `hpmmap_workload_args=cg,--iters,5,...`
+//! (the kernel hands unknown `name=value` words to init's environment, and the image's init
+//! passes its environment on). So with no arguments and that variable set, its
+//! comma-separated words are the arguments.
 
 use std::process::ExitCode;
 
@@ -46,8 +52,22 @@ fn parse_size(s: &str) -> Result<u64, String> {
     hpmmap_bench::harness::parse_size(s)
 }
 
+/// The variable the VM runner sets through the guest kernel's command line.
+const ARGS_ENV: &str = "hpmmap_workload_args";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut argv: Vec<String> = std::env::args().collect();
+    if argv.len() == 1 {
+        if let Ok(words) = std::env::var(ARGS_ENV) {
+            argv.extend(
+                words
+                    .split(',')
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_string),
+            );
+        }
+    }
+    let cli = Cli::parse_from(argv);
     if !(cli.tol >= 0.0 && cli.tol.is_finite()) {
         eprintln!(
             "hpmmap-workload: --tol {} must be a finite number >= 0",
