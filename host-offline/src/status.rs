@@ -32,6 +32,14 @@ pub struct NodeStatus {
     pub blocks: BlockSummary,
 }
 
+/// A dax device and the processes mapping it (a VMM whose guest RAM it is).
+#[derive(Debug, Clone, Serialize)]
+pub struct DaxStatus {
+    #[serde(flatten)]
+    pub device: DaxDevice,
+    pub mapped_by: Vec<u32>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub format: &'static str,
@@ -41,7 +49,7 @@ pub struct Status {
     pub global_1g: Option<GlobalCounters>,
     pub nodes: Vec<NodeStatus>,
     pub vm_holders: Vec<Holder>,
-    pub dax_devices: Vec<DaxDevice>,
+    pub dax_devices: Vec<DaxStatus>,
     pub state_file: String,
     pub state: Option<State>,
 }
@@ -89,7 +97,13 @@ pub fn gather(host: &Host, state_path: &Path) -> Result<Status> {
         },
         nodes,
         vm_holders: holders,
-        dax_devices: devdax::list(host),
+        dax_devices: devdax::list(host)
+            .into_iter()
+            .map(|d| DaxStatus {
+                mapped_by: devdax::users(host, &d.name),
+                device: d,
+            })
+            .collect(),
         state_file: state_path.display().to_string(),
         state: st,
     })
@@ -152,10 +166,23 @@ pub fn render_text(s: &Status) -> String {
             g.nr, g.free, g.resv, g.surplus
         );
     }
-    for d in &s.dax_devices {
+    for ds in &s.dax_devices {
+        let d = &ds.device;
+        let users = if ds.mapped_by.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", mapped by pid {}",
+                ds.mapped_by
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         let _ = writeln!(
             o,
-            "dax {}: size {}, align {}, node {}, driver {}",
+            "dax {}: size {}, align {}, node {}, driver {}{users}",
             d.name,
             human(d.size),
             d.align.map(human).unwrap_or_else(|| "?".into()),

@@ -732,6 +732,31 @@ fn lab_recorded_devdax_device_is_used_as_it_is() {
     trees::assert_same(&before, &t.snapshot());
 }
 
+#[test]
+fn status_names_the_process_mapping_a_dax_device() {
+    let t = trees::lab("lab-pmem-devdax", "lab-devdax-user");
+    let k = kernel(&t, |_| {});
+    let s = status::gather(&host(&t, &k), &t.state()).unwrap();
+    assert_eq!(s.dax_devices.len(), 1);
+    assert!(s.dax_devices[0].mapped_by.is_empty());
+    t.write(
+        "proc/4242/maps",
+        "7f0000000000-7f0080000000 rw-s 00000000 00:06 42 /dev/dax0.0\n",
+    );
+    let s = status::gather(&host(&t, &k), &t.state()).unwrap();
+    assert_eq!(s.dax_devices[0].mapped_by, vec![4242]);
+    let text = status::render_text(&s);
+    assert!(
+        text.contains(
+            "dax dax0.0: size 2 GiB, align 1 GiB, node 0, driver device_dax, mapped by pid 4242"
+        ),
+        "{text}"
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["dax_devices"][0]["name"], "dax0.0");
+    assert_eq!(json["dax_devices"][0]["mapped_by"][0], 4242);
+}
+
 const LAB_D0: &str = "sys/devices/platform/e820_pmem/ndbus0/region0/dax0.0/dax0.0";
 
 #[test]

@@ -155,6 +155,21 @@ fn cli_runs_a_command_and_refuses_bad_input() {
             "too small",
         ),
         (vec!["run", "--cpus", "0", "--", "true"], "--cpus 0"),
+        (vec!["run", "--pmem", "1536M", "--", "true"], "--pmem 1536M"),
+        (
+            vec![
+                "run",
+                "--mem",
+                "4G",
+                "--hugepages",
+                "0",
+                "--pmem",
+                "3G",
+                "--",
+                "true",
+            ],
+            "needs L1 RAM up to 7 GiB",
+        ),
         (
             vec!["run", "--add", "/no/such:/x", "--", "true"],
             "--add /no/such:/x",

@@ -4,6 +4,7 @@ use crate::arch::x86_64::layout::CMDLINE_MAX;
 use crate::image;
 use crate::memory::hugepages::PageSize;
 use crate::memory::layout::PV_MMIO_BASE;
+use crate::memory::RamBackend;
 use crate::units::{parse_cpu_list, parse_size};
 use clap::Parser;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,13 @@ pub struct Args {
     #[arg(long, value_name = "1G|2M|none", default_value = "1G")]
     pub hugepages: PageSize,
 
+    /// Where guest RAM comes from: memfd (huge pages from the host's hugetlb pool, default) or
+    /// devdax:/dev/daxX.Y, a device-dax device (memory set aside at boot or taken offline by
+    /// `hpmmap-offline reserve --devdax`); its first --mem bytes are mapped, in pages of its
+    /// alignment, which must be at least --hugepages.
+    #[arg(long, value_name = "memfd|devdax:PATH", default_value = "memfd")]
+    pub mem_backend: RamBackend,
+
     /// Bind guest RAM to this host NUMA node (mbind before it is touched).
     #[arg(long, value_name = "N")]
     pub numa_node: Option<u32>,
@@ -141,6 +149,7 @@ pub struct VmConfig {
     pub cmdline: String,
     pub pool: Option<u64>,
     pub hugepages: PageSize,
+    pub mem_backend: RamBackend,
     pub numa_node: Option<u32>,
     pub cpu_affinity: Option<Vec<usize>>,
     pub serial: SerialTarget,
@@ -294,6 +303,7 @@ impl VmConfig {
             cmdline,
             pool: a.pool,
             hugepages: a.hugepages,
+            mem_backend: a.mem_backend,
             numa_node: a.numa_node,
             cpu_affinity: a.cpu_affinity.map(|c| c.0),
             serial,

@@ -22,6 +22,8 @@ pub struct Report {
     pub pool_bytes: u64,
     pub pool_ranges: Vec<GpaRange>,
     pub hugepages_requested: PageSize,
+    /// `memfd` (hugetlb pages) or `devdax:/dev/daxX.Y`.
+    pub memory_backend: String,
     /// KernelPageSize of the whole guest RAM mapping from /proc/self/smaps; null if it mixed
     /// page sizes.
     pub host_page_size_bytes: Option<u64>,
@@ -67,10 +69,11 @@ impl Report {
             .map(|m| format!("{m:.1} ms"))
             .unwrap_or_else(|| "never".into());
         let mut s = format!(
-            "hpmmap-vmm report ({platform})\n  guest RAM {ram} on {page} host pages (asked {asked}), pool {pool} in {n} range(s), {vcpus} vCPU(s)\n  prefault {pt:.3} s ({rate:.2} GiB/s, {w} workers); start to first guest instruction {first}\n  KVM {kvm}\n  exit: {reason} ({detail}), status {code}",
+            "hpmmap-vmm report ({platform})\n  guest RAM {ram} on {page} host pages (asked {asked}, {backend}), pool {pool} in {n} range(s), {vcpus} vCPU(s)\n  prefault {pt:.3} s ({rate:.2} GiB/s, {w} workers); start to first guest instruction {first}\n  KVM {kvm}\n  exit: {reason} ({detail}), status {code}",
             platform = self.platform,
             ram = format_size(self.guest_ram_bytes),
             asked = self.hugepages_requested.name(),
+            backend = self.memory_backend,
             pool = format_size(self.pool_bytes),
             n = self.pool_ranges.len(),
             vcpus = self.vcpus,

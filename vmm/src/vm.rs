@@ -264,6 +264,7 @@ fn ram_options(cfg: &VmConfig) -> RamOptions {
     RamOptions {
         bytes: cfg.mem,
         page_size: cfg.hugepages,
+        backend: cfg.mem_backend.clone(),
         numa_node: cfg.numa_node,
         workers: cfg.prefault_workers,
         progress: true,
@@ -551,7 +552,7 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         i8042: Mutex::new(devices::i8042::I8042::default()),
         pv: Mutex::new(pv::PvDevice::new(
             layout.pool_ranges().to_vec(),
-            cfg.hugepages.shift(),
+            ram.page_size().shift(),
         )),
         pv_host: RamHost {
             ram: ram.clone(),
@@ -641,6 +642,7 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         pool_bytes: layout.pool_bytes(),
         pool_ranges: layout.pool_ranges().to_vec(),
         hugepages_requested: cfg.hugepages,
+        memory_backend: ram.backend().to_string(),
         host_page_size_bytes: host_page,
         kvm_pages,
         prefault,

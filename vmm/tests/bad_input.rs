@@ -158,6 +158,32 @@ fn refused_by_the_vmm() {
             vec!["--numa-node 7", "no such NUMA node"],
         ),
         (vec!["--mem", "64T", "--kernel", k], vec!["--mem 64T"]),
+        (
+            vec![
+                "--mem",
+                "1G",
+                "--kernel",
+                k,
+                "--mem-backend",
+                "devdax:/dev/null",
+            ],
+            vec!["devdax:/dev/null", "not a device-dax device"],
+        ),
+        (
+            vec![
+                "--mem",
+                "1G",
+                "--kernel",
+                k,
+                "--mem-backend",
+                "devdax:/dev/dax9.9",
+            ],
+            vec!["devdax:/dev/dax9.9", "No such file"],
+        ),
+        (
+            vec!["--mem", "1G", "--kernel", k, "--mem-backend", "pmem0"],
+            vec!["--mem-backend", "pmem0", "devdax:/dev/daxX.Y"],
+        ),
     ];
     for (mut args, wants) in cases {
         if args.contains(&"64M") || args.contains(&"32M") || args.contains(&"16M") {

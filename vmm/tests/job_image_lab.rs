@@ -7,46 +7,20 @@
 
 mod common;
 
+use common::lab::*;
 use common::*;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
-
-fn sibling(name: &str) -> PathBuf {
-    std::path::Path::new(vmm_bin()).parent().unwrap().join(name)
-}
 
 #[test]
 fn job_image_boots_as_l2_with_two_vcpus_and_a_right_report() {
     let name = "job_image_boots_as_l2_with_two_vcpus_and_a_right_report";
-    let (image_bin, lab_bin) = (sibling("hpmmap-image"), sibling("hpmmap-lab"));
-    if !image_bin.is_file() || !lab_bin.is_file() {
-        println!("SKIP: {name}: hpmmap-image / hpmmap-lab are not built next to hpmmap-vmm (cargo build -p hpmmap-image)");
+    let Some(tools) = lab_tools_or_skip(name) else {
         return;
-    }
-    let q = Command::new("sh")
-        .args(["-c", "command -v qemu-system-x86_64"])
-        .output();
-    if !q.map(|o| o.status.success()).unwrap_or(false) {
-        println!("SKIP: {name}: qemu-system-x86_64 is not installed");
-        return;
-    }
+    };
     let dir = TempDir::new("jobimage");
-    let img = dir.path("img");
-    let b = run_cmd(
-        Command::new(&image_bin)
-            .args(["build", "--quiet", "--out"])
-            .arg(&img),
-        Duration::from_secs(900),
-    );
-    if b.code == Some(2) {
-        println!(
-            "SKIP: {name}: no job image can be built here: {}",
-            b.stderr.trim()
-        );
+    let Some(img) = tools.build_image(name, &dir, &[]) else {
         return;
-    }
-    assert_eq!(b.code, Some(0), "hpmmap-image build: {}", b.stderr);
+    };
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(img.join("manifest.json")).unwrap()).unwrap();
 
@@ -59,10 +33,8 @@ fn job_image_boots_as_l2_with_two_vcpus_and_a_right_report() {
     let (r, out) = loop {
         attempt += 1;
         let r = run_cmd(
-            Command::new("nice")
-                .arg(&lab_bin)
-                .args([
-                    "run",
+            &mut tools.lab_command(
+                &[
                     "--mem",
                     "6G",
                     "--cpus",
@@ -71,12 +43,10 @@ fn job_image_boots_as_l2_with_two_vcpus_and_a_right_report() {
                     "2",
                     "--timeout",
                     "800",
-                ])
-                .arg("--add")
-                .arg(format!("{}:/img", img.display()))
-                .arg("--bins")
-                .arg(sibling(""))
-                .args(["--", cmd]),
+                ],
+                &img,
+                cmd,
+            ),
             Duration::from_secs(900),
         );
         let out = format!("{}{}", r.stdout, r.stderr);
@@ -104,12 +74,7 @@ fn job_image_boots_as_l2_with_two_vcpus_and_a_right_report() {
         "job exit status 0 through the PV device:\n{out}"
     );
     assert!(out.contains("HPMMAP-JOB-EXIT 0"), "{out}");
-    let json = out
-        .split("REPORT-BEGIN")
-        .nth(1)
-        .and_then(|s| s.split("REPORT-END").next())
-        .expect("report in the lab output");
-    let j: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let j = json_between(&out, "REPORT-BEGIN", "REPORT-END");
     assert_eq!(j["exit_reason"], "job-exit");
     assert_eq!(j["job_exit_status"], 0);
     assert_eq!(j["vcpus"], 2);

@@ -5,7 +5,7 @@
 
 use clap::{Parser, Subcommand};
 use hpmmap_image::job::sh_quote;
-use hpmmap_image::lab::{parse_add, parse_mem, Lab, LabConfig, LabError};
+use hpmmap_image::lab::{parse_add, parse_mem, parse_size, Lab, LabConfig, LabError};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +35,10 @@ enum Cmd {
         /// 1 GiB hugetlb pages reserved on L1's kernel command line.
         #[arg(long, default_value_t = 2)]
         hugepages: u32,
+        /// Set this much of L1's RAM aside at boot as a pmem range at 4 GiB (memmap=SIZE!4G,
+        /// whole GiB); L1 sees namespace0.0 (/dev/pmem0) and has the device-dax drivers.
+        #[arg(long, default_value = "0")]
+        pmem: String,
         /// Kill L1 after this many seconds and show its console.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         mem,
         cpus,
         hugepages,
+        pmem,
         timeout,
         adds,
         bin_dirs,
@@ -75,6 +80,7 @@ fn main() -> ExitCode {
             mem: parse_mem(&mem)?,
             cpus,
             hugepages_1g: hugepages,
+            pmem: parse_size(&pmem).map_err(|e| LabError::Pmem(pmem.clone(), e))?,
             timeout: Duration::from_secs(timeout),
             bin_dirs,
             work,

@@ -4,19 +4,24 @@ use super::LabError;
 use std::path::PathBuf;
 
 /// `8G`, `4096M`, `1T` or a byte count.
-pub fn parse_mem(s: &str) -> Result<u64, LabError> {
-    let bad = |why: &str| LabError::Mem(s.to_string(), why.to_string());
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, mult) = match s.chars().last() {
         Some('G' | 'g') => (&s[..s.len() - 1], 1u64 << 30),
         Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
         Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
         Some(c) if c.is_ascii_digit() => (s, 1),
-        _ => return Err(bad("expected a size like 8G or 4096M")),
+        _ => return Err("expected a size like 8G or 4096M".into()),
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| bad("expected a size like 8G or 4096M"))?;
-    let bytes = n.checked_mul(mult).ok_or_else(|| bad("too large"))?;
+        .map_err(|_| "expected a size like 8G or 4096M".to_string())?;
+    n.checked_mul(mult).ok_or_else(|| "too large".to_string())
+}
+
+/// L1's RAM: a size of at least 1 GiB.
+pub fn parse_mem(s: &str) -> Result<u64, LabError> {
+    let bad = |why: &str| LabError::Mem(s.to_string(), why.to_string());
+    let bytes = parse_size(s).map_err(|e| bad(&e))?;
     if bytes < 1 << 30 {
         return Err(bad("L1 needs at least 1G"));
     }

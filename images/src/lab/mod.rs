@@ -8,7 +8,7 @@
 //! it proves behaviour and counters, never speed.
 
 mod args;
-pub use args::{parse_add, parse_mem, Add};
+pub use args::{parse_add, parse_mem, parse_size, Add};
 
 use crate::cpio::Archive;
 use crate::debs::DebCache;
@@ -25,8 +25,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Modules L1 loads at boot: real KVM with nested paging (kvm_amd and what it needs),
-/// VFIO for device assignment, the igb PF and VF drivers.
-pub const LAB_MODULES: [&str; 10] = [
+/// VFIO for device assignment, the igb PF and VF drivers, and the nvdimm / device-dax
+/// drivers that turn a `--pmem` range into /dev/pmem0 and, reconfigured, /dev/dax0.0.
+pub const LAB_MODULES: [&str; 14] = [
     "irqbypass",
     "ccp",
     "kvm",
@@ -37,7 +38,17 @@ pub const LAB_MODULES: [&str; 10] = [
     "igb",
     "igbvf",
     "tun",
+    "nd_e820",
+    "nd_pmem",
+    "dax_pmem",
+    "device_dax",
 ];
+
+/// Where a `--pmem` range starts in L1's physical memory: the first byte above the 32-bit
+/// hole, which q35 fills with RAM whenever L1 has more than 2 GiB below it.
+pub const PMEM_BASE: u64 = 4 << 30;
+/// RAM q35 places below 4 GiB when L1 has 2.75 GiB or more.
+const Q35_LOW_RAM: u64 = 2 << 30;
 
 /// Host binaries of the workspace the lab carries when they have been built.
 pub const WORKSPACE_BINS: [&str; 2] = ["hpmmap-vmm", "hpmmap-offline"];
@@ -49,6 +60,8 @@ pub const LAB_END: &str = "HPMMAP-LAB-END";
 pub enum LabError {
     #[error("--mem {0}: {1}")]
     Mem(String, String),
+    #[error("--pmem {0}: {1}")]
+    Pmem(String, String),
     #[error("--cpus {0}: must be between 1 and 16")]
     Cpus(u32),
     #[error("--add {0}: {1}")]
@@ -77,6 +90,7 @@ impl LabError {
         matches!(
             self,
             LabError::Mem(..)
+                | LabError::Pmem(..)
                 | LabError::Cpus(_)
                 | LabError::Add(..)
                 | LabError::UnknownCommand(..)
@@ -92,6 +106,9 @@ pub struct LabConfig {
     pub cpus: u32,
     /// 1 GiB hugetlb pages reserved on L1's command line.
     pub hugepages_1g: u32,
+    /// Bytes of L1 RAM set aside as a legacy pmem range (`memmap=SIZE!4G`, as a host that
+    /// keeps memory from its kernel at boot); 0 for none. L1 sees it as namespace0.0.
+    pub pmem: u64,
     pub timeout: Duration,
     pub adds: Vec<Add>,
     /// Look for hpmmap-vmm / hpmmap-offline in these directories (first hit wins);
@@ -109,6 +126,7 @@ impl Default for LabConfig {
             mem: 8 << 30,
             cpus: 2,
             hugepages_1g: 2,
+            pmem: 0,
             timeout: Duration::from_secs(600),
             adds: vec![],
             bin_dirs: vec![],
@@ -124,13 +142,32 @@ impl LabConfig {
         if !(1..=16).contains(&self.cpus) {
             return Err(LabError::Cpus(self.cpus));
         }
-        let need = (u64::from(self.hugepages_1g) + 1) << 30;
+        let mem = format!("{}M", self.mem >> 20);
+        if self.pmem % (1 << 30) != 0 {
+            return Err(LabError::Pmem(
+                format!("{}M", self.pmem >> 20),
+                "must be whole GiB".into(),
+            ));
+        }
+        let need = ((u64::from(self.hugepages_1g) + 1) << 30) + self.pmem;
         if self.mem < need {
             return Err(LabError::Mem(
-                format!("{}M", self.mem >> 20),
+                mem,
                 format!(
-                    "too small for {} reserved 1 GiB pages plus 1 GiB for L1 itself",
-                    self.hugepages_1g
+                    "too small for {} reserved 1 GiB pages, {} GiB of pmem and 1 GiB for L1 itself",
+                    self.hugepages_1g,
+                    self.pmem >> 30
+                ),
+            ));
+        }
+        if self.pmem > 0 && self.mem < Q35_LOW_RAM + self.pmem {
+            return Err(LabError::Mem(
+                mem,
+                format!(
+                    "--pmem {}G starts at 4 GiB and needs L1 RAM up to {} GiB (--mem {}G or more)",
+                    self.pmem >> 30,
+                    (PMEM_BASE + self.pmem) >> 30,
+                    (Q35_LOW_RAM + self.pmem) >> 30
                 ),
             ));
         }
@@ -318,10 +355,15 @@ impl Lab {
         let _ = std::fs::remove_file(&output);
         let args = self.qemu_args(&initrd, &console, &output);
         step(format!(
-            "lab: booting L1 (QEMU/TCG, {} vCPUs, {} MiB, {} x 1 GiB pages); logs in {}",
+            "lab: booting L1 (QEMU/TCG, {} vCPUs, {} MiB, {} x 1 GiB pages{}); logs in {}",
             self.cfg.cpus,
             self.cfg.mem >> 20,
             self.cfg.hugepages_1g,
+            if self.cfg.pmem > 0 {
+                format!(", {} GiB pmem at 4 GiB", self.cfg.pmem >> 30)
+            } else {
+                String::new()
+            },
             work.display()
         ));
         let f = qemu::run(&args, self.cfg.timeout, &console);
@@ -366,10 +408,13 @@ impl Lab {
         let c = &self.cfg;
         // no_timer_check: under TCG on a loaded host the IO-APIC timer check can miss its
         // ticks and panic ("timer doesn't work through Interrupt-remapped IO-APIC").
-        let append = format!(
+        let mut append = format!(
             "console=ttyS0 intel_iommu=on hugepagesz=1G hugepages={} no_timer_check panic=-1 quiet",
             c.hugepages_1g
         );
+        if c.pmem > 0 {
+            append.push_str(&format!(" memmap={}G!{}G", c.pmem >> 30, PMEM_BASE >> 30));
+        }
         let mut v: Vec<OsString> = Vec::new();
         let mut push = |s: &str| v.push(s.into());
         for s in [

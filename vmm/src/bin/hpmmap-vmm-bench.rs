@@ -90,6 +90,7 @@ fn prefault_vs_memset(size: u64, page: PageSize, rounds: usize) -> Result<(), St
     let opts = RamOptions {
         bytes: size,
         page_size: page,
+        backend: hpmmap_vmm::memory::RamBackend::Memfd,
         numa_node: None,
         workers: 0,
         progress: false,

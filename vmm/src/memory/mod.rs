@@ -1,15 +1,17 @@
-//! Guest RAM: one memfd (hugetlb by default) mapped at an address aligned to its page size,
-//! NUMA-bound before it is touched, prefaulted in parallel, locked.
+//! Guest RAM: one memfd (hugetlb by default) or a device-dax device, mapped at an address
+//! aligned to its page size, NUMA-bound before it is touched, prefaulted in parallel, locked.
 
+pub mod devdax;
 pub mod hugepages;
 pub mod layout;
 pub mod smaps;
 
+use devdax::{DaxDevice, DevDaxError};
 use hugepages::{pool_counters, reserve_advice, PageSize};
 use layout::GuestLayout;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -43,6 +45,8 @@ pub enum MemoryError {
     MoreThanHost(String, String),
     #[error("guest RAM: {0}: {1}")]
     Sys(&'static str, io::Error),
+    #[error(transparent)]
+    DevDax(#[from] DevDaxError),
     #[error("guest RAM: mlock of {0} failed ({1}); raise the locked-memory limit (ulimit -l) or run as root")]
     Mlock(String, io::Error),
 }
@@ -54,9 +58,40 @@ impl MemoryError {
     }
 }
 
+/// Where guest RAM comes from (`--mem-backend`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RamBackend {
+    /// A memfd of `--hugepages` pages from the host's hugetlb pool.
+    #[default]
+    Memfd,
+    /// A device-dax character device; its alignment is the page size.
+    DevDax(PathBuf),
+}
+
+impl std::fmt::Display for RamBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RamBackend::Memfd => f.write_str("memfd"),
+            RamBackend::DevDax(p) => write!(f, "devdax:{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for RamBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "memfd" => Ok(RamBackend::Memfd),
+            Some(("devdax", p)) if !p.is_empty() => Ok(RamBackend::DevDax(PathBuf::from(p))),
+            _ => Err(format!("'{s}' is not memfd or devdax:/dev/daxX.Y")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RamOptions {
     pub bytes: u64,
+    pub backend: RamBackend,
     pub page_size: PageSize,
     pub numa_node: Option<u32>,
     /// Prefault workers; 0 = one per available core.
@@ -77,6 +112,8 @@ pub struct GuestRam {
     len: u64,
     fd: OwnedFd,
     page_size: PageSize,
+    /// The device-dax device behind the mapping, if not a memfd.
+    dax: Option<DaxDevice>,
 }
 
 // SAFETY: the mapping lives as long as GuestRam; concurrent access goes through KVM or through
@@ -106,8 +143,27 @@ fn host_mem_total() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The device-dax device of a devdax request, checked against the request.
+fn dax_device(opts: &RamOptions) -> Result<Option<DaxDevice>, MemoryError> {
+    let RamBackend::DevDax(path) = &opts.backend else {
+        return Ok(None);
+    };
+    if let Some(n) = opts.numa_node {
+        if !node_exists(n) {
+            return Err(MemoryError::NoSuchNode(n, online_nodes()));
+        }
+    }
+    let dev = DaxDevice::inspect(Path::new("/sys"), path)?;
+    dev.check(opts.bytes, opts.page_size, opts.numa_node)?;
+    Ok(Some(dev))
+}
+
 /// Checks everything about the request that can be checked without allocating anything.
 pub fn check_request(opts: &RamOptions) -> Result<(), MemoryError> {
+    // Device memory is neither in MemTotal nor in a hugetlb pool: the device is the limit.
+    if dax_device(opts)?.is_some() {
+        return Ok(());
+    }
     let page = opts.page_size;
     if !opts.bytes.is_multiple_of(page.bytes()) {
         return Err(MemoryError::NotPageMultiple(
@@ -171,6 +227,9 @@ fn too_few(opts: &RamOptions, needed: u64, available: u64, reserved_now: u64) ->
 
 impl GuestRam {
     pub fn create(opts: &RamOptions) -> Result<(GuestRam, PrefaultStats), MemoryError> {
+        if let Some(dev) = dax_device(opts)? {
+            return Self::create_devdax(opts, dev);
+        }
         check_request(opts)?;
         let page = opts.page_size;
         let flags = libc::MFD_CLOEXEC
@@ -206,16 +265,59 @@ impl GuestRam {
             len: opts.bytes,
             fd,
             page_size: page,
+            dax: None,
         };
         if let Some(node) = opts.numa_node {
             ram.bind_to_node(node)?;
         }
-        let stats = ram.prefault(opts)?;
+        ram.prefault_and_lock(opts)
+    }
+
+    /// Maps the first `opts.bytes` of a device-dax device. Its memory already sits on its
+    /// node (checked against --numa-node), so there is nothing to bind.
+    fn create_devdax(
+        opts: &RamOptions,
+        dev: DaxDevice,
+    ) -> Result<(GuestRam, PrefaultStats), MemoryError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev.path)
+            .map_err(|e| {
+                DevDaxError::NotDax(dev.path.display().to_string(), format!("open: {e}"))
+            })?;
+        let fd = OwnedFd::from(file);
+        // device-dax refuses mappings not aligned to its alignment (EINVAL).
+        let base = map_aligned(&fd, opts.bytes, dev.align.max(2 << 20))
+            .map_err(|e| MemoryError::Sys("mmap of the device-dax device", e))?;
+        let ram = GuestRam {
+            base,
+            len: opts.bytes,
+            fd,
+            page_size: dev.page_size(),
+            dax: Some(dev),
+        };
+        ram.prefault_and_lock(opts)
+    }
+
+    fn prefault_and_lock(
+        self,
+        opts: &RamOptions,
+    ) -> Result<(GuestRam, PrefaultStats), MemoryError> {
+        let stats = self.prefault(opts)?;
         // SAFETY: the range is our mapping.
-        if unsafe { libc::mlock(ram.base as *const libc::c_void, ram.len as usize) } < 0 {
-            return Err(MemoryError::Mlock(format_size(ram.len), errno()));
+        if unsafe { libc::mlock(self.base as *const libc::c_void, self.len as usize) } < 0 {
+            return Err(MemoryError::Mlock(format_size(self.len), errno()));
         }
-        Ok((ram, stats))
+        Ok((self, stats))
+    }
+
+    /// Where the memory comes from, for the report: `memfd` or `devdax:/dev/daxX.Y`.
+    pub fn backend(&self) -> RamBackend {
+        match &self.dax {
+            Some(d) => RamBackend::DevDax(d.path.clone()),
+            None => RamBackend::Memfd,
+        }
     }
 
     fn bind_to_node(&self, node: u32) -> Result<(), MemoryError> {
@@ -259,6 +361,9 @@ impl GuestRam {
         let error: std::sync::Mutex<Option<io::Error>> = std::sync::Mutex::new(None);
         let show = opts.progress && self.len >= PROGRESS_THRESHOLD;
         let base = self.base as usize;
+        // Device memory keeps whatever the previous job left there; hugetlb pages come
+        // zeroed from the kernel. No job may see another's data.
+        let clear = self.dax.is_some();
         let start = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..workers {
@@ -273,6 +378,12 @@ impl GuestRam {
                         failed.store(1, Ordering::Relaxed);
                         *error.lock().unwrap() = Some(e);
                         break;
+                    }
+                    if clear {
+                        // SAFETY: inside our mapping, just faulted in.
+                        unsafe {
+                            std::ptr::write_bytes((base + off as usize) as *mut u8, 0, len as usize)
+                        };
                     }
                     done.fetch_add(len, Ordering::Relaxed);
                 });
@@ -312,7 +423,7 @@ impl GuestRam {
         });
         if let Some(e) = error.into_inner().unwrap() {
             let hugetlb_short = matches!(e.raw_os_error(), Some(libc::ENOMEM) | Some(libc::EFAULT));
-            if hugetlb_short && self.page_size != PageSize::Small {
+            if hugetlb_short && self.page_size != PageSize::Small && self.dax.is_none() {
                 let avail = pool_counters(Path::new("/sys"), self.page_size, opts.numa_node)
                     .map(|c| c.free)
                     .unwrap_or(0);
@@ -352,14 +463,26 @@ impl GuestRam {
     }
 
     /// Punches `[offset, offset+len)` out of the memfd and faults it back in: the guest then
-    /// reads zeros, and the host zeroed the pages at native speed.
+    /// reads zeros, and the host zeroed the pages at native speed. Device memory cannot be
+    /// given back, so a device-dax range is cleared in place.
     pub fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.dax.is_some() {
+            if offset.checked_add(len).is_none_or(|e| e > self.len) {
+                return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            }
+            // SAFETY: inside our mapping, checked above.
+            unsafe { std::ptr::write_bytes(self.base.add(offset as usize), 0, len as usize) };
+            return Ok(());
+        }
         self.punch_hole(offset, len)?;
         populate(self.base as usize + offset as usize, len as usize)
     }
 
     /// Gives `[offset, offset+len)` back to the host; the next touch faults in zeroed pages.
     pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.dax.is_some() {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
         if offset.checked_add(len).is_none_or(|e| e > self.len) {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
@@ -500,6 +623,7 @@ mod tests {
         let opts = RamOptions {
             bytes: 64 * MIB,
             page_size: PageSize::Small,
+            backend: RamBackend::Memfd,
             numa_node: None,
             workers: 2,
             progress: false,
@@ -523,6 +647,7 @@ mod tests {
         let mut opts = RamOptions {
             bytes: 64 * MIB + 4096,
             page_size: PageSize::Huge2M,
+            backend: RamBackend::Memfd,
             numa_node: None,
             workers: 1,
             progress: false,

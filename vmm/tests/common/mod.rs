@@ -2,6 +2,8 @@
 //! files, running the real `hpmmap-vmm` binary with a timeout, and reserving 1 GiB pages.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use iced_x86::code_asm::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};

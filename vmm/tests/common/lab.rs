@@ -1,0 +1,83 @@
+//! Running hpmmap-vmm in the images/ nested lab (`hpmmap-lab run`): finding the lab tools
+//! built next to hpmmap-vmm, building a job image, skipping with the reason where the lab
+//! cannot run here. Figures from the lab are emulation figures (QEMU/TCG), never hardware.
+
+use super::{run_cmd, vmm_bin, TempDir};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A binary of the workspace built next to hpmmap-vmm.
+pub fn sibling(name: &str) -> PathBuf {
+    Path::new(vmm_bin()).parent().unwrap().join(name)
+}
+
+pub struct LabTools {
+    pub image: PathBuf,
+    pub lab: PathBuf,
+}
+
+/// The lab tools, or `None` after printing why the lab cannot run here.
+pub fn lab_tools_or_skip(test: &str) -> Option<LabTools> {
+    let (image, lab) = (sibling("hpmmap-image"), sibling("hpmmap-lab"));
+    if !image.is_file() || !lab.is_file() {
+        println!("SKIP: {test}: hpmmap-image / hpmmap-lab are not built next to hpmmap-vmm (cargo build -p hpmmap-image)");
+        return None;
+    }
+    let q = Command::new("sh")
+        .args(["-c", "command -v qemu-system-x86_64"])
+        .output();
+    if !q.map(|o| o.status.success()).unwrap_or(false) {
+        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        return None;
+    }
+    Some(LabTools { image, lab })
+}
+
+impl LabTools {
+    /// Builds the default job image into `dir/img` (with `extra` build flags); `None` after
+    /// printing why when no image can be built here (exit 2: no kernel package).
+    pub fn build_image(&self, test: &str, dir: &TempDir, extra: &[&str]) -> Option<PathBuf> {
+        let img = dir.path("img");
+        let b = run_cmd(
+            Command::new(&self.image)
+                .args(["build", "--quiet", "--out"])
+                .arg(&img)
+                .args(extra),
+            Duration::from_secs(900),
+        );
+        if b.code == Some(2) {
+            println!(
+                "SKIP: {test}: no job image can be built here: {}",
+                b.stderr.trim()
+            );
+            return None;
+        }
+        assert_eq!(b.code, Some(0), "hpmmap-image build: {}", b.stderr);
+        Some(img)
+    }
+
+    /// `nice hpmmap-lab run LAB_ARGS --add IMG:/img --bins <hpmmap-vmm's dir> -- CMD`.
+    pub fn lab_command(&self, lab_args: &[&str], img: &Path, cmd: &str) -> Command {
+        let mut c = Command::new("nice");
+        c.arg(&self.lab)
+            .arg("run")
+            .args(lab_args)
+            .arg("--add")
+            .arg(format!("{}:/img", img.display()))
+            .arg("--bins")
+            .arg(sibling(""))
+            .args(["--", cmd]);
+        c
+    }
+}
+
+/// The JSON between `begin` and `end` marker lines of the lab output.
+pub fn json_between(out: &str, begin: &str, end: &str) -> serde_json::Value {
+    let json = out
+        .split(begin)
+        .nth(1)
+        .and_then(|s| s.split(end).next())
+        .unwrap_or_else(|| panic!("no {begin} .. {end} in the lab output:\n{out}"));
+    serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
