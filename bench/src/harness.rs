@@ -190,6 +190,29 @@ pub fn default_lab_sizes(quick: bool) -> BTreeMap<Workload, WorkloadSize> {
     .collect()
 }
 
+/// Guest RAM of a VM run on this host: the guest kernel's GiB plus a pool that holds
+/// every rank's largest workload with room for its page tables and shared region (hpmmap
+/// serves only whole blocks; a pool too small would fall back to Linux, counted but not
+/// what the row is about).
+pub fn host_vm_mem_gib(opts: &Options) -> u32 {
+    let largest = opts
+        .workloads
+        .iter()
+        .map(|w| opts.sizes[w].mem_per_rank)
+        .max()
+        .unwrap_or(0);
+    vm_mem_gib(largest, opts.ranks)
+}
+
+/// 1 GiB for the guest kernel plus whole GiBs holding `ranks` × `mem_per_rank` and a
+/// quarter more.
+pub fn vm_mem_gib(mem_per_rank: u64, ranks: usize) -> u32 {
+    let pool = (mem_per_rank * ranks as u64 * 5 / 4)
+        .div_ceil(1 << 30)
+        .max(1);
+    1 + pool as u32
+}
+
 /// Set by SIGINT / SIGTERM / SIGHUP; every wait in the harness checks it.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -506,11 +529,13 @@ fn run_lab(
         ranks: 1,
         shape: shape.clone(),
         warmup_secs: opts.warmup.as_secs_f64().ceil().max(1.0) as u32,
-        run_timeout_secs: 300,
+        // Runs take 10-40 s here; a limit well above that, but not so far that a hung L2
+        // boot (retried once) costs much.
+        run_timeout_secs: 180,
         l1_cpus: 2,
     };
     eprintln!(
-        "[bench] nested lab: {} L2 runs in one L1 boot (QEMU/TCG; roughly 15-25 s each); hpmmap-lab {}",
+        "[bench] nested lab: {} L2 runs in one L1 boot (QEMU/TCG; roughly 15-30 s each); hpmmap-lab {}",
         plan.cells.len(),
         l.args(&plan).join(" ")
     );
@@ -558,7 +583,7 @@ fn run_lab(
     let retried = res.output.runs.iter().filter(|r| r.retries > 0).count();
     if retried > 0 {
         notes.push(format!(
-            "{retried} L2 boot(s) triple-faulted before the guest's init ran (hpmmap-vmm exit 72, the known intermittent nested-boot failure under TCG) and were booted once more; the job had not started"
+            "{retried} L2 boot(s) failed before the guest's init ran (a triple fault, hpmmap-vmm exit 72, or a boot hung until the run's limit; the intermittent nested-boot failures under TCG) and were booted once more; the job had not started"
         ));
     }
     if !res.output.done {
@@ -782,12 +807,16 @@ pub fn run(opts: &Options) -> Result<Results> {
             )?;
             if place == VmPlace::Host {
                 if let Some(off) = vm::find_tool("hpmmap-offline") {
-                    _reservation = Some(crate::runner::Reservation::take(&off, vm_shape.mem_gib)?);
+                    _reservation = Some(crate::runner::Reservation::take(
+                        &off,
+                        host_vm_mem_gib(opts),
+                    )?);
                 }
                 host_vm = Some(crate::runner::HostVm {
                     vmm,
                     images,
                     shape: VmShape {
+                        mem_gib: host_vm_mem_gib(opts),
                         vcpus: rank_cpus.len().max(1) as u32,
                         cpu_affinity: (!rank_cpus.is_empty()).then(|| {
                             rank_cpus
@@ -796,7 +825,6 @@ pub fn run(opts: &Options) -> Result<Results> {
                                 .collect::<Vec<_>>()
                                 .join(",")
                         }),
-                        ..vm_shape.clone()
                     },
                     scratch: dir.0.clone(),
                 });
@@ -1056,6 +1084,13 @@ mod tests {
         let firsts: Vec<Config> = (0..3).map(|r| plan[r * 3].2[0].config).collect();
         assert_eq!(firsts, vec![Config::Thp, Config::Hugetlb, Config::Populate]);
         assert_ne!(plan[0].1, plan[3].1);
+    }
+
+    #[test]
+    fn host_vm_pool_holds_every_rank() {
+        assert_eq!(vm_mem_gib(64 << 20, 1), 2);
+        assert_eq!(vm_mem_gib(256 << 20, 8), 4);
+        assert_eq!(vm_mem_gib(1 << 30, 1), 3);
     }
 
     #[test]

@@ -25,10 +25,12 @@
 //! HPMMAP-BENCH-RUN-END rc=0 secs=14
 //! ```
 //!
-//! A run whose guest triple-faulted (hpmmap-vmm exit 72) before its init said anything is
-//! booted once more, after `HPMMAP-BENCH-RETRY rc=72`: the intermittent nested-boot failure
-//! under TCG that the lab tests also retry (the job had not started, so nothing of it is
-//! lost or counted twice). The rest of the protocol:
+//! A run whose guest never reached its init — it triple-faulted (hpmmap-vmm exit 72) or hung
+//! in its boot until the run's time limit (busybox `timeout`: 124, or the VMM's orderly stop
+//! on SIGTERM: 143; seen as RCU stalls with a timer that never fires on an L2 vCPU) — is
+//! booted once more, after `HPMMAP-BENCH-RETRY rc=N`: the intermittent nested-boot failures
+//! under TCG that the VMM's lab tests also retry. The job had not started, so nothing of it
+//! is lost or counted twice. The rest of the protocol:
 //!
 //! ```text
 //! HPMMAP-BENCH-PROFILE profile=A stop alive=1
@@ -95,7 +97,7 @@ impl LabPlan {
         s += "start_profile() {\n    echo \"HPMMAP-BENCH-PROFILE profile=$1 start\"\n    if [ -n \"$2\" ]; then\n        stress-ng $2 --timeout 0 --quiet > /tmp/stress-$1.log 2>&1 &\n        comp=$!\n        sleep $3\n    fi\n}\n";
         s += "stop_profile() {\n    if [ -n \"$comp\" ]; then\n        alive=0; kill -0 $comp 2>/dev/null && alive=1\n        kill $comp 2>/dev/null; sleep 1; kill -9 $comp 2>/dev/null; wait $comp 2>/dev/null\n        echo \"HPMMAP-BENCH-PROFILE profile=$1 stop alive=$alive\"\n        comp=\n    else\n        echo \"HPMMAP-BENCH-PROFILE profile=$1 stop\"\n    fi\n}\n";
         s += &format!(
-            "run_one() {{\n    echo \"HPMMAP-BENCH-RUN-BEGIN rep=$1 profile=$2 workload=$3 config=$4\"\n    try=1\n    while :; do\n        rm -f /tmp/serial.log /tmp/report.json /tmp/vmm.err\n        t0=$(date +%s)\n        timeout {t} hpmmap-vmm $5 2>/tmp/vmm.err\n        rc=$?\n        if [ $rc = 72 ] && [ $try = 1 ] && ! grep -q 'job runs' /tmp/serial.log 2>/dev/null; then\n            echo HPMMAP-BENCH-RETRY rc=72; try=2; continue\n        fi\n        break\n    done\n    echo HPMMAP-BENCH-SERIAL-BEGIN; cat /tmp/serial.log 2>/dev/null; echo; echo HPMMAP-BENCH-SERIAL-END\n    echo HPMMAP-BENCH-REPORT-BEGIN; cat /tmp/report.json 2>/dev/null; echo; echo HPMMAP-BENCH-REPORT-END\n    if [ $rc != 0 ]; then echo HPMMAP-BENCH-VMM-STDERR-BEGIN; tail -n 15 /tmp/vmm.err; echo HPMMAP-BENCH-VMM-STDERR-END; fi\n    echo \"HPMMAP-BENCH-RUN-END rc=$rc secs=$(( $(date +%s) - t0 ))\"\n}}\n",
+            "run_one() {{\n    echo \"HPMMAP-BENCH-RUN-BEGIN rep=$1 profile=$2 workload=$3 config=$4\"\n    try=1\n    while :; do\n        rm -f /tmp/serial.log /tmp/report.json /tmp/vmm.err\n        t0=$(date +%s)\n        timeout {t} hpmmap-vmm $5 2>/tmp/vmm.err\n        rc=$?\n        case $rc in 72|124|143) boot_failed=1 ;; *) boot_failed=0 ;; esac\n        if [ $boot_failed = 1 ] && [ $try = 1 ] && ! grep -q 'job runs' /tmp/serial.log 2>/dev/null; then\n            echo HPMMAP-BENCH-RETRY rc=$rc; try=2; continue\n        fi\n        break\n    done\n    echo HPMMAP-BENCH-SERIAL-BEGIN; cat /tmp/serial.log 2>/dev/null; echo; echo HPMMAP-BENCH-SERIAL-END\n    echo HPMMAP-BENCH-REPORT-BEGIN; cat /tmp/report.json 2>/dev/null; echo; echo HPMMAP-BENCH-REPORT-END\n    if [ $rc != 0 ]; then echo HPMMAP-BENCH-VMM-STDERR-BEGIN; tail -n 15 /tmp/vmm.err; echo HPMMAP-BENCH-VMM-STDERR-END; fi\n    echo \"HPMMAP-BENCH-RUN-END rc=$rc secs=$(( $(date +%s) - t0 ))\"\n}}\n",
             t = self.run_timeout_secs
         );
         let mut current: Option<Profile> = None;
@@ -165,10 +167,12 @@ impl LabPlan {
 }
 
 /// `hpmmap-lab run` arguments: L1 shape, the workspace binaries' directory (hpmmap-vmm), the
-/// images, stress-ng and the script added, then the command.
+/// work directory (its `output.log` grows while L1 runs: the harness shows progress from
+/// it), the images, stress-ng and the script added, then the command.
 pub fn lab_args(
     plan: &LabPlan,
     bins: &Path,
+    work: &Path,
     images: &[(Config, PathBuf)],
     stress_ng: Option<&Path>,
     script: &Path,
@@ -185,6 +189,8 @@ pub fn lab_args(
         plan.lab_timeout_secs().to_string(),
         "--bins".into(),
         bins.display().to_string(),
+        "--work".into(),
+        work.display().to_string(),
     ];
     for (c, dir) in images {
         v.push("--add".into());
@@ -417,6 +423,29 @@ mod tests {
         assert_eq!(s.matches("\nrun_one ").count(), 4);
         assert!(s.contains("run_one 0 B faults vm-hpmmap '--mem 2G --vcpus 2 --image /bench/vm-hpmmap --cmdline hpmmap_workload_args=faults,--ranks,1,--mem-per-rank,16777216,--iters,3,--mode,thp,--tol,0 --serial /tmp/serial.log --report /tmp/report.json'\n"), "{s}");
         assert!(s.trim_end().ends_with("HPMMAP-BENCH-LAB-DONE"));
+    }
+
+    #[test]
+    fn a_retried_boot_counts_and_keeps_only_the_second_boot() {
+        let text = "HPMMAP-BENCH-RUN-BEGIN rep=1 profile=A workload=gups config=vm-thp\n\
+            HPMMAP-BENCH-RETRY rc=143\n\
+            HPMMAP-BENCH-SERIAL-BEGIN\nsecond boot\nHPMMAP-BENCH-SERIAL-END\n\
+            HPMMAP-BENCH-REPORT-BEGIN\n{\"exit_code\": 0}\nHPMMAP-BENCH-REPORT-END\n\
+            HPMMAP-BENCH-RUN-END rc=0 secs=30\nHPMMAP-BENCH-LAB-DONE\n";
+        let o = parse_output(text).unwrap();
+        assert!(o.done);
+        assert_eq!(o.runs.len(), 1);
+        let r = &o.runs[0];
+        assert_eq!(
+            (r.rep, r.profile, r.retries, r.rc),
+            (1, Profile::A, 1, Some(0))
+        );
+        assert_eq!(r.serial, "second boot\n");
+        assert_eq!(r.report.as_ref().unwrap()["exit_code"], 0);
+        assert!(plan()
+            .script()
+            .unwrap()
+            .contains("72|124|143) boot_failed=1"));
     }
 
     #[test]

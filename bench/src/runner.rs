@@ -263,11 +263,46 @@ pub fn l1_failure_line(stderr: &str) -> Option<String> {
     })
 }
 
+/// Prints a line for each L2 run L1 finishes, read from the growing `output.log`, until
+/// `done`.
+fn show_progress(log: &Path, total: usize, done: &std::sync::atomic::AtomicBool) {
+    let t0 = Instant::now();
+    let mut shown = 0;
+    let mut current = String::new();
+    loop {
+        let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let mut seen = 0;
+        for l in text.lines() {
+            let l = l.trim_end_matches('\r');
+            if let Some(rest) = l.strip_prefix("HPMMAP-BENCH-RUN-BEGIN ") {
+                current = rest.to_string();
+            } else if let Some(rest) = l.strip_prefix("HPMMAP-BENCH-RUN-END ") {
+                seen += 1;
+                if seen > shown {
+                    let el = t0.elapsed().as_secs_f64();
+                    eprintln!(
+                        "[bench] lab [{seen}/{total}, {:.0} min in, eta {:.0} min] {current}: {rest}",
+                        el / 60.0,
+                        el / seen as f64 * (total.saturating_sub(seen)) as f64 / 60.0
+                    );
+                    shown = seen;
+                }
+            }
+        }
+        if finished {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 impl LabRunner {
     pub fn args(&self, plan: &LabPlan) -> Vec<String> {
         lab::lab_args(
             plan,
             &self.bins,
+            &self.scratch.join("lab-work"),
             &self.images,
             self.stress_ng.as_deref(),
             &self.scratch.join("plan.sh"),
@@ -279,7 +314,20 @@ impl LabRunner {
         let mut cmd = Command::new(&self.lab);
         cmd.args(self.args(plan));
         let limit = Duration::from_secs(plan.lab_timeout_secs() + 120);
-        match run_child(cmd, limit) {
+        let work = self.scratch.join("lab-work");
+        let _ = std::fs::remove_dir_all(&work);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let progress = {
+            let done = done.clone();
+            let log = work.join("output.log");
+            let total = plan.cells.len();
+            std::thread::spawn(move || show_progress(&log, total, &done))
+        };
+        let r = run_child(cmd, limit);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = progress.join();
+        let _ = std::fs::remove_dir_all(&work);
+        match r {
             Ok(x) => Ok(x),
             Err(e) if e.downcast_ref::<Interrupted>().is_some() => Err(e),
             Err(e) => Err(e.context("running hpmmap-lab")),

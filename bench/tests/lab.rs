@@ -225,6 +225,8 @@ fn runners_build_the_hpmmap_vmm_and_hpmmap_lab_command_lines() {
             &timeout,
             "--bins",
             "/t",
+            "--work",
+            "/s/lab-work",
             "--add",
             "/i/vm-thp:/bench/vm-thp",
             "--add",
