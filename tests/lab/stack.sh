@@ -13,34 +13,60 @@ echo "$out" | sed 's/^/reserve: /'
 echo "reserve_rc=$rc"
 echo "status_reserved=$(json)"
 
+# Under nested SVM emulated by TCG a 2-vCPU L2 triple-faults now and then (exit 72; see
+# vmm/README.md, Known issue): such a boot is retried once and its log kept as "attempt1".
+first_attempt() { # NAME STATUS
+    echo "retry_$1=$2"
+    sed "s/^/attempt1 $1: /" "/tmp/$1.log"
+}
+
 # The measured job, the VMM in the background so status can be read while it runs.
-hpmmap-vmm --mem "$mem" --vcpus 2 --image /measured --report /tmp/measured.json >/tmp/measured.log 2>&1 &
-pid=$!
+measure() {
+    hpmmap-vmm --mem "$mem" --vcpus 2 --image /measured --report /tmp/measured.json >/tmp/measured.log 2>&1 &
+    pid=$!
+    held=
+    # Once the guest kernel prints, guest RAM is prefaulted: status must show the VM's pid
+    # holding every page (smaps and numa_maps read mid-prefault could disagree).
+    while kill -0 "$pid" 2>/dev/null; do
+        if grep -q '^\[' /tmp/measured.log; then
+            held=$(json)
+            break
+        fi
+        sleep 0.2
+    done
+    wait "$pid"
+    measured=$?
+}
+measure
+if [ "$measured" = 72 ]; then
+    first_attempt measured 72
+    measure
+fi
 echo "vmm_pid=$pid"
-held=
-# Once the guest kernel prints, guest RAM is prefaulted: status must show the VM's pid
-# holding every page (smaps and numa_maps read mid-prefault could disagree).
-while kill -0 "$pid" 2>/dev/null; do
-    if grep -q '^\[' /tmp/measured.log; then
-        held=$(json)
-        break
-    fi
-    sleep 0.2
-done
 echo "status_running=$held"
-wait "$pid"
-echo "measured_status=$?"
+echo "measured_status=$measured"
 sed 's/^/measured: /' /tmp/measured.log
 echo "measured_report=$(tr -d '\n' </tmp/measured.json 2>/dev/null)"
 
+# boot NAME IMAGE: a foreground job, retried once after a triple fault; status in $booted.
+boot() {
+    hpmmap-vmm --mem "$mem" --vcpus 2 --image "$2" --report "/tmp/$1.json" >"/tmp/$1.log" 2>&1
+    booted=$?
+    if [ "$booted" = 72 ]; then
+        first_attempt "$1" 72
+        hpmmap-vmm --mem "$mem" --vcpus 2 --image "$2" --report "/tmp/$1.json" >"/tmp/$1.log" 2>&1
+        booted=$?
+    fi
+}
+
 # A failing job: its status must come back as the VMM's.
-hpmmap-vmm --mem 2G --vcpus 2 --image /fail --report /tmp/fail.json >/tmp/fail.log 2>&1
-echo "fail_status=$?"
+boot fail /fail
+echo "fail_status=$booted"
 sed 's/^/fail: /' /tmp/fail.log
 
 if [ "$suite" = 1 ]; then
-    hpmmap-vmm --mem "$mem" --vcpus 2 --image /suite --report /tmp/suite.json >/tmp/suite.log 2>&1
-    echo "suite_status=$?"
+    boot suite /suite
+    echo "suite_status=$booted"
     sed 's/^/suite: /' /tmp/suite.log
 fi
 

@@ -9,8 +9,6 @@
 mod common;
 
 use common::lab::*;
-use common::*;
-use std::time::Duration;
 
 /// Run in L1 (busybox sh). Markers `NAME=value` are what the test reads.
 const SCRIPT: &str = r#"
@@ -50,40 +48,24 @@ fn marker<'a>(out: &'a str, key: &str) -> &'a str {
 #[test]
 fn job_image_boots_on_a_devdax_device_with_1g_pages() {
     let name = "job_image_boots_on_a_devdax_device_with_1g_pages";
-    let Some(tools) = lab_tools_or_skip(name) else {
+    let Some((tools, _dir, img)) = lab_with_image(name) else {
         return;
     };
-    let dir = TempDir::new("devdax-lab");
-    let Some(img) = tools.build_image(name, &dir, &[]) else {
+    let lab_args = [
+        "--mem",
+        "6G",
+        "--cpus",
+        "2",
+        "--hugepages",
+        "0",
+        "--pmem",
+        "3G",
+        "--timeout",
+        "800",
+    ];
+    let Some(LabRun { out, .. }) = tools.run(name, &lab_args, &img, SCRIPT) else {
         return;
     };
-    let r = run_cmd(
-        &mut tools.lab_command(
-            &[
-                "--mem",
-                "6G",
-                "--cpus",
-                "2",
-                "--hugepages",
-                "0",
-                "--pmem",
-                "3G",
-                "--timeout",
-                "800",
-            ],
-            &img,
-            SCRIPT,
-        ),
-        Duration::from_secs(900),
-    );
-    let out = format!("{}{}", r.stdout, r.stderr);
-    if r.code == Some(2) {
-        println!(
-            "SKIP: {name}: the lab refused to start: {}",
-            r.stderr.trim()
-        );
-        return;
-    }
     println!("{out}");
     assert_eq!(marker(&out, "DEVDAX-SETUP"), "ok");
     assert_eq!(marker(&out, "RESERVE-STATUS"), "0", "reserve --devdax");

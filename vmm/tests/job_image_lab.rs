@@ -8,17 +8,11 @@
 mod common;
 
 use common::lab::*;
-use common::*;
-use std::time::Duration;
 
 #[test]
 fn job_image_boots_as_l2_with_two_vcpus_and_a_right_report() {
     let name = "job_image_boots_as_l2_with_two_vcpus_and_a_right_report";
-    let Some(tools) = lab_tools_or_skip(name) else {
-        return;
-    };
-    let dir = TempDir::new("jobimage");
-    let Some(img) = tools.build_image(name, &dir, &[]) else {
+    let Some((tools, _dir, img)) = lab_with_image(name) else {
         return;
     };
     let manifest: serde_json::Value =
@@ -29,45 +23,34 @@ fn job_image_boots_as_l2_with_two_vcpus_and_a_right_report() {
     // Two vCPUs of an L2 Linux under nested SVM emulated by TCG fail now and then (a guest
     // triple fault on vCPU 1, or an RCU stall on vCPU 0 that the timeout above ends; see the
     // vmm README): one retry, and the first failure is printed.
+    let lab_args = [
+        "--mem",
+        "6G",
+        "--cpus",
+        "2",
+        "--hugepages",
+        "2",
+        "--timeout",
+        "800",
+    ];
     let mut attempt = 0;
-    let (r, out) = loop {
+    let r = loop {
         attempt += 1;
-        let r = run_cmd(
-            &mut tools.lab_command(
-                &[
-                    "--mem",
-                    "6G",
-                    "--cpus",
-                    "2",
-                    "--hugepages",
-                    "2",
-                    "--timeout",
-                    "800",
-                ],
-                &img,
-                cmd,
-            ),
-            Duration::from_secs(900),
-        );
-        let out = format!("{}{}", r.stdout, r.stderr);
-        let intermittent = out.contains("VMM-STATUS=72") || out.contains("VMM-STATUS=143");
+        let Some(r) = tools.run(name, &lab_args, &img, cmd) else {
+            return;
+        };
+        let intermittent = r.out.contains("VMM-STATUS=72") || r.out.contains("VMM-STATUS=143");
         if intermittent && attempt == 1 {
-            let lines: Vec<&str> = out.lines().filter(|l| l.contains("hpmmap-vmm")).collect();
+            let lines: Vec<&str> = r.out.lines().filter(|l| l.contains("hpmmap-vmm")).collect();
             println!(
                 "RETRY: {name}: intermittent nested failure on attempt 1:\n{}",
                 lines.join("\n")
             );
             continue;
         }
-        break (r, out);
+        break r;
     };
-    if r.code == Some(2) {
-        println!(
-            "SKIP: {name}: the lab refused to start: {}",
-            r.stderr.trim()
-        );
-        return;
-    }
+    let out = r.out;
     assert_eq!(r.code, Some(0), "lab run:\n{out}");
     assert!(
         out.contains("VMM-STATUS=0"),

@@ -72,6 +72,44 @@ impl LabTools {
     }
 }
 
+/// A lab run: the command's status in L1 comes back as hpmmap-lab's exit status.
+pub struct LabRun {
+    pub code: Option<i32>,
+    /// stdout and stderr of hpmmap-lab together.
+    pub out: String,
+}
+
+/// Prepares what a lab test needs: the tools and the default job image in a fresh temporary
+/// directory (kept alive by the returned `TempDir`). `None` after printing why it cannot run.
+pub fn lab_with_image(test: &str) -> Option<(LabTools, TempDir, PathBuf)> {
+    let tools = lab_tools_or_skip(test)?;
+    let dir = TempDir::new(test);
+    let img = tools.build_image(test, &dir, &[])?;
+    Some((tools, dir, img))
+}
+
+impl LabTools {
+    /// Runs `cmd` in L1 with the image at /img (15 min at most); `None` after printing why
+    /// when the lab refuses to start here (exit 2).
+    pub fn run(&self, test: &str, lab_args: &[&str], img: &Path, cmd: &str) -> Option<LabRun> {
+        let r = run_cmd(
+            &mut self.lab_command(lab_args, img, cmd),
+            Duration::from_secs(900),
+        );
+        if r.code == Some(2) {
+            println!(
+                "SKIP: {test}: the lab refused to start: {}",
+                r.stderr.trim()
+            );
+            return None;
+        }
+        Some(LabRun {
+            code: r.code,
+            out: format!("{}{}", r.stdout, r.stderr),
+        })
+    }
+}
+
 /// The JSON between `begin` and `end` marker lines of the lab output.
 pub fn json_between(out: &str, begin: &str, end: &str) -> serde_json::Value {
     let json = out
