@@ -23,16 +23,7 @@ fn job_image_boots_as_l2_with_two_vcpus_and_a_right_report() {
     // Two vCPUs of an L2 Linux under nested SVM emulated by TCG fail now and then (a guest
     // triple fault on vCPU 1, or an RCU stall on vCPU 0 that the timeout above ends; see the
     // vmm README): one retry, and the first failure is printed.
-    let lab_args = [
-        "--mem",
-        "6G",
-        "--cpus",
-        "2",
-        "--hugepages",
-        "2",
-        "--timeout",
-        "800",
-    ];
+    let lab_args = L2_ON_1G_PAGES;
     let mut attempt = 0;
     let r = loop {
         attempt += 1;

@@ -7,6 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// L1 for a 2 GiB, 2-vCPU L2 on 1 GiB pages: 6 GiB, 2 vCPUs (one L1 vCPU was seen to stall
+/// an L2), 2 reserved 1 GiB pages, killed after 800 s.
+pub const L2_ON_1G_PAGES: [&str; 8] = [
+    "--mem",
+    "6G",
+    "--cpus",
+    "2",
+    "--hugepages",
+    "2",
+    "--timeout",
+    "800",
+];
+
 /// A binary of the workspace built next to hpmmap-vmm.
 pub fn sibling(name: &str) -> PathBuf {
     Path::new(vmm_bin()).parent().unwrap().join(name)
