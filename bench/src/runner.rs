@@ -252,6 +252,9 @@ pub struct LabResult {
     pub boot_notes: Vec<String>,
 }
 
+/// L1 boots one lab pass may take (the first, and one more after each crash).
+pub const LAB_BOOTS: usize = 3;
+
 /// The line of the lab's stderr (L1's console tail) that says why L1 stopped.
 pub fn l1_failure_line(stderr: &str) -> Option<String> {
     let keys = ["Kernel panic", "BUG:", "did not finish", "hpmmap-lab:"];
@@ -326,17 +329,23 @@ impl LabRunner {
         let r = run_child(cmd, limit);
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = progress.join();
+        // hpmmap-lab prints L1's output only when L1 ended normally; after a crash it is
+        // still in the work directory's output.log, and the finished runs in it count.
+        let log = std::fs::read(work.join("output.log"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+            .unwrap_or_default();
         let _ = std::fs::remove_dir_all(&work);
         match r {
-            Ok(x) => Ok(x),
+            Ok((st, out, err)) => Ok((st, if out.trim().is_empty() { log } else { out }, err)),
             Err(e) if e.downcast_ref::<Interrupted>().is_some() => Err(e),
             Err(e) => Err(e.context("running hpmmap-lab")),
         }
     }
 
     /// The whole plan in one L1 boot. Nested virtualization under TCG now and then brings
-    /// L1 down (a triple fault or a kernel oops in L1's KVM): then a second boot runs what
-    /// the first did not finish. Runs still missing after that are recorded as failed.
+    /// L1 down (kernel oopses in L1 while its KVM runs an L2 guest, more often under the
+    /// profiles' load): then another boot runs what the last did not finish, up to
+    /// [`LAB_BOOTS`] in all. Runs still missing after that are recorded as failed.
     pub fn run(&self, plan: &LabPlan) -> Result<LabResult> {
         let t0 = Instant::now();
         let mut output = LabOutput::default();
@@ -344,7 +353,7 @@ impl LabRunner {
         let mut notes = Vec::new();
         let mut status = None;
         let mut remaining = plan.clone();
-        for boot in 1..=2 {
+        for boot in 1..=LAB_BOOTS {
             let (st, out, err) = self.boot(&remaining)?;
             status = st.code();
             raw += &format!("=== hpmmap-bench: L1 boot {boot} ({st}) ===\n{out}");
@@ -354,7 +363,7 @@ impl LabRunner {
             }
             output.profile_stops.extend(o.profile_stops.iter().cloned());
             output.done = o.done;
-            let last = o.done || boot == 2;
+            let last = o.done || boot == LAB_BOOTS;
             let finished: Vec<LabRunOutput> = o
                 .runs
                 .iter()
@@ -366,7 +375,7 @@ impl LabRunner {
                 let tail: Vec<&str> = err.lines().rev().take(40).collect();
                 eprintln!(
                     "[bench] lab: L1 boot {boot} stopped after {} of {} runs: {why}\n{}",
-                    finished.len(),
+                    o.runs.iter().filter(|r| r.rc.is_some()).count(),
                     remaining.cells.len(),
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
@@ -393,7 +402,8 @@ impl LabRunner {
                 break;
             }
             notes.push(format!(
-                "a second L1 boot ran the {} remaining run(s)",
+                "L1 boot {} ran the {} remaining run(s)",
+                boot + 1,
                 remaining.cells.len()
             ));
         }
@@ -413,7 +423,9 @@ impl LabRunner {
                     config: c.config,
                     place: Place::Lab,
                     wall_secs: 0.0,
-                    error: Some("not run: L1 stopped before it, twice".into()),
+                    error: Some(format!(
+                        "not run: L1 stopped before it in each of {LAB_BOOTS} boots"
+                    )),
                     report: None,
                     vm: None,
                 });

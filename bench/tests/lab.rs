@@ -297,8 +297,10 @@ fn real_lab_vm_thp_faults_and_vm_hpmmap_does_not() {
         return;
     }
     let _tools = workspace_tools();
-    let out = std::env::temp_dir().join(format!("hpmmap-bench-lab-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out =
+        Scratch(std::env::temp_dir().join(format!("hpmmap-bench-lab-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&out.0);
+    let out = &out.0;
     let child = Command::new(env!("CARGO_BIN_EXE_hpmmap-bench"))
         .args([
             "run",
@@ -313,7 +315,7 @@ fn real_lab_vm_thp_faults_and_vm_hpmmap_does_not() {
             "1",
             "--out",
         ])
-        .arg(&out)
+        .arg(out)
         .env("HPMMAP_WORKLOAD_BIN", env!("CARGO_BIN_EXE_hpmmap-workload"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -356,5 +358,13 @@ fn real_lab_vm_thp_faults_and_vm_hpmmap_does_not() {
         "{md}"
     );
     assert!(out.join("logs/lab-output.txt").is_file());
-    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// A directory removed when the test ends, passed or not.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -208,3 +208,36 @@ fn bad_arguments_exit_2_with_the_flag_named() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// Job images start the workload without arguments; the VM runner passes them through the
+/// guest kernel's command line into the environment (`hpmmap_workload_args`).
+#[test]
+fn arguments_come_from_the_environment_only_without_command_line_ones() {
+    let bin = env!("CARGO_BIN_EXE_hpmmap-workload");
+    let out = Command::new(bin)
+        .env(
+            "hpmmap_workload_args",
+            "faults,--mem-per-rank,4M,--iters,2,--mode,plain,--tol,0",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let r = WorkloadReport::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(r.workload, "faults");
+    assert_eq!(r.mem_per_rank, 4 << 20);
+    assert_eq!(r.iter_secs.len(), 2);
+    // Given arguments win over the variable.
+    let out = Command::new(bin)
+        .args(["gups", "--mem-per-rank", "1M", "--iters", "1"])
+        .env("hpmmap_workload_args", "faults")
+        .output()
+        .unwrap();
+    let r = WorkloadReport::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(r.workload, "gups");
+    // A bad word in the variable is a bad argument like any other.
+    let out = Command::new(bin)
+        .env("hpmmap_workload_args", "faults,--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

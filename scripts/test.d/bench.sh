@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # hpmmap-bench: the workloads must build static (they go into guest job images), and the
 # static `hpmmap-workload` with no arguments (the default job: cg, 64 MiB, THP) must
-# converge and verify. Also makes sure stress-ng and the kernel-build tools that the
+# converge and verify, and take its arguments from the environment as the VM rows pass them.
+# Also makes sure stress-ng and the kernel-build tools that the
 # harness's profiles A/B need are present (the harness itself is not run here: its
 # figures come from `hpmmap-bench run`, not from tests). About a minute on 2 cores.
 set -euo pipefail
@@ -36,3 +37,11 @@ echo "$out" | grep -q '^HPMMAP-RESULT .* workload=cg .* valid=1 ' || {
     exit 1
 }
 echo "bench: static hpmmap-workload default job (cg) converged and verified"
+# The VM rows start it without arguments and pass them on the guest kernel's command line,
+# which the guest's init hands on as this variable.
+out=$(hpmmap_workload_args=faults,--mem-per-rank,4M,--iters,2,--tol,0 "$bin")
+echo "$out" | grep -q '^HPMMAP-RESULT .* workload=faults .* valid=1 ' || {
+    echo "FAIL: bench: the static workload ignored hpmmap_workload_args"
+    exit 1
+}
+echo "bench: static hpmmap-workload takes its arguments from hpmmap_workload_args (VM rows)"
