@@ -79,7 +79,7 @@ pub fn plot(r: &Results) -> String {
     );
     s += &format!("<rect width=\"{W}\" height=\"{h}\" fill=\"white\"/>\n");
     let title = if native_w.is_empty() && !lab_w.is_empty() {
-        "hpmmap isolation benchmark, VM rows in the nested lab: measured-phase page faults per run"
+        "hpmmap isolation benchmark, VM rows (nested lab): measured-phase faults per run"
     } else {
         "hpmmap isolation benchmark: runtime (mean ± sd) per configuration and profile"
     };
@@ -229,20 +229,28 @@ fn panel(
             "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\n",
             gx + group_w / 2.0,
             plot_top + plot_h + 16.0,
-            match p {
-                Profile::Iso => "isolated",
-                Profile::A => "profile A (1 build)",
-                Profile::B => "profile B (2 builds + stress-ng)",
+            match (p, lab) {
+                (Profile::Iso, _) => "isolated",
+                (Profile::A, false) => "profile A (1 build)",
+                (Profile::B, false) => "profile B (2 builds + stress-ng)",
+                (Profile::A, true) => "profile A (stress-ng mmap in L1)",
+                (Profile::B, true) => "profile B (stress-ng mmap + vm in L1)",
             }
         );
         for (ci, c) in configs.iter().enumerate() {
             let Some(row) = rows.iter().find(|x| x.profile == *p && x.config == *c) else {
                 continue;
             };
+            let x = start + bar_w * ci as f64;
             let Some((mean, sd)) = bar_value(row, lab) else {
+                // No successful run: say so where the bar would be.
+                s += &format!(
+                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\" fill=\"#a00\">failed</text>\n",
+                    x + bar_w / 2.0,
+                    plot_top + plot_h - 3.0
+                );
                 continue;
             };
-            let x = start + bar_w * ci as f64;
             let top_y = y(mean);
             let what =
                 if lab {
@@ -271,7 +279,11 @@ fn panel(
                 s += &format!(
                     "<text x=\"{cx:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}{}</text>\n",
                     top_y - 3.0,
-                    crate::table::fmt_sig(mean),
+                    if mean.fract() == 0.0 {
+                        format!("{mean:.0}")
+                    } else {
+                        format!("{mean:.1}")
+                    },
                     if row.all_valid { "" } else { " ✗" }
                 );
                 continue;

@@ -297,8 +297,8 @@ impl Results {
                 r.slowdown.map_or(dash(), |x| format!("{x:.3}")),
             );
         }
-        if let Some(lab) = &h.lab {
-            s += &self.lab_markdown(lab);
+        if self.rows.iter().any(|r| r.place == Place::Lab) {
+            s += &self.lab_markdown(h.lab.as_ref());
         }
         let failures: Vec<&RunRecord> = self.runs.iter().filter(|r| r.error.is_some()).collect();
         if !failures.is_empty() {
@@ -327,39 +327,11 @@ impl Results {
 impl Results {
     /// The lab's section: its own header, then per workload the behaviour (verification,
     /// faults, the hpmmap module's and KVM's counters) and the emulated times, no slowdown.
-    fn lab_markdown(&self, lab: &LabInfo) -> String {
-        let mut s = format!("\n## VM rows: {}\n\n", lab.label);
+    fn lab_markdown(&self, lab: Option<&LabInfo>) -> String {
+        let mut s = format!("\n## VM rows: {}\n\n", crate::config::LAB_LABEL);
         s += "**These rows ran in the nested lab** (`hpmmap-lab`: QEMU/TCG emulating L1, a real KVM with nested paging inside it, `hpmmap-vmm` booting each job image as an L2 guest). Every time in them is an emulated time, 50-100x slower than hardware and distorted by the emulation: **they are no speed figure**, are not compared with the native rows, and get no slowdown. What they show is behaviour: whether the workload verified, and the page faults its measured phase took.\n\n";
-        s += &format!(
-            "L1: {}; L2 guest: {} GiB RAM on L1's 1 GiB pages, {} vCPUs; {} rank(s); {} repetition(s), profiles and configurations interleaved; one L1 boot for every run ({:.0} s){}. Sizes per rank: {}.\n\n",
-            lab.l1,
-            lab.shape.mem_gib,
-            lab.shape.vcpus,
-            lab.ranks,
-            lab.reps,
-            lab.elapsed_secs,
-            if lab.complete { "" } else { ", **stopped before the end of its plan**" },
-            lab.sizes
-                .iter()
-                .map(|(w, z)| format!("{w} {} MiB × {} iterations", z.mem_per_rank >> 20, z.iters))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        s += "Profiles in L1: `iso` nothing else running in L1";
-        for c in &lab.competitors {
-            s += &format!("; {c}");
-        }
-        s += ".\n";
-        for st in &lab.competitor_stops {
-            if !st.alive {
-                s += &format!(
-                    "- profile {}: stress-ng had exited before the profile ended\n",
-                    st.profile.name()
-                );
-            }
-        }
-        for n in &lab.notes {
-            s += &format!("- {n}\n");
+        if let Some(lab) = lab {
+            s += &lab_setup(lab);
         }
         s += "\nFaults = minor + major page faults of the workload in its measured phase (getrusage inside L2), mean per run (max); setup = while allocating and initialising; hpmmap faults = the module's own count of faults inside hpmmap mappings (sysfs, max per run); pages_1g = KVM's 1 GiB mappings of guest RAM (fewest in a run).\n";
         let mut last_w = None;
@@ -417,6 +389,43 @@ impl Results {
         s += "\nRaw L1 output of the run (every guest's serial console and hpmmap-vmm report): `logs/lab-output.txt`.\n";
         s
     }
+}
+
+/// The lab pass's setup lines: L1, the L2 guest, sizes, competitors, notes.
+fn lab_setup(lab: &LabInfo) -> String {
+    let mut s = String::new();
+    s += &format!(
+            "L1: {}; L2 guest: {} GiB RAM on L1's 1 GiB pages, {} vCPUs; {} rank(s); {} repetition(s), profiles and configurations interleaved; one L1 boot for all runs, another only after an L1 crash ({:.0} s in all){}. Sizes per rank: {}.\n\n",
+            lab.l1,
+            lab.shape.mem_gib,
+            lab.shape.vcpus,
+            lab.ranks,
+            lab.reps,
+            lab.elapsed_secs,
+            if lab.complete { "" } else { ", **stopped before the end of its plan**" },
+            lab.sizes
+                .iter()
+                .map(|(w, z)| format!("{w} {} MiB × {} iterations", z.mem_per_rank >> 20, z.iters))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    s += "Profiles in L1: `iso` nothing else running in L1";
+    for c in &lab.competitors {
+        s += &format!("; {c}");
+    }
+    s += ".\n";
+    for st in &lab.competitor_stops {
+        if !st.alive {
+            s += &format!(
+                "- profile {}: stress-ng had exited before the profile ended\n",
+                st.profile.name()
+            );
+        }
+    }
+    for n in &lab.notes {
+        s += &format!("- {n}\n");
+    }
+    s
 }
 
 /// Three significant digits, plain notation for the usual magnitudes.

@@ -368,3 +368,41 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn render_rewrites_the_table_and_plot_from_results_json() {
+    let out = parse_output(CAPTURED).unwrap();
+    let records: Vec<_> = out.runs.iter().map(lab_record).collect();
+    let header: Header = serde_json::from_value(serde_json::json!({
+        "platform": hpmmap_bench::platform::Platform::detect(),
+        "started_utc": "", "finished_utc": "", "command": "", "note": null,
+        "load_start": "", "load_end": "", "ranks": 1, "reps": 1, "sizes": [],
+        "competitors": [], "builds_completed": [], "vm_rows_absent": null,
+        "vm_place": LAB_LABEL, "lab": null, "notes": [], "quick": true
+    }))
+    .unwrap();
+    let dir =
+        Scratch(std::env::temp_dir().join(format!("hpmmap-bench-render-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    std::fs::write(
+        dir.0.join("results.json"),
+        Results::build(header, records).to_json(),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_hpmmap-bench"))
+        .arg("render")
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(dir.0.join("results.md")).unwrap();
+    assert!(md.contains(&format!("## VM rows: {LAB_LABEL}")), "{md}");
+    let svg = std::fs::read_to_string(dir.0.join("results.svg")).unwrap();
+    assert!(svg.contains("faults / run (measured phase)"));
+    // No results file: a bad argument.
+    let o = Command::new(env!("CARGO_BIN_EXE_hpmmap-bench"))
+        .args(["render", "/nonexistent-hpmmap-dir"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}

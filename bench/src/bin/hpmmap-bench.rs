@@ -27,6 +27,12 @@ enum Cmd {
     Run(Box<RunArgs>),
     /// Print the platform line.
     Platform,
+    /// Write results.md and results.svg again from DIR/results.json (the rows recomputed
+    /// from its runs), e.g. after the table or plot code changed. Measures nothing.
+    Render {
+        /// A directory holding a results.json written by `run`.
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -99,6 +105,34 @@ fn usage(msg: String) -> ExitCode {
     ExitCode::from(2)
 }
 
+fn render(dir: &std::path::Path) -> ExitCode {
+    let path = dir.join("results.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return usage(format!("render: {}: {e}", path.display())),
+    };
+    let old: hpmmap_bench::table::Results = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            return usage(format!(
+                "render: {}: not a results file: {e}",
+                path.display()
+            ))
+        }
+    };
+    let r = hpmmap_bench::table::Results::build(old.header, old.runs);
+    match hpmmap_bench::table::write_all(dir, &r) {
+        Ok(()) => {
+            eprintln!("[bench] rewrote {}/results.{{md,json,svg}}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hpmmap-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let a = match cli.cmd {
@@ -106,6 +140,7 @@ fn main() -> ExitCode {
             println!("{}", Platform::detect().line());
             return ExitCode::SUCCESS;
         }
+        Cmd::Render { dir } => return render(&dir),
         Cmd::Run(a) => *a,
     };
     let mut workloads = Vec::new();
