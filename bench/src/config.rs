@@ -92,7 +92,7 @@ impl Config {
             Self::Hugetlb => "MAP_HUGETLB 2 MiB",
             Self::Populate => "MAP_POPULATE on 4 KiB pages",
             Self::Plain => "demand-paged 4 KiB",
-            Self::VmThp => "hpmmap-vmm guest on 1 GiB host pages, the workload on the guest kernel's THP (MADV_HUGEPAGE, demand faulted)",
+            Self::VmThp => "hpmmap-vmm guest on 1 GiB host pages, no hpmmap pool (`--pool 0`: the guest kernel manages all its RAM), the workload on the guest kernel's THP (MADV_HUGEPAGE, demand faulted)",
             Self::VmHpmmap => "hpmmap-vmm guest on 1 GiB host pages, the workload under hpmmap-run (memory served eagerly from the PV pool)",
         }
     }

@@ -125,6 +125,7 @@ impl LabPlan {
                 &[],
             );
             let vmm = vm::vmm_args(
+                c.config,
                 Path::new(&image_path(c.config)),
                 &self.shape,
                 &args,
@@ -422,6 +423,7 @@ mod tests {
             stress_args(Profile::B).unwrap()
         )));
         assert_eq!(s.matches("\nrun_one ").count(), 4);
+        assert!(s.contains("run_one 0 iso faults vm-thp '--mem 2G --vcpus 2 --image /bench/vm-thp --cmdline hpmmap_workload_args=faults,--ranks,1,--mem-per-rank,16777216,--iters,3,--mode,thp,--tol,0 --serial /tmp/serial.log --report /tmp/report.json --pool 0'\n"), "{s}");
         assert!(s.contains("run_one 0 B faults vm-hpmmap '--mem 2G --vcpus 2 --image /bench/vm-hpmmap --cmdline hpmmap_workload_args=faults,--ranks,1,--mem-per-rank,16777216,--iters,3,--mode,thp,--tol,0 --serial /tmp/serial.log --report /tmp/report.json'\n"), "{s}");
         assert!(s.trim_end().ends_with("HPMMAP-BENCH-LAB-DONE"));
     }

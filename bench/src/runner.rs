@@ -142,6 +142,7 @@ impl HostVm {
         let args = vm::workload_args(cell, size, ranks, &[]);
         let mut cmd = Command::new(&self.vmm);
         cmd.args(vm::vmm_args(
+            cell.config,
             self.image(cell.config)?,
             &self.shape,
             &args,

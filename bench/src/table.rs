@@ -333,7 +333,7 @@ impl Results {
         if let Some(lab) = lab {
             s += &lab_setup(lab);
         }
-        s += "\nFaults = minor + major page faults of the workload in its measured phase (getrusage inside L2), mean per run (max); setup = while allocating and initialising; hpmmap faults = the module's own count of faults inside hpmmap mappings (sysfs, max per run); pages_1g = KVM's 1 GiB mappings of guest RAM (fewest in a run).\n";
+        s += "\nFaults = minor + major page faults of the workload in its measured phase (getrusage inside L2), mean per run (max); setup = while allocating and initialising; hpmmap faults = the module's own count of faults inside hpmmap mappings (sysfs, max per run); pages_1g = KVM's 1 GiB mappings of guest RAM (fewest in a run; a GiB the guest never touched is not mapped).\n";
         let mut last_w = None;
         for r in self.rows.iter().filter(|r| r.place == Place::Lab) {
             if last_w != Some(r.workload) {

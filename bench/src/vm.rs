@@ -111,8 +111,11 @@ pub fn cmdline_word(args: &[String]) -> Result<String, VmError> {
     Ok(format!("{ARGS_PARAM}={}", words.join(",")))
 }
 
-/// `hpmmap-vmm` arguments for one run of `image`.
+/// `hpmmap-vmm` arguments for one run of `config`'s `image`. `vm-thp` gets `--pool 0`: no
+/// RAM is set aside for hpmmap, so its guest kernel manages all of it (with the default
+/// pool it would see only the first GiB).
 pub fn vmm_args(
+    config: Config,
     image: &Path,
     shape: &VmShape,
     args: &[String],
@@ -133,6 +136,10 @@ pub fn vmm_args(
         "--report".into(),
         report.display().to_string(),
     ];
+    if config == Config::VmThp {
+        v.push("--pool".into());
+        v.push("0".into());
+    }
     if let Some(a) = &shape.cpu_affinity {
         v.push("--cpu-affinity".into());
         v.push(a.clone());

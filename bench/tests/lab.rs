@@ -166,6 +166,7 @@ fn runners_build_the_hpmmap_vmm_and_hpmmap_lab_command_lines() {
     let args = vm::workload_args(cell, &size, 1, &[1]);
     assert_eq!(
         vm::vmm_args(
+            Config::VmHpmmap,
             Path::new("/img/vm-hpmmap"),
             &shape,
             &args,
@@ -179,6 +180,16 @@ fn runners_build_the_hpmmap_vmm_and_hpmmap_lab_command_lines() {
             "--serial", "/s/serial.log", "--report", "/s/report.json", "--cpu-affinity", "1"
         ]
     );
+    let thp = vm::vmm_args(
+        Config::VmThp,
+        Path::new("/img/vm-thp"),
+        &shape,
+        &args,
+        Path::new("/s/serial.log"),
+        Path::new("/s/report.json"),
+    )
+    .unwrap();
+    assert_eq!(thp[12..], ["--pool", "0", "--cpu-affinity", "1"]);
     assert_eq!(
         vm::image_build_args(Config::VmThp, Path::new("/o/vm-thp"), Path::new("/w")),
         [
