@@ -143,26 +143,23 @@ fn host_mem_total() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The device-dax device of a devdax request, checked against the request.
-fn dax_device(opts: &RamOptions) -> Result<Option<DaxDevice>, MemoryError> {
-    let RamBackend::DevDax(path) = &opts.backend else {
-        return Ok(None);
-    };
+/// Checks everything about the request that can be checked without allocating anything.
+pub fn check_request(opts: &RamOptions) -> Result<(), MemoryError> {
+    checked_request(opts).map(|_| ())
+}
+
+/// `check_request`, handing back the device-dax device of a devdax request.
+fn checked_request(opts: &RamOptions) -> Result<Option<DaxDevice>, MemoryError> {
     if let Some(n) = opts.numa_node {
         if !node_exists(n) {
             return Err(MemoryError::NoSuchNode(n, online_nodes()));
         }
     }
-    let dev = DaxDevice::inspect(Path::new("/sys"), path)?;
-    dev.check(opts.bytes, opts.page_size, opts.numa_node)?;
-    Ok(Some(dev))
-}
-
-/// Checks everything about the request that can be checked without allocating anything.
-pub fn check_request(opts: &RamOptions) -> Result<(), MemoryError> {
     // Device memory is neither in MemTotal nor in a hugetlb pool: the device is the limit.
-    if dax_device(opts)?.is_some() {
-        return Ok(());
+    if let RamBackend::DevDax(path) = &opts.backend {
+        let dev = DaxDevice::inspect(Path::new("/sys"), path)?;
+        dev.check(opts.bytes, opts.page_size, opts.numa_node)?;
+        return Ok(Some(dev));
     }
     let page = opts.page_size;
     if !opts.bytes.is_multiple_of(page.bytes()) {
@@ -177,11 +174,6 @@ pub fn check_request(opts: &RamOptions) -> Result<(), MemoryError> {
                 format_size(opts.bytes),
                 format_size(total),
             ));
-        }
-    }
-    if let Some(n) = opts.numa_node {
-        if !node_exists(n) {
-            return Err(MemoryError::NoSuchNode(n, online_nodes()));
         }
     }
     if page != PageSize::Small {
@@ -204,7 +196,7 @@ pub fn check_request(opts: &RamOptions) -> Result<(), MemoryError> {
             return Err(too_few(opts, needed, available, have));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 fn too_few(opts: &RamOptions, needed: u64, available: u64, reserved_now: u64) -> MemoryError {
@@ -227,10 +219,9 @@ fn too_few(opts: &RamOptions, needed: u64, available: u64, reserved_now: u64) ->
 
 impl GuestRam {
     pub fn create(opts: &RamOptions) -> Result<(GuestRam, PrefaultStats), MemoryError> {
-        if let Some(dev) = dax_device(opts)? {
+        if let Some(dev) = checked_request(opts)? {
             return Self::create_devdax(opts, dev);
         }
-        check_request(opts)?;
         let page = opts.page_size;
         let flags = libc::MFD_CLOEXEC
             | match page {
@@ -467,9 +458,7 @@ impl GuestRam {
     /// given back, so a device-dax range is cleared in place.
     pub fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.dax.is_some() {
-            if offset.checked_add(len).is_none_or(|e| e > self.len) {
-                return Err(io::Error::from(io::ErrorKind::InvalidInput));
-            }
+            self.check_range(offset, len)?;
             // SAFETY: inside our mapping, checked above.
             unsafe { std::ptr::write_bytes(self.base.add(offset as usize), 0, len as usize) };
             return Ok(());
@@ -483,9 +472,7 @@ impl GuestRam {
         if self.dax.is_some() {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
-        if offset.checked_add(len).is_none_or(|e| e > self.len) {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        }
+        self.check_range(offset, len)?;
         // SAFETY: fd is ours; the range is inside the file.
         let rc = unsafe {
             libc::fallocate(
@@ -497,6 +484,13 @@ impl GuestRam {
         };
         if rc < 0 {
             return Err(errno());
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         Ok(())
     }

@@ -48,15 +48,14 @@ pub fn lab_tools_or_skip(test: &str) -> Option<LabTools> {
 }
 
 impl LabTools {
-    /// Builds the default job image into `dir/img` (with `extra` build flags); `None` after
-    /// printing why when no image can be built here (exit 2: no kernel package).
-    pub fn build_image(&self, test: &str, dir: &TempDir, extra: &[&str]) -> Option<PathBuf> {
+    /// Builds the default job image into `dir/img`; `None` after printing why when no image
+    /// can be built here (exit 2: no kernel package).
+    pub fn build_image(&self, test: &str, dir: &TempDir) -> Option<PathBuf> {
         let img = dir.path("img");
         let b = run_cmd(
             Command::new(&self.image)
                 .args(["build", "--quiet", "--out"])
-                .arg(&img)
-                .args(extra),
+                .arg(&img),
             Duration::from_secs(900),
         );
         if b.code == Some(2) {
@@ -97,7 +96,7 @@ pub struct LabRun {
 pub fn lab_with_image(test: &str) -> Option<(LabTools, TempDir, PathBuf)> {
     let tools = lab_tools_or_skip(test)?;
     let dir = TempDir::new(test);
-    let img = tools.build_image(test, &dir, &[])?;
+    let img = tools.build_image(test, &dir)?;
     Some((tools, dir, img))
 }
 
