@@ -5,6 +5,7 @@
 # Prints the guest's console; exits with the guest job's status (HPMMAP-JOB-EXIT), 3 with
 # "SKIP: reason" when QEMU, the compiler or the kernel packages cannot be had.
 set -euo pipefail
+. "$(dirname "$0")/../../scripts/lib/qemu-boot.sh"
 mode=${1:?usage: run.sh suite|bench [OUT_DIR]}
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -53,10 +54,9 @@ append="console=ttyS0 loglevel=4 $append hpmmap_mode=$mode panic=-1 oops=panic s
 echo "[lab] booting $ABI under QEMU/TCG ($mode)" >&2
 log="$out/console-$mode.log"
 set +e
-timeout "${HPMMAP_LAB_TIMEOUT:-420}" nice qemu-system-x86_64 -accel tcg -machine q35 -cpu max \
+qemu_boot "$log" "${HPMMAP_LAB_TIMEOUT:-420}" -accel tcg -machine q35 -cpu max \
     -smp 2 -m 4G "${numa[@]}" -kernel "$VMLINUZ" -initrd "$out/initramfs-$mode.cpio.gz" \
-    -append "$append" -display none -serial stdio -monitor none -no-reboot </dev/null \
-    | tr -d '\r' | tee "$log"
+    -append "$append" -display none -serial stdio -monitor none -no-reboot
 set -e
 status=$(sed -n 's/^HPMMAP-JOB-EXIT \([0-9]*\)$/\1/p' "$log" | tail -1)
 if [ -z "$status" ]; then

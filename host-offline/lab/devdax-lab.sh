@@ -15,6 +15,7 @@
 # exit: 0 pass, 1 fail, 77 cannot run here (no kernel package obtainable)
 # Platform: QEMU/TCG guest (emulated); this proves sysfs behaviour, not speed.
 set -euo pipefail
+. "$(dirname "$0")/../../scripts/lib/qemu-boot.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=${1:?usage: devdax-lab.sh OUTDIR}
@@ -158,11 +159,10 @@ chmod +x "$root/init"
 boot() {
     local name=$1 append=$2 log=$out/console-$1.log
     log "booting $kver under QEMU/TCG ($append)"
-    timeout 600 nice qemu-system-x86_64 -nodefaults -display none -serial stdio -no-reboot \
+    qemu_boot --quiet "$log" 600 -nodefaults -display none -serial stdio -no-reboot \
         -accel tcg -cpu max -m 8G -smp 1 -machine q35 \
         -kernel "$vmlinuz" -initrd "$work/initramfs.cpio.gz" \
-        -append "console=ttyS0 $append panic=-1 quiet" \
-        | tr -d '\r' >"$log" || true
+        -append "console=ttyS0 $append panic=-1 quiet" || true
     grep -q LAB-DONE "$log" || { log "guest did not finish; see $log"; exit 1; }
     sed -n '/^LAB-TAR-BEGIN$/,/^LAB-TAR-END$/p' "$log" | sed '1d;$d' | base64 -d \
         | tar xzf - -C "$out"

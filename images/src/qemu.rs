@@ -4,6 +4,7 @@
 
 use crate::manifest::Manifest;
 use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +19,17 @@ pub enum QemuError {
     #[error("QEMU did not finish within {secs} s and was killed; console log {log}:\n{tail}")]
     Timeout {
         secs: u64,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(
+        "QEMU itself crashed twice (signal {signal}), the emulator and not the guest: \
+         {stderr}; first console {first}, second console {log}:\n{tail}"
+    )]
+    CrashedTwice {
+        signal: i32,
+        stderr: String,
+        first: PathBuf,
         log: PathBuf,
         tail: String,
     },
@@ -69,13 +81,72 @@ pub struct Finished {
     pub elapsed: Duration,
 }
 
+/// Signals that mean the emulator process itself broke (an assertion, a wild pointer),
+/// as opposed to an exit status QEMU chose.
+const CRASH_SIGNALS: [i32; 5] = [
+    libc::SIGABRT,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+];
+
 /// Runs QEMU with `args` (which must route the console to `console_log`), under `nice`,
 /// killing it at `timeout`.
+///
+/// A boot is started once more when QEMU itself crashes. QEMU/TCG 10.0 with several vCPU
+/// threads now and then aborts on its own assertion (`iotlb_to_section` in
+/// system/physmem.c: a vCPU uses a TLB entry from a memory map another thread just
+/// replaced), even in the firmware before the guest printed anything. Every boot here
+/// starts from its image, so a second boot runs the same thing; the first console and
+/// stderr are kept beside the log (`*.crash-1.*`) and a line says so. A second crash is an
+/// error naming both.
 pub fn run(
     args: &[OsString],
     timeout: Duration,
     console_log: &Path,
 ) -> Result<Finished, QemuError> {
+    let (signal, stderr) = match run_once(args, timeout, console_log)? {
+        Attempt::Done(f) => return Ok(f),
+        Attempt::Crashed { signal, stderr } => (signal, stderr),
+    };
+    let first = console_log.with_extension("crash-1.log");
+    let _ = std::fs::rename(console_log, &first);
+    let _ = std::fs::rename(
+        console_log.with_extension("stderr"),
+        console_log.with_extension("crash-1.stderr"),
+    );
+    crate::progress::step(format!(
+        "QEMU itself crashed (signal {signal}: {}); that is the emulator, not the guest: \
+         booting once more (first console kept in {})",
+        stderr.lines().last().unwrap_or("no message"),
+        first.display()
+    ));
+    match run_once(args, timeout, console_log)? {
+        Attempt::Done(f) => Ok(f),
+        Attempt::Crashed { signal, stderr } => {
+            let console = std::fs::read_to_string(console_log).unwrap_or_default();
+            Err(QemuError::CrashedTwice {
+                signal,
+                stderr: tail(stderr.trim(), 5),
+                first,
+                log: console_log.to_path_buf(),
+                tail: tail(&console, 40),
+            })
+        }
+    }
+}
+
+enum Attempt {
+    Done(Finished),
+    Crashed { signal: i32, stderr: String },
+}
+
+fn run_once(
+    args: &[OsString],
+    timeout: Duration,
+    console_log: &Path,
+) -> Result<Attempt, QemuError> {
     let qemu = qemu_binary().ok_or(QemuError::Missing)?;
     let err_log = console_log.with_extension("stderr");
     let err_file =
@@ -114,6 +185,9 @@ pub fn run(
         String::from_utf8_lossy(&std::fs::read(console_log).unwrap_or_default()).replace('\r', "");
     if !status.success() {
         let stderr = std::fs::read_to_string(&err_log).unwrap_or_default();
+        if let Some(signal) = status.signal().filter(|s| CRASH_SIGNALS.contains(s)) {
+            return Ok(Attempt::Crashed { signal, stderr });
+        }
         return Err(QemuError::Failed {
             code: status.code(),
             stderr: tail(stderr.trim(), 5),
@@ -121,10 +195,10 @@ pub fn run(
             tail: tail(&console, 40),
         });
     }
-    Ok(Finished {
+    Ok(Attempt::Done(Finished {
         console,
         elapsed: start.elapsed(),
-    })
+    }))
 }
 
 pub const JOB_EXIT: &str = "HPMMAP-JOB-EXIT";

@@ -10,6 +10,7 @@
 # shared package cache. Output: the console; the last line is VF-PCI-LAB-RESULT pass|fail.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+. scripts/lib/qemu-boot.sh
 CACHE="${HPMMAP_CACHE:-$HOME/.cache/hpmmap}/debs"
 WORK="${PCI_LAB_WORK:-/tmp/hpmmap-pci-lab}"
 TARGET="${CARGO_TARGET_DIR:-target}"
@@ -64,12 +65,12 @@ chmod +x "$WORK/root/init"
 (cd "$WORK/root" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
 
 log "booting under QEMU/TCG with intel-iommu, igb and SVM+NPT (a few minutes)"
-timeout 900 nice qemu-system-x86_64 -nodefaults -display none -serial stdio -no-reboot \
+qemu_boot "$WORK/console.log" 900 -nodefaults -display none -serial stdio -no-reboot \
     -accel tcg -cpu max -m 2560M -smp 1 \
     -machine q35,kernel-irqchip=split \
     -device intel-iommu,intremap=on,caching-mode=on \
     -device pcie-root-port,id=rp0,slot=1,chassis=1 \
     -netdev user,id=n0 -device igb,netdev=n0,bus=rp0 \
     -kernel "$WORK/k/boot/vmlinuz-$kver" -initrd "$WORK/initramfs.cpio.gz" \
-    -append "console=ttyS0 intel_iommu=on panic=-1 quiet" | tee "$WORK/console.log"
+    -append "console=ttyS0 intel_iommu=on panic=-1 quiet"
 grep -q '^VF-PCI-LAB-RESULT pass' "$WORK/console.log"

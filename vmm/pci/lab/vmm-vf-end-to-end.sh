@@ -14,6 +14,7 @@
 # busybox-static, cpio. The last line is VMM-VF-E2E-RESULT pass|fail.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+. scripts/lib/qemu-boot.sh
 VMM_VF_ARGS=${VMM_VF_ARGS:-"--vf VF"}
 CACHE="${HPMMAP_CACHE:-$HOME/.cache/hpmmap}/debs"
 TARGET="${CARGO_TARGET_DIR:-target}"
@@ -131,14 +132,14 @@ chmod +x "$W/l1/init"
 # return 0 and writes are lost; igbvf's mailbox reset then times out ("PF still in reset
 # state"), natively in L1 as in L2. With 2560M they sit at 0xfea0xxxx and answer.
 log "booting L1 under QEMU/TCG (VT-d, igb, SVM+NPT); L2 under hpmmap-vmm (a few minutes)"
-timeout 900 nice qemu-system-x86_64 -nodefaults -display none -serial stdio -no-reboot \
+qemu_boot "$W/console.log" 900 -nodefaults -display none -serial stdio -no-reboot \
     -accel tcg -cpu max -m 2560M -smp 2 \
     -machine q35,kernel-irqchip=split \
     -device intel-iommu,intremap=on,caching-mode=on \
     -device pcie-root-port,id=rp0,slot=1,chassis=1 \
     -netdev user,id=n0 -device igb,netdev=n0,bus=rp0 \
     -kernel "$K/boot/vmlinuz-$kver" -initrd "$W/l1.cpio.gz" \
-    -append "console=ttyS0 intel_iommu=on panic=-1 quiet iomem=relaxed" | tr -d '\r' | tee "$W/console.log" || true
+    -append "console=ttyS0 intel_iommu=on panic=-1 quiet iomem=relaxed" || true
 
 C=$W/console.log
 fail=0

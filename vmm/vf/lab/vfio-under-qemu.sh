@@ -7,6 +7,7 @@
 # Output: the guest's console; the last line is VF-LAB-RESULT pass|fail.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+. scripts/lib/qemu-boot.sh
 CACHE="${HPMMAP_CACHE:-$HOME/.cache/hpmmap}/debs"
 WORK="${VF_LAB_WORK:-/tmp/hpmmap-vf-lab}"
 TARGET="${CARGO_TARGET_DIR:-target}"
@@ -91,14 +92,14 @@ chmod +x "$WORK/root/init"
 (cd "$WORK/root" && find . | cpio -o -H newc --quiet | gzip -1) > "$WORK/initramfs.cpio.gz"
 
 log "booting under QEMU/TCG with intel-iommu and igb (takes a minute or two)"
-timeout 600 qemu-system-x86_64 -nodefaults -display none -serial stdio -no-reboot \
+qemu_boot "$WORK/console.log" 600 -nodefaults -display none -serial stdio -no-reboot \
     -accel tcg -cpu max -m 2560M -smp 1 \
     -machine q35,kernel-irqchip=split \
     -device intel-iommu,intremap=on,caching-mode=on \
     -device pcie-root-port,id=rp0,slot=1,chassis=1 \
     -netdev user,id=n0 -device igb,netdev=n0,bus=rp0 \
     -kernel "$WORK/k/boot/vmlinuz-$kver" -initrd "$WORK/initramfs.cpio.gz" \
-    -append "console=ttyS0 intel_iommu=on panic=-1 quiet" | tee "$WORK/console.log"
+    -append "console=ttyS0 intel_iommu=on panic=-1 quiet"
 sed -n '/^BEGIN-RECORDING/,/^END-RECORDING/p' "$WORK/console.log" | sed '1d;$d' | tr -d '\r' | base64 -d > "$WORK/recording.tar.gz" || true
 [ -s "$WORK/recording.tar.gz" ] && log "sysfs recording: $WORK/recording.tar.gz"
 grep -q '^VF-LAB-RESULT pass' "$WORK/console.log"
