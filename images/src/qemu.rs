@@ -23,6 +23,16 @@ pub enum QemuError {
         tail: String,
     },
     #[error(
+        "the guest stopped: its heartbeat ({alive}) has not moved for {secs} s, so QEMU was \
+         killed; console log {log}:\n{tail}"
+    )]
+    Stalled {
+        secs: u64,
+        alive: PathBuf,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(
         "QEMU itself crashed twice (signal {signal}), the emulator and not the guest: \
          {stderr}; first console {first}, second console {log}:\n{tail}"
     )]
@@ -106,7 +116,27 @@ pub fn run(
     timeout: Duration,
     console_log: &Path,
 ) -> Result<Finished, QemuError> {
-    let (signal, stderr) = match run_once(args, timeout, console_log)? {
+    run_watched(args, timeout, console_log, None)
+}
+
+/// A guest's heartbeat: a file the guest appends to every few seconds (a serial port of its
+/// own). Once it has grown, a pause longer than `stall` means the guest stopped.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub file: PathBuf,
+    pub stall: Duration,
+}
+
+/// `run`, and with a heartbeat, QEMU is killed as soon as the guest stops beating
+/// (`QemuError::Stalled`) instead of at `timeout`: a guest whose every vCPU sleeps with no
+/// timer left to wake it shows no other sign.
+pub fn run_watched(
+    args: &[OsString],
+    timeout: Duration,
+    console_log: &Path,
+    heartbeat: Option<&Heartbeat>,
+) -> Result<Finished, QemuError> {
+    let (signal, stderr) = match run_once(args, timeout, console_log, heartbeat)? {
         Attempt::Done(f) => return Ok(f),
         Attempt::Crashed { signal, stderr } => (signal, stderr),
     };
@@ -122,7 +152,7 @@ pub fn run(
         stderr.lines().last().unwrap_or("no message"),
         first.display()
     ));
-    match run_once(args, timeout, console_log)? {
+    match run_once(args, timeout, console_log, heartbeat)? {
         Attempt::Done(f) => Ok(f),
         Attempt::Crashed { signal, stderr } => {
             let console = std::fs::read_to_string(console_log).unwrap_or_default();
@@ -146,6 +176,7 @@ fn run_once(
     args: &[OsString],
     timeout: Duration,
     console_log: &Path,
+    heartbeat: Option<&Heartbeat>,
 ) -> Result<Attempt, QemuError> {
     let qemu = qemu_binary().ok_or(QemuError::Missing)?;
     let err_log = console_log.with_extension("stderr");
@@ -162,12 +193,29 @@ fn run_once(
         .stderr(err_file)
         .spawn()
         .map_err(|e| QemuError::Spawn(qemu.clone(), e))?;
+    let (mut beat_len, mut last_beat) = (0u64, Instant::now());
     let status = loop {
         if let Some(s) = child
             .try_wait()
             .map_err(|e| QemuError::Io(qemu.clone(), e))?
         {
             break s;
+        }
+        if let Some(h) = heartbeat {
+            let len = std::fs::metadata(&h.file).map(|m| m.len()).unwrap_or(0);
+            if len != beat_len {
+                (beat_len, last_beat) = (len, Instant::now());
+            } else if len > 0 && last_beat.elapsed() > h.stall {
+                let _ = child.kill();
+                let _ = child.wait();
+                let console = std::fs::read_to_string(console_log).unwrap_or_default();
+                return Err(QemuError::Stalled {
+                    secs: last_beat.elapsed().as_secs(),
+                    alive: h.file.clone(),
+                    log: console_log.to_path_buf(),
+                    tail: tail(&console, 40),
+                });
+            }
         }
         if start.elapsed() > timeout {
             let _ = child.kill();

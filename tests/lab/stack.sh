@@ -13,17 +13,37 @@ echo "$out" | sed 's/^/reserve: /'
 echo "reserve_rc=$rc"
 echo "status_reserved=$(json)"
 
-# Under nested SVM emulated by TCG a 2-vCPU L2 triple-faults now and then (exit 72; see
-# vmm/README.md, Known issue): such a boot is retried once and its log kept as "attempt1".
-first_attempt() { # NAME STATUS
-    echo "retry_$1=$2"
-    sed "s/^/attempt1 $1: /" "/tmp/$1.log"
+# Under nested SVM emulated by TCG a 2-vCPU L2 fails now and then (about 1 boot in 8:
+# a triple fault, exit 72, or a hang that the watchdog below ends, exit 143; see
+# vmm/README.md, Known issue). Such a boot runs again, at most 3 boots, and each failed
+# boot's log is kept with an "attemptN" prefix. A good boot takes about 10 s here.
+BOOT_LIMIT=150
+intermittent() { [ "$1" = 72 ] || [ "$1" = 143 ]; }
+failed_attempt() { # NAME N STATUS
+    echo "retry_$1=$3"
+    sed "s/^/attempt$2 $1: /" "/tmp/$1.log"
 }
 
-# The measured job, the VMM in the background so status can be read while it runs.
-measure() {
-    hpmmap-vmm --mem "$mem" --vcpus 2 --image /measured --report /tmp/measured.json >/tmp/measured.log 2>&1 &
+# vmm NAME IMAGE: hpmmap-vmm in the background (so status can be read while it runs) with
+# a watchdog that stops it after BOOT_LIMIT s; its pid in $pid. The watchdog is a sibling,
+# not a wrapper, so $pid is the VMM's own.
+vmm() {
+    hpmmap-vmm --mem "$mem" --vcpus 2 --image "$2" --report "/tmp/$1.json" >"/tmp/$1.log" 2>&1 &
     pid=$!
+    (sleep "$BOOT_LIMIT"; kill "$pid" 2>/dev/null) &
+    dog=$!
+}
+# finish: waits for the VMM, stops its watchdog; status in $booted.
+finish() {
+    wait "$pid"
+    booted=$?
+    kill "$dog" 2>/dev/null
+    wait "$dog" 2>/dev/null
+}
+
+# The measured job.
+measure() {
+    vmm measured /measured
     held=
     # Once the guest kernel prints, guest RAM is prefaulted: status must show the VM's pid
     # holding every page (smaps and numa_maps read mid-prefault could disagree).
@@ -34,29 +54,33 @@ measure() {
         fi
         sleep 0.2
     done
-    wait "$pid"
-    measured=$?
+    finish
 }
+n=1
 measure
-if [ "$measured" = 72 ]; then
-    first_attempt measured 72
+while intermittent "$booted" && [ $n -lt 3 ]; do
+    failed_attempt measured $n "$booted"
+    n=$((n+1))
     measure
-fi
+done
+measured=$booted
 echo "vmm_pid=$pid"
 echo "status_running=$held"
 echo "measured_status=$measured"
 sed 's/^/measured: /' /tmp/measured.log
 echo "measured_report=$(tr -d '\n' </tmp/measured.json 2>/dev/null)"
 
-# boot NAME IMAGE: a foreground job, retried once after a triple fault; status in $booted.
+# boot NAME IMAGE: a job in the foreground, retried like the measured one; status in $booted.
 boot() {
-    hpmmap-vmm --mem "$mem" --vcpus 2 --image "$2" --report "/tmp/$1.json" >"/tmp/$1.log" 2>&1
-    booted=$?
-    if [ "$booted" = 72 ]; then
-        first_attempt "$1" 72
-        hpmmap-vmm --mem "$mem" --vcpus 2 --image "$2" --report "/tmp/$1.json" >"/tmp/$1.log" 2>&1
-        booted=$?
-    fi
+    local n=1
+    vmm "$1" "$2"
+    finish
+    while intermittent "$booted" && [ $n -lt 3 ]; do
+        failed_attempt "$1" $n "$booted"
+        n=$((n+1))
+        vmm "$1" "$2"
+        finish
+    done
 }
 
 # A failing job: its status must come back as the VMM's.

@@ -92,15 +92,9 @@ fn stack() -> Option<&'static LabOutput> {
         .map_err(|e| e.to_string())?;
         // L1's own kernel (Debian 6.1 under QEMU/TCG's nested SVM) sometimes oopses while its
         // KVM runs an L2 (vmm/README.md, Known issue). Everything in L1 lives in its
-        // initramfs, so a second boot starts clean: one retry, the first crash printed.
+        // initramfs, so another boot starts clean: at most 3 boots.
         let cmd = format!("sh /root/stack.sh {GUEST_GIB}G 1");
-        let out = match lab.run(&cmd).map_err(|e| e.to_string()) {
-            Err(e) if l1_crashed(&e) => {
-                println!("RETRY: L1 crashed on the first boot:\n{e}");
-                lab.run(&cmd).map_err(|e| e.to_string())?
-            }
-            r => r?,
-        };
+        let out = lab.run_rebooting(&cmd, 3).map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&base);
         println!(
             "stack in the nested lab (nested lab under QEMU/TCG, {:.1} s):\n{}",
@@ -124,19 +118,6 @@ fn stack() -> Option<&'static LabOutput> {
         }
         Err(e) => panic!("the stack lab run failed: {e}"),
     }
-}
-
-/// Whether a lab error is L1's kernel dying (no end marker, an oops or panic on its console).
-fn l1_crashed(err: &str) -> bool {
-    err.contains("without a `HPMMAP-LAB-END` line")
-        && [
-            "stack guard page was hit",
-            "corrupted stack end",
-            "Kernel panic",
-            "Oops:",
-        ]
-        .iter()
-        .any(|sig| err.contains(sig))
 }
 
 fn get<'a>(o: &'a LabOutput, key: &str) -> &'a str {

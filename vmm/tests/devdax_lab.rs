@@ -63,7 +63,7 @@ fn job_image_boots_on_a_devdax_device_with_1g_pages() {
         "--timeout",
         "800",
     ];
-    let Some(LabRun { out, .. }) = tools.run(name, &lab_args, &img, SCRIPT) else {
+    let Some(LabRun { out, .. }) = tools.run_retrying(name, &lab_args, &img, SCRIPT) else {
         return;
     };
     println!("{out}");

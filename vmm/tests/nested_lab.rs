@@ -32,14 +32,14 @@ sleep 5
 reboot -f
 "#;
 
-/// Run in L1: both boot paths, each with a report. A hung guest is stopped by SIGTERM (the VMM
-/// exits 143 with its report).
+/// Run in L1 after `VMM_RETRYING`: both boot paths, each with a report. A hung guest is
+/// stopped by SIGTERM (the VMM exits 143 with its report) and booted again.
 const L1_SCRIPT: &str = r#"
 echo "L1-NPT $(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
 for run in pvh bzimage; do
   k=/img/vmlinux; [ $run = bzimage ] && k=/img/bzImage
-  timeout 300 hpmmap-vmm --mem 2G --vcpus 2 --kernel $k --initrd /l2/l2.cpio.gz \
-      --cmdline "console=ttyS0 quiet" --report /tmp/r.json 2>&1
+  vmm_retrying --mem 2G --vcpus 2 --kernel $k --initrd /l2/l2.cpio.gz \
+      --cmdline "console=ttyS0 quiet" --report /tmp/r.json
   echo "L1-VMM-EXIT $run $?"
   echo "L1-REPORT-BEGIN $run"; cat /tmp/r.json; echo "L1-REPORT-END $run"
 done
@@ -99,34 +99,13 @@ fn linux_boots_as_l2_on_1g_pages_in_nested_kvm() {
     let add = format!("{}:/l2", l2.display());
     let mut lab_args = L2_ON_1G_PAGES.to_vec();
     lab_args.extend(["--add", &add]);
-    // Two vCPUs of an L2 Linux under nested SVM emulated by TCG fail now and then (a guest
-    // triple fault on vCPU 1, or an RCU stall on vCPU 0; see the vmm README): one retry, and
-    // the first failure is printed.
-    let mut attempt = 0;
-    let (r, log) = loop {
-        attempt += 1;
-        let Some(r) = tools.run(name, &lab_args, &img, L1_SCRIPT) else {
-            return;
-        };
-        let log = r.out.clone();
-        let intermittent = r.code != Some(0)
-            || ["pvh", "bzimage"].iter().any(|run| {
-                log.contains(&format!("L1-VMM-EXIT {run} 72"))
-                    || log.contains(&format!("L1-VMM-EXIT {run} 143"))
-            });
-        if intermittent && attempt == 1 {
-            let tail: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("hpmmap-vmm") || l.contains("L1-"))
-                .collect();
-            println!(
-                "RETRY: {name}: intermittent nested failure on attempt 1:\n{}",
-                tail.join("\n")
-            );
-            continue;
-        }
-        break (r, log);
+    // Two vCPUs of an L2 Linux under nested SVM emulated by TCG fail now and then: the L1
+    // script boots again after those signatures, and L1 is booted again if its kernel died.
+    let script = format!("{VMM_RETRYING}{L1_SCRIPT}");
+    let Some(r) = tools.run_retrying(name, &lab_args, &img, &script) else {
+        return;
     };
+    let log = last_attempts(&r.out);
     std::fs::write(std::env::temp_dir().join("hpmmap-vmm-nested.log"), &log).unwrap();
     assert_eq!(
         r.code,

@@ -53,6 +53,15 @@ enum Cmd {
         /// Keep the initramfs and logs here (default: a temporary directory, removed).
         #[arg(long)]
         work: Option<PathBuf>,
+        /// Boot L1 again, up to this many boots in all, when L1 itself fails: its kernel
+        /// oopses or it stops beating (QEMU/TCG's nested SVM does both now and then while
+        /// L1's KVM runs a guest). Each failure is shown.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+        boots: u32,
+        /// Kill L1 when its heartbeat (a line every 5 s on its third serial port) stands
+        /// still this many seconds: an L1 asleep for good shows no other sign.
+        #[arg(long, default_value_t = 90)]
+        stall_secs: u64,
         /// Also print L1's console on stderr.
         #[arg(long)]
         console: bool,
@@ -72,6 +81,8 @@ fn main() -> ExitCode {
         adds,
         bin_dirs,
         work,
+        boots,
+        stall_secs,
         console,
         cmd,
     } = Cli::parse().cmd;
@@ -82,6 +93,7 @@ fn main() -> ExitCode {
             hugepages_1g: hugepages,
             pmem: parse_size(&pmem).map_err(|e| LabError::Pmem(pmem.clone(), e))?,
             timeout: Duration::from_secs(timeout),
+            stall: Duration::from_secs(stall_secs),
             bin_dirs,
             work,
             ..LabConfig::default()
@@ -99,7 +111,7 @@ fn main() -> ExitCode {
                 .join(" ")
         };
         let lab = Lab::prepare(cfg)?;
-        lab.run(&line)
+        lab.run_rebooting(&line, boots)
     })();
     match result {
         Ok(out) => {

@@ -1,8 +1,10 @@
-//! What `qemu::run` does when QEMU itself dies on a signal. The real crash (QEMU/TCG 10.0's
-//! `iotlb_to_section` assertion, seen once in CI in the firmware of a 2-vCPU L1) cannot be
-//! provoked on demand, so a stand-in emulator (a shell script named by HPMMAP_QEMU)
-//! aborts itself the way QEMU's assertion does: SIGABRT after one stderr line. Its own
-//! file so that HPMMAP_QEMU is set in no other test's process.
+//! What `qemu::run` does when QEMU itself dies on a signal, and `qemu::run_watched` when the
+//! guest stops beating. Neither can be provoked in a real QEMU on demand (QEMU/TCG 10.0's
+//! `iotlb_to_section` assertion was seen once in CI, in the firmware of a 2-vCPU L1; an L1
+//! asleep for good once in a stack lab run), so a stand-in emulator (a shell script named
+//! by HPMMAP_QEMU) does what they did: SIGABRT after QEMU's stderr line, or a heartbeat that
+//! stops while the process lives on. Its own file so that HPMMAP_QEMU is set in no other
+//! test's process; one test, so that no two cases set it at once.
 
 use hpmmap_image::qemu::{self, QemuError};
 use std::ffi::OsString;
@@ -92,4 +94,60 @@ fn an_emulator_crash_boots_once_more_and_only_once() {
     for d in [dir, dir2, dir3] {
         let _ = std::fs::remove_dir_all(d);
     }
+
+    // A guest that beats 3 times and then lives on silently: killed about `stall` after
+    // its last beat, long before the timeout, with the heartbeat file named.
+    let (dir4, beats) = beating_qemu(
+        "stall",
+        "for i in 1 2 3; do echo . >> \"$alive\"; sleep 0.3; done; sleep 60",
+    );
+    let start = std::time::Instant::now();
+    let r = qemu::run_watched(&beats.0, Duration::from_secs(50), &beats.1, Some(&beats.2));
+    let took = start.elapsed();
+    match r {
+        Err(e @ QemuError::Stalled { .. }) => {
+            assert!(e.to_string().contains("alive.log"), "{e}");
+        }
+        other => panic!("expected Stalled, got {:?}", other.map(|f| f.console)),
+    }
+    assert!(
+        took < Duration::from_secs(20),
+        "stopped after {took:?}, not at once"
+    );
+    // A guest that beats until it ends is never taken for a stalled one.
+    let (dir5, beats) = beating_qemu(
+        "alive",
+        "for i in 1 2 3 4 5 6 7 8; do echo . >> \"$alive\"; sleep 0.5; done",
+    );
+    let r = qemu::run_watched(&beats.0, Duration::from_secs(50), &beats.1, Some(&beats.2));
+    assert!(r.is_ok(), "{:?}", r.err());
+    for d in [dir4, dir5] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// A stand-in emulator running `body` with `$alive` set to its heartbeat file, and the
+/// arguments, console path and 2 s heartbeat watch to run it with.
+fn beating_qemu(name: &str, body: &str) -> (PathBuf, (Vec<OsString>, PathBuf, qemu::Heartbeat)) {
+    let dir = std::env::temp_dir().join(format!("hpmmap-beat-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let alive = dir.join("alive.log");
+    let script = dir.join("fake-qemu");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nalive='{}'\n: > \"$alive\"\n{body}\n",
+            alive.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::env::set_var("HPMMAP_QEMU", &script);
+    let log = dir.join("console.log");
+    let heartbeat = qemu::Heartbeat {
+        file: alive,
+        stall: Duration::from_secs(2),
+    };
+    (dir, (Vec::new(), log, heartbeat))
 }
