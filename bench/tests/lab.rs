@@ -77,14 +77,7 @@ fn parser_reads_a_captured_lab_run() {
     );
 
     // The table keeps lab rows apart: no slowdown, labelled, not speed-comparable.
-    let header: Header = serde_json::from_value(serde_json::json!({
-        "platform": hpmmap_bench::platform::Platform::detect(),
-        "started_utc": "", "finished_utc": "", "command": "", "note": null,
-        "load_start": "", "load_end": "", "ranks": 1, "reps": 1, "sizes": [],
-        "competitors": [], "builds_completed": [], "vm_rows_absent": null,
-        "vm_place": LAB_LABEL, "lab": null, "notes": [], "quick": true
-    }))
-    .unwrap();
+    let header = lab_header();
     let res = Results::build(header, records);
     assert_eq!(res.rows.len(), 8);
     for r in &res.rows {
@@ -384,14 +377,7 @@ impl Drop for Scratch {
 fn render_rewrites_the_table_and_plot_from_results_json() {
     let out = parse_output(CAPTURED).unwrap();
     let records: Vec<_> = out.runs.iter().map(lab_record).collect();
-    let header: Header = serde_json::from_value(serde_json::json!({
-        "platform": hpmmap_bench::platform::Platform::detect(),
-        "started_utc": "", "finished_utc": "", "command": "", "note": null,
-        "load_start": "", "load_end": "", "ranks": 1, "reps": 1, "sizes": [],
-        "competitors": [], "builds_completed": [], "vm_rows_absent": null,
-        "vm_place": LAB_LABEL, "lab": null, "notes": [], "quick": true
-    }))
-    .unwrap();
+    let header = lab_header();
     let dir =
         Scratch(std::env::temp_dir().join(format!("hpmmap-bench-render-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
@@ -416,4 +402,16 @@ fn render_rewrites_the_table_and_plot_from_results_json() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// The header of a quick lab pass on this machine, for results built from captured runs.
+fn lab_header() -> Header {
+    serde_json::from_value(serde_json::json!({
+        "platform": hpmmap_bench::platform::Platform::detect(),
+        "started_utc": "", "finished_utc": "", "command": "", "note": null,
+        "load_start": "", "load_end": "", "ranks": 1, "reps": 1, "sizes": [],
+        "competitors": [], "builds_completed": [], "vm_rows_absent": null,
+        "vm_place": LAB_LABEL, "lab": null, "notes": [], "quick": true
+    }))
+    .unwrap()
 }

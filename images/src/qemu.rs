@@ -154,17 +154,19 @@ pub fn run_watched(
     ));
     match run_once(args, timeout, console_log, heartbeat)? {
         Attempt::Done(f) => Ok(f),
-        Attempt::Crashed { signal, stderr } => {
-            let console = std::fs::read_to_string(console_log).unwrap_or_default();
-            Err(QemuError::CrashedTwice {
-                signal,
-                stderr: tail(stderr.trim(), 5),
-                first,
-                log: console_log.to_path_buf(),
-                tail: tail(&console, 40),
-            })
-        }
+        Attempt::Crashed { signal, stderr } => Err(QemuError::CrashedTwice {
+            signal,
+            stderr: tail(stderr.trim(), 5),
+            first,
+            log: console_log.to_path_buf(),
+            tail: tail(&read_console(console_log), 40),
+        }),
     }
+}
+
+/// A console log as text: a guest may write any bytes, and serial lines end in CR LF.
+fn read_console(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).replace('\r', "")
 }
 
 enum Attempt {
@@ -208,29 +210,26 @@ fn run_once(
             } else if len > 0 && last_beat.elapsed() > h.stall {
                 let _ = child.kill();
                 let _ = child.wait();
-                let console = std::fs::read_to_string(console_log).unwrap_or_default();
                 return Err(QemuError::Stalled {
                     secs: last_beat.elapsed().as_secs(),
                     alive: h.file.clone(),
                     log: console_log.to_path_buf(),
-                    tail: tail(&console, 40),
+                    tail: tail(&read_console(console_log), 40),
                 });
             }
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            let console = std::fs::read_to_string(console_log).unwrap_or_default();
             return Err(QemuError::Timeout {
                 secs: timeout.as_secs(),
                 log: console_log.to_path_buf(),
-                tail: tail(&console, 40),
+                tail: tail(&read_console(console_log), 40),
             });
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let console =
-        String::from_utf8_lossy(&std::fs::read(console_log).unwrap_or_default()).replace('\r', "");
+    let console = read_console(console_log);
     if !status.success() {
         let stderr = std::fs::read_to_string(&err_log).unwrap_or_default();
         if let Some(signal) = status.signal().filter(|s| CRASH_SIGNALS.contains(s)) {

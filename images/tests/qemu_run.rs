@@ -12,15 +12,30 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A stand-in emulator that crashes on its first `crashes` starts, then writes a console
-/// and exits with `exit`. It counts its starts in `dir/starts`.
-fn fake_qemu(dir: &Path, crashes: u32, exit: i32) -> PathBuf {
+/// A fresh directory `hpmmap-qemu-<pid>-<name>` holding a stand-in emulator, `fake-qemu`,
+/// that runs `body` with `$dir` set to that directory; HPMMAP_QEMU names it from now on.
+fn stand_in(name: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hpmmap-qemu-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("fake-qemu");
-    let text = format!(
-        r#"#!/bin/sh
-ulimit -c 0
-n=$(( $(cat '{dir}/starts' 2>/dev/null || echo 0) + 1 ))
-echo $n > '{dir}/starts'
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ndir='{}'\n{body}\n", dir.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::env::set_var("HPMMAP_QEMU", &script);
+    dir
+}
+
+/// The body of a stand-in that crashes on its first `crashes` starts, then writes a console
+/// and exits with `exit`. It counts its starts in `$dir/starts`.
+fn crashing_body(crashes: u32, exit: i32) -> String {
+    format!(
+        r#"ulimit -c 0
+n=$(( $(cat "$dir/starts" 2>/dev/null || echo 0) + 1 ))
+echo $n > "$dir/starts"
 for a; do case $a in file:*) log=${{a#file:}};; esac; done
 echo "console of start $n" > "$log"
 if [ $n -le {crashes} ]; then
@@ -28,13 +43,8 @@ if [ $n -le {crashes} ]; then
     kill -ABRT $$
 fi
 echo "HPMMAP-JOB-EXIT 0" >> "$log"
-exit {exit}
-"#,
-        dir = dir.display()
-    );
-    std::fs::write(&script, text).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
+exit {exit}"#
+    )
 }
 
 fn starts(dir: &Path) -> u32 {
@@ -46,10 +56,7 @@ fn starts(dir: &Path) -> u32 {
 }
 
 fn case(name: &str, crashes: u32, exit: i32) -> (PathBuf, Result<qemu::Finished, QemuError>) {
-    let dir = std::env::temp_dir().join(format!("hpmmap-crash-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::env::set_var("HPMMAP_QEMU", fake_qemu(&dir, crashes, exit));
+    let dir = stand_in(name, &crashing_body(crashes, exit));
     let log = dir.join("console.log");
     let args: Vec<OsString> = vec!["-serial".into(), format!("file:{}", log.display()).into()];
     let r = qemu::run(&args, Duration::from_secs(30), &log);
@@ -129,25 +136,16 @@ fn an_emulator_crash_boots_once_more_and_only_once() {
 /// A stand-in emulator running `body` with `$alive` set to its heartbeat file, and the
 /// arguments, console path and 2 s heartbeat watch to run it with.
 fn beating_qemu(name: &str, body: &str) -> (PathBuf, (Vec<OsString>, PathBuf, qemu::Heartbeat)) {
-    let dir = std::env::temp_dir().join(format!("hpmmap-beat-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let alive = dir.join("alive.log");
-    let script = dir.join("fake-qemu");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nalive='{}'\n: > \"$alive\"\n{body}\n",
-            alive.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::env::set_var("HPMMAP_QEMU", &script);
-    let log = dir.join("console.log");
+    let dir = stand_in(
+        name,
+        &format!("alive=\"$dir/alive.log\"\n: > \"$alive\"\n{body}"),
+    );
     let heartbeat = qemu::Heartbeat {
-        file: alive,
+        file: dir.join("alive.log"),
         stall: Duration::from_secs(2),
     };
-    (dir, (Vec::new(), log, heartbeat))
+    (
+        dir.clone(),
+        (Vec::new(), dir.join("console.log"), heartbeat),
+    )
 }

@@ -73,42 +73,6 @@ const L1_CRASH_SIGNS: [&str; 4] = [
     "Oops:",
 ];
 
-/// Whether a lab run's error text (or console) says that L1 itself failed: its kernel
-/// crashed (no end marker, an oops or panic on the console) or it stopped (its heartbeat
-/// stood still). User space in L1 cannot cause either, and everything in L1 starts from its
-/// initramfs, so callers may boot L1 again.
-pub fn l1_itself_failed(text: &str) -> bool {
-    let crashed = !text.lines().any(|l| l.trim().starts_with(LAB_END))
-        && L1_CRASH_SIGNS.iter().any(|sig| text.contains(sig));
-    crashed || text.contains(STALLED)
-}
-
-/// The start of `QemuError::Stalled`'s message.
-const STALLED: &str = "the guest stopped: its heartbeat";
-
-#[cfg(test)]
-mod crash_sign_tests {
-    use super::*;
-
-    #[test]
-    fn an_oops_or_a_stall_is_l1_failing_and_a_finished_or_timed_out_run_is_not() {
-        let oops = "HPMMAP-LAB-BEGIN\n[ 296.3] BUG: TASK stack guard page was hit at 0000\n\
-                    [ 297.2] Kernel panic - not syncing: corrupted stack end detected";
-        assert!(l1_itself_failed(oops));
-        assert!(!l1_itself_failed(&format!("{oops}\n{LAB_END} 0")));
-        assert!(!l1_itself_failed(
-            "HPMMAP-LAB-BEGIN\nQEMU did not finish within 800 s"
-        ));
-        let stalled = QemuError::Stalled {
-            secs: 91,
-            alive: "/w/alive.log".into(),
-            log: "/w/console.log".into(),
-            tail: "HPMMAP-LAB-BEGIN".into(),
-        };
-        assert!(l1_itself_failed(&LabError::from(stalled).to_string()));
-    }
-}
-
 #[derive(Debug, Error)]
 pub enum LabError {
     #[error("--mem {0}: {1}")]
@@ -141,6 +105,20 @@ pub enum LabError {
 
 impl LabError {
     /// Errors in what the caller asked for (the CLI exits 2 for these).
+    /// Whether L1 itself failed: its kernel crashed (no end marker came, an oops or panic is
+    /// on its console) or it stopped (its heartbeat stood still). User space in L1 cannot
+    /// cause either, and everything in L1 starts from its initramfs, so callers may boot L1
+    /// again.
+    pub fn is_l1_failure(&self) -> bool {
+        match self {
+            LabError::Qemu(QemuError::Stalled { .. }) => true,
+            LabError::Qemu(QemuError::NoStatus { tail, .. } | QemuError::Timeout { tail, .. }) => {
+                L1_CRASH_SIGNS.iter().any(|sig| tail.contains(sig))
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_input(&self) -> bool {
         matches!(
             self,
@@ -479,12 +457,12 @@ impl Lab {
     }
 
     /// `run`, booting L1 again (at most `boots` boots in all) when L1 itself failed
-    /// (`l1_itself_failed`: its kernel crashed or it stopped); each failure is shown.
+    /// (`LabError::is_l1_failure`: its kernel crashed or it stopped); each failure is shown.
     pub fn run_rebooting(&self, cmd: &str, boots: u32) -> Result<LabOutput, LabError> {
         let mut boot = 1;
         loop {
             match self.run(cmd) {
-                Err(e) if boot < boots && l1_itself_failed(&e.to_string()) => {
+                Err(e) if boot < boots && e.is_l1_failure() => {
                     step(format!(
                         "lab: L1 itself failed on boot {boot} (QEMU/TCG nested SVM), \
                          booting again:\n{e}"
@@ -599,4 +577,41 @@ fn add_path(a: &mut Archive, host: &Path, guest: &str) -> Result<(), LabError> {
         a.file(guest, if exec { 0o755 } else { 0o644 }, data);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod l1_failure_tests {
+    use super::*;
+
+    fn no_status(tail: &str) -> LabError {
+        LabError::Qemu(QemuError::NoStatus {
+            marker: LAB_END,
+            log: "/w/console.log".into(),
+            tail: tail.into(),
+        })
+    }
+
+    #[test]
+    fn an_oops_or_a_stall_is_l1_failing_and_a_quiet_end_or_timeout_is_not() {
+        let oops = "HPMMAP-LAB-BEGIN\n[ 296.3] BUG: TASK stack guard page was hit at 0000\n\
+                    [ 297.2] Kernel panic - not syncing: corrupted stack end detected";
+        assert!(no_status(oops).is_l1_failure());
+        assert!(!no_status("HPMMAP-LAB-BEGIN\nreboot: Power down").is_l1_failure());
+        let timeout = |tail: &str| {
+            LabError::Qemu(QemuError::Timeout {
+                secs: 800,
+                log: "/w/console.log".into(),
+                tail: tail.into(),
+            })
+        };
+        assert!(!timeout("HPMMAP-LAB-BEGIN").is_l1_failure());
+        assert!(timeout(oops).is_l1_failure(), "an oops, then silence");
+        let stalled = LabError::Qemu(QemuError::Stalled {
+            secs: 91,
+            alive: "/w/alive.log".into(),
+            log: "/w/console.log".into(),
+            tail: "HPMMAP-LAB-BEGIN".into(),
+        });
+        assert!(stalled.is_l1_failure());
+    }
 }
