@@ -95,6 +95,12 @@ pub fn set_state(host: &Host, id: u64, state: &str) -> Result<()> {
     host.write(&state_path(host, id), state)
 }
 
+/// Takes a block offline, giving up after the host's offline limit (the kernel then puts the
+/// block back online by itself).
+pub fn offline(host: &Host, id: u64) -> Result<()> {
+    host.write_bounded(&state_path(host, id), "offline")
+}
+
 /// What to write to bring a block back online into `zone` (its zone before a cycle).
 /// 1 GiB hugetlb pages cannot come from ZONE_MOVABLE, so a kernel zone is what a cycle wants.
 pub fn online_command(zone: Option<&str>) -> &'static str {

@@ -390,7 +390,7 @@ fn leave_system_ram(host: &Host, d: &DaxDevice) -> Result<()> {
     for b in kmem_blocks(host, d)? {
         if b.state != "offline" {
             host.progress(format!("{}: memory{} offline", d.name, b.id));
-            blocks::set_state(host, b.id, "offline").map_err(|e| match e.raw_os_error() {
+            blocks::offline(host, b.id).map_err(|e| match e.raw_os_error() {
                 Some(errno) => Error::Write {
                     path: blocks::state_path(host, b.id),
                     value: "offline".into(),

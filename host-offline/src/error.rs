@@ -27,6 +27,9 @@ pub enum Error {
     },
     #[error("state file {path}: {why}")]
     StateIo { path: PathBuf, why: String },
+    /// SIGINT or SIGTERM: the operation stopped and undid what it could.
+    #[error("stopped by {}; this run's changes were undone", crate::stop::signal_name(*.signal))]
+    Interrupted { signal: i32 },
 }
 
 impl Error {
@@ -37,6 +40,20 @@ impl Error {
     /// True when the failure was detected before the host was changed.
     pub fn is_input(&self) -> bool {
         matches!(self, Error::Input(_))
+    }
+
+    /// The status a process ends with for this error when it is not an input error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Input(_) => 2,
+            Error::Interrupted { signal } => (128 + signal) as u8,
+            _ => 1,
+        }
+    }
+
+    /// True for a write the kernel gave up on at the time limit (see `deadline`).
+    pub fn timed_out(&self) -> bool {
+        matches!(self, Error::Write { source, .. } if source.kind() == io::ErrorKind::TimedOut)
     }
 
     /// The errno of an I/O failure, when there is one (EBUSY from a block that refuses to

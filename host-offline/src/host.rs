@@ -3,13 +3,23 @@
 //! go through `SysWriter` so that tests can put a simulation of the kernel's reaction to a
 //! write behind it (a recorded tree only stores what was written).
 
+use crate::deadline;
 use crate::error::{Error, Result};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
 
 pub trait SysWriter: Send + Sync {
     fn write(&self, path: &Path, value: &str) -> io::Result<()>;
+
+    /// A write the kernel may work on indefinitely (a memory block going offline): given up
+    /// after `limit` with an error of kind TimedOut.
+    fn write_within(&self, path: &Path, value: &str, limit: Duration) -> io::Result<()> {
+        let _ = limit;
+        self.write(path, value)
+    }
 }
 
 /// Writes the way the kernel expects an attribute to be written: one write(2) of the whole
@@ -23,15 +33,36 @@ impl SysWriter for KernelWriter {
             .write(true)
             .truncate(true)
             .open(path)?;
-        f.write_all(value.as_bytes())
+        // One write(2), never retried: write_all would restart a write the kernel gave up
+        // with EINTR (the deadline's signal), and an attribute takes the value whole.
+        let n = f.write(value.as_bytes())?;
+        if n != value.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("the kernel took {n} of {} bytes", value.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn write_within(&self, path: &Path, value: &str, limit: Duration) -> io::Result<()> {
+        deadline::within(limit, || self.write(path, value))
     }
 }
+
+/// How long one memory block may take to go offline before the tool gives up on it. A
+/// block with only movable pages goes offline in well under a second; one with a pinned
+/// page never does.
+pub const DEFAULT_OFFLINE_LIMIT: Duration = Duration::from_secs(20);
 
 pub struct Host {
     sys: PathBuf,
     proc: PathBuf,
     writer: Box<dyn SysWriter>,
     quiet: bool,
+    offline_limit: Duration,
+    /// Set (to the signal number) when the user asked the tool to stop.
+    stop: Option<&'static AtomicI32>,
 }
 
 impl Host {
@@ -41,7 +72,31 @@ impl Host {
             proc: proc.into(),
             writer: Box::new(KernelWriter),
             quiet: false,
+            offline_limit: DEFAULT_OFFLINE_LIMIT,
+            stop: None,
         }
+    }
+
+    pub fn with_offline_limit(mut self, limit: Duration) -> Self {
+        self.offline_limit = limit;
+        self
+    }
+
+    pub fn offline_limit(&self) -> Duration {
+        self.offline_limit
+    }
+
+    /// The flag a SIGINT / SIGTERM handler sets (see `stop`).
+    pub fn with_stop(mut self, flag: &'static AtomicI32) -> Self {
+        self.stop = Some(flag);
+        self
+    }
+
+    /// The signal that asked the tool to stop, if one did.
+    pub fn stop_requested(&self) -> Option<i32> {
+        self.stop
+            .map(|f| f.load(Ordering::SeqCst))
+            .filter(|&s| s != 0)
     }
 
     pub fn with_writer(mut self, writer: Box<dyn SysWriter>) -> Self {
@@ -96,6 +151,18 @@ impl Host {
     pub fn write(&self, path: &Path, value: &str) -> Result<()> {
         self.writer
             .write(path, value)
+            .map_err(|source| Error::Write {
+                path: path.to_path_buf(),
+                value: value.to_string(),
+                source,
+            })
+    }
+
+    /// A write the kernel may never finish (see `SysWriter::write_within`), bounded by the
+    /// host's offline limit.
+    pub fn write_bounded(&self, path: &Path, value: &str) -> Result<()> {
+        self.writer
+            .write_within(path, value, self.offline_limit)
             .map_err(|source| Error::Write {
                 path: path.to_path_buf(),
                 value: value.to_string(),

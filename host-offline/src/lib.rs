@@ -9,16 +9,19 @@
 //! recorded tree.
 
 pub mod blocks;
+pub mod deadline;
 pub mod devdax;
 pub mod error;
 pub mod holders;
 pub mod host;
 pub mod hugetlb;
+pub mod pageflags;
 pub mod release;
 pub mod reserve;
 pub mod session;
 pub mod size;
 pub mod state;
 pub mod status;
+pub mod stop;
 
 pub use error::{Error, Result};

@@ -2,16 +2,17 @@
 //!
 //! Exit status: 0 done; 1 the host refused or failed mid-way (this run's changes rolled back
 //! where possible); 2 bad input, host unchanged; 3 incomplete: reserve could not get the whole
-//! size (rolled back unless --allow-partial), or release kept pages a running VM maps.
+//! size (rolled back unless --allow-partial), or release kept pages a running VM maps;
+//! 128 + N stopped by signal N (SIGINT, SIGTERM) after undoing this run's changes.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use hpmmap_offline::devdax::{self, DevdaxOptions};
-use hpmmap_offline::host::Host;
+use hpmmap_offline::host::{self, Host};
 use hpmmap_offline::release::{self, Amount};
 use hpmmap_offline::reserve::{self, Placement, ReserveOptions};
 use hpmmap_offline::size::{human, parse_gib, GIB};
-use hpmmap_offline::{state, status, Error};
+use hpmmap_offline::{state, status, stop, Error};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +32,11 @@ struct Cli {
     /// State file recording what was taken, for release and crash rollback.
     #[arg(long, global = true, env = "HPMMAP_OFFLINE_STATE", default_value = state::DEFAULT_PATH, value_name = "PATH")]
     state_file: PathBuf,
+    /// Seconds one memory block may take to go offline before the tool gives up on it (the
+    /// kernel retries forever while a page in it cannot be migrated).
+    #[arg(long, global = true, default_value_t = host::DEFAULT_OFFLINE_LIMIT.as_secs(), value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    offline_timeout: u64,
     /// No progress lines on stderr.
     #[arg(long, short, global = true)]
     quiet: bool,
@@ -108,12 +114,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let input = e
-                .downcast_ref::<Error>()
-                .map(|e| e.is_input())
-                .unwrap_or(false);
             eprintln!("hpmmap-offline: error: {e:#}");
-            ExitCode::from(if input { 2 } else { 1 })
+            ExitCode::from(e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(1))
         }
     }
 }
@@ -130,7 +132,10 @@ fn require_root(host: &Host, what: &str) -> Result<(), Error> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let host = Host::new(&cli.sysfs_root, &cli.proc_root).quiet(cli.quiet);
+    let host = Host::new(&cli.sysfs_root, &cli.proc_root)
+        .quiet(cli.quiet)
+        .with_offline_limit(std::time::Duration::from_secs(cli.offline_timeout))
+        .with_stop(stop::install());
     match cli.cmd {
         Cmd::Status { json } => {
             let s = status::gather(&host, &cli.state_file)?;

@@ -6,6 +6,7 @@ use crate::blocks::{self, Group};
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::hugetlb;
+use crate::pageflags;
 use crate::session::Session;
 use crate::size::{human, GIB};
 use serde::Serialize;
@@ -192,7 +193,11 @@ fn grow_node(
 ) -> Result<()> {
     let host = session.host;
     let mut groups: Option<VecDeque<Group>> = None;
+    let mut flags_unreadable = false;
     while out.added < want {
+        if let Some(signal) = host.stop_requested() {
+            return Err(Error::Interrupted { signal });
+        }
         let mem = hugetlb::node_mem(host, node)?;
         if mem.free_bytes < opts.keep_bytes + GIB {
             out.reasons.push(format!(
@@ -253,7 +258,7 @@ fn grow_node(
                 }
             }
         });
-        let Some(group) = queue.pop_front() else {
+        let Some(group) = next_group(host, queue, out, &mut flags_unreadable) else {
             out.reasons.push(format!(
                 "no free 1 GiB range on node {node} after compaction and after cycling every \
                  candidate block group"
@@ -266,12 +271,58 @@ fn grow_node(
             group.blocks[group.blocks.len() - 1],
             group.first_gib
         ));
+        let pool_before = hugetlb::node_pool(host, node)?.nr;
         match session.cycle_group(&group)? {
             Ok(()) => out.groups_cycled += 1,
             Err(why) => out.reasons.push(why),
         }
+        // The kernel dissolves free hugetlb pages in a block it offlines. next_group passes
+        // over ranges that hold them, but without kpageflags it cannot see them: count what
+        // the pool really holds, never what the steps added up to.
+        let pool_after = hugetlb::node_pool(host, node)?.nr;
+        if pool_after < pool_before {
+            let lost = pool_before - pool_after;
+            let ours = session.pool_lost(node, lost)?;
+            let from_run = ours.min(out.added);
+            out.added -= from_run;
+            out.had = out.had.saturating_sub(ours - from_run);
+            out.reasons.push(format!(
+                "cycling GiB {} dissolved {lost} free 1 GiB page(s) of node {node}'s pool",
+                group.first_gib
+            ));
+        }
     }
     Ok(())
+}
+
+/// The next group to cycle, passing over GiB ranges that hold hugetlb pages: offlining one
+/// would dissolve its free pages, such as one this run just reserved.
+fn next_group(
+    host: &Host,
+    queue: &mut VecDeque<Group>,
+    out: &mut NodeOutcome,
+    flags_unreadable: &mut bool,
+) -> Option<Group> {
+    while let Some(group) = queue.pop_front() {
+        match pageflags::holds_hugetlb(host, group.first_gib * GIB, GIB) {
+            Ok(false) => return Some(group),
+            Ok(true) => out.reasons.push(format!(
+                "GiB {} holds hugetlb pages; passed over (offlining dissolves free ones)",
+                group.first_gib
+            )),
+            Err(why) => {
+                if !*flags_unreadable {
+                    *flags_unreadable = true;
+                    out.reasons.push(format!(
+                        "cannot read page flags ({why}): ranges holding hugetlb pages are not \
+                         recognized before cycling"
+                    ));
+                }
+                return Some(group);
+            }
+        }
+    }
+    None
 }
 
 /// Gives back the pages this run added (only free ones: a page a VM already mapped stays).

@@ -100,6 +100,26 @@ impl<'h> Session<'h> {
         }
     }
 
+    /// `lost` free pages of the node's pool went away under this tool (the kernel dissolves
+    /// free hugetlb pages in a block it offlines). Which ones cannot be told, so they count
+    /// as this tool's first: the tool then never gives back a page that was not its own.
+    /// Returns how many were counted as its own.
+    pub fn pool_lost(&mut self, node: u32, lost: u64) -> Result<u64> {
+        let reserved = self.state.reserved(node);
+        let ours = lost.min(reserved);
+        if ours == 0 {
+            return Ok(0);
+        }
+        if let Some(n) = self.state.nodes.get_mut(&node) {
+            n.reserved -= ours;
+            if n.reserved == 0 {
+                self.state.nodes.remove(&node);
+            }
+        }
+        self.save()?;
+        Ok(ours)
+    }
+
     /// The pool cannot hold fewer pages than this tool added: when someone else shrank it
     /// (an administrator writing nr_hugepages), what is gone is no longer ours to give back.
     pub fn reconcile(&mut self, node: u32) -> Result<Option<String>> {
@@ -170,15 +190,33 @@ impl<'h> Session<'h> {
         let mut offlined: Vec<&BlockChange> = Vec::new();
         let mut refusal = None;
         for c in &originals {
-            match blocks::set_state(self.host, c.id, "offline") {
+            match blocks::offline(self.host, c.id) {
                 Ok(()) => offlined.push(c),
                 Err(e) => {
+                    let why = if e.timed_out() {
+                        format!(
+                            "memory{} did not go offline within {} s (a page in it cannot be \
+                             migrated, e.g. pinned); the kernel kept it online",
+                            c.id,
+                            self.host.offline_limit().as_secs_f64()
+                        )
+                    } else if let Some(sig) = self.host.stop_requested() {
+                        format!(
+                            "memory{} was going offline when {} came",
+                            c.id,
+                            crate::stop::signal_name(sig)
+                        )
+                    } else {
+                        format!(
+                            "memory{} refused to go offline ({})",
+                            c.id,
+                            e.raw_os_error()
+                                .map(crate::error::strerror)
+                                .unwrap_or_else(|| e.to_string())
+                        )
+                    };
                     refusal = Some(format!(
-                        "memory{} refused to go offline ({}); GiB {} of node {} left as it was",
-                        c.id,
-                        e.raw_os_error()
-                            .map(crate::error::strerror)
-                            .unwrap_or_else(|| e.to_string()),
+                        "{why}; GiB {} of node {} left as it was",
                         group.first_gib,
                         c.node.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
                     ));
@@ -248,7 +286,7 @@ impl<'h> Session<'h> {
         }
         if now.online() {
             // online in another zone: the only way back is offline and online again
-            blocks::set_state(self.host, c.id, "offline")?;
+            blocks::offline(self.host, c.id)?;
         }
         if c.original_state == "online" {
             let cmd = blocks::online_command(c.original_zone.as_deref());

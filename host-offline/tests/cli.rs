@@ -85,6 +85,11 @@ fn bad_input_exits_2_with_the_host_unchanged() {
         &["reserve", "--size", "19G", "--keep", "2G"],
         "cannot fit",
     );
+    expect_input_error(
+        &t,
+        &["reserve", "--size", "2G", "--offline-timeout", "0"],
+        "--offline-timeout",
+    );
     expect_input_error(&t, &["release", "--size", "2G"], "holds nothing");
     expect_input_error(&t, &["release"], "--size");
     expect_input_error(

@@ -10,14 +10,22 @@
 //! The model per node: `free_ranges` is how many free, aligned 1 GiB ranges the buddy
 //! allocator has (how many pool grows succeed); compaction adds `compact_gain`; cycling every
 //! block of a 1 GiB group offline and back into a kernel zone adds one range. Blocks in
-//! `busy` refuse to go offline with EBUSY; blocks in `no_kernel_zone` refuse online_kernel.
+//! `busy` refuse to go offline with EBUSY; blocks in `no_kernel_zone` refuse online_kernel;
+//! blocks in `hang` never go offline (a pinned page: the kernel retries until the caller's
+//! time limit). Where pages land: the n-th page a pool grow allocates goes into the GiB range
+//! `place_pages[n]` (when listed); offlining a block of a range that holds a free pool page
+//! dissolves it, as offline_pages does, and `/proc/kpageflags` (when `page_flags` is on)
+//! shows KPF_HUGE across a range that holds one.
 
 use hpmmap_offline::host::SysWriter;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const GIB_KB: u64 = 1 << 20;
 const HP: &str = "hugepages/hugepages-1048576kB";
@@ -28,6 +36,16 @@ pub struct Model {
     pub compact_gain: BTreeMap<u32, u64>,
     pub busy: BTreeSet<u64>,
     pub no_kernel_zone: BTreeSet<u64>,
+    pub hang: BTreeSet<u64>,
+    /// GiB ranges for the pages pool grows allocate, in order.
+    pub place_pages: VecDeque<u64>,
+    /// GiB ranges holding a free 1 GiB pool page, with its node.
+    pub pool_pages_at: BTreeMap<u64, u32>,
+    /// Keep proc/kpageflags in step with `pool_pages_at` (off: the file does not exist).
+    pub page_flags: bool,
+    /// A signal that arrives while write number n runs: the flag is set to SIGTERM and a
+    /// block offline in progress returns EINTR.
+    pub signal_at: Option<(usize, &'static AtomicI32)>,
     /// Blocks offlined since the start, with their zone before.
     offlined: BTreeMap<u64, String>,
     /// Blocks that went offline and came back into a kernel zone.
@@ -203,6 +221,12 @@ impl FakeKernel {
             let ranges = m.free_ranges.entry(node).or_default();
             let n = (target - nr).min(*ranges).min(mem_pages);
             *ranges -= n;
+            for _ in 0..n {
+                if let Some(gib) = m.place_pages.pop_front() {
+                    m.pool_pages_at.insert(gib, node);
+                    self.set_page_flags(m, gib, true);
+                }
+            }
             self.add_u64(&format!("{base}/nr_hugepages"), n as i64);
             self.add_u64(&format!("{base}/free_hugepages"), n as i64);
             self.add_u64(&format!("{g}/nr_hugepages"), n as i64);
@@ -229,6 +253,41 @@ impl FakeKernel {
         Ok(())
     }
 
+    /// offline_pages dissolving a free 1 GiB pool page in the range going offline: the
+    /// pool shrinks by one and the memory is the buddy allocator's again.
+    fn dissolve(&self, m: &mut Model, node: u32, gib: u64) {
+        let base = format!("sys/devices/system/node/node{node}/{HP}");
+        let g = format!("sys/kernel/mm/{HP}");
+        for f in [
+            format!("{base}/nr_hugepages"),
+            format!("{base}/free_hugepages"),
+            format!("{g}/nr_hugepages"),
+            format!("{g}/free_hugepages"),
+        ] {
+            self.add_u64(&f, -1);
+        }
+        self.add_memfree_kb(node, GIB_KB as i64);
+        self.set_page_flags(m, gib, false);
+    }
+
+    /// KPF_HUGE on one frame in every 2 MiB of the GiB range (4 KiB frames), or cleared.
+    fn set_page_flags(&self, m: &Model, gib: u64, huge: bool) {
+        if !m.page_flags {
+            return;
+        }
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join("proc/kpageflags"))
+            .unwrap();
+        let word = if huge { 1u64 << 17 } else { 0 };
+        for k in 0..512u64 {
+            let pfn = (gib << 18) + k * 512;
+            f.write_all_at(&word.to_ne_bytes(), pfn * 8).unwrap();
+        }
+    }
+
     fn block_state(&self, m: &mut Model, id: u64, cmd: &str) -> io::Result<()> {
         let dir = format!("sys/devices/system/memory/memory{id}");
         let state = self.read(&format!("{dir}/state"));
@@ -246,6 +305,10 @@ impl FakeKernel {
                 }
                 m.offlined.insert(id, zone.clone());
                 m.cycled.remove(&id);
+                let gib = id * self.block_size() / (1 << 30);
+                if let Some(n) = m.pool_pages_at.remove(&gib) {
+                    self.dissolve(m, n, gib);
+                }
                 self.put(&format!("{dir}/state"), "offline");
                 self.put(&format!("{dir}/online"), "0");
                 let choices = if zone == "Movable" {
@@ -439,12 +502,41 @@ impl FakeKernel {
 }
 
 impl SysWriter for FakeKernel {
+    fn write_within(&self, path: &Path, value: &str, limit: Duration) -> io::Result<()> {
+        let rel = self.rel(path);
+        let block = rel
+            .strip_prefix("sys/devices/system/memory/memory")
+            .and_then(|r| r.strip_suffix("/state"))
+            .and_then(|id| id.parse::<u64>().ok());
+        if value.trim() == "offline" {
+            let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+            let n = m.writes.len() + 1;
+            if let Some((at, flag)) = m.signal_at {
+                if at == n {
+                    m.writes.push((rel, value.to_string()));
+                    flag.store(libc::SIGTERM, Ordering::SeqCst);
+                    return Err(io::Error::from_raw_os_error(libc::EINTR));
+                }
+            }
+            if block.is_some_and(|b| m.hang.contains(&b)) {
+                m.writes.push((rel, value.to_string()));
+                return Err(hpmmap_offline::deadline::timed_out(limit));
+            }
+        }
+        self.write(path, value)
+    }
+
     fn write(&self, path: &Path, value: &str) -> io::Result<()> {
         let rel = self.rel(path);
         let (result, crash) = {
             let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
             m.writes.push((rel.clone(), value.to_string()));
             let n = m.writes.len();
+            if let Some((at, flag)) = m.signal_at {
+                if at == n {
+                    flag.store(libc::SIGTERM, Ordering::SeqCst);
+                }
+            }
             let injected = match (&m.fail_at, &m.fail_suffix) {
                 (Some((at, e)), _) if *at == n => Some(*e),
                 (_, Some((suffix, e))) if rel.ends_with(suffix.as_str()) => Some(*e),
