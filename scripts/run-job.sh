@@ -66,7 +66,7 @@ echo "[run-job] QEMU/TCG. Its timings are emulation timings; the page counters a
 # shows them and the VM holding them.
 # Nested SVM emulated by TCG fails now and then, and not because of the job: a multi-vCPU L2
 # triple-faults (exit 72) in about 1 boot of 8, and L1 itself oopses or stops. The first boots
-# the job again in L1 (3 boots at most), --boots the second; each failure is shown
+# the job again in L1 (3 boots at most), --boots 5 the second; each failure is shown
 # (vmm/README.md, Known issue). A job's own status, whatever it is, is never retried.
 LAB_STEPS="hpmmap-offline status
 for attempt in 1 2 3; do
@@ -82,5 +82,5 @@ echo '--- hpmmap-vmm report (JSON) ---'; cat /tmp/report.json
 exit \$rc"
 rc=0
 "$BIN/hpmmap-lab" run --mem "$((MEM_GIB + 3))G" --cpus "$VCPUS" --hugepages "$MEM_GIB" \
-    --boots 3 --bins "$BIN" --add "$WORK/image:/job" -- "$LAB_STEPS" || rc=$?
+    --boots 5 --bins "$BIN" --add "$WORK/image:/job" -- "$LAB_STEPS" || rc=$?
 exit $rc

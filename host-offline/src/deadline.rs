@@ -51,6 +51,7 @@ impl ThreadTimer {
                     tv_sec: 0,
                     tv_nsec: 0,
                 },
+                // An all-zero it_value would disarm the timer instead of firing at once.
                 it_value: libc::timespec {
                     tv_sec: limit.as_secs() as libc::time_t,
                     tv_nsec: limit.subsec_nanos().max(1) as libc::c_long,

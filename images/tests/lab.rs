@@ -2,7 +2,7 @@
 //! and an igb SR-IOV NIC. One boot runs lab/scenario.sh; each test asserts its part.
 //! Figures here are emulation figures (nested lab under QEMU/TCG), never hardware ones.
 
-use hpmmap_image::lab::{parse_add, Lab, LabConfig, LabError, LabOutput};
+use hpmmap_image::lab::{self, parse_add, Lab, LabConfig, LabError, LabOutput};
 use hpmmap_image::qemu::{has_device, qemu_binary};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -44,8 +44,8 @@ fn scenario() -> Option<&'static LabOutput> {
         };
         let lab = Lab::prepare(cfg).map_err(|e| e.to_string())?;
         // L1's kernel under QEMU/TCG's nested SVM oopses now and then while its KVM runs
-        // a guest (vmm/README.md, Known issue): at most 3 boots.
-        lab.run_rebooting("sh /root/scenario.sh", 3)
+        // a guest (vmm/README.md, Known issue): up to MAX_BOOTS boots.
+        lab.run_rebooting("sh /root/scenario.sh", lab::MAX_BOOTS)
             .map_err(|e| e.to_string())
     });
     match r {

@@ -6,7 +6,7 @@
 //! Figures printed here are emulation figures (nested lab under QEMU/TCG).
 
 use hpmmap_image::builder::{build, BuildOptions};
-use hpmmap_image::lab::{parse_add, Lab, LabConfig, LabOutput};
+use hpmmap_image::lab::{parse_add, Lab, LabConfig, LabOutput, MAX_BOOTS};
 use hpmmap_tests::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -92,9 +92,11 @@ fn stack() -> Option<&'static LabOutput> {
         .map_err(|e| e.to_string())?;
         // L1's own kernel (Debian 6.1 under QEMU/TCG's nested SVM) sometimes oopses while its
         // KVM runs an L2 (vmm/README.md, Known issue). Everything in L1 lives in its
-        // initramfs, so another boot starts clean: at most 3 boots.
+        // initramfs, so another boot starts clean: up to MAX_BOOTS boots.
         let cmd = format!("sh /root/stack.sh {GUEST_GIB}G 1");
-        let out = lab.run_rebooting(&cmd, 3).map_err(|e| e.to_string())?;
+        let out = lab
+            .run_rebooting(&cmd, MAX_BOOTS)
+            .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&base);
         println!(
             "stack in the nested lab (nested lab under QEMU/TCG, {:.1} s):\n{}",

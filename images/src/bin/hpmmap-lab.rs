@@ -56,7 +56,7 @@ enum Cmd {
         /// Boot L1 again, up to this many boots in all, when L1 itself fails: its kernel
         /// oopses or it stops beating (QEMU/TCG's nested SVM does both now and then while
         /// L1's KVM runs a guest). Each failure is shown.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=hpmmap_image::lab::MAX_BOOTS as i64))]
         boots: u32,
         /// Kill L1 when its heartbeat (a line every 5 s on its third serial port) stands
         /// still this many seconds: an L1 asleep for good shows no other sign.

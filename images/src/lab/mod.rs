@@ -47,6 +47,10 @@ pub const LAB_MODULES: [&str; 14] = [
 /// Where a `--pmem` range starts in L1's physical memory: the first byte above the 32-bit
 /// hole, which q35 fills with RAM whenever L1 has more than 2 GiB below it.
 pub const PMEM_BASE: u64 = 4 << 30;
+/// The most boots `run_rebooting` and `hpmmap-lab --boots` allow: enough that L1 crashes
+/// (QEMU/TCG nested SVM, several in a row seen in CI) do not fail a run, few enough that a
+/// lab that can never work gives up in minutes.
+pub const MAX_BOOTS: u32 = 5;
 /// RAM q35 places below 4 GiB when L1 has 2.75 GiB or more.
 const Q35_LOW_RAM: u64 = 2 << 30;
 

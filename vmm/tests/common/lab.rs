@@ -159,9 +159,10 @@ pub fn last_attempts(out: &str) -> String {
 }
 
 impl LabTools {
-    /// `run` with `--boots 3`: hpmmap-lab boots L1 again (at most 3 boots) when L1 itself
+    /// `run` with `--boots 5` (hpmmap-lab's most): hpmmap-lab boots L1 again when L1 itself
     /// failed. Debian 6.1 under QEMU/TCG's nested SVM oopses, or stops for good, now and then
-    /// while its KVM runs an L2, which nothing in L1 user space can cause.
+    /// while its KVM runs an L2, which nothing in L1 user space can cause; a clean-clone CI
+    /// run on 2026-11-27 saw three such boots in a row.
     pub fn run_retrying(
         &self,
         test: &str,
@@ -170,7 +171,7 @@ impl LabTools {
         cmd: &str,
     ) -> Option<LabRun> {
         let mut args = lab_args.to_vec();
-        args.extend(["--boots", "3"]);
+        args.extend(["--boots", "5"]);
         self.run(test, &args, img, cmd)
     }
 }
