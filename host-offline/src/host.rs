@@ -151,11 +151,7 @@ impl Host {
     pub fn write(&self, path: &Path, value: &str) -> Result<()> {
         self.writer
             .write(path, value)
-            .map_err(|source| Error::Write {
-                path: path.to_path_buf(),
-                value: value.to_string(),
-                source,
-            })
+            .map_err(|source| write_error(path, value, source))
     }
 
     /// A write the kernel may never finish (see `SysWriter::write_within`), bounded by the
@@ -163,11 +159,7 @@ impl Host {
     pub fn write_bounded(&self, path: &Path, value: &str) -> Result<()> {
         self.writer
             .write_within(path, value, self.offline_limit)
-            .map_err(|source| Error::Write {
-                path: path.to_path_buf(),
-                value: value.to_string(),
-                source,
-            })
+            .map_err(|source| write_error(path, value, source))
     }
 
     /// Names in a directory, sorted; a missing directory reads as empty.
@@ -188,6 +180,14 @@ impl Host {
         if !self.quiet {
             eprintln!("hpmmap-offline: {}", msg.as_ref());
         }
+    }
+}
+
+fn write_error(path: &Path, value: &str, source: io::Error) -> Error {
+    Error::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
     }
 }
 

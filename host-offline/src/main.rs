@@ -132,10 +132,13 @@ fn require_root(host: &Host, what: &str) -> Result<(), Error> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let host = Host::new(&cli.sysfs_root, &cli.proc_root)
+    let mut host = Host::new(&cli.sysfs_root, &cli.proc_root)
         .quiet(cli.quiet)
-        .with_offline_limit(std::time::Duration::from_secs(cli.offline_timeout))
-        .with_stop(stop::install());
+        .with_offline_limit(std::time::Duration::from_secs(cli.offline_timeout));
+    // Only the commands that change the host catch SIGINT / SIGTERM; status stops at once.
+    if !matches!(cli.cmd, Cmd::Status { .. }) {
+        host = host.with_stop(stop::install());
+    }
     match cli.cmd {
         Cmd::Status { json } => {
             let s = status::gather(&host, &cli.state_file)?;
@@ -176,6 +179,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 if r.idle {
                     println!("hpmmap-offline holds nothing now");
                 }
+            }
+            // Giving back is where an interrupted host should end up: release finishes,
+            // then says it was stopped.
+            if let Some(sig) = host.stop_requested() {
+                eprintln!(
+                    "hpmmap-offline: {} came during release; it finished giving back first",
+                    stop::signal_name(sig)
+                );
+                return Ok((128 + sig) as u8);
             }
             Ok(if r.complete { 0 } else { 3 })
         }

@@ -17,6 +17,19 @@ use std::process::{Child, Command, Output, Stdio};
 const BIN: &str = env!("CARGO_BIN_EXE_hpmmap-offline");
 const NODE0: &str = "/sys/devices/system/node/node0/hugepages/hugepages-1048576kB";
 const LOCK: &str = "/tmp/hpmmap-hugetlb.lock";
+/// The round trip's request; a block with a pinned page would hold each try 20 s (the
+/// default limit), so the limit is 5 s here.
+const RESERVE_2G: &[&str] = &[
+    "reserve",
+    "--size",
+    "2G",
+    "--node",
+    "0",
+    "--keep",
+    "1G",
+    "--offline-timeout",
+    "5",
+];
 
 fn counters() -> (u64, u64) {
     let r = |f: &str| -> u64 {
@@ -182,21 +195,7 @@ fn real_reserve_status_release_round_trip() {
     }
     let (nr0, free0) = counters();
 
-    let o = hpmmap(
-        &state,
-        &[
-            "reserve",
-            "--size",
-            "2G",
-            "--node",
-            "0",
-            "--keep",
-            "1G",
-            // a block with a pinned page would hold each try 20 s (the default)
-            "--offline-timeout",
-            "5",
-        ],
-    );
+    let o = hpmmap(&state, RESERVE_2G);
     if o.status.code() == Some(3) {
         // The host has no 2 free GiB ranges it can make (memory in use everywhere, blocks
         // that refuse to go offline): exit 3 with the reasons, and nothing kept or offline.
@@ -225,21 +224,7 @@ fn real_reserve_status_release_round_trip() {
     println!("reserve: {}", String::from_utf8_lossy(&o.stdout).trim());
 
     // Idempotent: the same request again changes nothing.
-    let o = hpmmap(
-        &state,
-        &[
-            "reserve",
-            "--size",
-            "2G",
-            "--node",
-            "0",
-            "--keep",
-            "1G",
-            // a block with a pinned page would hold each try 20 s (the default)
-            "--offline-timeout",
-            "5",
-        ],
-    );
+    let o = hpmmap(&state, RESERVE_2G);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(counters(), (nr0 + 2, free0 + 2));
 

@@ -510,14 +510,6 @@ impl SysWriter for FakeKernel {
             .and_then(|id| id.parse::<u64>().ok());
         if value.trim() == "offline" {
             let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
-            let n = m.writes.len() + 1;
-            if let Some((at, flag)) = m.signal_at {
-                if at == n {
-                    m.writes.push((rel, value.to_string()));
-                    flag.store(libc::SIGTERM, Ordering::SeqCst);
-                    return Err(io::Error::from_raw_os_error(libc::EINTR));
-                }
-            }
             if block.is_some_and(|b| m.hang.contains(&b)) {
                 m.writes.push((rel, value.to_string()));
                 return Err(hpmmap_offline::deadline::timed_out(limit));
@@ -532,16 +524,21 @@ impl SysWriter for FakeKernel {
             let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
             m.writes.push((rel.clone(), value.to_string()));
             let n = m.writes.len();
+            let mut injected = None;
             if let Some((at, flag)) = m.signal_at {
                 if at == n {
                     flag.store(libc::SIGTERM, Ordering::SeqCst);
+                    // offline_pages checks for a pending signal and backs off
+                    if value.trim() == "offline" {
+                        injected = Some(libc::EINTR);
+                    }
                 }
             }
-            let injected = match (&m.fail_at, &m.fail_suffix) {
+            let injected = injected.or(match (&m.fail_at, &m.fail_suffix) {
                 (Some((at, e)), _) if *at == n => Some(*e),
                 (_, Some((suffix, e))) if rel.ends_with(suffix.as_str()) => Some(*e),
                 _ => None,
-            };
+            });
             let result = match injected {
                 Some(e) => Err(io::Error::from_raw_os_error(e)),
                 None => {
