@@ -163,8 +163,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 for n in &r.nodes {
                     println!(
-                        "node {}: released {} of {} GiB; {} GiB still reserved",
-                        n.node, n.released, n.asked, n.still_reserved
+                        "node {}: released {} of {} GiB{}; {} GiB still reserved",
+                        n.node,
+                        n.released,
+                        n.asked,
+                        if n.unadopted > 0 {
+                            format!(
+                                " ({} adopted page(s) left in the pool, as before)",
+                                n.unadopted
+                            )
+                        } else {
+                            String::new()
+                        },
+                        n.still_reserved
                     );
                     for why in &n.reasons {
                         println!("  {why}");
@@ -245,12 +256,16 @@ fn reserve_cmd(host: &Host, state_file: &std::path::Path, a: ReserveArgs) -> any
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         for n in &r.nodes {
-            let held = n.had + n.added;
             println!(
-                "node {}: {} of {} GiB reserved ({} added by this run{}{})",
+                "node {}: {} of {} GiB reserved ({}{} added by this run{}{})",
                 n.node,
-                held,
+                n.held(),
                 n.target,
+                if n.adopted > 0 {
+                    format!("{} free page(s) already in the pool adopted, ", n.adopted)
+                } else {
+                    String::new()
+                },
                 n.added,
                 if n.compacted {
                     ", after compaction"

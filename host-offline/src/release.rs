@@ -1,6 +1,7 @@
 //! `release`: give 1 GiB pages (and blocks, and dax devices) this tool took back to the
 //! host. Never shrinks the pool under a page that a running hpmmap-vmm maps, nor under
-//! pages other processes use or have reserved.
+//! pages other processes use or have reserved. Pages it adopted from a pool that was there
+//! before (boot-time `hugepages=N`) are only forgotten: the pool stays as it was.
 
 use crate::devdax;
 use crate::error::{Error, Result};
@@ -21,7 +22,10 @@ pub enum Amount {
 pub struct NodeRelease {
     pub node: u32,
     pub asked: u64,
+    /// Pages given back to the host (the pool shrank by them) plus adopted pages forgotten.
     pub released: u64,
+    /// Of `released`, adopted pages: they stay in the pool, where they were before.
+    pub unadopted: u64,
     pub still_reserved: u64,
     pub reasons: Vec<String>,
 }
@@ -58,7 +62,7 @@ pub fn release(host: &Host, state_path: &Path, amount: Amount) -> Result<Release
         }
     }
     if let Amount::Gib(n) = amount {
-        let have = session.state.total_reserved();
+        let have = session.state.total_held();
         if n > have {
             return Err(Error::input(format!(
                 "--size {n}G: hpmmap-offline holds only {have} GiB"
@@ -111,7 +115,7 @@ fn split(session: &Session, amount: Amount) -> Vec<(u32, u64)> {
         .state
         .nodes
         .iter()
-        .map(|(&n, s)| (n, s.reserved))
+        .map(|(&n, s)| (n, s.held()))
         .filter(|&(_, r)| r > 0)
         .collect();
     match amount {
@@ -145,32 +149,16 @@ fn release_node(
         asked,
         ..Default::default()
     };
-    let reserved = session.state.reserved(node);
+    let added = session.state.added(node);
+    let adopted = session.state.adopted(node);
     let held = holders::held_on_node(holders, node);
     let pool = hugetlb::node_pool(host, node)?;
     let resv = hugetlb::global_pool(host)?.resv;
-    let not_held = reserved.saturating_sub(held);
+    // Which of its pages a VM maps cannot be told: the ones this tool holds and no VM maps
+    // bound what may be free of its own.
+    let not_held = (added + adopted).saturating_sub(held);
     let free = pool.free.saturating_sub(resv);
-    let give = asked.min(not_held).min(free);
-    if give < asked {
-        if held > 0 && not_held < asked {
-            let pids: Vec<String> = holders
-                .iter()
-                .filter(|h| h.on_node(node) > 0 || h.per_node.is_empty())
-                .map(|h| h.pid.to_string())
-                .collect();
-            r.reasons.push(format!(
-                "{held} GiB on node {node} mapped by running hpmmap-vmm (pid {}); kept",
-                pids.join(", ")
-            ));
-        }
-        if free < asked.min(not_held) {
-            r.reasons.push(format!(
-                "only {free} free 1 GiB page(s) on node {node} (others in use or reserved by \
-                 processes); kept the rest"
-            ));
-        }
-    }
+    let give = asked.min(added).min(not_held).min(free);
     if give > 0 {
         host.progress(format!("node {node}: giving back {give} GiB"));
         let reached = session.resize_node(node, pool.nr - give)?;
@@ -182,6 +170,32 @@ fn release_node(
             ));
         }
     }
-    r.still_reserved = session.state.reserved(node);
+    // Adopted pages were in the pool before: forgetting them is all it takes, whether a VM
+    // still maps them or not.
+    let left = asked - r.released;
+    if left > 0 && adopted > 0 {
+        r.unadopted = session.unadopt(node, left.min(adopted))?;
+        r.released += r.unadopted;
+    }
+    if r.released < asked {
+        if held > 0 && not_held < asked {
+            let pids: Vec<String> = holders
+                .iter()
+                .filter(|h| h.on_node(node) > 0 || h.per_node.is_empty())
+                .map(|h| h.pid.to_string())
+                .collect();
+            r.reasons.push(format!(
+                "{held} GiB on node {node} mapped by running hpmmap-vmm (pid {}); kept",
+                pids.join(", ")
+            ));
+        }
+        if free < asked.min(added).min(not_held) {
+            r.reasons.push(format!(
+                "only {free} free 1 GiB page(s) on node {node} (others in use or reserved by \
+                 processes); kept the rest"
+            ));
+        }
+    }
+    r.still_reserved = session.state.held(node);
     Ok(r)
 }

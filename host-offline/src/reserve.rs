@@ -1,6 +1,8 @@
-//! `reserve`: grow the 1 GiB hugetlb pool of the chosen node(s) by the pages a job needs,
-//! compacting and then cycling memory blocks when free memory is too fragmented, never
-//! taking the node's free memory below the `--keep` floor.
+//! `reserve`: hold the 1 GiB pages a job needs on the chosen node(s): first the free pages
+//! already in the pool that nobody holds (a host that set `hugepages=N` at boot, as the
+//! README recommends), then by growing the pool, compacting and then cycling memory blocks
+//! when free memory is too fragmented, never taking the node's free memory below the
+//! `--keep` floor.
 
 use crate::blocks::{self, Group};
 use crate::error::{Error, Result};
@@ -39,6 +41,8 @@ pub struct NodeOutcome {
     pub target: u64,
     /// Pages it held before this run.
     pub had: u64,
+    /// Free pages of the existing pool this run adopted (0 after a rollback).
+    pub adopted: u64,
     /// Pages added by this run (0 after a rollback).
     pub added: u64,
     pub compacted: bool,
@@ -51,7 +55,12 @@ pub struct NodeOutcome {
 
 impl NodeOutcome {
     pub fn short(&self) -> u64 {
-        self.target.saturating_sub(self.had + self.added)
+        self.target.saturating_sub(self.held())
+    }
+
+    /// What the tool holds on the node after this run.
+    pub fn held(&self) -> u64 {
+        self.had + self.adopted + self.added
     }
 }
 
@@ -137,7 +146,7 @@ pub fn reserve(host: &Host, state_path: &Path, opts: &ReserveOptions) -> Result<
         report.nodes.push(NodeOutcome {
             node,
             target,
-            had: session.state.reserved(node),
+            had: session.state.held(node),
             ..Default::default()
         });
     }
@@ -168,18 +177,50 @@ fn grow_all(
     report: &mut ReserveReport,
 ) -> Result<()> {
     for i in 0..report.nodes.len() {
-        let (node, want) = {
-            let o = &report.nodes[i];
-            (o.node, o.target.saturating_sub(o.had))
-        };
+        let node = report.nodes[i].node;
+        adopt_free(session, &mut report.nodes[i])?;
+        let o = &report.nodes[i];
+        let want = o.target.saturating_sub(o.held());
         if want == 0 {
             session.host.progress(format!(
-                "node {node}: {} already reserved",
-                human(report.nodes[i].had * GIB)
+                "node {node}: {} reserved{}",
+                human(o.held() * GIB),
+                if o.adopted > 0 {
+                    format!(" ({} GiB adopted from the pool already there)", o.adopted)
+                } else if o.had > 0 {
+                    " already".to_string()
+                } else {
+                    String::new()
+                }
             ));
             continue;
         }
         grow_node(session, node, want, opts, &mut report.nodes[i])?;
+    }
+    Ok(())
+}
+
+/// Free pages of the node's pool that nobody holds: free, minus the pages mappings have
+/// reserved and not yet faulted, minus everything this tool holds there already (all of
+/// it may still be free, so this never counts one of its own pages twice).
+pub fn adoptable(session: &Session, node: u32) -> Result<u64> {
+    let pool = hugetlb::node_pool(session.host, node)?;
+    let resv = hugetlb::global_pool(session.host)?.resv;
+    Ok(pool
+        .free
+        .saturating_sub(resv)
+        .saturating_sub(session.state.held(node)))
+}
+
+/// A host prepared with boot-time pages (`hugepagesz=1G hugepages=N`) has what the job
+/// needs in the pool already: those pages are counted as held, the pool stays as it is,
+/// and `release` later forgets them instead of shrinking the pool.
+fn adopt_free(session: &mut Session, out: &mut NodeOutcome) -> Result<()> {
+    let want = out.target.saturating_sub(out.held());
+    let take = want.min(adoptable(session, out.node)?);
+    if take > 0 {
+        session.adopt(out.node, take)?;
+        out.adopted += take;
     }
     Ok(())
 }
@@ -282,10 +323,12 @@ fn grow_node(
         let pool_after = hugetlb::node_pool(host, node)?.nr;
         if pool_after < pool_before {
             let lost = pool_before - pool_after;
-            let ours = session.pool_lost(node, lost)?;
-            let from_run = ours.min(out.added);
-            out.added -= from_run;
-            out.had = out.had.saturating_sub(ours - from_run);
+            let mut ours = session.pool_lost(node, lost)?;
+            for count in [&mut out.added, &mut out.adopted, &mut out.had] {
+                let n = ours.min(*count);
+                *count -= n;
+                ours -= n;
+            }
             out.reasons.push(format!(
                 "cycling GiB {} dissolved {lost} free 1 GiB page(s) of node {node}'s pool",
                 group.first_gib
@@ -325,9 +368,14 @@ fn next_group(
     None
 }
 
-/// Gives back the pages this run added (only free ones: a page a VM already mapped stays).
+/// Gives back the pages this run added (only free ones: a page a VM already mapped stays)
+/// and stops holding the pages it adopted (they stay in the pool, as before the run).
 fn rollback(session: &mut Session, report: &mut ReserveReport) -> Result<()> {
     for o in report.nodes.iter_mut() {
+        if o.adopted > 0 {
+            let gone = session.unadopt(o.node, o.adopted)?;
+            o.adopted -= gone;
+        }
         if o.added == 0 {
             continue;
         }

@@ -88,6 +88,7 @@ impl<'h> Session<'h> {
         let entry = self.state.nodes.entry(p.node).or_insert(NodeState {
             baseline_nr: p.before,
             reserved: 0,
+            adopted: 0,
         });
         if p.target > p.before {
             entry.reserved += reached.clamp(p.before, p.target) - p.before;
@@ -95,9 +96,50 @@ impl<'h> Session<'h> {
             let removed = p.before - reached.clamp(p.target, p.before);
             entry.reserved = entry.reserved.saturating_sub(removed);
         }
-        if entry.reserved == 0 {
-            self.state.nodes.remove(&p.node);
+        self.state.prune();
+    }
+
+    /// Counts `count` free pages already in the node's pool as held for hpmmap. The pool is
+    /// not touched, so there is nothing to journal beyond the count itself.
+    pub fn adopt(&mut self, node: u32, count: u64) -> Result<()> {
+        if count == 0 {
+            return Ok(());
         }
+        let nr = hugetlb::node_pool(self.host, node)?.nr;
+        let entry = self.state.nodes.entry(node).or_insert(NodeState {
+            baseline_nr: nr,
+            reserved: 0,
+            adopted: 0,
+        });
+        entry.adopted += count;
+        self.save()
+    }
+
+    /// Stops counting up to `count` adopted pages of the node; they stay in the pool, where
+    /// they were before hpmmap-offline adopted them. Returns how many.
+    pub fn unadopt(&mut self, node: u32, count: u64) -> Result<u64> {
+        let Some(n) = self.state.nodes.get_mut(&node) else {
+            return Ok(0);
+        };
+        let gone = count.min(n.adopted);
+        n.adopted -= gone;
+        self.state.prune();
+        self.save()?;
+        Ok(gone)
+    }
+
+    /// Takes `count` pages that went missing off the node's books: added pages first (so
+    /// that the tool never shrinks the pool by a page that was not its own), then adopted.
+    fn forget(&mut self, node: u32, count: u64) -> u64 {
+        let Some(n) = self.state.nodes.get_mut(&node) else {
+            return 0;
+        };
+        let from_added = count.min(n.reserved);
+        n.reserved -= from_added;
+        let from_adopted = (count - from_added).min(n.adopted);
+        n.adopted -= from_adopted;
+        self.state.prune();
+        from_added + from_adopted
     }
 
     /// `lost` free pages of the node's pool went away under this tool (the kernel dissolves
@@ -105,43 +147,30 @@ impl<'h> Session<'h> {
     /// as this tool's first: the tool then never gives back a page that was not its own.
     /// Returns how many were counted as its own.
     pub fn pool_lost(&mut self, node: u32, lost: u64) -> Result<u64> {
-        let reserved = self.state.reserved(node);
-        let ours = lost.min(reserved);
-        if ours == 0 {
-            return Ok(0);
+        let ours = self.forget(node, lost);
+        if ours > 0 {
+            self.save()?;
         }
-        if let Some(n) = self.state.nodes.get_mut(&node) {
-            n.reserved -= ours;
-            if n.reserved == 0 {
-                self.state.nodes.remove(&node);
-            }
-        }
-        self.save()?;
         Ok(ours)
     }
 
     /// The pool cannot hold fewer pages than this tool added: when someone else shrank it
     /// (an administrator writing nr_hugepages), what is gone is no longer ours to give back.
     pub fn reconcile(&mut self, node: u32) -> Result<Option<String>> {
-        let reserved = self.state.reserved(node);
-        if reserved == 0 {
+        let held = self.state.held(node);
+        if held == 0 {
             return Ok(None);
         }
         let nr = hugetlb::node_pool(self.host, node)?.nr;
-        if nr >= reserved {
+        if nr >= held {
             return Ok(None);
         }
-        if let Some(n) = self.state.nodes.get_mut(&node) {
-            n.reserved = nr;
-        }
-        if nr == 0 {
-            self.state.nodes.remove(&node);
-        }
+        self.forget(node, held - nr);
         self.save()?;
         Ok(Some(format!(
-            "node {node}: the pool has {nr} page(s) but hpmmap-offline had added {reserved}; \
+            "node {node}: the pool has {nr} page(s) but hpmmap-offline held {held}; \
              someone else gave back {}",
-            reserved - nr
+            held - nr
         )))
     }
 

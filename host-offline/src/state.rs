@@ -5,7 +5,7 @@
 //! ```json
 //! { "format": "hpmmap-offline-state", "version": 1,
 //!   "sysfs_root": "/sys", "proc_root": "/proc",
-//!   "nodes": { "0": { "baseline_nr": 0, "reserved": 2 } },
+//!   "nodes": { "0": { "baseline_nr": 0, "reserved": 2, "adopted": 16 } },
 //!   "pending": { "node": 0, "before": 2, "target": 3 },
 //!   "blocks": [ { "id": 140, "node": 0, "original_state": "online", "original_zone": "Normal" },
 //!               { "id": 40, "node": 0, "original_state": "online", "original_zone": "Movable",
@@ -17,7 +17,8 @@
 //!   "updated_unix": 1795000000 }
 //! ```
 //! `reserved` counts the 1 GiB pages this tool added to a node's pool and has not given
-//! back; `pending` is a pool resize that was started and not yet confirmed; `blocks` are
+//! back; `adopted` the free pages that were already in the pool (set at boot with
+//! `hugepages=N`, or by hand) and that it counts as held for hpmmap without changing the pool; `pending` is a pool resize that was started and not yet confirmed; `blocks` are
 //! memory blocks whose state the tool may have changed; `devdax` are dax devices it
 //! reconfigured, with what they were before.
 
@@ -38,7 +39,22 @@ pub struct NodeState {
     /// The node's nr_hugepages before this tool first grew it (for the record; release
     /// works from `reserved` so that other users of the pool are left alone).
     pub baseline_nr: u64,
+    /// Pages this tool added to the pool: `release` shrinks the pool by them.
     pub reserved: u64,
+    /// Free pages that were in the pool already (a boot-time `hugepages=N`): held for hpmmap
+    /// without growing the pool, so `release` forgets them and leaves the pool as it was.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub adopted: u64,
+}
+
+impl NodeState {
+    pub fn held(&self) -> u64 {
+        self.reserved + self.adopted
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,17 +127,37 @@ impl State {
         }
     }
 
-    pub fn reserved(&self, node: u32) -> u64 {
+    /// Pages this tool added to the node's pool.
+    pub fn added(&self, node: u32) -> u64 {
         self.nodes.get(&node).map(|n| n.reserved).unwrap_or(0)
     }
 
-    pub fn total_reserved(&self) -> u64 {
-        self.nodes.values().map(|n| n.reserved).sum()
+    /// Pages of the node's existing pool this tool adopted.
+    pub fn adopted(&self, node: u32) -> u64 {
+        self.nodes.get(&node).map(|n| n.adopted).unwrap_or(0)
+    }
+
+    /// Everything held for hpmmap on the node: added plus adopted.
+    pub fn held(&self, node: u32) -> u64 {
+        self.nodes.get(&node).map(NodeState::held).unwrap_or(0)
+    }
+
+    pub fn total_held(&self) -> u64 {
+        self.nodes.values().map(NodeState::held).sum()
+    }
+
+    pub fn total_adopted(&self) -> u64 {
+        self.nodes.values().map(|n| n.adopted).sum()
+    }
+
+    /// Drops node entries that hold nothing any more.
+    pub fn prune(&mut self) {
+        self.nodes.retain(|_, n| n.held() > 0);
     }
 
     /// Nothing held and nothing to undo: the file can go.
     pub fn is_empty(&self) -> bool {
-        self.total_reserved() == 0
+        self.total_held() == 0
             && self.pending.is_none()
             && self.blocks.is_empty()
             && self.devdax.is_empty()
@@ -282,6 +318,7 @@ mod tests {
             NodeState {
                 baseline_nr: 1,
                 reserved: 2,
+                adopted: 3,
             },
         );
         s.pending = Some(PendingResize {
@@ -292,6 +329,23 @@ mod tests {
         save(&p, &mut s).unwrap();
         assert!(!d.join("offline.json.tmp").exists());
         assert_eq!(load(&p).unwrap().unwrap(), s);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_written_before_adoption_existed_loads_with_nothing_adopted() {
+        let d = tmpdir("noadopt");
+        let p = d.join("offline.json");
+        fs::write(
+            &p,
+            r#"{"format":"hpmmap-offline-state","version":1,"sysfs_root":"/sys","proc_root":"/proc","nodes":{"0":{"baseline_nr":0,"reserved":2}}}"#,
+        )
+        .unwrap();
+        let s = load(&p).unwrap().unwrap();
+        assert_eq!((s.added(0), s.adopted(0), s.held(0)), (2, 0, 2));
+        let mut s2 = s.clone();
+        save(&p, &mut s2).unwrap();
+        assert!(!fs::read_to_string(&p).unwrap().contains("adopted"));
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -25,8 +25,10 @@ pub struct NodeStatus {
     pub mem_total_bytes: u64,
     pub mem_free_bytes: u64,
     pub pages_1g: Option<PoolCounters>,
-    /// Pages of the pool that hpmmap-offline added and holds.
+    /// Pages of the pool that hpmmap-offline holds: added by it plus adopted.
     pub reserved_by_hpmmap: u64,
+    /// Of those, free pages that were in the pool already (boot-time) and were adopted.
+    pub adopted_by_hpmmap: u64,
     /// hpmmap-vmm processes mapping 1 GiB pages on this node.
     pub held_by: Vec<HeldBy>,
     pub blocks: BlockSummary,
@@ -73,7 +75,8 @@ pub fn gather(host: &Host, state_path: &Path) -> Result<Status> {
             mem_total_bytes: mem.total_bytes,
             mem_free_bytes: mem.free_bytes,
             pages_1g,
-            reserved_by_hpmmap: st.as_ref().map(|s| s.reserved(node)).unwrap_or(0),
+            reserved_by_hpmmap: st.as_ref().map(|s| s.held(node)).unwrap_or(0),
+            adopted_by_hpmmap: st.as_ref().map(|s| s.adopted(node)).unwrap_or(0),
             held_by: holders
                 .iter()
                 .filter(|h| h.on_node(node) > 0)
@@ -125,8 +128,20 @@ pub fn render_text(s: &Status) -> String {
         if let Some(p) = n.pages_1g {
             let _ = writeln!(
                 o,
-                "  1 GiB pages: pool {}, free {}, surplus {}; reserved by hpmmap-offline {}",
-                p.nr, p.free, p.surplus, n.reserved_by_hpmmap
+                "  1 GiB pages: pool {}, free {}, surplus {}; reserved by hpmmap-offline {}{}",
+                p.nr,
+                p.free,
+                p.surplus,
+                n.reserved_by_hpmmap,
+                if n.adopted_by_hpmmap > 0 {
+                    format!(
+                        " ({} adopted from the pool already there, {} added)",
+                        n.adopted_by_hpmmap,
+                        n.reserved_by_hpmmap - n.adopted_by_hpmmap
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
         if n.held_by.is_empty() {
@@ -200,7 +215,7 @@ pub fn render_text(s: &Status) -> String {
                 "state {} (version {}): {} GiB reserved{}{}{}",
                 s.state_file,
                 st.version,
-                st.total_reserved(),
+                st.total_held(),
                 if st.pending.is_some() {
                     "; an interrupted resize to settle"
                 } else {

@@ -190,6 +190,58 @@ fn binary_reserve_and_release_write_the_state_file_and_remove_it() {
     assert!(!t.state().exists());
 }
 
+/// The README's first command on a host set up as the README recommends (issue 19):
+/// `hugepagesz=1G hugepages=18` at boot, then `reserve --size 18G`. Exit 0, the pool left
+/// alone (a plain-file tree shows any write), and `release --all` leaves it as it was.
+#[test]
+fn reserve_on_a_host_with_boot_time_pages_adopts_them_and_exits_0() {
+    let t = trees::one_node("cli-boot18");
+    trees::set_meminfo(&t, 0, 21 << 20, 2 << 20);
+    for f in ["nr_hugepages", "free_hugepages"] {
+        t.write(
+            &format!("sys/devices/system/node/node0/hugepages/hugepages-1048576kB/{f}"),
+            "18\n",
+        );
+        t.write(
+            &format!("sys/kernel/mm/hugepages/hugepages-1048576kB/{f}"),
+            "18\n",
+        );
+    }
+    let before = t.snapshot();
+    let o = run(&t, &["reserve", "--size", "18G"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(
+        out.contains("node 0: 18 of 18 GiB reserved (18 free page(s) already in the pool adopted, 0 added by this run)"),
+        "{out}"
+    );
+    assert!(!out.contains("passed over"), "{out}");
+    assert_eq!(t.snapshot(), before, "reserve wrote to sysfs");
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.state()).unwrap()).unwrap();
+    assert_eq!(
+        (&st["nodes"]["0"]["adopted"], &st["nodes"]["0"]["reserved"]),
+        (&serde_json::json!(18), &serde_json::json!(0))
+    );
+    let status = String::from_utf8_lossy(&run(&t, &["status"]).stdout).into_owned();
+    assert!(
+        status.contains(
+            "reserved by hpmmap-offline 18 (18 adopted from the pool already there, 0 added)"
+        ),
+        "{status}"
+    );
+    let o = run(&t, &["release", "--all"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(
+        out.contains("released 18 of 18 GiB (18 adopted page(s) left in the pool, as before)"),
+        "{out}"
+    );
+    assert!(out.contains("holds nothing now"), "{out}");
+    assert!(!t.state().exists());
+    assert_eq!(t.snapshot(), before, "release changed the host");
+}
+
 #[test]
 fn not_root_is_refused_on_the_live_sysfs() {
     let dir = common::Scratch::new("cli-notroot");

@@ -54,7 +54,7 @@ fn one_node_reserve_status_release_round_trip() {
     assert_eq!((r.nodes[0].added, r.nodes[0].compacted), (2, false));
     assert_eq!((t.nr(0), t.free(0)), (2, 2));
     let st = state::load(&t.state()).unwrap().unwrap();
-    assert_eq!(st.reserved(0), 2);
+    assert_eq!(st.held(0), 2);
     assert_eq!(st.nodes[&0].baseline_nr, 0);
     assert!(st.pending.is_none() && st.blocks.is_empty());
 
@@ -97,7 +97,7 @@ fn reserve_is_idempotent_and_grows_to_the_new_total() {
     let more = reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
     assert_eq!((more.nodes[0].had, more.nodes[0].added), (2, 1));
     assert_eq!(t.nr(0), 3);
-    assert_eq!(state::load(&t.state()).unwrap().unwrap().reserved(0), 3);
+    assert_eq!(state::load(&t.state()).unwrap().unwrap().held(0), 3);
     // release is idempotent too
     release::release(&h, &t.state(), Amount::All).unwrap();
     let r = release::release(&h, &t.state(), Amount::All).unwrap();
@@ -106,22 +106,141 @@ fn reserve_is_idempotent_and_grows_to_the_new_total() {
 }
 
 #[test]
-fn pages_already_in_the_pool_are_not_ours_to_release() {
+fn free_pages_already_in_the_pool_are_adopted_and_left_there_on_release() {
     let t = trees::one_node("baseline");
     let k = kernel(&t, |m| {
         m.free_ranges.insert(0, 6);
     });
     let h = host(&t, &k);
-    // Someone else (boot-time hugepages=, another tool) already has 2 pages in the pool.
+    // The host was set up with pages already in the pool (boot-time hugepages=2).
     hpmmap_offline::hugetlb::set_node_nr(&h, 0, 2).unwrap();
-    reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
-    assert_eq!(t.nr(0), 5);
+    let before = t.snapshot();
+    let r = reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
+    assert!(r.complete, "{r:?}");
+    assert_eq!((r.nodes[0].adopted, r.nodes[0].added), (2, 1));
+    assert_eq!(t.nr(0), 3, "the pool grows only by what was missing");
+    let st = state::load(&t.state()).unwrap().unwrap();
+    assert_eq!((st.added(0), st.adopted(0), st.held(0)), (1, 2, 3));
+    assert_eq!(st.nodes[&0].baseline_nr, 2);
+    let s = status::gather(&h, &t.state()).unwrap();
     assert_eq!(
-        state::load(&t.state()).unwrap().unwrap().nodes[&0].baseline_nr,
-        2
+        (s.nodes[0].reserved_by_hpmmap, s.nodes[0].adopted_by_hpmmap),
+        (3, 2)
     );
+    assert!(
+        status::render_text(&s).contains(
+            "reserved by hpmmap-offline 3 (2 adopted from the pool already there, 1 added)"
+        ),
+        "{}",
+        status::render_text(&s)
+    );
+    let rel = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(rel.complete && rel.idle, "{rel:?}");
+    assert_eq!((rel.nodes[0].released, rel.nodes[0].unadopted), (3, 2));
+    assert_eq!(t.nr(0), 2, "release leaves the boot-time pages in the pool");
+    assert!(!t.state().exists());
+    trees::assert_same(&before, &t.snapshot());
+    no_violations(&k);
+}
+
+/// The used-by command's host (issue 19): `hugepagesz=1G hugepages=18` at boot, then the
+/// README's `reserve --size 18G`. Every page is there already: nothing to grow, no block
+/// to cycle, exit 0, and `release --all` leaves the 18 pages where the admin put them.
+#[test]
+fn a_host_with_every_page_set_at_boot_reserves_without_touching_the_pool() {
+    let t = trees::one_node("boot18");
+    trees::set_meminfo(&t, 0, 21 << 20, 20 << 20);
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 18);
+        m.page_flags = true;
+    });
+    let h = host(&t, &k);
+    hpmmap_offline::hugetlb::set_node_nr(&h, 0, 18).unwrap();
+    let writes = k.with(|m| m.writes.len());
+    let before = t.snapshot();
+    let r = reserve::reserve(&h, &t.state(), &opts(18, Placement::Auto)).unwrap();
+    assert!(r.complete && !r.rolled_back, "{r:?}");
+    assert_eq!((r.nodes[0].adopted, r.nodes[0].added), (18, 0));
+    assert!(r.nodes[0].reasons.is_empty(), "{:?}", r.nodes[0].reasons);
+    assert!(!r.nodes[0].compacted && r.nodes[0].groups_cycled == 0);
+    assert_eq!(k.with(|m| m.writes.len()), writes, "reserve wrote to sysfs");
+    // Asked again: idempotent, still nothing written.
+    let again = reserve::reserve(&h, &t.state(), &opts(18, Placement::Auto)).unwrap();
+    assert_eq!((again.nodes[0].had, again.nodes[0].adopted), (18, 0));
+    // A VM maps all 18 while the job runs; release --all forgets them and exits complete.
+    trees::add_vm(&t, 4321, 0, 18);
+    let rel = release::release(&h, &t.state(), Amount::All).unwrap();
+    assert!(rel.complete && rel.idle, "{rel:?}");
+    assert_eq!(rel.nodes[0].unadopted, 18);
+    assert_eq!(t.nr(0), 18);
+    trees::remove_vm(&t, 4321, 0, 18);
+    assert_eq!(k.with(|m| m.writes.len()), writes, "release wrote to sysfs");
+    trees::assert_same(&before, &t.snapshot());
+    no_violations(&k);
+}
+
+#[test]
+fn pool_pages_in_use_or_promised_are_not_adopted() {
+    let t = trees::one_node("inuse");
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 8);
+    });
+    let h = host(&t, &k);
+    hpmmap_offline::hugetlb::set_node_nr(&h, 0, 3).unwrap();
+    // Another VM maps one of the three; a mapping has another one reserved, not faulted.
+    trees::add_vm(&t, 777, 0, 1);
+    t.write(
+        "sys/kernel/mm/hugepages/hugepages-1048576kB/resv_hugepages",
+        "1\n",
+    );
+    let r = reserve::reserve(&h, &t.state(), &opts(2, Placement::Node(0))).unwrap();
+    assert!(r.complete, "{r:?}");
+    assert_eq!((r.nodes[0].adopted, r.nodes[0].added), (1, 1));
+    assert_eq!(t.nr(0), 4);
+    // A second reserve for more adopts nothing twice: its own free page is not "free".
+    let more = reserve::reserve(&h, &t.state(), &opts(3, Placement::Node(0))).unwrap();
+    assert_eq!(
+        (
+            more.nodes[0].had,
+            more.nodes[0].adopted,
+            more.nodes[0].added
+        ),
+        (2, 0, 1)
+    );
+    assert_eq!(t.nr(0), 5);
+    let rel = release::release(&h, &t.state(), Amount::Gib(1)).unwrap();
+    assert_eq!(
+        (rel.nodes[0].released, rel.nodes[0].unadopted),
+        (1, 0),
+        "added pages go back first"
+    );
+    assert_eq!(t.nr(0), 4);
     release::release(&h, &t.state(), Amount::All).unwrap();
-    assert_eq!(t.nr(0), 2, "release must leave the other user's pages");
+    assert_eq!(t.nr(0), 3, "the pool is back as the other users had it");
+    no_violations(&k);
+}
+
+#[test]
+fn a_short_reservation_forgets_the_pages_it_adopted() {
+    let t = trees::one_node("shortadopt");
+    let k = kernel(&t, |m| {
+        m.free_ranges.insert(0, 2);
+        m.busy.extend(0..400);
+    });
+    let h = host(&t, &k);
+    hpmmap_offline::hugetlb::set_node_nr(&h, 0, 1).unwrap();
+    let before = t.snapshot();
+    let mut o = opts(4, Placement::Node(0));
+    o.offline_blocks = false;
+    let r = reserve::reserve(&h, &t.state(), &o).unwrap();
+    assert!(!r.complete && r.rolled_back, "{r:?}");
+    assert_eq!(
+        (r.nodes[0].adopted, r.nodes[0].added, r.nodes[0].given_back),
+        (0, 0, 1)
+    );
+    assert!(!t.state().exists());
+    assert_eq!(t.nr(0), 1);
+    trees::assert_same(&before, &t.snapshot());
 }
 
 #[test]
@@ -235,7 +354,7 @@ fn allow_partial_keeps_what_it_got() {
     assert!(!r.complete && !r.rolled_back);
     assert_eq!((r.nodes[0].added, r.nodes[0].short()), (1, 2));
     assert_eq!(t.nr(0), 1);
-    assert_eq!(state::load(&t.state()).unwrap().unwrap().reserved(0), 1);
+    assert_eq!(state::load(&t.state()).unwrap().unwrap().held(0), 1);
 }
 
 #[test]
@@ -431,7 +550,7 @@ fn crash_mid_resize_then_release_all_restores_the_host() {
     assert!(res.is_err(), "the simulated crash did not happen");
     assert_eq!(t.nr(0), 3);
     let st = state::load(&t.state()).unwrap().unwrap();
-    assert_eq!(st.reserved(0), 2);
+    assert_eq!(st.held(0), 2);
     assert_eq!(
         st.pending,
         Some(state::PendingResize {
@@ -978,7 +1097,7 @@ fn block_cycling_passes_over_the_gib_holding_a_page_it_reserved() {
     let n = &r.nodes[0];
     assert_eq!((n.added, n.groups_cycled), (2, 1), "{n:?}");
     assert_eq!((t.nr(0), t.free(0)), (2, 2));
-    assert_eq!(state::load(&t.state()).unwrap().unwrap().reserved(0), 2);
+    assert_eq!(state::load(&t.state()).unwrap().unwrap().held(0), 2);
     assert!(
         n.reasons
             .iter()
@@ -1019,7 +1138,7 @@ fn a_page_dissolved_by_a_cycle_is_counted_and_obtained_again() {
         (2, 2),
         "the report must match the pool"
     );
-    assert_eq!(state::load(&t.state()).unwrap().unwrap().reserved(0), 2);
+    assert_eq!(state::load(&t.state()).unwrap().unwrap().held(0), 2);
     let rel = release::release(&h, &t.state(), Amount::All).unwrap();
     assert!(rel.complete && rel.idle, "{rel:?}");
     assert_eq!(t.nr(0), 0);
