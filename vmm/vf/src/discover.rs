@@ -168,6 +168,25 @@ pub const VFIO_PCI: &str = "vfio-pci";
 
 pub fn vf_state(sysfs: &Sysfs, vf: PciAddr) -> Result<VfState, VfError> {
     let dev = sysfs.pci_dev(vf);
+    // A claim record means a claimant, live or crashed; a crashed one's record holds the
+    // VF's original driver and GUIDs, which a new claim must not take for the originals.
+    let rec = crate::records::path_for(sysfs, vf);
+    if rec.exists() {
+        let who = std::fs::read_to_string(&rec)
+            .ok()
+            .and_then(|t| crate::records::ClaimRecord::parse(&rec, &t).ok());
+        let reason = match who {
+            Some(r) if crate::records::is_live(sysfs, &r) => {
+                format!("claimed by job '{}' (pid {} on {})", r.job, r.pid, r.host)
+            }
+            Some(r) => format!(
+                "left by job '{}' whose process {} is gone: run 'hpmmap-vf recover'",
+                r.job, r.pid
+            ),
+            None => "an unreadable claim record: check it, then remove it".into(),
+        };
+        return Ok(VfState::Busy { reason, path: rec });
+    }
     match sysfs.driver_of(vf)? {
         None => Ok(VfState::Unbound),
         Some(d) if d == VFIO_PCI => {

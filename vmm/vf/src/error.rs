@@ -89,6 +89,62 @@ pub enum VfError {
         value: String,
         expected: &'static str,
     },
+
+    #[error("--vf-guid '{value}': {reason}")]
+    BadGuid { value: String, reason: String },
+
+    #[error("--pkey '{value}': {reason}")]
+    BadPkey { value: String, reason: String },
+
+    #[error("--job '{value}': job names are 1-64 of A-Z a-z 0-9 _ . - (they become OpenSM partition names)")]
+    BadJob { value: String },
+
+    #[error("{flag} needs an InfiniBand VF, but PF {pf} is not an InfiniBand port ({path})")]
+    NotInfiniband {
+        flag: &'static str,
+        pf: PciAddr,
+        path: PathBuf,
+    },
+
+    #[error("PF {pf} ({driver}) offers no VF GUID/policy attributes ({path} is missing): mlx5_core of MLNX_OFED provides sriov/N/{{node,port,policy}}; without them the VF cannot join the fabric")]
+    GuidUnsupported {
+        pf: PciAddr,
+        driver: String,
+        path: PathBuf,
+    },
+
+    #[error("the driver refused '{value}' for {path}: {source}")]
+    GuidRefused {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("P_Key {pkey} is already held by job '{job}' ({path}); each job needs its own P_Key for isolation")]
+    PkeyInUse {
+        pkey: String,
+        job: String,
+        path: PathBuf,
+    },
+
+    #[error("port GUID {guid} of VF {vf} is already in job '{job}''s partition ({path}); run 'hpmmap-vf recover' if that job is gone")]
+    GuidInUse {
+        guid: String,
+        vf: PciAddr,
+        job: String,
+        path: PathBuf,
+    },
+
+    #[error("claim record {path}: {reason}")]
+    BadRecord { path: PathBuf, reason: String },
+
+    #[error("{path}:{line}: {reason}")]
+    BadPartitions {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
 }
 
 fn display_paths(p: &[PathBuf]) -> String {
@@ -112,6 +168,12 @@ impl VfError {
                 | VfError::TooManyVfs { .. }
                 | VfError::VfsAlreadyEnabled { .. }
                 | VfError::VfInUse { .. }
+                | VfError::BadGuid { .. }
+                | VfError::BadPkey { .. }
+                | VfError::BadJob { .. }
+                | VfError::NotInfiniband { .. }
+                | VfError::PkeyInUse { .. }
+                | VfError::GuidInUse { .. }
         )
     }
 }

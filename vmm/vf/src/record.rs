@@ -28,6 +28,18 @@ const DEV_ATTRS: &[&str] = &[
 ];
 const DEV_LINKS: &[&str] = &["driver", "iommu_group", "physfn"];
 const NET_ATTRS: &[&str] = &["flags", "operstate", "type"];
+/// An InfiniBand class device: what decides InfiniBand vs RoCE and the PF GUID VF GUIDs
+/// are derived from, and the port state the guest check reports.
+const IB_ATTRS: &[&str] = &[
+    "node_guid",
+    "node_type",
+    "fw_ver",
+    "ports/1/link_layer",
+    "ports/1/state",
+    "ports/1/phys_state",
+];
+/// MLNX_OFED mlx5_core's per-VF attributes under the PF's `sriov/<N>/`.
+const VF_IB_ATTRS: &[&str] = &["node", "port", "policy"];
 const DRIVER_FILES: &[&str] = &["bind", "unbind", "new_id", "remove_id"];
 
 pub struct Recorder<'a> {
@@ -106,7 +118,7 @@ impl<'a> Recorder<'a> {
     }
 
     fn class_dir(&mut self, real: &Path) -> io::Result<()> {
-        for a in NET_ATTRS {
+        for a in NET_ATTRS.iter().chain(IB_ATTRS) {
             self.copy_file(&real.join(a))?;
         }
         self.copy_link(&real.join("device"))
@@ -128,6 +140,17 @@ impl<'a> Recorder<'a> {
         }
         for l in DEV_LINKS {
             self.copy_link(&real.join(l))?;
+        }
+        for n in self
+            .sysfs
+            .list(&real.join("sriov"))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+        {
+            for a in VF_IB_ATTRS {
+                self.copy_file(&real.join("sriov").join(&n).join(a))?;
+            }
         }
         if let Some(drv) = self.sysfs.driver_of(addr).ok().flatten() {
             let d = self.sysfs.pci_driver_dir(&drv);
@@ -211,14 +234,44 @@ impl<'a> Recorder<'a> {
         Ok(())
     }
 
-    /// What the selftest reads about the host: IOMMUs, 1 GiB hugepages, vfio modules,
-    /// /dev/vfio/vfio, and only the IOMMU words of the kernel command line.
+    /// What the selftest reads about the host: IOMMUs (and their capability registers),
+    /// 1 GiB hugepages, vfio modules and the unsafe-interrupts switch, /dev/vfio/vfio,
+    /// only the IOMMU words of the kernel command line, and only the interrupt chip
+    /// names of /proc/interrupts (interrupt remapping shows there as IR-).
     pub fn host(&mut self) -> io::Result<()> {
         let iommu = self.sysfs.sys("class/iommu");
         fs::create_dir_all(self.out.join("sys/class/iommu"))?;
         for n in self.sysfs.list(&iommu).ok().flatten().unwrap_or_default() {
-            self.copy_link(&iommu.join(n))?;
+            self.copy_link(&iommu.join(&n))?;
+            if let Some(real) = Self::canonical(&iommu.join(&n)) {
+                for f in [
+                    "intel-iommu/cap",
+                    "intel-iommu/ecap",
+                    "intel-iommu/version",
+                    "amd-iommu/cap",
+                    "amd-iommu/features",
+                ] {
+                    self.copy_file(&real.join(f))?;
+                }
+            }
         }
+        self.copy_file(
+            &self
+                .sysfs
+                .sys("module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"),
+        )?;
+        let irqs = fs::read_to_string(self.sysfs.proc("interrupts")).unwrap_or_default();
+        let chips: Vec<String> = irqs
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.contains("PCI-MSI") || w.contains("IO-APIC"))
+                    .map(|c| format!("{c}\n"))
+            })
+            .collect();
+        fs::create_dir_all(self.out.join("proc"))?;
+        fs::write(self.out.join("proc/interrupts"), chips.concat())?;
         let hp = self.sysfs.sys("kernel/mm/hugepages/hugepages-1048576kB");
         for f in ["nr_hugepages", "free_hugepages"] {
             self.copy_file(&hp.join(f))?;

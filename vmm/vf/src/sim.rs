@@ -17,12 +17,18 @@
 //!   one, ERANGE above `sriov_totalvfs`; creating VFs at the PF's `sriov_offset` and
 //!   `sriov_stride` with their own IOMMU group (when the PF has one) and autoprobe;
 //!   0 removes them.
+//! - `bus/pci/devices/PF/sriov/N/{node,port}` (MLNX_OFED mlx5_core's per-VF attributes):
+//!   EINVAL unless eight `xx` hex pairs joined by ':' (its sscanf), stored lower case;
+//!   `policy`: EINVAL unless `Down`, `Up` or `Follow`. A PF listed in `sim/vf-ib-attrs`
+//!   gets `sriov/N/` for each VF it creates (GUIDs zero, policy Down) and loses them with
+//!   its VFs. `sim/refuse-writes` lines `PF ATTR` (`0000:3b:00.0 port`) make that
+//!   attribute's writes fail with EOPNOTSUPP, as a firmware that will not change it.
 //! - anything else: written to the file, which must exist.
 //!
 //! Data the kernel keeps internally lives beside the tree in `ROOT/sim/`: `driver-ids`
-//! (lines `DRIVER VENDOR:DEVICE`, the id tables) and `probe-fails` (drivers whose probe
-//! fails, one per line). vfio-pci's probe fails for a device without an IOMMU group,
-//! as the kernel's does.
+//! (lines `DRIVER VENDOR:DEVICE`, the id tables), `probe-fails` (drivers whose probe
+//! fails, one per line), `vf-ib-attrs` and `refuse-writes` as above. vfio-pci's probe
+//! fails for a device without an IOMMU group, as the kernel's does.
 
 use std::fs;
 use std::io;
@@ -200,6 +206,8 @@ impl SimKernel {
             for i in 0..cur {
                 self.remove_vf(pf, i)?;
             }
+            // mlx5's sriov/ directory goes with the last VF.
+            let _ = fs::remove_dir(self.dev_dir(pf).join("sriov"));
         } else {
             for i in 0..n {
                 self.create_vf(pf, i)?;
@@ -256,10 +264,56 @@ impl SimKernel {
             symlink_rel(&vf_dir, &g.join("devices").join(vf.to_string()))?;
             symlink_rel(&fs::canonicalize(&g)?, &vf_dir.join("iommu_group"))?;
         }
+        if self
+            .sim_lines("vf-ib-attrs")
+            .iter()
+            .any(|l| l == &pf.to_string())
+        {
+            let d = pf_dir.join(format!("sriov/{i}"));
+            fs::create_dir_all(&d)?;
+            fs::write(d.join("node"), "00:00:00:00:00:00:00:00\n")?;
+            fs::write(d.join("port"), "00:00:00:00:00:00:00:00\n")?;
+            fs::write(d.join("policy"), "Down\n")?;
+        }
         if self.read(&pf_dir.join("sriov_drivers_autoprobe")) == "1" {
             self.drivers_probe(vf)?;
         }
         Ok(())
+    }
+
+    fn vf_ib_attr(&self, pf: PciAddr, attr: &str, path: &Path, value: &str) -> io::Result<()> {
+        if self
+            .sim_lines("refuse-writes")
+            .iter()
+            .any(|l| *l == format!("{pf} {attr}"))
+        {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        if !path.is_file() {
+            return Err(errno(libc::ENOENT));
+        }
+        let v = value.trim_end_matches('\n');
+        let stored = if attr == "policy" {
+            match v {
+                "Down" | "Up" | "Follow" => v.to_string(),
+                _ => return Err(errno(libc::EINVAL)),
+            }
+        } else {
+            let pairs: Vec<&str> = v.split(':').collect();
+            let ok = pairs.len() == 8
+                && pairs.iter().all(|p| {
+                    (1..=2).contains(&p.len()) && p.chars().all(|c| c.is_ascii_hexdigit())
+                });
+            if !ok {
+                return Err(errno(libc::EINVAL));
+            }
+            pairs
+                .iter()
+                .map(|p| format!("{:02x}", u8::from_str_radix(p, 16).unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        fs::write(path, format!("{stored}\n"))
     }
 
     fn remove_vf(&self, pf: PciAddr, i: u32) -> io::Result<()> {
@@ -273,6 +327,10 @@ impl SimKernel {
         }
         fs::remove_file(self.dev_dir(vf))?;
         fs::remove_file(self.dev_dir(pf).join(format!("virtfn{i}")))?;
+        let attrs = self.dev_dir(pf).join(format!("sriov/{i}"));
+        if attrs.is_dir() {
+            fs::remove_dir_all(attrs)?;
+        }
         fs::remove_dir_all(vf_dir)
     }
 }
@@ -323,6 +381,12 @@ impl AttrWriter for SimKernel {
             }
             if attr == Path::new("sriov_numvfs") {
                 return self.set_numvfs(addr, path, value);
+            }
+            let parts: Vec<&str> = attr.iter().filter_map(|c| c.to_str()).collect();
+            if let ["sriov", n, a @ ("node" | "port" | "policy")] = parts.as_slice() {
+                if n.parse::<u32>().is_ok() {
+                    return self.vf_ib_attr(addr, a, path, value);
+                }
             }
         }
         if !path.is_file() {

@@ -21,6 +21,8 @@ pub struct HostPaths {
     pub dev: PathBuf,
     /// `/lib/modules`, to tell "vfio-pci not loaded" from "not built".
     pub modules: PathBuf,
+    /// `/run/hpmmap`: claim records ([`crate::records`]), which outlive a crashed process.
+    pub run: PathBuf,
 }
 
 impl HostPaths {
@@ -30,10 +32,12 @@ impl HostPaths {
             proc: "/proc".into(),
             dev: "/dev".into(),
             modules: "/lib/modules".into(),
+            run: "/run/hpmmap".into(),
         }
     }
 
-    /// `ROOT/sys`, `ROOT/proc`, `ROOT/dev`, `ROOT/lib/modules`: a recorded tree.
+    /// `ROOT/sys`, `ROOT/proc`, `ROOT/dev`, `ROOT/lib/modules`, `ROOT/run/hpmmap`: a
+    /// recorded tree.
     pub fn under(root: impl AsRef<Path>) -> Self {
         let r = root.as_ref();
         HostPaths {
@@ -41,6 +45,7 @@ impl HostPaths {
             proc: r.join("proc"),
             dev: r.join("dev"),
             modules: r.join("lib/modules"),
+            run: r.join("run/hpmmap"),
         }
     }
 }

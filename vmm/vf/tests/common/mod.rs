@@ -32,6 +32,8 @@ impl Fixture {
         copy_tree(&src, &root).unwrap();
         // git keeps no empty directories; sysfs always has these.
         fs::create_dir_all(root.join("sys/class/iommu")).unwrap();
+        // Where claims write their records (/run/hpmmap/vf on a host).
+        fs::create_dir_all(root.join("run/hpmmap/vf")).unwrap();
         Fixture { root }
     }
 
