@@ -111,7 +111,8 @@ pub struct Args {
     #[arg(long, value_name = "N", requires = "vf")]
     pub vf_create: Option<u32>,
 
-    /// Prefault workers (default: one per available core).
+    /// Prefault workers (default: one per CPU of --numa-node's node that the VMM may use,
+    /// else one per CPU it may use).
     #[arg(long, value_name = "N", default_value_t = 0, hide_short_help = true)]
     pub prefault_workers: usize,
 }

@@ -69,7 +69,7 @@ impl Report {
             .map(|m| format!("{m:.1} ms"))
             .unwrap_or_else(|| "never".into());
         let mut s = format!(
-            "hpmmap-vmm report ({platform})\n  guest RAM {ram} on {page} host pages (asked {asked}, {backend}), pool {pool} in {n} range(s), {vcpus} vCPU(s)\n  prefault {pt:.3} s ({rate:.2} GiB/s, {w} workers); start to first guest instruction {first}\n  KVM {kvm}\n  exit: {reason} ({detail}), status {code}",
+            "hpmmap-vmm report ({platform})\n  guest RAM {ram} on {page} host pages (asked {asked}, {backend}), pool {pool} in {n} range(s), {vcpus} vCPU(s)\n  prefault {pt:.3} s ({rate:.2} GiB/s, {w} workers: {why}); start to first guest instruction {first}\n  KVM {kvm}\n  exit: {reason} ({detail}), status {code}",
             platform = self.platform,
             ram = format_size(self.guest_ram_bytes),
             asked = self.hugepages_requested.name(),
@@ -80,6 +80,7 @@ impl Report {
             pt = self.prefault.seconds,
             rate = self.prefault.gib_per_s,
             w = self.prefault.workers,
+            why = self.prefault.workers_reason,
             reason = self.exit_reason,
             detail = self.exit_detail.lines().next().unwrap_or(""),
             code = self.exit_code,

@@ -85,9 +85,40 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, UnitError> {
     Ok(cpus)
 }
 
+/// Writes CPUs as a Linux-style list with ranges (`0-3,8,10-11`), in ascending order.
+pub fn format_cpu_list(cpus: &[usize]) -> String {
+    let mut v = cpus.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_round_trip() {
+        assert_eq!(format_cpu_list(&[3, 0, 1, 2, 8, 10, 11]), "0-3,8,10-11");
+        assert_eq!(format_cpu_list(&[5]), "5");
+        assert_eq!(format_cpu_list(&[]), "");
+        let l = parse_cpu_list("0-15,32-47").unwrap();
+        assert_eq!(format_cpu_list(&l), "0-15,32-47");
+    }
 
     #[test]
     fn sizes_with_suffixes() {

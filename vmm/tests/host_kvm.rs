@@ -625,3 +625,71 @@ fn console_input_reaches_the_guest() {
     assert_eq!(rest, "HPMMAP\n");
     assert_eq!(st.code(), Some(0));
 }
+
+/// CPUs this test process may run on (what the VMM it starts inherits).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data, filled by the kernel.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
+    }
+}
+
+/// Issue 19: prefault uses the CPUs of the memory's node that the VMM may use, one worker
+/// each, and the report says how many ran and why. A VMM confined to one CPU (taskset, as
+/// the nested lab runs it) prefaults with one worker and says it is confined.
+#[test]
+fn prefault_workers_follow_the_vmms_cpus_and_its_memory_node() {
+    if !kvm_or_skip("prefault_workers_follow_the_vmms_cpus_and_its_memory_node") {
+        return;
+    }
+    let dir = TempDir::new("workers");
+    let k = payload(&dir, "w.elf", asm64(|a| pv_exit(a, 0)));
+    let rep = dir.path("r.json");
+    // 128 MiB on 4 KiB pages is 4 pieces of 32 MiB: room for up to 4 workers.
+    let base = ["--mem", "128M", "--hugepages", "none", "--kernel", &k];
+    let report_arg = ["--report", rep.to_str().unwrap()];
+
+    let allowed = allowed_cpus();
+    let r = run_vmm(&[&base[..], &report_arg[..]].concat(), T);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let j = report(&rep);
+    let want = allowed.len().min(4);
+    assert_eq!(j["prefault"]["workers"], want, "{j}");
+    let why = j["prefault"]["workers_reason"].as_str().unwrap();
+    assert!(why.starts_with("one per CPU the VMM may use ("), "{why}");
+
+    let node0_cpus =
+        std::fs::read_to_string("/sys/devices/system/node/node0/cpulist").unwrap_or_default();
+    let Some(&cpu) = allowed.first() else {
+        panic!("no allowed CPU");
+    };
+    let pinned = run_cmd(
+        std::process::Command::new("taskset")
+            .args(["-c", &cpu.to_string()])
+            .arg(vmm_bin())
+            .args(base)
+            .args(["--numa-node", "0"])
+            .args(report_arg),
+        T,
+    );
+    assert_eq!(pinned.code, Some(0), "{}", pinned.stderr);
+    let j = report(&rep);
+    assert_eq!(j["prefault"]["workers"], 1, "{j}");
+    let why = j["prefault"]["workers_reason"].as_str().unwrap();
+    if node0_cpus.trim().is_empty() {
+        println!("note: node0 lists no CPUs here; checked the fallback reason only");
+        assert!(why.contains("host node 0 has no CPUs"), "{why}");
+    } else {
+        assert_eq!(
+            why,
+            format!("one per CPU of host node 0 that the VMM may use ({cpu})")
+        );
+    }
+}

@@ -1,10 +1,12 @@
 //! Guest RAM: one memfd (hugetlb by default) or a device-dax device, mapped at an address
-//! aligned to its page size, NUMA-bound before it is touched, prefaulted in parallel, locked.
+//! aligned to its page size, NUMA-bound before it is touched, prefaulted in parallel by the
+//! CPUs of its node (`workers`), locked.
 
 pub mod devdax;
 pub mod hugepages;
 pub mod layout;
 pub mod smaps;
+pub mod workers;
 
 use devdax::{DaxDevice, DevDaxError};
 use hugepages::{pool_counters, reserve_advice, PageSize};
@@ -21,8 +23,8 @@ use crate::units::{format_size, GIB};
 
 const MADV_POPULATE_WRITE: i32 = 23;
 const MPOL_BIND: i32 = 2;
-/// Below this, prefaulting is quick enough that progress would only be noise.
-const PROGRESS_THRESHOLD: u64 = 4 * GIB;
+/// A prefault that is over within this time shows no progress: it would only be noise.
+const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum MemoryError {
@@ -94,17 +96,19 @@ pub struct RamOptions {
     pub backend: RamBackend,
     pub page_size: PageSize,
     pub numa_node: Option<u32>,
-    /// Prefault workers; 0 = one per available core.
+    /// Prefault workers; 0 = one per CPU of the memory's node that the VMM may use.
     pub workers: usize,
-    /// Print prefault progress on stderr (only for large sizes).
+    /// Print prefault progress on stderr (when it takes more than a second).
     pub progress: bool,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct PrefaultStats {
     pub seconds: f64,
     pub gib_per_s: f64,
     pub workers: usize,
+    /// Why that many workers (`workers::plan`), for the report.
+    pub workers_reason: String,
 }
 
 pub struct GuestRam {
@@ -332,25 +336,28 @@ impl GuestRam {
         Ok(())
     }
 
-    /// Faults every page in, in parallel: one worker per core takes chunks off a shared
-    /// counter, so workers finish together whatever the page size.
+    /// Faults every page in, in parallel: workers (`workers::plan`: the CPUs of the node the
+    /// memory is bound to that the VMM may use) take chunks off a shared counter, so they
+    /// finish together whatever the page size.
     /// Also usable again after `punch_hole`, which is how the benchmark repeats it.
     pub fn prefault(&self, opts: &RamOptions) -> Result<PrefaultStats, MemoryError> {
-        let workers = if opts.workers == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        } else {
-            opts.workers
-        };
         let chunk = self.page_size.bytes().max(32 << 20).min(self.len);
         let chunks = self.len.div_ceil(chunk);
-        let workers = workers.min(chunks as usize).max(1);
+        let node_cpus = opts
+            .numa_node
+            .map(|n| (n, workers::node_cpus(Path::new("/sys"), n)));
+        let plan = workers::plan(
+            opts.workers,
+            &crate::vcpu::allowed_cpus(),
+            node_cpus.as_ref().map(|(n, c)| (*n, c.as_slice())),
+            chunks,
+        );
+        let workers = plan.workers;
         let next = AtomicU64::new(0);
         let done = AtomicU64::new(0);
         let failed = AtomicUsize::new(0);
         let error: std::sync::Mutex<Option<io::Error>> = std::sync::Mutex::new(None);
-        let show = opts.progress && self.len >= PROGRESS_THRESHOLD;
+        let show = opts.progress;
         let base = self.base as usize;
         // Device memory keeps whatever the previous job left there; hugetlb pages come
         // zeroed from the kernel. No job may see another's data.
@@ -358,25 +365,33 @@ impl GuestRam {
         let start = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..workers {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= chunks || failed.load(Ordering::Relaxed) != 0 {
-                        break;
+                s.spawn(|| {
+                    // Best effort: a worker left unpinned still prefaults correctly.
+                    let _ = workers::restrict_current_thread(&plan.cpus);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= chunks || failed.load(Ordering::Relaxed) != 0 {
+                            break;
+                        }
+                        let off = i * chunk;
+                        let len = chunk.min(self.len - off);
+                        if let Err(e) = populate(base + off as usize, len as usize) {
+                            failed.store(1, Ordering::Relaxed);
+                            *error.lock().unwrap() = Some(e);
+                            break;
+                        }
+                        if clear {
+                            // SAFETY: inside our mapping, just faulted in.
+                            unsafe {
+                                std::ptr::write_bytes(
+                                    (base + off as usize) as *mut u8,
+                                    0,
+                                    len as usize,
+                                )
+                            };
+                        }
+                        done.fetch_add(len, Ordering::Relaxed);
                     }
-                    let off = i * chunk;
-                    let len = chunk.min(self.len - off);
-                    if let Err(e) = populate(base + off as usize, len as usize) {
-                        failed.store(1, Ordering::Relaxed);
-                        *error.lock().unwrap() = Some(e);
-                        break;
-                    }
-                    if clear {
-                        // SAFETY: inside our mapping, just faulted in.
-                        unsafe {
-                            std::ptr::write_bytes((base + off as usize) as *mut u8, 0, len as usize)
-                        };
-                    }
-                    done.fetch_add(len, Ordering::Relaxed);
                 });
             }
             if show {
@@ -385,6 +400,19 @@ impl GuestRam {
                     let total = self.len;
                     let tty = std::io::stderr().is_terminal();
                     let mut last_decile = u64::MAX;
+                    while start.elapsed() < PROGRESS_AFTER {
+                        if done.load(Ordering::Relaxed) >= total
+                            || failed.load(Ordering::Relaxed) != 0
+                        {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    eprintln!(
+                        "hpmmap-vmm: prefaulting {} of guest RAM with {workers} worker(s): {}",
+                        crate::units::format_size(total),
+                        plan.reason
+                    );
                     loop {
                         let d = done.load(Ordering::Relaxed);
                         let finished = d >= total || failed.load(Ordering::Relaxed) != 0;
@@ -427,6 +455,7 @@ impl GuestRam {
             seconds,
             gib_per_s: self.len as f64 / GIB as f64 / seconds.max(1e-9),
             workers,
+            workers_reason: plan.reason,
         })
     }
 
