@@ -59,6 +59,15 @@ fi
 model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 hv=$(dmesg | sed -n 's/.*Hypervisor detected: //p' | head -1)
 say "platform: guest kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPUs, cpu '$model', hypervisor '${{hv:-none detected}}'; job runs $run"
+# Devices passed through (a VF with --vf): address, vendor:device and the driver bound.
+pci=
+for d in /sys/bus/pci/devices/*; do
+    [ -e "$d/class" ] || continue
+    case $(cat "$d/class") in 0x0600*) continue ;; esac
+    drv=$(readlink "$d/driver" 2>/dev/null); drv=${{drv##*/}}
+    pci="$pci ${{d##*/}}=$(cat "$d/vendor"):$(cat "$d/device")(${{drv:-no driver}})"
+done
+[ -n "$pci" ] && say "pci:$pci"
 cd /root
 if [ "$run" = hpmmap ]; then
     hpmmap-run -- /job/run
