@@ -1,11 +1,18 @@
 //! `hpmmap-vmm selftest --vf NAME`: every prerequisite of VF passthrough on this host,
 //! what was found, and what to do about what is missing. Reads only; changes nothing.
+//! With an InfiniBand VF also: the GUID/policy attributes the claim will write, the job's
+//! P_Key against other jobs and the SM's partitions.conf, and a subnet manager.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use crate::discover::{list_vfs, locate, pick_free_vf, VfSpec, VfState};
 use crate::error::VfError;
+use crate::ib::{self, IbOptions};
 use crate::iommu::check_group_viable;
+use crate::partitions;
+use crate::pci::PciAddr;
+use crate::records;
 use crate::sysfs::Sysfs;
 
 const GIB: u64 = 1 << 30;
@@ -147,19 +154,125 @@ fn gib(b: u64) -> String {
     }
 }
 
+/// The InfiniBand side of the selftest: `--vf-guid`, `--pkey`, `--job` as the claim
+/// will get them, and the SM's partitions.conf (default `/etc/opensm/partitions.conf`).
+#[derive(Clone, Debug, Default)]
+pub struct IbSelftest {
+    pub ib: IbOptions,
+    pub partitions: Option<PathBuf>,
+}
+
 pub fn run(sysfs: &Sysfs, opts: &SelftestOptions) -> SelftestReport {
+    run_with(sysfs, opts, &IbSelftest::default())
+}
+
+pub fn run_with(sysfs: &Sysfs, opts: &SelftestOptions, ibo: &IbSelftest) -> SelftestReport {
     let mut checks = vec![
         iommu_hw(sysfs),
         iommu_cmdline(sysfs),
+        interrupt_remap(sysfs),
         vfio_module(sysfs),
         vfio_dev(sysfs),
     ];
     if let Some(spec) = &opts.vf {
-        checks.extend(vf_checks(sysfs, spec));
+        checks.extend(vf_checks(sysfs, spec, ibo));
     }
     checks.push(memlock(opts));
     checks.push(hugepages(sysfs, opts.guest_ram));
     SelftestReport { checks }
+}
+
+/// Without interrupt remapping a device's MSI writes are not checked against an
+/// interrupt remapping table, so a guest driving a VF can inject arbitrary interrupts
+/// into the host. `IR-` interrupt chips in /proc/interrupts are the kernel saying it
+/// remaps; the IOMMU's capability register only says it could.
+fn interrupt_remap(sysfs: &Sysfs) -> Check {
+    const NAME: &str = "interrupt remap";
+    let unsafe_p = sysfs.sys("module/vfio_iommu_type1/parameters/allow_unsafe_interrupts");
+    if sysfs.read_opt(&unsafe_p).ok().flatten().as_deref() == Some("Y") {
+        return Check::bad(
+            NAME,
+            Status::Fail,
+            format!("VFIO accepts devices without interrupt remapping ({} = Y)", unsafe_p.display()),
+            "remove allow_unsafe_interrupts=1 from /etc/modprobe.d, then reload vfio_iommu_type1 (or reboot); fix interrupt remapping instead",
+        );
+    }
+    let cmd = sysfs
+        .read_opt(&sysfs.proc("cmdline"))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let fix = "enable x2APIC and interrupt remapping in the firmware (VT-d / AMD IOMMU), remove intremap=off from the kernel command line, reboot; 'dmesg | grep -i remapping' must say 'Enabled IRQ remapping'";
+    if let Some(w) = cmd
+        .split_whitespace()
+        .find(|w| *w == "intremap=off" || *w == "nointremap")
+    {
+        return Check::bad(
+            NAME,
+            Status::Fail,
+            format!("switched off on the kernel command line ({w})"),
+            fix,
+        );
+    }
+    let irq_path = sysfs.proc("interrupts");
+    let irqs = sysfs.read_opt(&irq_path).ok().flatten().unwrap_or_default();
+    let chips: Vec<&str> = irqs
+        .split_whitespace()
+        .filter(|w| w.contains("PCI-MSI") || w.contains("IO-APIC"))
+        .collect();
+    let remapped = chips.iter().filter(|c| c.starts_with("IR-")).count();
+    if remapped > 0 {
+        return Check::ok(
+            NAME,
+            format!(
+                "on: {remapped} of {} MSI/IO-APIC interrupt sources remapped (IR- chips in {})",
+                chips.len(),
+                irq_path.display()
+            ),
+        );
+    }
+    if !chips.is_empty() {
+        return Check::bad(
+            NAME,
+            Status::Fail,
+            format!(
+                "off: no IR- interrupt chips among {} in {}",
+                chips.len(),
+                irq_path.display()
+            ),
+            fix,
+        );
+    }
+    // Nothing to read (a recording without /proc/interrupts): the IOMMU's extended
+    // capability register says whether it can remap (Intel ECAP bit 3).
+    let units = visible(
+        sysfs
+            .list(&sysfs.sys("class/iommu"))
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    );
+    let supported = units.iter().any(|u| {
+        sysfs
+            .read_opt(&sysfs.sys(format!("class/iommu/{u}/intel-iommu/ecap")))
+            .ok()
+            .flatten()
+            .and_then(|e| u64::from_str_radix(e.trim().trim_start_matches("0x"), 16).ok())
+            .is_some_and(|e| e & (1 << 3) != 0)
+    });
+    Check::bad(
+        NAME,
+        Status::Warn,
+        if supported {
+            format!("the IOMMU supports it (ecap IR bit) but {} shows no interrupt chips to confirm it is on", irq_path.display())
+        } else {
+            format!(
+                "cannot tell: {} shows no interrupt chips",
+                irq_path.display()
+            )
+        },
+        "check 'dmesg | grep -i remapping' for 'Enabled IRQ remapping'",
+    )
 }
 
 fn visible(names: Vec<String>) -> Vec<String> {
@@ -286,7 +399,7 @@ fn fix_for(e: &VfError) -> String {
     }
 }
 
-fn vf_checks(sysfs: &Sysfs, spec: &str) -> Vec<Check> {
+fn vf_checks(sysfs: &Sysfs, spec: &str, ibo: &IbSelftest) -> Vec<Check> {
     let mut out = Vec::new();
     let fail = |name, e: &VfError| Check::bad(name, Status::Fail, e.to_string(), fix_for(e));
     let located = match VfSpec::parse(spec).and_then(|s| locate(sysfs, &s)) {
@@ -343,6 +456,7 @@ fn vf_checks(sysfs: &Sysfs, spec: &str) -> Vec<Check> {
             }
         },
     };
+    out.extend(ib_checks(sysfs, pf, vf, ibo));
     match check_group_viable(sysfs, vf) {
         Ok(g) => {
             let members = sysfs
@@ -358,6 +472,248 @@ fn vf_checks(sysfs: &Sysfs, spec: &str) -> Vec<Check> {
         Err(e) => out.push(fail("IOMMU group", &e)),
     }
     out
+}
+
+/// The InfiniBand side: GUID/policy attributes of the VF the claim would take, the
+/// P_Key against other jobs, and the SM's partitions.conf.
+fn ib_checks(sysfs: &Sysfs, pf: PciAddr, vf: PciAddr, ibo: &IbSelftest) -> Vec<Check> {
+    let mut out = Vec::new();
+    let port = match ib::ib_port_of(sysfs, pf) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            let flag = if ibo.ib.pkey.is_some() {
+                Some("--pkey")
+            } else if ibo.ib.guid.is_some() {
+                Some("--vf-guid")
+            } else {
+                None
+            };
+            if let Some(flag) = flag {
+                out.push(Check::bad(
+                    "InfiniBand",
+                    Status::Fail,
+                    format!("{flag} given, but PF {pf} is not an InfiniBand port (no infiniband/*/ports/1/link_layer = InfiniBand)"),
+                    "name an InfiniBand PF, or drop --pkey / --vf-guid for an Ethernet VF",
+                ));
+            }
+            return out;
+        }
+        Err(e) => {
+            out.push(Check::bad(
+                "InfiniBand",
+                Status::Fail,
+                e.to_string(),
+                "see the message",
+            ));
+            return out;
+        }
+    };
+    let index = match ib::vf_index(sysfs, pf, vf) {
+        Ok(i) => i,
+        Err(e) => {
+            out.push(Check::bad(
+                "VF GUIDs",
+                Status::Fail,
+                e.to_string(),
+                "see the message",
+            ));
+            return out;
+        }
+    };
+    let guid = match ib::plan(sysfs, pf, &port, index, &ibo.ib) {
+        Ok(setup) => {
+            let a = ib::vf_attrs(sysfs, pf, index);
+            let ro: Vec<String> = [&a.node, &a.port, &a.policy]
+                .iter()
+                .filter(|p| !writable(p))
+                .map(|p| p.display().to_string())
+                .collect();
+            if ro.is_empty() {
+                out.push(Check::ok(
+                    "VF GUIDs",
+                    format!(
+                        "{} virtfn{index}: node {}, port {}, policy {}; the claim sets GUID {} and Follow ({})",
+                        port.ibdev,
+                        setup.orig_node,
+                        setup.orig_port,
+                        setup.orig_policy,
+                        setup.guid,
+                        a.node.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                    ),
+                ));
+            } else {
+                out.push(Check::bad(
+                    "VF GUIDs",
+                    Status::Fail,
+                    format!("not writable: {}", ro.join(", ")),
+                    "run as root (the attributes are root-writable in sysfs)",
+                ));
+            }
+            Some(setup.guid)
+        }
+        Err(e) => {
+            let fix = match e {
+                VfError::GuidUnsupported { .. } => "install MLNX_OFED (its mlx5_core adds sriov/N/{node,port,policy} on the PF); the upstream driver sets VF GUIDs only through netlink ('ip link set <pf-netdev> vf N node_guid G port_guid G'), which hpmmap-vf does not use",
+                _ => "pass --vf-guid, or fix the PF's node_guid",
+            };
+            out.push(Check::bad("VF GUIDs", Status::Fail, e.to_string(), fix));
+            None
+        }
+    };
+    let job = ibo
+        .ib
+        .job
+        .clone()
+        .unwrap_or_else(|| format!("pid{}", std::process::id()));
+    let live: Vec<_> = records::list(sysfs)
+        .into_iter()
+        .filter_map(|(p, r)| r.ok().map(|r| (p, r)))
+        .filter(|(_, r)| records::is_live(sysfs, r))
+        .collect();
+    if let Some(g) = guid {
+        if let Some((p, r)) = live
+            .iter()
+            .find(|(_, r)| r.ib.as_ref().map(|i| i.guid) == Some(g))
+        {
+            out.push(Check::bad(
+                "VF GUIDs",
+                Status::Fail,
+                format!("GUID {g} is already job '{}''s ({})", r.job, p.display()),
+                "pass another --vf-guid",
+            ));
+        }
+    }
+    if let Some(pk) = ibo.ib.pkey {
+        match live.iter().find(|(_, r)| {
+            r.job != job && r.ib.as_ref().and_then(|i| i.pkey).map(|k| k.base()) == Some(pk.base())
+        }) {
+            Some((p, r)) => out.push(Check::bad(
+                "P_Key",
+                Status::Fail,
+                format!("{pk} is job '{}''s ({})", r.job, p.display()),
+                "give each job its own P_Key",
+            )),
+            None => out.push(Check::ok(
+                "P_Key",
+                format!(
+                    "{pk}: partition {:#06x}, {} member; no other job on this host holds it",
+                    pk.base(),
+                    if pk.full() { "full" } else { "limited" }
+                ),
+            )),
+        }
+    }
+    let conf = ibo
+        .partitions
+        .clone()
+        .unwrap_or_else(|| sysfs.paths().etc.join("opensm/partitions.conf"));
+    if ibo.ib.pkey.is_some() || conf.exists() {
+        out.push(sm_partitions(sysfs, &conf, guid, ibo));
+        out.push(subnet_manager(sysfs));
+    }
+    out
+}
+
+fn writable(p: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) reads the NUL-terminated path we own for the call's duration.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The job's P_Key in the SM's partitions.conf, and nothing there that joins tenants.
+fn sm_partitions(
+    sysfs: &Sysfs,
+    conf: &std::path::Path,
+    guid: Option<ib::Guid>,
+    ibo: &IbSelftest,
+) -> Check {
+    const NAME: &str = "SM partitions";
+    let parts = match partitions::read(conf) {
+        Ok(Some((_, p))) => p,
+        Ok(None) => {
+            return Check::bad(
+                NAME,
+                Status::Warn,
+                format!("{} does not exist here", conf.display()),
+                "on the node that runs opensm: 'hpmmap-vf partitions --out /etc/opensm/partitions.conf --signal-opensm' after each claim and release (or give the P_Key to UFM); pass --partitions FILE to check another copy",
+            )
+        }
+        Err(e) => {
+            return Check::bad(NAME, Status::Fail, e.to_string(), "fix the line (grammar: opensm(8), PARTITION CONFIGURATION)")
+        }
+    };
+    let (recs, _) = partitions::live_records(sysfs, &[records::dir(sysfs)]);
+    let mut jobs = partitions::jobs_from_records(&recs).unwrap_or_default();
+    if let (Some(g), Some(pk)) = (guid, ibo.ib.pkey) {
+        jobs.push(partitions::JobPartition {
+            job: ibo.ib.job.clone().unwrap_or_else(|| "this job".into()),
+            pkey: pk.base(),
+            ports: vec![(g, pk.full(), "the VF this claim would take".into())],
+        });
+    }
+    let problems = partitions::isolation_problems(&parts, &jobs);
+    if !problems.is_empty() {
+        return Check::bad(
+            NAME,
+            Status::Fail,
+            format!("{}: {}", conf.display(), problems.join("; ")),
+            "edit the admin's lines outside the hpmmap-vf block, then 'hpmmap-vf partitions --signal-opensm'",
+        );
+    }
+    let Some(pk) = ibo.ib.pkey else {
+        return Check::ok(
+            NAME,
+            format!(
+                "{}: {} partitions, none joins tenants",
+                conf.display(),
+                parts.len()
+            ),
+        );
+    };
+    let found = parts.iter().find(|p| p.pkey == Some(pk.base()));
+    match (found, guid) {
+        (Some(p), Some(g)) if p.members.iter().any(|(m, _)| *m == partitions::Member::Guid(g.0)) => {
+            Check::ok(NAME, format!("{}: P_Key {:#06x} is partition '{}' (line {}) with GUID {g}", conf.display(), pk.base(), p.name, p.line))
+        }
+        (Some(p), _) => Check::bad(
+            NAME,
+            Status::Warn,
+            format!("{}: P_Key {:#06x} is partition '{}' (line {}), without this VF yet", conf.display(), pk.base(), p.name, p.line),
+            "after the claim: 'hpmmap-vf partitions --out <this file> --signal-opensm' on the SM node",
+        ),
+        (None, _) => Check::bad(
+            NAME,
+            Status::Warn,
+            format!("{}: no partition with P_Key {:#06x} yet", conf.display(), pk.base()),
+            "after the claim: 'hpmmap-vf partitions --out <this file> --signal-opensm' on the SM node (UFM: add the GUID to the P_Key there)",
+        ),
+    }
+}
+
+fn subnet_manager(sysfs: &Sysfs) -> Check {
+    let pids = partitions::find_opensm(sysfs);
+    if pids.is_empty() {
+        Check::bad(
+            "subnet manager",
+            Status::Warn,
+            format!("no opensm process in {}", sysfs.proc("").display()),
+            "fine if the SM runs on another node or in UFM / a managed switch; otherwise 'systemctl start opensm' on one node of the subnet",
+        )
+    } else {
+        Check::ok(
+            "subnet manager",
+            format!(
+                "opensm running (pid {})",
+                pids.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    }
 }
 
 /// Whether the PF's own interface is up: igb, for one, only switches the device into the

@@ -23,6 +23,8 @@ pub struct HostPaths {
     pub modules: PathBuf,
     /// `/run/hpmmap`: claim records ([`crate::records`]), which outlive a crashed process.
     pub run: PathBuf,
+    /// `/etc`: OpenSM's partitions.conf (`etc/opensm/partitions.conf`).
+    pub etc: PathBuf,
 }
 
 impl HostPaths {
@@ -33,11 +35,12 @@ impl HostPaths {
             dev: "/dev".into(),
             modules: "/lib/modules".into(),
             run: "/run/hpmmap".into(),
+            etc: "/etc".into(),
         }
     }
 
-    /// `ROOT/sys`, `ROOT/proc`, `ROOT/dev`, `ROOT/lib/modules`, `ROOT/run/hpmmap`: a
-    /// recorded tree.
+    /// `ROOT/sys`, `ROOT/proc`, `ROOT/dev`, `ROOT/lib/modules`, `ROOT/run/hpmmap`,
+    /// `ROOT/etc`: a recorded tree.
     pub fn under(root: impl AsRef<Path>) -> Self {
         let r = root.as_ref();
         HostPaths {
@@ -46,6 +49,7 @@ impl HostPaths {
             dev: r.join("dev"),
             modules: r.join("lib/modules"),
             run: r.join("run/hpmmap"),
+            etc: r.join("etc"),
         }
     }
 }

@@ -96,8 +96,9 @@ fn resolve_shows_every_vf_and_the_choice() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("virtfn1 0000:3b:00.2: Busy"), "{out}");
+    assert!(out.contains("\nwould take virtfn2 0000:3b:00.3\n"), "{out}");
     assert!(
-        out.trim_end().ends_with("would take virtfn2 0000:3b:00.3"),
+        out.trim_end().ends_with("InfiniBand (mlx5_0): would set node/port GUID 0x0200020300a1b2c0 (now 00:00:00:00:00:00:00:00 / 00:00:00:00:00:00:00:00) and policy Follow (now Down)"),
         "{out}"
     );
 }

@@ -87,10 +87,13 @@ fn selftest_on_the_recording() {
         },
     );
     for c in &r.checks {
-        let want = if c.name == "1 GiB hugepages" {
-            Status::Fail
-        } else {
-            Status::Ok
+        let want = match c.name {
+            "1 GiB hugepages" => Status::Fail,
+            // Recorded before `record` kept /proc/interrupts' chip names, so remapping
+            // (which the lab run proves by the VF's MSI-X reaching the eventfd) cannot be
+            // confirmed from this tree.
+            "interrupt remap" => Status::Warn,
+            _ => Status::Ok,
         };
         assert_eq!(c.status, want, "{r}");
     }

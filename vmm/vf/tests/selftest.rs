@@ -37,7 +37,21 @@ fn good_host_passes_every_check() {
     let r = run(&fx.sysfs(), &opts("ib0", 8 * GIB, ROOT_CAP));
     assert!(r.passed(), "{r}");
     assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r}");
-    assert_eq!(r.checks.len(), 10);
+    assert_eq!(r.checks.len(), 12);
+    assert!(
+        r.check("interrupt remap")
+            .unwrap()
+            .found
+            .starts_with("on: 4 of 4"),
+        "{r}"
+    );
+    assert!(
+        r.check("VF GUIDs")
+            .unwrap()
+            .found
+            .contains("the claim sets GUID 0x0200020300a1b2c0 and Follow"),
+        "{r}"
+    );
     assert_eq!(r.check("PF interface").unwrap().found, "ib0 up");
     assert!(
         r.check("free VF")
@@ -97,6 +111,7 @@ fn no_iommu_host() {
     let r = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP));
     assert_eq!(status(&r, "IOMMU"), Status::Fail);
     assert_eq!(status(&r, "kernel cmdline"), Status::Warn);
+    assert_eq!(status(&r, "interrupt remap"), Status::Fail, "no IOMMU, no remapping");
     assert_eq!(status(&r, "IOMMU group"), Status::Fail);
     assert!(r
         .check("IOMMU group")
@@ -105,7 +120,7 @@ fn no_iommu_host() {
         .contains("iommu_group is missing"));
     assert!(
         r.to_string()
-            .ends_with("selftest failed: 2 prerequisite(s) missing\n"),
+            .ends_with("selftest failed: 3 prerequisite(s) missing\n"),
         "{r}"
     );
 }

@@ -5,6 +5,9 @@
 //! - `record`: copy the sysfs subset discovery reads, for test fixtures.
 //! - `probe`: claim a VF, open VFIO, DMA-map a buffer, enable/disable MSI-X, map the
 //!   BARs, then put everything back (needs a real IOMMU and VF: the nested lab).
+//! - `partitions`: OpenSM partitions.conf from the claim records of running jobs, written
+//!   atomically, then SIGHUP to opensm.
+//! - `recover`: put back the VFs of jobs whose process is gone (after a crash).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,12 +16,15 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hpmmap_vf::discover::{list_vfs, locate, pick_free_vf, vf_state, Located, VfSpec};
+use hpmmap_vf::ib::{self, IbOptions};
 use hpmmap_vf::msix::MsixCap;
+use hpmmap_vf::partitions;
 use hpmmap_vf::record::Recorder;
-use hpmmap_vf::selftest::{self, Limits, SelftestOptions};
+use hpmmap_vf::records::{self, Recovered};
+use hpmmap_vf::selftest::{self, IbSelftest, Limits, SelftestOptions};
 use hpmmap_vf::sysfs::{HostPaths, KernelWriter, Sysfs};
 use hpmmap_vf::vfio::{GuestRamRegion, KernelVfio, VfioPassthrough};
-use hpmmap_vf::{claim_vf, VfError, VfRequest};
+use hpmmap_vf::{claim_vf_with, VfError, VfRequest};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +49,11 @@ enum Cmd {
         /// Read ROOT/sys, ROOT/proc, ROOT/dev instead of the host's (recorded trees).
         #[arg(long)]
         root: Option<PathBuf>,
+        #[command(flatten)]
+        ib: IbArgs,
+        /// The SM's partitions.conf to check (default /etc/opensm/partitions.conf).
+        #[arg(long)]
+        partitions: Option<PathBuf>,
     },
     /// Show what --vf resolves to and the state of each VF; changes nothing.
     Resolve {
@@ -50,6 +61,8 @@ enum Cmd {
         vf: String,
         #[arg(long)]
         root: Option<PathBuf>,
+        #[command(flatten)]
+        ib: IbArgs,
     },
     /// Record the sysfs subset that discovery and selftest read, for test fixtures.
     Record {
@@ -79,7 +92,61 @@ enum Cmd {
         /// SIGINT meanwhile tears down through restore_all(), as the VMM does.
         #[arg(long)]
         hold: Option<u64>,
+        #[command(flatten)]
+        ib: IbArgs,
     },
+    /// Write OpenSM partitions.conf entries for the running jobs (one partition per job
+    /// P_Key, its VFs' port GUIDs as members), keeping the rest of the file; then SIGHUP
+    /// opensm so it re-reads it.
+    Partitions {
+        /// The SM's partitions.conf, rewritten atomically (temporary file + rename).
+        #[arg(long, required_unless_present = "list")]
+        out: Option<PathBuf>,
+        /// Claim record directories (default: this host's /run/hpmmap/vf); several, or a
+        /// shared one, for a subnet of several nodes.
+        #[arg(long = "registry")]
+        registries: Vec<PathBuf>,
+        /// Send SIGHUP to every opensm process afterwards (heavy sweep, re-reads the file).
+        #[arg(long)]
+        signal_opensm: bool,
+        /// Print each job's P_Key and port GUIDs (for UFM or a remote SM); write nothing.
+        #[arg(long)]
+        list: bool,
+        /// A recorded tree: its proc/ and run/; opensm is only named, never signalled.
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Put back the VFs (GUIDs, policy, driver) of jobs whose process is gone.
+    Recover {
+        /// A recorded tree, with the kernel's reaction to writes simulated.
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+}
+
+/// The InfiniBand flags, as strings so that a bad value is one line and exit 2.
+#[derive(clap::Args, Default)]
+struct IbArgs {
+    /// Node and port GUID for the VF (64 bits, e.g. 0x0002c90300a1b2c3); derived from
+    /// the PF's GUID and the VF index when absent.
+    #[arg(long)]
+    vf_guid: Option<String>,
+    /// The job's P_Key: 0x8000 set for full membership (0x8123), clear for limited.
+    #[arg(long)]
+    pkey: Option<String>,
+    /// The job's name in claim records and partitions.conf.
+    #[arg(long)]
+    job: Option<String>,
+}
+
+impl IbArgs {
+    fn parse(&self) -> Result<IbOptions, VfError> {
+        IbOptions::parse(
+            self.vf_guid.as_deref(),
+            self.pkey.as_deref(),
+            self.job.as_deref(),
+        )
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -140,19 +207,27 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Selftest { vf, mem, root } => {
+        Cmd::Selftest {
+            vf,
+            mem,
+            root,
+            ib,
+            partitions,
+        } => {
+            let ib = ib.parse()?;
             let sysfs = sysfs_at(&root)?;
             println!(
                 "hpmmap-vf selftest (reads {}; changes nothing)",
                 sysfs.paths().sys.display()
             );
-            let report = selftest::run(
+            let report = selftest::run_with(
                 &sysfs,
                 &SelftestOptions {
                     vf,
                     guest_ram: mem,
                     limits: Limits::current(),
                 },
+                &IbSelftest { ib, partitions },
             );
             print!("{report}");
             Ok(if report.passed() {
@@ -161,20 +236,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Cmd::Resolve { vf, root } => {
+        Cmd::Resolve { vf, root, ib } => {
+            let opts = ib.parse()?;
             let sysfs = sysfs_at(&root)?;
             let located = locate(&sysfs, &VfSpec::parse(&vf)?)?;
             let pf = located.pf();
+            let port = ib::ib_port_of(&sysfs, pf)?;
+            if port.is_none() && (opts.pkey.is_some() || opts.guid.is_some()) {
+                return Err(VfError::NotInfiniband {
+                    flag: if opts.pkey.is_some() {
+                        "--pkey"
+                    } else {
+                        "--vf-guid"
+                    },
+                    pf,
+                    path: sysfs.pci_dev(pf).join("infiniband"),
+                }
+                .into());
+            }
             println!("PF {pf} ({})", sysfs.pci_dev(pf).display());
             for (idx, addr) in list_vfs(&sysfs, pf)? {
                 println!("  virtfn{idx} {addr}: {:?}", vf_state(&sysfs, addr)?);
             }
-            match located {
-                Located::Vf { vf, .. } => println!("--vf names VF {vf}"),
+            let chosen = match located {
+                Located::Vf { vf, .. } => {
+                    println!("--vf names VF {vf}");
+                    vf
+                }
                 Located::Pf(_) => {
                     let (idx, addr, _) = pick_free_vf(&sysfs, pf)?;
                     println!("would take virtfn{idx} {addr}");
+                    addr
                 }
+            };
+            if let Some(port) = port {
+                let idx = ib::vf_index(&sysfs, pf, chosen)?;
+                let s = ib::plan(&sysfs, pf, &port, idx, &opts)?;
+                println!(
+                    "InfiniBand ({}): would set node/port GUID {} (now {} / {}) and policy Follow (now {}){}",
+                    port.ibdev,
+                    s.guid,
+                    s.orig_node,
+                    s.orig_port,
+                    s.orig_policy,
+                    opts.pkey.map(|p| format!(", P_Key {p}")).unwrap_or_default()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -214,8 +320,135 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mem,
             irq_test,
             hold,
-        } => probe(&vf, vf_create, mem, irq_test, hold).map(|_| ExitCode::SUCCESS),
+            ib,
+        } => {
+            let ib = ib.parse()?;
+            probe(&vf, vf_create, mem, irq_test, hold, &ib).map(|_| ExitCode::SUCCESS)
+        }
+        Cmd::Partitions {
+            out,
+            registries,
+            signal_opensm,
+            list,
+            root,
+        } => partitions_cmd(out, registries, signal_opensm, list, root),
+        Cmd::Recover { root } => {
+            let sysfs = match &root {
+                None => Sysfs::host(),
+                Some(r) => {
+                    sysfs_at(&root)?;
+                    hpmmap_vf::sim::sim_sysfs(r)
+                }
+            };
+            let mut failed = false;
+            let results = records::recover(&sysfs);
+            if results.is_empty() {
+                println!("no claim records in {}", records::dir(&sysfs).display());
+            }
+            for r in results {
+                match r {
+                    Recovered::Live(c) => println!(
+                        "VF {}: job '{}' (pid {}) still runs; left alone",
+                        c.vf, c.job, c.pid
+                    ),
+                    Recovered::Restored(c) => println!(
+                        "VF {}: job '{}' (pid {}) is gone; put back on {} with its original GUIDs and policy",
+                        c.vf,
+                        c.job,
+                        c.pid,
+                        c.binding.original_driver.as_deref().unwrap_or("no driver")
+                    ),
+                    Recovered::Failed(c, e) => {
+                        failed = true;
+                        eprintln!("hpmmap-vf: VF {}: job '{}': {e}", c.vf, c.job);
+                    }
+                    Recovered::Unreadable(p, e) => {
+                        failed = true;
+                        eprintln!("hpmmap-vf: {}: {e}", p.display());
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
     }
+}
+
+fn partitions_cmd(
+    out: Option<PathBuf>,
+    registries: Vec<PathBuf>,
+    signal: bool,
+    list: bool,
+    root: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let sysfs = sysfs_at(&root)?;
+    let dirs = if registries.is_empty() {
+        vec![records::dir(&sysfs)]
+    } else {
+        registries
+    };
+    if list {
+        let (recs, notes) = partitions::live_records(&sysfs, &dirs);
+        for n in notes {
+            eprintln!("hpmmap-vf: {n}");
+        }
+        for j in partitions::jobs_from_records(&recs)? {
+            for (g, full, why) in &j.ports {
+                println!(
+                    "{} {:#06x} {g} {} # {why}",
+                    j.job,
+                    j.pkey,
+                    if *full { "full" } else { "limited" }
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let out = out.expect("clap requires --out without --list");
+    let u = partitions::update(&sysfs, &out, &dirs)?;
+    for n in &u.notes {
+        eprintln!("hpmmap-vf: {n}");
+    }
+    if !u.problems.is_empty() {
+        for p in &u.problems {
+            eprintln!("hpmmap-vf: {}: {p}", out.display());
+        }
+        eprintln!(
+            "hpmmap-vf: {} left unchanged: writing it would join tenants",
+            out.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    records::write_atomic(&out, &u.text)?;
+    println!(
+        "{}: {} job partition(s) written",
+        out.display(),
+        u.jobs.len()
+    );
+    if signal {
+        let pids = partitions::find_opensm(&sysfs);
+        if pids.is_empty() {
+            eprintln!(
+                "hpmmap-vf: no opensm process found; make your subnet manager re-read {}",
+                out.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        for pid in pids {
+            if root.is_some() {
+                // A recorded tree's pids are not this machine's processes.
+                println!("opensm pid {pid}: SIGHUP not sent (--root)");
+                continue;
+            }
+            partitions::signal_opensm(pid)
+                .with_context(|| format!("sending SIGHUP to opensm (pid {pid})"))?;
+            println!("opensm pid {pid}: SIGHUP sent (heavy sweep re-reads the partitions)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Anonymous memory standing in for guest RAM.
@@ -345,19 +578,31 @@ fn probe(
     mem: u64,
     irq_test: bool,
     hold: Option<u64>,
+    ib: &IbOptions,
 ) -> Result<()> {
     if hold.is_some() {
         catch_term_and_int();
     }
     let sysfs = Sysfs::host();
     println!("[1/6] claiming --vf {spec}");
-    let claim = claim_vf(
+    let claim = claim_vf_with(
         &sysfs,
         &VfRequest {
             spec: spec.into(),
             create,
         },
+        ib,
     )?;
+    if let Some(g) = claim.guid() {
+        println!(
+            "      InfiniBand: node/port GUID {g}, policy Follow{} (job '{}')",
+            claim
+                .pkey()
+                .map(|p| format!(", P_Key {p}"))
+                .unwrap_or_default(),
+            claim.job()
+        );
+    }
     println!(
         "      VF {} (PF {}), IOMMU group {}, was on {}; now on {:?}",
         claim.vf(),

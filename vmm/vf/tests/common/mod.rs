@@ -34,6 +34,8 @@ impl Fixture {
         fs::create_dir_all(root.join("sys/class/iommu")).unwrap();
         // Where claims write their records (/run/hpmmap/vf on a host).
         fs::create_dir_all(root.join("run/hpmmap/vf")).unwrap();
+        // The test process is a process of the tree's host: its claim records are live.
+        fs::create_dir_all(root.join(format!("proc/{}", std::process::id()))).unwrap();
         Fixture { root }
     }
 
