@@ -338,7 +338,19 @@ pub fn claim_vf_with(sysfs: &Sysfs, req: &VfRequest, opts: &IbOptions) -> Result
                 p.ib = Some((setup.clone(), i + 1));
                 p.record = Some((path.clone(), record.clone()));
             });
-            ib::write_attr(sysfs, &attr, &value)?;
+            if let Err(e) = ib::write_attr(sysfs, &attr, &value) {
+                if matches!(e, VfError::GuidRefused { .. }) {
+                    // Refused: nothing was applied, and writing the original back
+                    // would be refused too.
+                    record.ib_done = i;
+                    let _ = record.save(sysfs);
+                    claim.update(|p| {
+                        p.ib = Some((setup.clone(), i));
+                        p.record = Some((path.clone(), record.clone()));
+                    });
+                }
+                return Err(e);
+            }
         }
     }
     Ok(claim)

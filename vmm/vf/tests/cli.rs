@@ -141,3 +141,171 @@ fn record_refuses_an_existing_output_and_cleans_up_after_errors() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(!out.exists(), "half-written recording left behind");
 }
+
+#[test]
+fn bad_infiniband_input_exits_2_with_one_line_and_changes_nothing() {
+    let cx6 = fixture("connectx6");
+    let igb = fixture("igb-lab-recorded");
+    for (args, needle) in [
+        (
+            vec!["resolve", "--vf", "ib0", "--root", &cx6, "--pkey", "0x0000"],
+            "--pkey '0x0000': 0x0000 / 0x8000 is the invalid P_Key",
+        ),
+        (
+            vec!["resolve", "--vf", "ib0", "--root", &cx6, "--pkey", "0x7fff"],
+            "default partition",
+        ),
+        (
+            vec!["resolve", "--vf", "ib0", "--root", &cx6, "--pkey", "0xffff"],
+            "default partition",
+        ),
+        (
+            vec![
+                "resolve", "--vf", "ib0", "--root", &cx6, "--pkey", "0x18123",
+            ],
+            "out of range",
+        ),
+        (
+            vec!["resolve", "--vf", "ib0", "--root", &cx6, "--pkey", "8123"],
+            "write P_Keys in hex",
+        ),
+        (
+            vec![
+                "selftest",
+                "--vf",
+                "ib0",
+                "--root",
+                &cx6,
+                "--vf-guid",
+                "0x2c903000001",
+            ],
+            "not a 64-bit GUID",
+        ),
+        (
+            vec![
+                "selftest",
+                "--vf",
+                "ib0",
+                "--root",
+                &cx6,
+                "--vf-guid",
+                "00:02:c9:03:00:00:01",
+            ],
+            "not a 64-bit GUID",
+        ),
+        (
+            vec![
+                "selftest",
+                "--vf",
+                "ib0",
+                "--root",
+                &cx6,
+                "--vf-guid",
+                "0x0000000000000000",
+            ],
+            "0 means 'no GUID'",
+        ),
+        (
+            vec!["resolve", "--vf", "ib0", "--root", &cx6, "--job", "a b"],
+            "--job 'a b'",
+        ),
+        (
+            vec![
+                "resolve", "--vf", "eth0", "--root", &igb, "--pkey", "0x8123",
+            ],
+            "--pkey needs an InfiniBand VF, but PF 0000:01:00.0 is not an InfiniBand port",
+        ),
+        (
+            vec!["probe", "--vf", "ib0", "--pkey", "0x7fff"],
+            "default partition",
+        ),
+        (
+            vec!["probe", "--vf", "ib0", "--vf-guid", "0x12"],
+            "not a 64-bit GUID",
+        ),
+    ] {
+        let o = hpmmap_vf(&args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+        assert!(
+            e.starts_with("hpmmap-vf: ") && e.contains(needle),
+            "{args:?}: {e}"
+        );
+        assert!(
+            o.stdout.is_empty(),
+            "{args:?}: nothing done before the check"
+        );
+    }
+}
+
+#[test]
+fn partitions_and_recover_on_a_crashed_host() {
+    // A private copy: recover writes (through the simulated kernel), partitions writes
+    // the copy's etc/opensm/partitions.conf.
+    let root = std::env::temp_dir().join(format!("hpmmap-vf-cli-crashed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    hpmmap_vf::sim::copy_tree(std::path::Path::new(&fixture("connectx6-crashed")), &root).unwrap();
+    let r = root.to_str().unwrap();
+    let conf = root.join("etc/opensm/partitions.conf");
+    let c = conf.to_str().unwrap();
+
+    let o = hpmmap_vf(&["partitions", "--root", r, "--list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "the only job is gone");
+    assert!(
+        stderr(&o).contains("job 'crashed1' (pid 9999) is gone"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = hpmmap_vf(&["partitions", "--root", r, "--out", c, "--signal-opensm"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.contains("0 job partition(s) written"), "{out}");
+    assert!(
+        out.contains("opensm pid 777: SIGHUP not sent (--root)"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(!text.contains("hpmmap_crashed1"), "{text}");
+    assert!(
+        text.contains("storage=0x0042"),
+        "the admin's lines stay: {text}"
+    );
+
+    let o = hpmmap_vf(&["recover", "--root", r]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        out.contains("VF 0000:3b:00.3: job 'crashed1' (pid 9999) is gone; put back on no driver"),
+        "{out}"
+    );
+    let node = std::fs::read_to_string(root.join("sys/bus/pci/devices/0000:3b:00.0/sriov/2/node"))
+        .unwrap();
+    assert_eq!(node, "00:00:00:00:00:00:00:00\n");
+    let o = hpmmap_vf(&["recover", "--root", r]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("no claim records"));
+
+    // An open default partition: nothing written, exit 1.
+    std::fs::write(&conf, "Default=0x7fff : ALL=full ;\n").unwrap();
+    let rec = root.join("run/hpmmap/vf/0000:3b:00.1.claim");
+    std::fs::write(&rec, "hpmmap-vf-claim 1\npid=777\nstart=\nhost=node01\njob=j1\npf=0000:3b:00.0\nvf=0000:3b:00.1\noriginal_driver=mlx5_core\noriginal_override=\nvf_index=0\nguid=0x0200000300a1b2c0\npkey=0x8123\norig_node=00:00:00:00:00:00:00:00\norig_port=00:00:00:00:00:00:00:00\norig_policy=Down\nib_done=3\n").unwrap();
+    let o = hpmmap_vf(&["partitions", "--root", r, "--out", c]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("makes every channel adapter a full member"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        "Default=0x7fff : ALL=full ;\n"
+    );
+    let o = hpmmap_vf(&["partitions", "--root", r, "--list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "j1 0x0123 0x0200000300a1b2c0 full # VF 0000:3b:00.1 on node01 (pid 777)\n"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}

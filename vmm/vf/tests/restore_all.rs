@@ -31,6 +31,10 @@ fn restore_all_rebinds_every_claim_and_later_drops_do_nothing() {
     assert_eq!(b.vf().to_string(), "0000:3b:00.3");
     assert_eq!(fx.driver("0000:3b:00.1").as_deref(), Some("vfio-pci"));
     assert_eq!(fx.driver("0000:3b:00.3").as_deref(), Some("vfio-pci"));
+    // Both are InfiniBand VFs: GUIDs and policy set, to be put back too.
+    let pf = "bus/pci/devices/0000:3b:00.0/sriov";
+    assert_eq!(fx.attr(&format!("{pf}/0/policy")), "Follow");
+    assert_eq!(fx.attr(&format!("{pf}/2/port")), "02:00:02:03:00:a1:b2:c0");
 
     let errors = restore_all();
     assert!(errors.is_empty(), "{errors:?}");

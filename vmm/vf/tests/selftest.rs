@@ -111,7 +111,11 @@ fn no_iommu_host() {
     let r = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP));
     assert_eq!(status(&r, "IOMMU"), Status::Fail);
     assert_eq!(status(&r, "kernel cmdline"), Status::Warn);
-    assert_eq!(status(&r, "interrupt remap"), Status::Fail, "no IOMMU, no remapping");
+    assert_eq!(
+        status(&r, "interrupt remap"),
+        Status::Fail,
+        "no IOMMU, no remapping"
+    );
     assert_eq!(status(&r, "IOMMU group"), Status::Fail);
     assert!(r
         .check("IOMMU group")
@@ -219,4 +223,171 @@ fn this_host_read_only() {
     if iommus == 0 {
         println!("SKIP: no IOMMU on this host; VF passthrough prerequisites cannot be met here");
     }
+}
+
+use hpmmap_vf::selftest::{run_with, IbSelftest};
+use hpmmap_vf::IbOptions;
+
+fn ib_opts(pkey: Option<&str>, job: Option<&str>) -> IbSelftest {
+    IbSelftest {
+        ib: IbOptions::parse(None, pkey, job).unwrap(),
+        partitions: None,
+    }
+}
+
+#[test]
+fn connectx5_on_amd_passes_with_remapping_from_proc_interrupts() {
+    let fx = Fixture::new("connectx5");
+    let r = run(&fx.sysfs(), &opts("ib0", 2 * GIB, ROOT_CAP));
+    assert!(r.checks.iter().all(|c| c.status == Status::Ok), "{r}");
+    assert_eq!(
+        r.check("IOMMU").unwrap().found.split(' ').next(),
+        Some("ivhd0")
+    );
+    assert!(r
+        .check("VF GUIDs")
+        .unwrap()
+        .found
+        .contains("sets GUID 0x02000203006c4f10"));
+}
+
+#[test]
+fn interrupt_remapping_off_fails_and_says_what_to_fix() {
+    let fx = Fixture::new("connectx6-no-ir");
+    let r = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP));
+    let c = r.check("interrupt remap").unwrap();
+    assert_eq!(c.status, Status::Fail, "{r}");
+    assert!(
+        c.found.contains("allow_unsafe_interrupts = Y"),
+        "{}",
+        c.found
+    );
+    // Without the unsafe switch, the kernel command line and /proc/interrupts still tell.
+    std::fs::write(
+        fx.root
+            .join("sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts"),
+        "N\n",
+    )
+    .unwrap();
+    let c = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP))
+        .check("interrupt remap")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        c.found,
+        "switched off on the kernel command line (intremap=off)"
+    );
+    std::fs::write(fx.root.join("proc/cmdline"), "intel_iommu=on\n").unwrap();
+    let c = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP))
+        .check("interrupt remap")
+        .unwrap()
+        .clone();
+    assert_eq!(c.status, Status::Fail);
+    assert!(
+        c.found.starts_with("off: no IR- interrupt chips among 4"),
+        "{}",
+        c.found
+    );
+    assert!(c.fix.unwrap().contains("Enabled IRQ remapping"));
+    // No /proc/interrupts at all: the capability register is all there is; a warning.
+    std::fs::remove_file(fx.root.join("proc/interrupts")).unwrap();
+    let c = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP))
+        .check("interrupt remap")
+        .unwrap()
+        .clone();
+    assert_eq!(c.status, Status::Warn);
+    assert!(c.found.starts_with("cannot tell"), "{}", c.found);
+}
+
+#[test]
+fn missing_guid_attributes_fail_with_the_driver_fix() {
+    let fx = Fixture::new("connectx6-no-guid-attrs");
+    let r = run(&fx.sysfs(), &opts("ib0", GIB, ROOT_CAP));
+    let c = r.check("VF GUIDs").unwrap();
+    assert_eq!(c.status, Status::Fail, "{r}");
+    assert!(c.found.contains("sriov/2/node is missing"), "{}", c.found);
+    assert!(c.fix.as_ref().unwrap().contains("MLNX_OFED"));
+}
+
+#[test]
+fn pkey_for_an_ethernet_vf_fails() {
+    let fx = Fixture::new("igb-lab-recorded");
+    let r = run_with(
+        &fx.sysfs(),
+        &opts("eth0", GIB, ROOT_CAP),
+        &ib_opts(Some("0x8123"), None),
+    );
+    assert_eq!(status(&r, "InfiniBand"), Status::Fail, "{r}");
+}
+
+#[test]
+fn pkey_against_other_jobs_and_the_sm_partitions() {
+    let fx = Fixture::new("connectx6-crashed");
+    let sysfs = fx.sysfs();
+    // virtfn0 (the VF a claim would take) is in the admin's 'storage' partition.
+    let r = run_with(
+        &sysfs,
+        &opts("ib0", GIB, ROOT_CAP),
+        &ib_opts(Some("0x8300"), Some("j")),
+    );
+    let c = r.check("SM partitions").unwrap();
+    assert_eq!(c.status, Status::Fail, "{r}");
+    assert!(
+        c.found.contains("is already in partition 'storage'"),
+        "{}",
+        c.found
+    );
+    assert_eq!(status(&r, "subnet manager"), Status::Ok);
+    assert_eq!(status(&r, "P_Key"), Status::Ok);
+
+    // On a clean host: a job holds 0x8123; another job asking for it fails; once
+    // partitions.conf has the job's VF, its own check passes.
+    let fx = Fixture::new("connectx6");
+    let sysfs = fx.sysfs();
+    let claim = hpmmap_vf::claim_vf_with(
+        &sysfs,
+        &hpmmap_vf::VfRequest {
+            spec: "0000:3b:00.3".into(),
+            create: None,
+        },
+        &IbOptions::parse(None, Some("0x8123"), Some("owner")).unwrap(),
+    )
+    .unwrap();
+    let r = run_with(
+        &sysfs,
+        &opts("ib0", GIB, ROOT_CAP),
+        &ib_opts(Some("0x0123"), Some("other")),
+    );
+    assert_eq!(status(&r, "P_Key"), Status::Fail, "{r}");
+    assert!(r.check("P_Key").unwrap().found.contains("job 'owner'"));
+    assert_eq!(
+        status(&r, "SM partitions"),
+        Status::Warn,
+        "no file yet: {r}"
+    );
+    let path = fx.root.join("etc/opensm/partitions.conf");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let u =
+        hpmmap_vf::partitions::update(&sysfs, &path, &[hpmmap_vf::records::dir(&sysfs)]).unwrap();
+    hpmmap_vf::records::write_atomic(&path, &u.text).unwrap();
+    let r = run_with(
+        &sysfs,
+        &opts("0000:3b:00.1", GIB, ROOT_CAP),
+        &IbSelftest {
+            ib: IbOptions::parse(
+                Some(&claim.guid().unwrap().to_string()),
+                Some("0x8123"),
+                Some("owner"),
+            )
+            .unwrap(),
+            partitions: Some(path.clone()),
+        },
+    );
+    let c = r.check("SM partitions").unwrap();
+    assert_eq!(c.status, Status::Ok, "{r}");
+    assert!(
+        c.found.contains("is partition 'hpmmap_owner'"),
+        "{}",
+        c.found
+    );
 }
