@@ -38,6 +38,77 @@ pub struct JobInit {
     pub hpmmap: bool,
 }
 
+/// The guest side of an InfiniBand VF (`--vf` on an InfiniBand PF): a shell function
+/// `ib_check` that waits for each RDMA port to go ACTIVE (the subnet manager activates a
+/// VF whose GUIDs and policy the host set), brings IPoIB up (with a child interface for
+/// the job's P_Key from `hpmmap.pkey=` and an address from `hpmmap.ipoib=ADDR/LEN`), and
+/// reports every step on the console as `hpmmap-init: ib: ...`, ending in
+/// `hpmmap-init: ib: ok` or `hpmmap-init: ib: FAIL <why>`, for the VMM's report. It needs
+/// the mlx5_core, mlx5_ib and ib_ipoib modules in the image (and rdma-core's ibv_devinfo
+/// for its extra line, when present). Paths are under `$IBROOT` so tests can give it a
+/// tree; `$IB_WAIT` (default `hpmmap.ib_wait=`, else 20) bounds the wait in seconds.
+pub fn ib_check() -> &'static str {
+    r#"ib_check() {
+    r=${IBROOT:-}
+    # Under a test tree, never touch this machine's interfaces.
+    ipc=ip; [ -n "$r" ] && ipc=:
+    wait=${IB_WAIT:-$(cmdline_arg hpmmap.ib_wait)}; wait=${wait:-20}
+    mlx=
+    for d in "$r"/sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor" 2>/dev/null)" = 0x15b3 ] && mlx="$mlx ${d##*/}"
+    done
+    if [ ! -d "$r/sys/class/infiniband" ] || [ -z "$(ls "$r/sys/class/infiniband" 2>/dev/null)" ]; then
+        [ -n "$mlx" ] && say "ib: FAIL Mellanox function(s)$mlx but no RDMA device: the image lacks mlx5_core / mlx5_ib"
+        return 0
+    fi
+    fail=
+    for dev in "$r"/sys/class/infiniband/*; do
+        name=${dev##*/}
+        for p in "$dev"/ports/*; do
+            [ -d "$p" ] || continue
+            n=0
+            while [ "$(cut -d: -f1 "$p/state" 2>/dev/null)" != 4 ] && [ $n -lt "$wait" ]; do
+                sleep 1; n=$((n + 1))
+            done
+            st=$(cat "$p/state" 2>/dev/null); ph=$(cat "$p/phys_state" 2>/dev/null)
+            pk=
+            for k in "$p"/pkeys/*; do
+                v=$(cat "$k" 2>/dev/null)
+                [ -n "$v" ] && [ "$v" != 0x0000 ] && pk="$pk,$v"
+            done
+            say "ib: $name port ${p##*/} state '$st' phys '$ph' link $(cat "$p/link_layer" 2>/dev/null) lid $(cat "$p/lid" 2>/dev/null) sm_lid $(cat "$p/sm_lid" 2>/dev/null) node_guid $(cat "$dev/node_guid" 2>/dev/null) pkeys ${pk#,} (after ${n}s)"
+            [ "${st%%:*}" = 4 ] || fail="$fail $name/${p##*/} not ACTIVE ($st): check the SM's partitions and the VF policy"
+        done
+        if command -v ibv_devinfo >/dev/null 2>&1; then
+            say "ib: ibv_devinfo $name: $(ibv_devinfo -d "$name" 2>&1 | sed -n 's/^[[:space:]]*\(state\|port_lid\|sm_lid\|link_layer\):[[:space:]]*/=/p' | tr '
+' ' ')"
+        fi
+    done
+    pkey=$(cmdline_arg hpmmap.pkey); addr=$(cmdline_arg hpmmap.ipoib)
+    for nd in "$r"/sys/class/net/*; do
+        [ "$(cat "$nd/type" 2>/dev/null)" = 32 ] || continue
+        ifc=${nd##*/}
+        case $ifc in *.*) continue ;; esac
+        $ipc link set "$ifc" up 2>/dev/null
+        use=$ifc
+        if [ -n "$pkey" ]; then
+            # The job's partition: an IPoIB child on its P_Key (full membership bit set).
+            child=$ifc.$(printf '%04x' $((pkey | 0x8000)))
+            [ -d "$r/sys/class/net/$child" ] || echo "$pkey" > "$nd/create_child" 2>/dev/null
+            $ipc link set "$child" up 2>/dev/null
+            use=$child
+        fi
+        [ -n "$addr" ] && $ipc addr add "$addr" dev "$use" 2>/dev/null
+        a=$($ipc -o -4 addr show dev "$use" 2>/dev/null | awk '{print $4}' | tr '
+' ' ')
+        say "ib: ipoib $use state $(cat "$r/sys/class/net/$use/operstate" 2>/dev/null) address ${a:-none}"
+        [ -n "$addr" ] && [ -z "$a" ] && fail="$fail $use has no address ($addr not set)"
+    done
+    if [ -n "$fail" ]; then say "ib: FAIL$fail"; else say "ib: ok"; fi
+}
+"#
+}
+
 /// The job image's init: load hpmmap when there is a pool to give it, run /job/run
 /// (through hpmmap-run when hpmmap is on), print `HPMMAP-JOB-EXIT <status>`, write EXIT on
 /// the PV device named by `hpmmap.pv=`, reboot (the VMM and QEMU -no-reboot stop there).
@@ -68,6 +139,7 @@ for d in /sys/bus/pci/devices/*; do
     pci="$pci ${{d##*/}}=$(cat "$d/vendor"):$(cat "$d/device")(${{drv:-no driver}})"
 done
 [ -n "$pci" ] && say "pci:$pci"
+{ib_check}ib_check
 cd /root
 if [ "$run" = hpmmap ]; then
     hpmmap-run -- /job/run
@@ -98,6 +170,7 @@ while :; do sleep 60; done
 "#,
         hpmmap = u8::from(cfg.hpmmap),
         ko = HPMMAP_KO,
+        ib_check = ib_check(),
     ));
     s
 }
@@ -157,6 +230,77 @@ mod tests {
         std::fs::write(&f, job_runner(&["true".to_string()], 2)).unwrap();
         assert_eq!(Command::new("sh").arg(&f).status().unwrap().code(), Some(0));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The IB check against a hand-made tree (no HCA here): one ACTIVE port with the job's
+    /// P_Key, an IPoIB netdev; then a port the SM never activates; then a Mellanox VF
+    /// with no RDMA driver in the image.
+    #[test]
+    fn ib_check_reports_port_state_and_ipoib() {
+        let root = std::env::temp_dir().join(format!("hpmmap-ibcheck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let w = |rel: &str, v: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        let port = "sys/class/infiniband/mlx5_0/ports/1";
+        w(&format!("{port}/state"), "4: ACTIVE\n");
+        w(&format!("{port}/phys_state"), "5: LinkUp\n");
+        w(&format!("{port}/link_layer"), "InfiniBand\n");
+        w(&format!("{port}/lid"), "0x12\n");
+        w(&format!("{port}/sm_lid"), "0x1\n");
+        w(&format!("{port}/pkeys/0"), "0x7fff\n");
+        w(&format!("{port}/pkeys/1"), "0x8123\n");
+        w(&format!("{port}/pkeys/2"), "0x0000\n");
+        w(
+            "sys/class/infiniband/mlx5_0/node_guid",
+            "0200:0203:00a1:b2c0\n",
+        );
+        w("sys/class/net/ib0/type", "32\n");
+        w("sys/class/net/ib0/operstate", "up\n");
+        w("sys/class/net/eth0/type", "1\n");
+        let run = |extra: &str| {
+            let script = format!(
+                "say() {{ echo \"hpmmap-init: $*\"; }}\ncmdline_arg() {{ :; }}\n{}\n{extra}\nIBROOT={} IB_WAIT=1 ib_check",
+                ib_check(),
+                root.display()
+            );
+            let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let out = run("");
+        assert!(
+            out.contains("hpmmap-init: ib: mlx5_0 port 1 state '4: ACTIVE' phys '5: LinkUp' link InfiniBand lid 0x12 sm_lid 0x1 node_guid 0200:0203:00a1:b2c0 pkeys 0x7fff,0x8123 (after 0s)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hpmmap-init: ib: ipoib ib0 state up address none"),
+            "{out}"
+        );
+        assert!(out.trim_end().ends_with("hpmmap-init: ib: ok"), "{out}");
+        w(&format!("{port}/state"), "2: INIT\n");
+        let out = run("");
+        assert!(
+            out.trim_end().ends_with("hpmmap-init: ib: FAIL mlx5_0/1 not ACTIVE (2: INIT): check the SM's partitions and the VF policy"),
+            "{out}"
+        );
+        assert!(out.contains("(after 1s)"), "waited: {out}");
+        std::fs::remove_dir_all(root.join("sys/class")).unwrap();
+        w("sys/bus/pci/devices/0000:00:05.0/vendor", "0x15b3\n");
+        let out = run("");
+        assert_eq!(
+            out,
+            "hpmmap-init: ib: FAIL Mellanox function(s) 0000:00:05.0 but no RDMA device: the image lacks mlx5_core / mlx5_ib\n"
+        );
+        std::fs::remove_dir_all(root.join("sys/bus")).unwrap();
+        assert_eq!(run(""), "", "no VF, no IB lines");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
