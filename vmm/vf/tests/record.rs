@@ -45,7 +45,27 @@ fn recording_resolves_like_the_original() {
     )
     .unwrap();
     assert_eq!(claim.vf().to_string(), "0000:3b:00.3");
+    // The InfiniBand side too: the PF GUID the VF's is derived from, and the attributes.
+    let attrs = out.join("sys/bus/pci/devices/0000:3b:00.0/sriov/2");
+    assert_eq!(
+        std::fs::read_to_string(attrs.join("port")).unwrap(),
+        "02:00:02:03:00:a1:b2:c0\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(attrs.join("policy")).unwrap(),
+        "Follow\n"
+    );
     claim.release().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(attrs.join("policy")).unwrap(),
+        "Down\n"
+    );
+    assert!(
+        std::fs::read_to_string(out.join("proc/interrupts"))
+            .unwrap()
+            .contains("IR-PCI-MSI"),
+        "interrupt chips kept for the remapping check"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
