@@ -216,3 +216,41 @@ fn opensm_is_found_in_proc_and_sighup_reaches_it() {
     assert_eq!(st.signal(), Some(libc::SIGHUP), "{st:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The examples of opensm(8)'s PARTITION CONFIGURATION section, read from the man page of
+/// the installed OpenSM (Debian's `opensm` package), parse: the parser accepts the file
+/// format as OpenSM documents it, not only what this crate writes. Skips with a reason
+/// where OpenSM is not installed.
+#[test]
+fn opensm_man_page_examples_parse() {
+    let man = "/usr/share/man/man8/opensm.8.gz";
+    if !std::path::Path::new(man).exists() {
+        println!("SKIP: {man} missing (apt-get install opensm to run this check)");
+        return;
+    }
+    let out = Command::new("zcat").arg(man).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("\nExamples:\n")
+        .expect("PARTITION CONFIGURATION has Examples");
+    let rest = &text[start + "\nExamples:\n".len()..];
+    let end = rest.find("\n.SH ").unwrap();
+    // The examples, then "Note:" and the rule equivalent to OpenSM before partitions.
+    let block: String = rest[..end]
+        .lines()
+        .filter(|l| l.starts_with(' ') || l.starts_with('\t') || l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let parts = partitions::parse(&block).unwrap_or_else(|e| panic!("{e:?} in:\n{block}"));
+    println!("{} partition definitions from {man}", parts.len());
+    assert!(parts.len() >= 10, "{parts:#?}");
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    assert!(
+        names.contains(&"Default") && names.contains(&"ShareIO"),
+        "{names:?}"
+    );
+    assert!(
+        parts.iter().any(|p| p.mgids.len() >= 5),
+        "the multicast example"
+    );
+}
