@@ -18,6 +18,16 @@ fn size_arg(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuList(pub Vec<usize>);
 
+fn ipoib_arg(s: &str) -> Result<String, String> {
+    let bad = || format!("'{s}' is not an IPv4 address with a prefix length (ADDR/LEN)");
+    let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+    addr.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?;
+    match len.parse::<u8>() {
+        Ok(1..=32) => Ok(s.to_string()),
+        _ => Err(bad()),
+    }
+}
+
 fn cpu_list_arg(s: &str) -> Result<CpuList, String> {
     parse_cpu_list(s).map(CpuList).map_err(|e| e.to_string())
 }
@@ -111,6 +121,28 @@ pub struct Args {
     #[arg(long, value_name = "N", requires = "vf")]
     pub vf_create: Option<u32>,
 
+    /// With --vf on an InfiniBand VF: the node and port GUID it gets (64 bits, e.g.
+    /// 0x0200010000a1b2c3 or 02:00:01:00:00:a1:b2:c3). Default: derived from the PF's GUID and
+    /// the VF's index. The VF's original GUIDs and link policy come back at exit.
+    #[arg(long, value_name = "GUID", requires = "vf")]
+    pub vf_guid: Option<String>,
+
+    /// With --vf on an InfiniBand VF: the job's partition key, 0x0001-0x7ffe, with 0x8000 set
+    /// for full membership (e.g. 0x8123); the guest's IPoIB joins it (hpmmap.pkey= on its
+    /// command line) and `hpmmap-vf partitions` puts the VF's GUID in it for the subnet manager.
+    #[arg(long, value_name = "PKEY", requires = "vf")]
+    pub pkey: Option<String>,
+
+    /// With --vf on an InfiniBand VF: the guest's IPoIB address, ADDR/LEN (e.g. 10.4.0.7/16),
+    /// passed as hpmmap.ipoib= on its command line (the job init sets it on the port, or on the
+    /// --pkey child interface).
+    #[arg(long, value_name = "ADDR/LEN", requires = "vf", value_parser = ipoib_arg)]
+    pub ipoib: Option<String>,
+
+    /// The job's name in the VF's claim record and in partitions.conf (default: pid<N>).
+    #[arg(long = "job", value_name = "ID")]
+    pub job_id: Option<String>,
+
     /// Prefault workers (default: one per CPU of --numa-node's node that the VMM may use,
     /// else one per CPU it may use).
     #[arg(long, value_name = "N", default_value_t = 0, hide_short_help = true)]
@@ -133,6 +165,19 @@ pub struct SelftestArgs {
     /// Guest RAM the VM will have (VFIO pins all of it for DMA), with K/M/G/T suffixes.
     #[arg(long, value_name = "SIZE", value_parser = size_arg, default_value = "1G")]
     pub mem: u64,
+
+    /// The GUID the run would give an InfiniBand VF (checks the GUID files are writable).
+    #[arg(long, value_name = "GUID")]
+    pub vf_guid: Option<String>,
+
+    /// The job's P_Key: checks it is valid and in the subnet manager's partitions.conf.
+    #[arg(long, value_name = "PKEY")]
+    pub pkey: Option<String>,
+
+    /// The subnet manager's partitions.conf to check the P_Key in (default
+    /// /etc/opensm/partitions.conf).
+    #[arg(long, value_name = "PATH")]
+    pub partitions: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +205,8 @@ pub struct VmConfig {
     /// `--vf NAME`, resolved to a VF only when the VM is built.
     pub vf: Option<String>,
     pub vf_create: Option<u32>,
+    /// `--vf-guid`, `--pkey`, `--job`: what an InfiniBand VF gets besides the binding.
+    pub vf_ib: hpmmap_vf::IbOptions,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -244,6 +291,28 @@ impl VmConfig {
                 ))
             }
         };
+        // Checked before anything on the host is looked at: a bad GUID or P_Key is input.
+        let vf_ib = hpmmap_vf::IbOptions::parse(
+            a.vf_guid.as_deref(),
+            a.pkey.as_deref(),
+            a.job_id.as_deref(),
+        )
+        .map_err(|e| ConfigError(e.to_string()))?;
+        let base = match vf_ib.pkey {
+            // The guest's IPoIB child interface joins the job's partition (images' ib_check).
+            Some(p)
+                if !base
+                    .split_whitespace()
+                    .any(|w| w.starts_with("hpmmap.pkey=")) =>
+            {
+                format!("{base} hpmmap.pkey={p}")
+            }
+            _ => base,
+        };
+        let base = match &a.ipoib {
+            Some(ip) => format!("{base} hpmmap.ipoib={ip}"),
+            None => base,
+        };
         let cmdline = guest_cmdline(&base);
         if cmdline.len() >= CMDLINE_MAX {
             return Err(ConfigError(format!(
@@ -313,6 +382,7 @@ impl VmConfig {
             job,
             vf: a.vf,
             vf_create: a.vf_create,
+            vf_ib,
         })
     }
 }
@@ -372,6 +442,54 @@ mod tests {
         assert_eq!(c.cpu_affinity, Some(vec![0, 1]));
         assert_eq!(c.serial, SerialTarget::File("/tmp/x.log".into()));
         assert_eq!(c.cmdline, "console=ttyS0 hpmmap.pv=0xfeb00000");
+    }
+
+    #[test]
+    fn infiniband_options_are_checked_and_the_pkey_reaches_the_guest() {
+        let c = parse(&[
+            "--mem",
+            "1G",
+            "--kernel",
+            "/k",
+            "--vf",
+            "ib0",
+            "--pkey",
+            "0x8123",
+            "--vf-guid",
+            "02:00:01:00:00:a1:b2:c3",
+            "--job",
+            "job42",
+            "--ipoib",
+            "10.4.0.7/16",
+        ])
+        .unwrap();
+        assert_eq!(c.vf_ib.pkey.unwrap().to_string(), "0x8123");
+        assert_eq!(c.vf_ib.guid.unwrap().to_string(), "0x0200010000a1b2c3");
+        assert_eq!(c.vf_ib.job.as_deref(), Some("job42"));
+        assert!(c.cmdline.contains(" hpmmap.pkey=0x8123 "), "{}", c.cmdline);
+        assert!(
+            c.cmdline.contains(" hpmmap.ipoib=10.4.0.7/16 "),
+            "{}",
+            c.cmdline
+        );
+        for (args, want) in [
+            (&["--pkey", "0x7fff"][..], "0x7fff"),
+            (&["--pkey", "0x0000"][..], "0x0000"),
+            (&["--pkey", "0x18000"][..], "0x18000"),
+            (&["--vf-guid", "0x123"][..], "0x123"),
+            (&["--vf-guid", "zz:00:01:00:00:a1:b2:c3"][..], "zz:00"),
+            (&["--ipoib", "10.4.0.7"][..], "ADDR/LEN"),
+            (&["--ipoib", "10.4.0.7/33"][..], "ADDR/LEN"),
+        ] {
+            let mut v = vec!["--mem", "1G", "--kernel", "/k", "--vf", "ib0"];
+            v.extend_from_slice(args);
+            let e = parse(&v).unwrap_err();
+            // One line naming the value (clap adds a usage hint below its own).
+            assert!(e.lines().next().unwrap().contains(want), "{args:?}: {e}");
+        }
+        // Without --vf there is no VF to give a key to.
+        let e = parse(&["--mem", "1G", "--kernel", "/k", "--pkey", "0x8001"]).unwrap_err();
+        assert!(e.contains("--vf"), "{e}");
     }
 
     #[test]

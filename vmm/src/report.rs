@@ -47,6 +47,37 @@ pub struct Report {
     /// Guest accesses to ports and MMIO addresses no device answers (read as all-ones).
     pub unhandled_pio: u64,
     pub unhandled_mmio: u64,
+    /// The VF passed through with `--vf`, and what an InfiniBand VF was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vf: Option<VfReport>,
+    /// The guest's InfiniBand check: its `hpmmap-init: ib: ` console lines (at most 16).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub guest_ib: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VfReport {
+    /// The VF's and its PF's PCI addresses on the host.
+    pub vf: String,
+    pub pf: String,
+    /// Node and port GUID set for an InfiniBand VF (restored at exit).
+    pub guid: Option<String>,
+    /// The job's partition key, for an InfiniBand VF given `--pkey`.
+    pub pkey: Option<String>,
+    /// The job's name in the claim record and partitions.conf.
+    pub job: String,
+}
+
+impl VfReport {
+    pub fn of(claim: &hpmmap_vf::VfClaim) -> Self {
+        VfReport {
+            vf: claim.vf().to_string(),
+            pf: claim.pf().to_string(),
+            guid: claim.guid().map(|g| g.to_string()),
+            pkey: claim.pkey().map(|p| p.to_string()),
+            job: claim.job().to_string(),
+        }
+    }
 }
 
 impl Report {
@@ -85,6 +116,18 @@ impl Report {
             detail = self.exit_detail.lines().next().unwrap_or(""),
             code = self.exit_code,
         );
+        if let Some(v) = &self.vf {
+            s.push_str(&format!("\n  vf: {} (PF {}), job {}", v.vf, v.pf, v.job));
+            if let Some(g) = &v.guid {
+                s.push_str(&format!(", GUID {g}"));
+            }
+            if let Some(p) = &v.pkey {
+                s.push_str(&format!(", P_Key {p}"));
+            }
+        }
+        for l in &self.guest_ib {
+            s.push_str(&format!("\n  guest ib: {l}"));
+        }
         if let Some(r) = &self.result {
             s.push_str(&format!("\n  result: {r}"));
         }

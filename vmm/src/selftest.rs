@@ -3,9 +3,10 @@
 //! pages), printed with what to fix.
 
 use crate::config::SelftestArgs;
-use hpmmap_vf::selftest::{self, Limits, SelftestOptions};
+use hpmmap_vf::selftest::{self, IbSelftest, Limits, SelftestOptions};
 
-/// Runs the checks and prints the report; returns the exit status (0 passed, 1 not).
+/// Runs the checks and prints the report; returns the exit status (0 passed, 1 not, 2 bad
+/// input).
 pub fn run(args: &SelftestArgs) -> i32 {
     let sysfs = hpmmap_vf::Sysfs::host();
     println!(
@@ -13,12 +14,24 @@ pub fn run(args: &SelftestArgs) -> i32 {
         args.vf,
         args.mem >> 20
     );
-    let report = selftest::run(
+    let ib = match hpmmap_vf::IbOptions::parse(args.vf_guid.as_deref(), args.pkey.as_deref(), None)
+    {
+        Ok(ib) => ib,
+        Err(e) => {
+            eprintln!("hpmmap-vmm selftest: {e}");
+            return 2;
+        }
+    };
+    let report = selftest::run_with(
         &sysfs,
         &SelftestOptions {
             vf: Some(args.vf.clone()),
             guest_ram: args.mem,
             limits: Limits::current(),
+        },
+        &IbSelftest {
+            ib,
+            partitions: args.partitions.clone(),
         },
     );
     print!("{report}");

@@ -154,7 +154,7 @@ fn claim_vf(cfg: &VmConfig) -> Result<Option<hpmmap_vf::VfClaim>, VmmError> {
         spec: spec.clone(),
         create: cfg.vf_create,
     };
-    hpmmap_vf::claim_vf(&hpmmap_vf::Sysfs::host(), &req)
+    hpmmap_vf::claim_vf_with(&hpmmap_vf::Sysfs::host(), &req, &cfg.vf_ib)
         .map(Some)
         .map_err(|source| VmmError::Vf {
             spec: spec.clone(),
@@ -522,6 +522,7 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     }
     let mem = ram.guest_memory(&layout)?;
     mark(&mut phases, "kvm_vm");
+    let vf_report = vf_claim.as_ref().map(crate::report::VfReport::of);
     let pci = match (vf_claim, &cfg.vf) {
         (Some(claim), Some(spec)) => {
             let root = pci_bus(spec, claim, &vm, &ram, &layout)?;
@@ -659,6 +660,8 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         result: bus.result.lock().unwrap().clone(),
         unhandled_pio: bus.unhandled.pio.load(Ordering::Relaxed),
         unhandled_mmio: bus.unhandled.mmio.load(Ordering::Relaxed),
+        vf: vf_report,
+        guest_ib: bus.serial.lock().unwrap().ib_lines(),
     };
     drop(shared);
     drop(bus);

@@ -73,6 +73,32 @@ fn refused_without_touching_kvm() {
             &["--mem", "64M", "--kernel", k, "--cpu-affinity", "0-1,x"],
             &["--cpu-affinity", "0-1,x"],
         ),
+        // InfiniBand options are checked before any VF is looked at (issue 18).
+        (
+            &[
+                "--mem", "64M", "--kernel", k, "--vf", "ib0", "--pkey", "0x7fff",
+            ],
+            &["0x7fff"],
+        ),
+        (
+            &[
+                "--mem", "64M", "--kernel", k, "--vf", "ib0", "--pkey", "0x8000",
+            ],
+            &["0x8000"],
+        ),
+        (
+            &[
+                "--mem",
+                "64M",
+                "--kernel",
+                k,
+                "--vf",
+                "ib0",
+                "--vf-guid",
+                "0x12345",
+            ],
+            &["0x12345"],
+        ),
     ];
     for (args, wants) in cases {
         refuse(&dir, args, wants);

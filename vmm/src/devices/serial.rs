@@ -1,6 +1,8 @@
 //! COM1: a 16550 UART (vm-superio) whose output goes to stdout or a file and whose interrupt is
 //! an irqfd. The output is watched for the Linux panic banner so that a panicking guest ends the
-//! run with its own exit status instead of hanging in the panic loop.
+//! run with its own exit status instead of hanging in the panic loop, and for the job init's
+//! InfiniBand check lines, which go into the report (a bounded number of bounded lines: the
+//! guest is untrusted).
 
 use super::VmEvent;
 use std::io::{self, Write};
@@ -9,6 +11,11 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 const PANIC_BANNER: &[u8] = b"Kernel panic - not syncing";
+/// The job init's InfiniBand check (images' `ib_check`): its lines go into the report.
+const IB_PREFIX: &[u8] = b"hpmmap-init: ib: ";
+/// Longest console line looked at, and most IB lines kept.
+const LINE_MAX: usize = 512;
+const IB_LINES_MAX: usize = 16;
 
 /// Raises the serial interrupt through KVM's irqfd.
 pub struct IrqTrigger(pub EventFd);
@@ -27,6 +34,9 @@ pub struct ConsoleWriter {
     panic_seen: bool,
     panic_reported: bool,
     last_output: Option<std::time::Instant>,
+    /// The current line (its first LINE_MAX bytes).
+    line: Vec<u8>,
+    ib_lines: Vec<String>,
 }
 
 impl ConsoleWriter {
@@ -37,7 +47,22 @@ impl ConsoleWriter {
             panic_seen: false,
             panic_reported: false,
             last_output: None,
+            line: Vec::new(),
+            ib_lines: Vec::new(),
         }
+    }
+
+    fn end_of_line(&mut self) {
+        if let Some(rest) = self.line.strip_prefix(IB_PREFIX) {
+            if self.ib_lines.len() < IB_LINES_MAX {
+                let text: String = String::from_utf8_lossy(rest)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .collect();
+                self.ib_lines.push(text);
+            }
+        }
+        self.line.clear();
     }
 }
 
@@ -50,6 +75,12 @@ impl Write for ConsoleWriter {
             }
             if self.window == PANIC_BANNER {
                 self.panic_seen = true;
+            }
+            match *b {
+                b'\n' => self.end_of_line(),
+                b'\r' => {}
+                _ if self.line.len() < LINE_MAX => self.line.push(*b),
+                _ => {}
             }
         }
         self.last_output = Some(std::time::Instant::now());
@@ -121,6 +152,11 @@ impl SerialPort {
         self.uart.writer().last_output.map(|t| t.elapsed())
     }
 
+    /// What the guest's InfiniBand check printed (`hpmmap-init: ib: ` lines, prefix cut).
+    pub fn ib_lines(&self) -> Vec<String> {
+        self.uart.writer().ib_lines.clone()
+    }
+
     pub fn flush(&mut self) {
         let _ = self.uart.writer_mut().flush();
     }
@@ -129,6 +165,30 @@ impl SerialPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ib_check_lines_are_kept_bounded_and_clean() {
+        let (mut port, _out) = SerialPort::capture();
+        let mut feed = |t: &[u8]| {
+            for b in t {
+                port.write(0, *b);
+            }
+        };
+        feed(b"hpmmap-init: platform: x\r\nhpmmap-init: ib: mlx5_0 port 1 state '4: ACTIVE'\r\n");
+        feed(b"hpmmap-init: ib: bell\x07 and esc\x1b[2J\n");
+        for _ in 0..40 {
+            feed(b"hpmmap-init: ib: again\n");
+        }
+        let long = [b'x'; 5000];
+        feed(b"hpmmap-init: ib: ");
+        feed(&long);
+        feed(b"\n");
+        let lines = port.ib_lines();
+        assert_eq!(lines[0], "mlx5_0 port 1 state '4: ACTIVE'");
+        assert_eq!(lines[1], "bell and esc[2J");
+        assert_eq!(lines.len(), IB_LINES_MAX);
+        assert!(lines.iter().all(|l| l.len() <= LINE_MAX));
+    }
 
     #[test]
     fn output_and_panic_detection() {
