@@ -16,6 +16,7 @@ pub mod competitor;
 pub mod config;
 pub mod harness;
 pub mod hugepages;
+pub mod icount;
 pub mod lab;
 pub mod memory;
 pub mod platform;

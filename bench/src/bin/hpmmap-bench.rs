@@ -33,6 +33,132 @@ enum Cmd {
         /// A directory holding a results.json written by `run`.
         dir: PathBuf,
     },
+    /// The experiment on QEMU's instruction-count clock: one QEMU/TCG guest per
+    /// configuration (4k, thp, hugetlb, hpmmap), every workload under every competitor
+    /// inside it, the rank's CPU counted by a TCG plugin. Deterministic; writes
+    /// results.{md,json,svg} into --out.
+    Icount(IcountArgs),
+    /// results.md and results.svg again from DIR/results.json written by `icount`.
+    IcountRender { dir: PathBuf },
+}
+
+#[derive(clap::Args, Debug)]
+struct IcountArgs {
+    /// Small sizes, one repetition (isolated cg 5 times): within 15 minutes on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// Output directory.
+    #[arg(long, default_value = "bench/results/icount")]
+    out: PathBuf,
+    /// Configurations (comma-separated): 4k, thp, hugetlb, hpmmap.
+    #[arg(long, value_delimiter = ',', default_value = "4k,thp,hugetlb,hpmmap")]
+    configs: Vec<String>,
+    /// Workloads (comma-separated): cg, stream, gups, faults, fwq.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "cg,stream,gups,faults,fwq"
+    )]
+    workloads: Vec<String>,
+    /// Competitors (comma-separated): iso, A, B, cpu-other, cpu-own.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "iso,A,B,cpu-other,cpu-own"
+    )]
+    competitors: Vec<String>,
+    /// Repetitions of every run (default 2, --quick 1).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Isolated runs of the first workload per configuration, at least.
+    #[arg(long, default_value_t = 5)]
+    iso_reps: usize,
+    /// Skip the host-load check (two more boots of one configuration, the second with the
+    /// host's CPUs busy).
+    #[arg(long)]
+    no_host_load_check: bool,
+    /// Work directory (consoles, plugin logs; kept).
+    #[arg(long)]
+    work: Option<PathBuf>,
+}
+
+fn icount(a: IcountArgs) -> ExitCode {
+    use hpmmap_bench::icount::{report, run, Competitor, IcountConfig, Plan};
+    let mut plan = Plan::new(a.quick);
+    let pick = |names: &[String], what: &str, f: &dyn Fn(&str) -> bool| -> Result<(), String> {
+        match names.iter().find(|n| !f(n)) {
+            Some(n) => Err(format!("unknown {what} {n:?}")),
+            None => Ok(()),
+        }
+    };
+    if let Err(e) = pick(&a.configs, "configuration", &|n| {
+        IcountConfig::from_name(n).is_some()
+    })
+    .and_then(|_| {
+        pick(&a.workloads, "workload", &|n| {
+            Workload::from_name(n).is_some()
+        })
+    })
+    .and_then(|_| {
+        pick(&a.competitors, "competitor", &|n| {
+            Competitor::from_name(n).is_some()
+        })
+    }) {
+        return usage(e);
+    }
+    plan.configs = a
+        .configs
+        .iter()
+        .filter_map(|n| IcountConfig::from_name(n))
+        .collect();
+    plan.workloads = a
+        .workloads
+        .iter()
+        .filter_map(|n| Workload::from_name(n))
+        .collect();
+    plan.competitors = a
+        .competitors
+        .iter()
+        .filter_map(|n| Competitor::from_name(n))
+        .collect();
+    if let Some(r) = a.reps {
+        plan.reps = r.max(1);
+    }
+    plan.iso_reps = a.iso_reps;
+    let work = a.work.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("hpmmap-icount-{}", std::process::id()))
+    });
+    let opts = run::Options {
+        plan,
+        quick: a.quick,
+        work: work.clone(),
+        host_load_check: !a.no_host_load_check,
+        boot_timeout: Duration::from_secs(3600),
+        command: std::env::args()
+            .map(|w| {
+                if w.contains('/') {
+                    w.rsplit('/').next().unwrap_or(&w).to_string()
+                } else {
+                    w
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    match run::run(&opts).and_then(|r| report::write(&r, &a.out)) {
+        Ok(()) => {
+            eprintln!(
+                "[bench] icount: {}/results.{{md,json,svg}} (consoles and plugin logs in {})",
+                a.out.display(),
+                work.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hpmmap-bench: icount: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,11 +267,26 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Cmd::Render { dir } => return render(&dir),
+        Cmd::Icount(a) => return icount(a),
+        Cmd::IcountRender { dir } => {
+            return match hpmmap_bench::icount::report::render(&dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hpmmap-bench: icount-render: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Run(a) => *a,
     };
     let mut workloads = Vec::new();
     for w in &a.workloads {
         match Workload::from_name(w) {
+            Some(Workload::Fwq) => {
+                return usage(
+                    "fwq runs only on the instruction-count clock (`hpmmap-bench icount`)".into(),
+                )
+            }
             Some(x) if !workloads.contains(&x) => workloads.push(x),
             Some(_) => {}
             None => {

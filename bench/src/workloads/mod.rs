@@ -5,6 +5,7 @@
 
 pub mod cg;
 pub mod faults;
+pub mod fwq;
 pub mod gups;
 pub mod stream;
 
@@ -36,10 +37,15 @@ pub enum Workload {
     Stream,
     Gups,
     Faults,
+    /// Fixed work quantum (OS noise): only on the instruction-count clock (`icount`).
+    Fwq,
 }
 
 impl Workload {
+    /// The workloads of the native and lab runs.
     pub const ALL: [Workload; 4] = [Self::Cg, Self::Stream, Self::Gups, Self::Faults];
+    /// The workloads of the instruction-count runs (`hpmmap-bench icount`).
+    pub const ICOUNT: [Workload; 5] = [Self::Cg, Self::Stream, Self::Gups, Self::Faults, Self::Fwq];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,11 +53,12 @@ impl Workload {
             Self::Stream => "stream",
             Self::Gups => "gups",
             Self::Faults => "faults",
+            Self::Fwq => "fwq",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|w| w.name() == s)
+        Self::ICOUNT.into_iter().find(|w| w.name() == s)
     }
 
     pub fn default_iters(self) -> usize {
@@ -60,6 +67,7 @@ impl Workload {
             Self::Stream => 20,
             Self::Gups => 16,
             Self::Faults => 20,
+            Self::Fwq => 1000,
         }
     }
 }
@@ -113,6 +121,7 @@ pub fn run(p: &Params) -> Result<WorkloadReport> {
             Workload::Stream => stream::rank_main(&ctx),
             Workload::Gups => gups::rank_main(&ctx),
             Workload::Faults => faults::rank_main(&ctx),
+            Workload::Fwq => fwq::rank_main(&ctx),
         }
     })?;
     Ok(collect(&comm, p))
@@ -149,6 +158,36 @@ impl FaultMeter {
     }
 }
 
+/// Marker kinds (`crate::icount`): the measured phase begins, an iteration ended, the phase
+/// ended.
+pub const MARK_BEGIN: u8 = 1;
+pub const MARK_ITER: u8 = 2;
+pub const MARK_END: u8 = 3;
+
+/// Executes the marker instruction the instruction-count plugin (`bench/icount/`) reports
+/// on: `nopl 0x484d50NN(%rax)`, NN the kind. Anywhere else it is a 7-byte no-op (a
+/// multi-byte NOP never touches memory), so the workloads carry it always.
+#[inline(always)]
+pub fn icount_mark(kind: u8) {
+    // SAFETY: a NOP: no memory access, no register or flag change.
+    unsafe {
+        match kind {
+            MARK_BEGIN => std::arch::asm!(
+                "nop dword ptr [rax + 0x484d5001]",
+                options(nostack, preserves_flags)
+            ),
+            MARK_ITER => std::arch::asm!(
+                "nop dword ptr [rax + 0x484d5002]",
+                options(nostack, preserves_flags)
+            ),
+            _ => std::arch::asm!(
+                "nop dword ptr [rax + 0x484d5003]",
+                options(nostack, preserves_flags)
+            ),
+        }
+    }
+}
+
 /// Runs the measured loop: barrier, then up to `iters` timed iterations each opened by a
 /// barrier, recording the rank's own time per iteration and the faults it took in between.
 /// `iteration` returns `false` when there is nothing left to do (a converged solver); every
@@ -172,6 +211,7 @@ pub fn measured_loop(
     let _ = FaultMeter::start().read();
     ctx.comm.barrier();
     let meter = FaultMeter::start();
+    icount_mark(MARK_BEGIN);
     for i in 0..ctx.p.iters {
         ctx.comm.barrier();
         let t0 = Instant::now();
@@ -179,7 +219,9 @@ pub fn measured_loop(
             break;
         }
         ctx.comm.set_time(ctx.rank, i, t0.elapsed().as_secs_f64());
+        icount_mark(MARK_ITER);
     }
+    icount_mark(MARK_END);
     let (min, maj) = meter.read();
     out.minflt = min;
     out.majflt = maj;
@@ -272,6 +314,16 @@ fn collect(comm: &Comm, p: &Params) -> WorkloadReport {
                 ("errors".into(), format!("{}", errors as u64)),
                 ("table_entries".into(), format!("{}", entries as u64)),
             ];
+        }
+        Workload::Fwq => {
+            // metrics: 0 quantum loop count.
+            r.figure_name = "quantum_p50_secs".into();
+            r.unit = "s".into();
+            let mut v = r.iter_secs.clone();
+            v.sort_by(f64::total_cmp);
+            r.figure = v.get(v.len() / 2).copied().unwrap_or(0.0);
+            r.valid = outs.iter().all(|o| o.status == 1);
+            r.detail = vec![("quantum_loops".into(), format!("{}", metric(0)[0] as u64))];
         }
         Workload::Faults => {
             // metrics: 0 pages touched per cycle; 1 faults taken while touching (all cycles)
