@@ -55,6 +55,10 @@ impl BuildError {
     }
 }
 
+/// `--ib`: a ConnectX VF's driver, its RDMA side, IPoIB, and the character devices verbs
+/// programs open (umad, uverbs); their dependencies (ib_core, mlx5_core's) follow.
+pub const IB_MODULES: [&str; 4] = ["mlx5_ib", "ib_ipoib", "ib_umad", "ib_uverbs"];
+
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub out: PathBuf,
@@ -64,6 +68,9 @@ pub struct BuildOptions {
     pub kernel_version: Option<String>,
     /// More kernel modules from the image package to load at boot.
     pub modules: Vec<String>,
+    /// The InfiniBand kernel side for a ConnectX VF (`IB_MODULES`), which the init's
+    /// `ib_check` brings up when one is passed through.
+    pub ib: bool,
     pub cache: DebCache,
     pub workspace: PathBuf,
 }
@@ -77,6 +84,7 @@ impl BuildOptions {
             ranks: 1,
             kernel_version: None,
             modules: vec![],
+            ib: false,
             cache: DebCache::from_env(),
             workspace: workspace::root(),
         }
@@ -211,6 +219,9 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     step("assembling the initramfs");
     let mut a = rootfs::base(&bb)?;
     let mut wanted: Vec<&str> = JOB_MODULES.to_vec();
+    if opts.ib {
+        wanted.extend(IB_MODULES);
+    }
     wanted.extend(opts.modules.iter().map(|s| s.as_str()));
     let mods = rootfs::add_modules(&mut a, &kernel, &wanted)?;
     if hpmmap {

@@ -237,6 +237,50 @@ fn manifest_hashes_match_and_builds_are_reproducible() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// `--ib` (issue 18): the image carries a ConnectX VF's InfiniBand kernel side with its
+/// dependencies in load order, and the init runs the InfiniBand check.
+#[test]
+fn ib_image_carries_the_infiniband_kernel_side() {
+    if !kernel_available() {
+        return;
+    }
+    let d = scratch("ib");
+    let m = build_ok(&d.join("img"), &["--no-hpmmap", "--job", "true", "--ib"]);
+    let pos = |name: &str| {
+        m.modules
+            .iter()
+            .position(|x| x == name)
+            .unwrap_or_else(|| panic!("{name} not in {:?}", m.modules))
+    };
+    for name in [
+        "mlx5_core",
+        "mlx5_ib",
+        "ib_core",
+        "ib_ipoib",
+        "ib_umad",
+        "ib_uverbs",
+    ] {
+        pos(name);
+    }
+    assert!(
+        pos("mlx5_core") < pos("mlx5_ib"),
+        "load order {:?}",
+        m.modules
+    );
+    assert!(
+        pos("ib_core") < pos("ib_ipoib"),
+        "load order {:?}",
+        m.modules
+    );
+    let plain = build_ok(&d.join("plain"), &["--no-hpmmap", "--job", "true"]);
+    assert!(
+        !plain.modules.iter().any(|x| x == "mlx5_ib"),
+        "{:?}",
+        plain.modules
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 /// Each bad input: exit 2, one line naming the flag/value/path, and no output written.
 fn refused(out: &Path, args: &[&str], envs: &[(&str, &str)], expect: &[&str]) {
     let o = Command::new(BIN)

@@ -40,6 +40,11 @@ enum Cmd {
         /// Another kernel module from the image package to load at boot (repeatable).
         #[arg(long = "module")]
         modules: Vec<String>,
+        /// Carry the InfiniBand kernel side for a ConnectX VF passed through with
+        /// `hpmmap-vmm --vf`: mlx5_ib, ib_ipoib, ib_umad, ib_uverbs and what they depend on.
+        /// The init then waits for the port, brings IPoIB up and reports `ib:` lines.
+        #[arg(long)]
+        ib: bool,
         /// Package cache root (default ${HPMMAP_CACHE:-$HOME/.cache/hpmmap}).
         #[arg(long)]
         cache: Option<PathBuf>,
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
             ranks,
             kernel_version,
             modules,
+            ib,
             cache,
             quiet,
         } => {
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
             o.ranks = ranks;
             o.kernel_version = kernel_version;
             o.modules = modules;
+            o.ib = ib;
             if let Some(c) = cache {
                 o.cache = DebCache::at(c);
             }
