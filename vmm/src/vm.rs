@@ -1,6 +1,7 @@
 //! Building and running one VM: checks, guest RAM, KVM objects, boot structures, vCPU threads,
 //! waiting for the outcome, tearing down, reporting.
 
+use crate::arch::x86_64::acpi::{self, AcpiTables};
 use crate::arch::x86_64::{boot, cpuid, layout as bl, mptable, paging, regs};
 use crate::config::{SerialTarget, VmConfig};
 use crate::devices::{self, pv, Bus, EventSink, VmEvent};
@@ -47,6 +48,9 @@ pub enum VmmError {
     /// /dev/kvm missing, unusable, or a request beyond what KVM allows.
     #[error("{0}")]
     Kvm(String),
+    /// The ACPI tables do not fit their reserved area.
+    #[error("--vcpus: {0}")]
+    Acpi(#[from] acpi::AcpiError),
     /// A KVM or host call that should not fail did.
     #[error("{0}: {1}")]
     Host(&'static str, String),
@@ -162,15 +166,57 @@ fn claim_vf(cfg: &VmConfig) -> Result<Option<hpmmap_vf::VfClaim>, VmmError> {
         })
 }
 
-/// Opens VFIO for the claimed VF, DMA-maps all guest RAM (IOVA = GPA) and puts the VF on a
-/// new root bus. BAR slots follow the RAM slots; every GSI route goes through one router.
+/// The guest's PCI root bus (host bridge only, until a VF joins it): every guest has one, so
+/// that the bus the ACPI tables describe (DSDT PCI0, MCFG) answers.
+fn pci_windows(layout: &GuestLayout) -> hpmmap_pci::PciWindows {
+    let ram_end = layout
+        .ram_regions()
+        .iter()
+        .map(|r| r.gpa + r.size)
+        .max()
+        .unwrap_or(0);
+    hpmmap_pci::PciWindows::for_ram_end(ram_end)
+}
+
+/// What the ACPI tables describe: every vCPU (APIC ID = index), the RAM ranges, the PCI bus.
+fn acpi_platform(layout: &GuestLayout, vcpus: u32) -> acpi::Platform {
+    let windows = pci_windows(layout);
+    acpi::Platform {
+        cpus: (0..vcpus)
+            .map(|i| acpi::CpuAffinity {
+                apic_id: i,
+                node: 0,
+            })
+            .collect(),
+        memory: layout
+            .ram_regions()
+            .iter()
+            .map(|r| acpi::MemAffinity {
+                base: r.gpa,
+                size: r.size,
+                node: 0,
+            })
+            .collect(),
+        distances: vec![vec![10]],
+        pci: acpi::PciHostBridge {
+            ecam_base: hpmmap_pci::layout::ECAM_BASE,
+            ecam_size: hpmmap_pci::layout::ECAM_SIZE,
+            mmio32: windows.mmio32,
+            mmio64: windows.mmio64,
+        },
+    }
+}
+
+/// Opens VFIO for the claimed VF, DMA-maps all guest RAM (IOVA = GPA) and puts the VF on
+/// the root bus. BAR slots follow the RAM slots; every GSI route goes through one router.
 fn pci_bus(
     spec: &str,
     claim: hpmmap_vf::VfClaim,
     vm: &Arc<VmFd>,
     ram: &GuestRam,
     layout: &GuestLayout,
-) -> Result<Arc<hpmmap_pci::PciRoot>, VmmError> {
+    root: &hpmmap_pci::PciRoot,
+) -> Result<(), VmmError> {
     let err = |source| VmmError::Pci {
         spec: spec.to_string(),
         source,
@@ -199,11 +245,9 @@ fn pci_bus(
         hooks,
     )
     .map_err(err)?;
-    let ram_end = regions.iter().map(|r| r.gpa + r.size).max().unwrap_or(0);
-    let root = hpmmap_pci::PciRoot::new(hpmmap_pci::PciWindows::for_ram_end(ram_end));
     let slot = root.add_device(Box::new(dev)).map_err(err)?;
     eprintln!("hpmmap-vmm: --vf {spec}: VF {vf} on the guest's PCI bus at 00:{slot:02x}.0");
-    Ok(Arc::new(root))
+    Ok(())
 }
 
 /// The end of a run.
@@ -228,13 +272,12 @@ fn open_kvm() -> Result<Kvm, VmmError> {
 
 /// Every check that needs no allocation, in the order a user would fix them.
 fn preflight(cfg: &VmConfig, kvm: &Kvm) -> Result<GuestLayout, VmmError> {
-    let max = (kvm.get_max_vcpus() as u32).min(mptable::MAX_CPUS);
+    // KVM_CAP_MAX_VCPUS; past 254 the guest learns its CPUs from the MADT's x2APIC entries.
+    let max = kvm.get_max_vcpus() as u32;
     if cfg.vcpus > max {
         return Err(VmmError::Kvm(format!(
-            "--vcpus {}: above the maximum of {max} (KVM allows {}, the MP table {})",
-            cfg.vcpus,
-            kvm.get_max_vcpus(),
-            mptable::MAX_CPUS
+            "--vcpus {}: above the maximum of {max} vCPUs this KVM allows (KVM_CAP_MAX_VCPUS)",
+            cfg.vcpus
         )));
     }
     let layout = GuestLayout::new(cfg.mem, cfg.pool)?;
@@ -278,6 +321,7 @@ fn write_boot_structures(
     initrd: Option<boot::Initrd>,
     cmdline: &str,
     vcpus: u32,
+    acpi: &AcpiTables,
 ) -> Result<(), VmmError> {
     let w = |addr: u64, bytes: &[u8]| {
         mem.write_slice(bytes, GuestAddress(addr))
@@ -295,7 +339,11 @@ fn write_boot_structures(
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
         w(addr, &bytes)?;
     }
-    w(bl::MPTABLE_ADDR, &mptable::build(bl::MPTABLE_ADDR, vcpus))?;
+    // The MP table stays for guests booted with acpi=off, as far as its 8-bit APIC IDs reach.
+    if vcpus <= mptable::MAX_CPUS {
+        w(bl::MPTABLE_ADDR, &mptable::build(bl::MPTABLE_ADDR, vcpus))?;
+    }
+    w(acpi.base, &acpi.bytes)?;
     let e820 = layout.e820();
     let bad_e820 = |e: boot::BootInfoError| VmmError::Kvm(format!("--mem: {e}"));
     match kernel.mode {
@@ -306,13 +354,15 @@ fn write_boot_structures(
                 cmdline.len(),
                 initrd,
                 kernel.setup_header,
+                Some(acpi.rsdp),
             )
             .map_err(bad_e820)?;
             w(bl::ZERO_PAGE_ADDR, boot::pod_bytes(&zp))?;
         }
         regs::EntryMode::Pvh => {
             let (info, pieces) =
-                boot::pvh_start_info(&e820, bl::CMDLINE_ADDR, initrd).map_err(bad_e820)?;
+                boot::pvh_start_info(&e820, bl::CMDLINE_ADDR, initrd, Some(acpi.rsdp))
+                    .map_err(bad_e820)?;
             w(bl::PVH_START_INFO_ADDR, boot::pod_bytes(&info))?;
             for (addr, bytes) in pieces {
                 w(addr, &bytes)?;
@@ -479,6 +529,11 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     let platform = Platform::detect();
     let kvm = open_kvm()?;
     let layout = preflight(cfg, &kvm)?;
+    let acpi_tables = acpi::build(
+        &acpi_platform(&layout, cfg.vcpus),
+        crate::memory::layout::ACPI_START,
+        (crate::memory::layout::ACPI_END - crate::memory::layout::ACPI_START) as usize,
+    )?;
     // Bound to vfio-pci from here; released on every return (drop) and by PciTeardown.
     let vf_claim = claim_vf(cfg)?;
     let mut phases: Vec<(&'static str, f64)> = Vec::new();
@@ -523,21 +578,27 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     let mem = ram.guest_memory(&layout)?;
     mark(&mut phases, "kvm_vm");
     let vf_report = vf_claim.as_ref().map(crate::report::VfReport::of);
-    let pci = match (vf_claim, &cfg.vf) {
-        (Some(claim), Some(spec)) => {
-            let root = pci_bus(spec, claim, &vm, &ram, &layout)?;
-            mark(&mut phases, "vfio_and_pci");
-            Some(root)
-        }
-        _ => None,
-    };
-    let pci_teardown = PciTeardown(pci.clone());
+    let root = Arc::new(hpmmap_pci::PciRoot::new(pci_windows(&layout)));
+    let pci_teardown = PciTeardown(Some(root.clone()));
+    if let (Some(claim), Some(spec)) = (vf_claim, &cfg.vf) {
+        pci_bus(spec, claim, &vm, &ram, &layout, &root)?;
+        mark(&mut phases, "vfio_and_pci");
+    }
+    let pci = Some(root);
     let kernel = loader::load_kernel(&mem, &layout, &cfg.kernel)?;
     let initrd = match &cfg.initrd {
         Some(p) => Some(loader::load_initrd(&mem, &layout, &kernel, p)?),
         None => None,
     };
-    write_boot_structures(&mem, &layout, &kernel, initrd, &cfg.cmdline, cfg.vcpus)?;
+    write_boot_structures(
+        &mem,
+        &layout,
+        &kernel,
+        initrd,
+        &cfg.cmdline,
+        cfg.vcpus,
+        &acpi_tables,
+    )?;
     mark(&mut phases, "load_and_boot_structures");
 
     let serial_irq =

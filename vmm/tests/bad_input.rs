@@ -168,8 +168,8 @@ fn refused_by_the_vmm() {
             vec!["--mem 65M", "2M"],
         ),
         (
-            vec!["--mem", "64M", "--kernel", k, "--vcpus", "255"],
-            vec!["--vcpus 255", "maximum"],
+            vec!["--mem", "64M", "--kernel", k, "--vcpus", "100000"],
+            vec!["--vcpus 100000", "KVM_CAP_MAX_VCPUS"],
         ),
         (
             vec!["--mem", "2G", "--kernel", k, "--pool", "4G"],

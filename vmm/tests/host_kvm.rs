@@ -244,8 +244,8 @@ fn boot_params_carry_the_command_line_with_the_pv_address() {
     );
     assert_eq!(
         r.code,
-        Some(4),
-        "e820 entries: RAM, EBDA, BIOS, RAM: {}",
+        Some(5),
+        "e820 entries: RAM, EBDA, ACPI tables, BIOS, RAM: {}",
         r.stderr
     );
     assert_eq!(

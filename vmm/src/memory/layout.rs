@@ -19,6 +19,10 @@ pub const MIN_RAM: u64 = 32 * MIB;
 /// The EBDA and BIOS areas that are kept out of usable RAM.
 pub const EBDA_START: u64 = 0x9_FC00;
 pub const BIOS_START: u64 = 0xF_0000;
+/// The ACPI tables (vmm/src/arch/x86_64/acpi): [0xA0000, 0xF0000), e820 reserved, below the
+/// MP table in the BIOS area. 320 KiB: thousands of vCPUs' MADT and SRAT entries fit.
+pub const ACPI_START: u64 = 0xA_0000;
+pub const ACPI_END: u64 = BIOS_START;
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// The PV device can describe at most this many pool ranges.
 pub const MAX_POOL_RANGES: usize = 64;
@@ -188,8 +192,8 @@ impl GuestLayout {
             .unwrap_or(low_end)
     }
 
-    /// The e820 map handed to the guest: RAM with the pool carved out as reserved, the EBDA and
-    /// BIOS area reserved, the MMIO hole (and the PV device page in it) absent.
+    /// The e820 map handed to the guest: RAM with the pool carved out as reserved, the EBDA,
+    /// ACPI tables and BIOS area reserved, the MMIO hole (and the PV device page in it) absent.
     pub fn e820(&self) -> Vec<E820Entry> {
         let mut out = vec![
             E820Entry {
@@ -200,6 +204,11 @@ impl GuestLayout {
             E820Entry {
                 addr: EBDA_START,
                 size: 0xA_0000 - EBDA_START,
+                kind: E820Type::Reserved,
+            },
+            E820Entry {
+                addr: ACPI_START,
+                size: ACPI_END - ACPI_START,
                 kind: E820Type::Reserved,
             },
             E820Entry {

@@ -43,6 +43,7 @@ pub fn zero_page(
     cmdline_len: usize,
     initrd: Option<Initrd>,
     hdr: Option<setup_header>,
+    rsdp: Option<u64>,
 ) -> Result<boot_params, BootInfoError> {
     if e820.len() > E820_MAX_ZEROPAGE {
         return Err(BootInfoError::TooManyE820(e820.len(), E820_MAX_ZEROPAGE));
@@ -73,6 +74,7 @@ pub fn zero_page(
         };
     }
     bp.e820_entries = e820.len() as u8;
+    bp.acpi_rsdp_addr = rsdp.unwrap_or(0);
     Ok(bp)
 }
 
@@ -84,6 +86,7 @@ pub fn pvh_start_info(
     e820: &[E820Entry],
     cmdline_addr: u64,
     initrd: Option<Initrd>,
+    rsdp: Option<u64>,
 ) -> Result<(hvm_start_info, Vec<Piece>), BootInfoError> {
     if e820.len() > PVH_MEMMAP_MAX {
         return Err(BootInfoError::TooManyE820(e820.len(), PVH_MEMMAP_MAX));
@@ -95,6 +98,7 @@ pub fn pvh_start_info(
         cmdline_paddr: cmdline_addr,
         memmap_paddr: PVH_MEMMAP_ADDR,
         memmap_entries: e820.len() as u32,
+        rsdp_paddr: rsdp.unwrap_or(0),
         ..Default::default()
     };
     let mut memmap = Vec::new();
@@ -144,7 +148,7 @@ mod tests {
             addr: 0x3000_0000,
             size: 0x12_3456,
         };
-        let bp = zero_page(&e, 0x20000, 42, Some(rd), None).unwrap();
+        let bp = zero_page(&e, 0x20000, 42, Some(rd), None, Some(0xA_0000)).unwrap();
         assert_eq!(bp.e820_entries as usize, e.len());
         for (i, x) in e.iter().enumerate() {
             let t = bp.e820_table[i];
@@ -171,6 +175,11 @@ mod tests {
             u64::from_le_bytes(bytes[0x2D0..0x2D8].try_into().unwrap()),
             0
         );
+        assert_eq!(
+            u64::from_le_bytes(bytes[0x070..0x078].try_into().unwrap()),
+            0xA_0000,
+            "acpi_rsdp_addr"
+        );
     }
 
     #[test]
@@ -181,7 +190,7 @@ mod tests {
             kernel_alignment: 0x20_0000,
             ..Default::default()
         };
-        let bp = zero_page(&[], 0x20000, 1, None, Some(hdr)).unwrap();
+        let bp = zero_page(&[], 0x20000, 1, None, Some(hdr), None).unwrap();
         let h = bp.hdr;
         assert_eq!({ h.setup_sects }, 30);
         assert_eq!({ h.version }, 0x20F);
@@ -199,8 +208,15 @@ mod tests {
                 addr: 0x100_0000,
                 size: 4096,
             }),
+            Some(0xA_0000),
         )
         .unwrap();
+        assert_eq!(info.rsdp_paddr, 0xA_0000);
+        // start_info layout (xen/include/public/arch-x86/hvm/start_info.h): rsdp_paddr at 32.
+        assert_eq!(
+            u64::from_le_bytes(pod_bytes(&info)[32..40].try_into().unwrap()),
+            0xA_0000
+        );
         assert_eq!(info.magic, 0x336E_C578);
         assert_eq!(info.version, 1);
         assert_eq!(info.memmap_entries as usize, e.len());
@@ -222,7 +238,7 @@ mod tests {
             };
             200
         ];
-        assert!(zero_page(&many, 0, 0, None, None).is_err());
-        assert!(pvh_start_info(&many, 0, None).is_err());
+        assert!(zero_page(&many, 0, 0, None, None, None).is_err());
+        assert!(pvh_start_info(&many, 0, None, None).is_err());
     }
 }

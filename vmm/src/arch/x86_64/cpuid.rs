@@ -10,6 +10,8 @@ const LEAF_TOPOLOGY_V2: u32 = 0x1F;
 
 const EDX_HTT: u32 = 1 << 28;
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// KVM emulates x2APIC whatever the host has; past 254 vCPUs the guest needs it.
+const ECX_X2APIC: u32 = 1 << 21;
 
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
@@ -30,13 +32,14 @@ pub fn filter(supported: &[kvm_cpuid_entry2], index: u32, count: u32) -> Vec<kvm
     for e in out.iter_mut() {
         match e.function {
             LEAF_FEATURES => {
-                e.ebx = (e.ebx & 0x0000_FFFF) | (apic_id << 24) | (count.min(255) << 16);
+                // The initial APIC ID here has 8 bits; leaf 0xB carries all 32.
+                e.ebx = (e.ebx & 0x0000_FFFF) | ((apic_id & 0xFF) << 24) | (count.min(255) << 16);
                 if count > 1 {
                     e.edx |= EDX_HTT;
                 } else {
                     e.edx &= !EDX_HTT;
                 }
-                e.ecx |= ECX_HYPERVISOR;
+                e.ecx |= ECX_HYPERVISOR | ECX_X2APIC;
             }
             LEAF_CACHE => {
                 let cache_level = (e.eax >> 5) & 0x7;
@@ -121,6 +124,10 @@ mod tests {
         assert_eq!(l1.ebx & 0xFFFF, 0x0800, "CLFLUSH size kept");
         assert_ne!(l1.edx & EDX_HTT, 0);
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(l1.ecx & ECX_X2APIC, 0);
+        let big = filter(&sample(), 300, 384);
+        assert_eq!(find(&big, 1, 0).ebx >> 24, 300 & 0xFF);
+        assert_eq!(find(&big, 0xB, 1).edx, 300, "x2APIC ID in full");
         assert_eq!(l1.eax, 0x806F8, "signature untouched");
         let one = filter(&sample(), 0, 1);
         assert_eq!(find(&one, 1, 0).edx & EDX_HTT, 0);

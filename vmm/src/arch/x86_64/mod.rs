@@ -1,5 +1,6 @@
-//! x86-64 specifics: boot structures, CPU state, CPUID and the MP table.
+//! x86-64 specifics: boot structures, CPU state, CPUID, the MP table and ACPI.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
