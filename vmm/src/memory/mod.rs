@@ -5,6 +5,7 @@
 pub mod devdax;
 pub mod hugepages;
 pub mod layout;
+pub mod numa;
 pub mod smaps;
 pub mod workers;
 

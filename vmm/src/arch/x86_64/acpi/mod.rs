@@ -33,10 +33,10 @@ pub const OEM_TABLE_ID: [u8; 8] = *b"HPMMAPVM";
 const OEM_REVISION: u32 = 1;
 /// xAPIC IDs are 8 bits and 0xFF is broadcast: higher IDs need x2APIC entries.
 pub const MAX_XAPIC_ID: u32 = 254;
-/// IAPC_BOOT_ARCH (FADT offset 109): an 8042 is there (reset through port 0x64), no VGA, no
-/// PCIe ASPM. Not "MSI not supported" (bit 3): Linux would turn MSI off for every device,
-/// and the VF is MSI-X only.
-const IAPC_8042: u16 = 1 << 1;
+/// IAPC_BOOT_ARCH (FADT offset 109): no VGA, no PCIe ASPM. Not "8042" (bit 1): the VMM's
+/// i8042 only takes the reset command, which Linux sends without a driver, and a probing
+/// driver fails loudly. Not "MSI not supported" (bit 3): Linux would turn MSI off for every
+/// device, and the VF is MSI-X only.
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_ASPM_UNSUPPORTED: u16 = 1 << 4;
 const COM1_IRQ: u32 = 4;
@@ -211,7 +211,7 @@ pub fn build(p: &Platform, base: u64, room: usize) -> Result<AcpiTables, AcpiErr
             .dsdt_64(dsdt)
             .flag(Flags::HwReducedAcpi)
             .preferred_pm_profile(PmProfile::EnterpriseServer);
-        f.iapc_boot_arch = (IAPC_8042 | IAPC_VGA_NOT_PRESENT | IAPC_ASPM_UNSUPPORTED).into();
+        f.iapc_boot_arch = (IAPC_VGA_NOT_PRESENT | IAPC_ASPM_UNSUPPORTED).into();
         f.finalize()
     };
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -357,7 +357,7 @@ mod tests {
         assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
         let boot_arch = u16::from_le_bytes([f[109], f[110]]);
         assert_eq!(boot_arch & (1 << 3), 0, "MSI not present must stay clear");
-        assert_ne!(boot_arch & (1 << 1), 0, "8042 present");
+        assert_eq!(boot_arch, (1 << 2) | (1 << 4), "no VGA, no ASPM");
         assert_eq!(u32_at(f, 40), 0, "32-bit DSDT pointer unused");
         let dsdt = u64_at(f, 140);
         let (sig, _, _) = t.tables.iter().find(|(_, a, _)| *a == dsdt).unwrap();
