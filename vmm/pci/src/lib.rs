@@ -16,6 +16,7 @@ pub mod error;
 pub mod hooks;
 pub mod host_bridge;
 pub mod layout;
+pub mod log;
 pub mod root;
 pub mod testing;
 pub mod vfio_device;

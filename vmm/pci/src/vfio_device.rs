@@ -57,6 +57,8 @@ pub struct VfioPciDevice {
     tap: Arc<HandleTap>,
     vfio: Option<VfioPassthrough>,
     claim: Option<VfClaim>,
+    /// Warnings the guest's programming caused (bounded).
+    warnings: crate::log::GuestWarnings,
 }
 
 impl VfioPciDevice {
@@ -111,6 +113,7 @@ impl VfioPciDevice {
             tap,
             vfio: Some(vfio),
             claim: None,
+            warnings: Default::default(),
         };
         // From here `d`'s Drop undoes what is done on error.
         let cap = d.cfg.msix_cap().copied();
@@ -170,7 +173,10 @@ impl VfioPciDevice {
             // SAFETY: `m` stays mapped until teardown, which removes the slot first.
             match unsafe { self.hooks.slots.map(gpa, m.len, m.ptr as u64) } {
                 Ok(s) => st.slots.push(s),
-                Err(e) => eprintln!("hpmmap-pci: {} BAR{bar}: {e} (left trapped)", self.name),
+                Err(e) => {
+                    self.warnings
+                        .warn(&self.name, format_args!("BAR{bar}: {e} (left trapped)"));
+                }
             }
         }
     }
@@ -178,7 +184,8 @@ impl VfioPciDevice {
     fn unmap_slots(&mut self, bar: u8) {
         for s in std::mem::take(&mut self.bars[usize::from(bar)].slots) {
             if let Err(e) = self.hooks.slots.unmap(s) {
-                eprintln!("hpmmap-pci: {} BAR{bar}: {e}", self.name);
+                self.warnings
+                    .warn(&self.name, format_args!("BAR{bar}: {e}"));
             }
         }
     }
@@ -230,7 +237,8 @@ impl VfioPciDevice {
             MsixEvent::Route { .. } | MsixEvent::Unroute { .. } => Ok(()),
         };
         if let Err(e) = r {
-            eprintln!("hpmmap-pci: {} MSI-X {ev:?}: {e}", self.name);
+            self.warnings
+                .warn(&self.name, format_args!("MSI-X {ev:?}: {e}"));
         }
     }
 
@@ -287,6 +295,13 @@ impl VfioPciDevice {
     /// memory slots, BAR mmaps, VFIO (device, DMA mappings, group, container), then the
     /// driver binding.
     fn teardown(&mut self) {
+        if self.warnings.suppressed() > 0 {
+            eprintln!(
+                "hpmmap-pci: {}: {} more warning(s) caused by the guest were not printed",
+                self.name,
+                self.warnings.suppressed()
+            );
+        }
         if let Some(w) = self.msix.as_mut() {
             for (v, fd) in w.fds.iter().enumerate() {
                 let gsi = w.gsi_base + v as u32;
