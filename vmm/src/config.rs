@@ -18,6 +18,13 @@ fn size_arg(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuList(pub Vec<usize>);
 
+fn serial_limit_arg(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    size_arg(s)
+}
+
 fn ipoib_arg(s: &str) -> Result<String, String> {
     let bad = || format!("'{s}' is not an IPv4 address with a prefix length (ADDR/LEN)");
     let (addr, len) = s.split_once('/').ok_or_else(bad)?;
@@ -96,6 +103,15 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub numa_node: Option<u32>,
 
+    /// A guest NUMA node: node=N,cpus=LIST,mem=SIZE[,host-node=H] (repeat per node; CPU
+    /// ranges joined by ':', e.g. cpus=0-3:8-11; whole GiB adding up to --mem; every vCPU in
+    /// one node), or `auto`: one guest node per host node with free 1G pages (`hpmmap-offline
+    /// reserve --spread`), RAM and vCPUs split evenly, vCPUs pinned to the node's CPUs. Each
+    /// node's RAM is its own memfd bound to its host node; the guest sees the nodes in its
+    /// ACPI SRAT/SLIT.
+    #[arg(long, value_name = "SPEC|auto", value_parser = crate::memory::numa::parse_arg)]
+    pub numa: Vec<crate::memory::numa::NumaArg>,
+
     /// Pin vCPU i to the i-th CPU of this list (e.g. 0-3,8); needs at least --vcpus CPUs.
     #[arg(long, value_name = "LIST", value_parser = cpu_list_arg)]
     pub cpu_affinity: Option<CpuList>,
@@ -103,6 +119,11 @@ pub struct Args {
     /// Where the guest's serial console (COM1) goes: stdout, or a file (created or truncated).
     #[arg(long, value_name = "stdout|PATH", default_value = "stdout")]
     pub serial: String,
+
+    /// Most guest console output passed on to --serial (K/M/G suffixes; 0: no limit). The
+    /// guest is untrusted: past the limit its output is dropped, with one line saying so.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = serial_limit_arg)]
+    pub serial_limit: u64,
 
     /// Also write the report as JSON to PATH (atomically, at exit).
     #[arg(long, value_name = "PATH")]
@@ -197,8 +218,12 @@ pub struct VmConfig {
     pub hugepages: PageSize,
     pub mem_backend: RamBackend,
     pub numa_node: Option<u32>,
+    /// `--numa`, checked against --vcpus and --mem; resolved on the host when the VM is built.
+    pub numa: Option<crate::memory::numa::NumaRequest>,
     pub cpu_affinity: Option<Vec<usize>>,
     pub serial: SerialTarget,
+    /// Console bytes passed on to `serial` (0: no limit).
+    pub serial_limit: u64,
     pub report: Option<PathBuf>,
     pub prefault_workers: usize,
     pub job: Option<String>,
@@ -358,6 +383,17 @@ impl VmConfig {
                 )));
             }
         }
+        let numa = crate::memory::numa::NumaRequest::from_args(&a.numa, a.vcpus, a.mem)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        if numa.is_some() {
+            use crate::memory::numa::NumaError;
+            if a.numa_node.is_some() {
+                return Err(ConfigError(NumaError::WithNumaNode.to_string()));
+            }
+            if matches!(a.mem_backend, RamBackend::DevDax(_)) {
+                return Err(ConfigError(NumaError::WithDevDax.to_string()));
+            }
+        }
         if let Some(v) = &a.vf {
             if v.trim().is_empty() || v.contains('/') {
                 return Err(ConfigError(format!(
@@ -375,8 +411,10 @@ impl VmConfig {
             hugepages: a.hugepages,
             mem_backend: a.mem_backend,
             numa_node: a.numa_node,
+            numa,
             cpu_affinity: a.cpu_affinity.map(|c| c.0),
             serial,
+            serial_limit: a.serial_limit,
             report: a.report,
             prefault_workers: a.prefault_workers,
             job,

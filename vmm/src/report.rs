@@ -53,6 +53,69 @@ pub struct Report {
     /// The guest's InfiniBand check: its `hpmmap-init: ib: ` console lines (at most 16).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub guest_ib: Vec<String>,
+    /// `--numa`: each guest node, where its RAM really lies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub numa_nodes: Vec<NodeReport>,
+}
+
+/// One guest NUMA node in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub node: u32,
+    /// The host node its RAM is bound to (`host-node=`), if any.
+    pub host_node: Option<u32>,
+    pub ram_bytes: u64,
+    /// Guest-physical ranges (the SRAT's), pool included.
+    pub gpa_ranges: Vec<GpaRange>,
+    /// Its vCPUs, as a CPU list, and the host CPUs they were pinned to (null: unpinned).
+    pub vcpus: String,
+    pub vcpu_pins: Vec<Option<usize>>,
+    /// 1 GiB host pages behind its RAM (/proc/self/numa_maps at exit).
+    pub pages_1g: u64,
+    /// Host pages behind its RAM per host node, as numa_maps counts them.
+    pub host_pages_by_node: std::collections::BTreeMap<u32, u64>,
+}
+
+/// The per-node part of the report for `--numa`.
+pub fn numa_nodes(
+    numa: &crate::memory::numa::GuestNuma,
+    layout: &crate::memory::layout::GuestLayout,
+    ram: &crate::memory::GuestRam,
+    pins: &[Option<usize>],
+) -> Vec<NodeReport> {
+    let pages = ram.part_pages();
+    numa.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let got = pages.get(i).cloned().flatten();
+            NodeReport {
+                node: n.id,
+                host_node: n.host_node,
+                ram_bytes: n.mem,
+                gpa_ranges: layout
+                    .node_ranges()
+                    .into_iter()
+                    .filter(|(k, _)| *k == n.id)
+                    .map(|(_, r)| r)
+                    .collect(),
+                vcpus: crate::units::format_cpu_list(
+                    &n.cpus.iter().map(|c| *c as usize).collect::<Vec<_>>(),
+                ),
+                vcpu_pins: n
+                    .cpus
+                    .iter()
+                    .map(|c| pins.get(*c as usize).copied().flatten())
+                    .collect(),
+                pages_1g: got
+                    .as_ref()
+                    .filter(|e| e.page_size == 1 << 30)
+                    .map(|e| e.pages_by_node.values().sum())
+                    .unwrap_or(0),
+                host_pages_by_node: got.map(|e| e.pages_by_node).unwrap_or_default(),
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,6 +187,24 @@ impl Report {
             if let Some(p) = &v.pkey {
                 s.push_str(&format!(", P_Key {p}"));
             }
+        }
+        for n in &self.numa_nodes {
+            let on: Vec<String> = n
+                .host_pages_by_node
+                .iter()
+                .map(|(h, p)| format!("N{h}={p}"))
+                .collect();
+            s.push_str(&format!(
+                "\n  guest node {}: {} RAM, vCPUs {}, host node {}, pages_1g={} ({})",
+                n.node,
+                format_size(n.ram_bytes),
+                n.vcpus,
+                n.host_node
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "unbound".into()),
+                n.pages_1g,
+                on.join(" ")
+            ));
         }
         for l in &self.guest_ib {
             s.push_str(&format!("\n  guest ib: {l}"));

@@ -108,6 +108,21 @@ impl<S: EventSink, H: PvHost> Clone for VcpuShared<S, H> {
 }
 
 /// Runs one vCPU until the VM stops or this vCPU cannot go on.
+/// Runs a vCPU thread's body; a panic in it becomes a VMM failure event, so the main thread
+/// tears the VM down and exits 70 instead of waiting forever for an event that never comes.
+pub fn guarded(index: u32, sink: &dyn EventSink, body: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        sink.event(VmEvent::VmmFailure(format!(
+            "vCPU {index} thread panicked: {what}"
+        )));
+    }
+}
+
 pub fn run_loop<S: EventSink, H: PvHost>(index: u32, mut vcpu: VcpuFd, sh: VcpuShared<S, H>) {
     let bus = &sh.bus;
     while !sh.stop.load(Ordering::Acquire) {
@@ -210,6 +225,30 @@ pub fn run_loop<S: EventSink, H: PvHost>(index: u32, mut vcpu: VcpuFd, sh: VcpuS
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_panicking_vcpu_thread_becomes_a_vmm_failure() {
+        struct Sink(std::sync::Mutex<Vec<VmEvent>>);
+        impl EventSink for Sink {
+            fn event(&self, e: VmEvent) {
+                self.0.lock().unwrap().push(e);
+            }
+        }
+        let sink = Sink(std::sync::Mutex::new(vec![]));
+        let t = std::thread::scope(|s| {
+            s.spawn(|| guarded(3, &sink, || panic!("bad exit {}", 7)))
+                .join()
+        });
+        assert!(t.is_ok(), "the panic stays inside the guard");
+        guarded(0, &sink, || {});
+        let ev = sink.0.lock().unwrap();
+        assert_eq!(
+            *ev,
+            vec![VmEvent::VmmFailure(
+                "vCPU 3 thread panicked: bad exit 7".into()
+            )]
+        );
+    }
+
     use super::*;
 
     #[test]

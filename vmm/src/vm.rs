@@ -9,7 +9,8 @@ use crate::exit;
 use crate::kvm_stats::{self, KvmPages};
 use crate::loader;
 use crate::memory::layout::GuestLayout;
-use crate::memory::{GuestRam, RamOptions};
+use crate::memory::numa::GuestNuma;
+use crate::memory::{GuestRam, RamOptions, RamPart};
 use crate::platform::Platform;
 use crate::report::Report;
 use crate::vcpu::{self, VcpuShared};
@@ -48,6 +49,9 @@ pub enum VmmError {
     /// /dev/kvm missing, unusable, or a request beyond what KVM allows.
     #[error("{0}")]
     Kvm(String),
+    /// `--numa` that this host cannot give (host node, free pages, auto).
+    #[error("{0}")]
+    Numa(#[from] crate::memory::numa::NumaError),
     /// The ACPI tables do not fit their reserved area.
     #[error("--vcpus: {0}")]
     Acpi(#[from] acpi::AcpiError),
@@ -178,26 +182,42 @@ fn pci_windows(layout: &GuestLayout) -> hpmmap_pci::PciWindows {
     hpmmap_pci::PciWindows::for_ram_end(ram_end)
 }
 
-/// What the ACPI tables describe: every vCPU (APIC ID = index), the RAM ranges, the PCI bus.
-fn acpi_platform(layout: &GuestLayout, vcpus: u32) -> acpi::Platform {
+/// The guest node of each vCPU (0 without --numa).
+fn vcpu_nodes(vcpus: u32, numa: Option<&GuestNuma>) -> Vec<u32> {
+    let mut v = vec![0; vcpus as usize];
+    for n in numa.map(|g| g.nodes.as_slice()).unwrap_or_default() {
+        for &c in &n.cpus {
+            v[c as usize] = n.id;
+        }
+    }
+    v
+}
+
+/// What the ACPI tables describe: every vCPU (APIC ID = index) and RAM range with its guest
+/// node, the host's distances, the PCI bus.
+fn acpi_platform(layout: &GuestLayout, vcpus: u32, numa: Option<&GuestNuma>) -> acpi::Platform {
     let windows = pci_windows(layout);
     acpi::Platform {
-        cpus: (0..vcpus)
-            .map(|i| acpi::CpuAffinity {
-                apic_id: i,
-                node: 0,
+        cpus: vcpu_nodes(vcpus, numa)
+            .into_iter()
+            .enumerate()
+            .map(|(i, node)| acpi::CpuAffinity {
+                apic_id: i as u32,
+                node,
             })
             .collect(),
         memory: layout
-            .ram_regions()
+            .node_ranges()
             .iter()
-            .map(|r| acpi::MemAffinity {
-                base: r.gpa,
+            .map(|(node, r)| acpi::MemAffinity {
+                base: r.base,
                 size: r.size,
-                node: 0,
+                node: *node,
             })
             .collect(),
-        distances: vec![vec![10]],
+        distances: numa
+            .map(|g| g.distances.clone())
+            .unwrap_or_else(|| vec![vec![crate::memory::numa::LOCAL_DISTANCE]]),
         pci: acpi::PciHostBridge {
             ecam_base: hpmmap_pci::layout::ECAM_BASE,
             ecam_size: hpmmap_pci::layout::ECAM_SIZE,
@@ -271,7 +291,7 @@ fn open_kvm() -> Result<Kvm, VmmError> {
 }
 
 /// Every check that needs no allocation, in the order a user would fix them.
-fn preflight(cfg: &VmConfig, kvm: &Kvm) -> Result<GuestLayout, VmmError> {
+fn preflight(cfg: &VmConfig, kvm: &Kvm) -> Result<(GuestLayout, Option<GuestNuma>), VmmError> {
     // KVM_CAP_MAX_VCPUS; past 254 the guest learns its CPUs from the MADT's x2APIC entries.
     let max = kvm.get_max_vcpus() as u32;
     if cfg.vcpus > max {
@@ -280,7 +300,20 @@ fn preflight(cfg: &VmConfig, kvm: &Kvm) -> Result<GuestLayout, VmmError> {
             cfg.vcpus
         )));
     }
-    let layout = GuestLayout::new(cfg.mem, cfg.pool)?;
+    let numa = match &cfg.numa {
+        Some(req) => Some(req.resolve(
+            std::path::Path::new("/sys"),
+            cfg.vcpus,
+            cfg.mem,
+            cfg.hugepages,
+        )?),
+        None => None,
+    };
+    let sizes: Vec<u64> = match &numa {
+        Some(g) => g.nodes.iter().map(|n| n.mem).collect(),
+        None => vec![cfg.mem],
+    };
+    let layout = GuestLayout::with_nodes(cfg.mem, cfg.pool, &sizes)?;
     loader::probe_kernel(&cfg.kernel)?;
     if let Some(rd) = &cfg.initrd {
         let size = loader::probe_initrd(rd)?;
@@ -299,11 +332,11 @@ fn preflight(cfg: &VmConfig, kvm: &Kvm) -> Result<GuestLayout, VmmError> {
             .into());
         }
     }
-    crate::memory::check_request(&ram_options(cfg))?;
-    Ok(layout)
+    crate::memory::check_request(&ram_options(cfg, numa.as_ref()))?;
+    Ok((layout, numa))
 }
 
-fn ram_options(cfg: &VmConfig) -> RamOptions {
+fn ram_options(cfg: &VmConfig, numa: Option<&GuestNuma>) -> RamOptions {
     RamOptions {
         bytes: cfg.mem,
         page_size: cfg.hugepages,
@@ -311,6 +344,17 @@ fn ram_options(cfg: &VmConfig) -> RamOptions {
         numa_node: cfg.numa_node,
         workers: cfg.prefault_workers,
         progress: true,
+        parts: numa
+            .map(|g| {
+                g.nodes
+                    .iter()
+                    .map(|n| RamPart {
+                        bytes: n.mem,
+                        host_node: n.host_node,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -528,9 +572,9 @@ fn watch_stop_signals(bus: Arc<VmBus>) {
 pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     let platform = Platform::detect();
     let kvm = open_kvm()?;
-    let layout = preflight(cfg, &kvm)?;
+    let (layout, numa) = preflight(cfg, &kvm)?;
     let acpi_tables = acpi::build(
-        &acpi_platform(&layout, cfg.vcpus),
+        &acpi_platform(&layout, cfg.vcpus, numa.as_ref()),
         crate::memory::layout::ACPI_START,
         (crate::memory::layout::ACPI_END - crate::memory::layout::ACPI_START) as usize,
     )?;
@@ -551,7 +595,7 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         eprintln!("hpmmap-vmm: note: {w}");
     }
 
-    let (ram, prefault) = GuestRam::create(&ram_options(cfg))?;
+    let (ram, prefault) = GuestRam::create(&ram_options(cfg, numa.as_ref()))?;
     mark(&mut phases, "guest_ram");
     let ram = Arc::new(ram);
     // Shared with the VF's memory slots and GSI routing, which vCPU threads update.
@@ -608,8 +652,10 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     let out = open_serial(&cfg.serial)?;
     let (tx, rx) = mpsc::channel();
     let bus: Arc<VmBus> = Arc::new(Bus {
-        serial: Arc::new(Mutex::new(devices::serial::SerialPort::new(
-            serial_irq, out,
+        serial: Arc::new(Mutex::new(devices::serial::SerialPort::with_limit(
+            serial_irq,
+            out,
+            cfg.serial_limit,
         ))),
         i8042: Mutex::new(devices::i8042::I8042::default()),
         pv: Mutex::new(pv::PvDevice::new(
@@ -642,10 +688,21 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     // Before any thread that could otherwise take the signal is created.
     watch_stop_signals(bus.clone());
     let run_start = Instant::now();
+    // --cpu-affinity wins; else a --numa node's vCPUs go on its host node's CPUs.
+    let pins: Vec<Option<usize>> = match (&cfg.cpu_affinity, &numa) {
+        (Some(l), _) => l.iter().map(|c| Some(*c)).collect(),
+        (None, Some(g)) => crate::memory::numa::vcpu_pins(
+            std::path::Path::new("/sys"),
+            &g.nodes,
+            cfg.vcpus,
+            &vcpu::allowed_cpus(),
+        ),
+        (None, None) => vec![None; cfg.vcpus as usize],
+    };
     let mut threads = Vec::new();
     for (i, fd) in vcpus.into_iter().enumerate() {
         let sh = shared.clone();
-        let pin = cfg.cpu_affinity.as_ref().map(|l| l[i]);
+        let pin = pins.get(i).copied().flatten();
         let t = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
             .spawn(move || {
@@ -657,7 +714,10 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
                         return;
                     }
                 }
-                vcpu::run_loop(i as u32, fd, sh)
+                let sink = sh.bus.clone();
+                vcpu::guarded(i as u32, &sink.sink, move || {
+                    vcpu::run_loop(i as u32, fd, sh)
+                })
             })
             .map_err(host("spawning a vCPU thread"))?;
         threads.push(t);
@@ -723,6 +783,10 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         unhandled_mmio: bus.unhandled.mmio.load(Ordering::Relaxed),
         vf: vf_report,
         guest_ib: bus.serial.lock().unwrap().ib_lines(),
+        numa_nodes: numa
+            .as_ref()
+            .map(|g| crate::report::numa_nodes(g, &layout, &ram, &pins))
+            .unwrap_or_default(),
     };
     drop(shared);
     drop(bus);

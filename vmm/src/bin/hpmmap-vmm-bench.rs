@@ -94,6 +94,7 @@ fn prefault_vs_memset(size: u64, page: PageSize, rounds: usize) -> Result<(), St
         numa_node: None,
         workers: 0,
         progress: false,
+        parts: vec![],
     };
     // The first use of memory can be slower than any later one where the host itself is
     // virtualized and reclaims free guest pages (free page reporting): shown separately.

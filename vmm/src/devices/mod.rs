@@ -137,6 +137,9 @@ impl<S: EventSink, H: pv::PvHost> Bus<S, H> {
     }
 
     fn pv_result(&self, line: String) {
+        // The text is the guest's: it reaches the host's terminal and logs without control
+        // characters (no escape sequences, no fake lines).
+        let line: String = line.chars().filter(|c| !c.is_control()).collect();
         *self.result.lock().unwrap() = Some(line);
     }
 }
@@ -201,6 +204,16 @@ mod tests {
         let mut m = [0u8; 4];
         b.mmio_read(PV_MMIO_BASE, &mut m);
         assert_eq!(&m, b"HPMM");
+    }
+
+    #[test]
+    fn the_result_line_reaches_the_host_without_control_characters() {
+        let (b, _) = bus();
+        b.pv_result("ok\x1b[2J\r\nfake: line\x07 done\t!".into());
+        assert_eq!(
+            b.result.lock().unwrap().as_deref(),
+            Some("ok[2Jfake: line done!")
+        );
     }
 
     /// With a PCI bus the guest's conf1 probe (Linux's: 0x80000000 to 0xCF8, read back, read

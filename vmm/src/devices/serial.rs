@@ -13,6 +13,8 @@ use vmm_sys_util::eventfd::EventFd;
 const PANIC_BANNER: &[u8] = b"Kernel panic - not syncing";
 /// The job init's InfiniBand check (images' `ib_check`): its lines go into the report.
 const IB_PREFIX: &[u8] = b"hpmmap-init: ib: ";
+/// Console bytes a guest may make the host keep by default (`--serial-limit`).
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 64 << 20;
 /// Longest console line looked at, and most IB lines kept.
 const LINE_MAX: usize = 512;
 const IB_LINES_MAX: usize = 16;
@@ -37,6 +39,9 @@ pub struct ConsoleWriter {
     /// The current line (its first LINE_MAX bytes).
     line: Vec<u8>,
     ib_lines: Vec<String>,
+    /// Bytes passed on to `out`, and how many may be (0: no limit).
+    written: u64,
+    limit: u64,
 }
 
 impl ConsoleWriter {
@@ -49,7 +54,15 @@ impl ConsoleWriter {
             last_output: None,
             line: Vec::new(),
             ib_lines: Vec::new(),
+            written: 0,
+            limit: DEFAULT_OUTPUT_LIMIT,
         }
+    }
+
+    /// Passes on at most `limit` bytes of guest output (0: all); watching goes on past it.
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = limit;
+        self
     }
 
     fn end_of_line(&mut self) {
@@ -84,8 +97,25 @@ impl Write for ConsoleWriter {
             }
         }
         self.last_output = Some(std::time::Instant::now());
+        let room = if self.limit == 0 {
+            buf.len() as u64
+        } else {
+            self.limit.saturating_sub(self.written)
+        };
+        let pass = &buf[..buf.len().min(room as usize)];
         // A console that cannot be written (closed pipe, full disk) must not stop the guest.
-        let _ = self.out.write_all(buf);
+        let _ = self.out.write_all(pass);
+        self.written += pass.len() as u64;
+        if pass.len() < buf.len() && self.written == self.limit {
+            // Once: the untrusted guest cannot make the host keep more than this.
+            self.written += 1;
+            let _ = write!(
+                self.out,
+                "\n[hpmmap-vmm: the guest's console output reached --serial-limit ({} bytes); \
+                 the rest is dropped]\n",
+                self.limit
+            );
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -99,8 +129,13 @@ pub struct SerialPort {
 
 impl SerialPort {
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
+        Self::with_limit(irq, out, DEFAULT_OUTPUT_LIMIT)
+    }
+
+    /// A port that passes on at most `limit` bytes of guest output (0: no limit).
+    pub fn with_limit(irq: EventFd, out: Box<dyn Write + Send>, limit: u64) -> Self {
         SerialPort {
-            uart: Serial::new(IrqTrigger(irq), ConsoleWriter::new(out)),
+            uart: Serial::new(IrqTrigger(irq), ConsoleWriter::new(out).with_limit(limit)),
         }
     }
 
@@ -165,6 +200,34 @@ impl SerialPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_output_stops_at_the_limit_and_says_so_once() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = ConsoleWriter::new(Box::new(Shared(buf.clone()))).with_limit(100);
+        for _ in 0..1000 {
+            w.write_all(b"0123456789abcdef").unwrap();
+        }
+        w.write_all(b"Kernel panic - not syncing").unwrap();
+        let out = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+        assert!(out.starts_with(&"0123456789abcdef".repeat(6)), "{out}");
+        assert_eq!(out.matches("--serial-limit").count(), 1, "{out}");
+        assert!(out.len() < 300, "{} bytes kept", out.len());
+        assert!(w.panic_seen, "watching goes on past the limit");
+        let mut unlimited = ConsoleWriter::new(Box::new(std::io::sink())).with_limit(0);
+        unlimited.write_all(&[b'x'; 1 << 20]).unwrap();
+        assert_eq!(unlimited.written, 1 << 20);
+    }
 
     #[test]
     fn ib_check_lines_are_kept_bounded_and_clean() {

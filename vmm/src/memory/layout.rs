@@ -82,15 +82,42 @@ pub enum LayoutError {
 pub struct GuestLayout {
     ram_bytes: u64,
     pool: Vec<GpaRange>,
+    /// Guest NUMA nodes' RAM sizes, in host-mapping order (one node: all of RAM).
+    nodes: Vec<u64>,
+}
+
+/// Host-mapping offset to GPA (the hole moves RAM above 3 GiB up by 1 GiB).
+fn offset_to_gpa(o: u64) -> u64 {
+    if o < LOW_RAM_END {
+        o
+    } else {
+        o + (HIGH_RAM_START - LOW_RAM_END)
+    }
 }
 
 impl GuestLayout {
     /// `pool`: `None` takes the default (every whole GiB of RAM except the first).
     pub fn new(ram_bytes: u64, pool: Option<u64>) -> Result<Self, LayoutError> {
+        Self::with_nodes(ram_bytes, pool, &[ram_bytes])
+    }
+
+    /// A layout whose RAM is split into guest NUMA nodes of `nodes` bytes each (host-mapping
+    /// order, adding up to `ram_bytes`). Each node keeps its first GiB for the guest kernel
+    /// (so no node is memoryless), and no pool range spans two nodes.
+    pub fn with_nodes(
+        ram_bytes: u64,
+        pool: Option<u64>,
+        nodes: &[u64],
+    ) -> Result<Self, LayoutError> {
         if ram_bytes < MIN_RAM {
             return Err(LayoutError::RamTooSmall(format_size(ram_bytes)));
         }
-        let candidates = Self::pool_candidates(ram_bytes);
+        assert_eq!(
+            nodes.iter().sum::<u64>(),
+            ram_bytes,
+            "node sizes add up to RAM"
+        );
+        let candidates = Self::pool_candidates(nodes);
         let avail = candidates.len() as u64 * GIB;
         let want = match pool {
             None => avail,
@@ -101,14 +128,16 @@ impl GuestLayout {
         // The pool takes the highest GiBs so the low ones stay with the guest kernel, which
         // needs memory below 4 GiB for its early allocations and DMA32.
         let take = (want / GIB) as usize;
-        let mut gibs: Vec<u64> = candidates[candidates.len() - take..].to_vec();
+        let mut gibs: Vec<(usize, u64)> = candidates[candidates.len() - take..].to_vec();
         gibs.sort_unstable();
         let mut ranges: Vec<GpaRange> = Vec::new();
-        for base in gibs {
+        let mut last_node = usize::MAX;
+        for (node, base) in gibs {
             match ranges.last_mut() {
-                Some(r) if r.end() == base => r.size += GIB,
+                Some(r) if r.end() == base && node == last_node => r.size += GIB,
                 _ => ranges.push(GpaRange { base, size: GIB }),
             }
+            last_node = node;
         }
         if ranges.len() > MAX_POOL_RANGES {
             return Err(LayoutError::TooManyRanges(format_size(ram_bytes)));
@@ -116,22 +145,56 @@ impl GuestLayout {
         Ok(GuestLayout {
             ram_bytes,
             pool: ranges,
+            nodes: nodes.to_vec(),
         })
     }
 
-    /// GPA bases of every whole 1 GiB-aligned GiB of RAM except the first.
-    fn pool_candidates(ram_bytes: u64) -> Vec<u64> {
+    /// (node, GPA base) of every whole 1 GiB-aligned GiB of RAM except each node's first, in
+    /// GPA order. The hole starts and ends on a GiB, so a host-aligned GiB is a GPA one.
+    fn pool_candidates(nodes: &[u64]) -> Vec<(usize, u64)> {
         let mut v = Vec::new();
-        for r in Self::regions_for(ram_bytes) {
-            let mut g = r.gpa.div_ceil(GIB) * GIB;
-            while g + GIB <= r.gpa + r.size {
-                if g != 0 {
-                    v.push(g);
+        let mut start = 0;
+        for (i, size) in nodes.iter().enumerate() {
+            let end = start + size;
+            let mut o = start.div_ceil(GIB) * GIB;
+            while o + GIB <= end {
+                if o != start {
+                    v.push((i, offset_to_gpa(o)));
                 }
-                g += GIB;
+                o += GIB;
             }
+            start = end;
         }
         v
+    }
+
+    /// Each guest node's guest-physical RAM ranges (pool included), as (node, range), in
+    /// node order: what the SRAT says.
+    pub fn node_ranges(&self) -> Vec<(u32, GpaRange)> {
+        let mut v = Vec::new();
+        let mut start = 0;
+        for (i, size) in self.nodes.iter().enumerate() {
+            let end = start + size;
+            // At most two pieces: below the hole and above it.
+            for (a, b) in [(start, end.min(LOW_RAM_END)), (start.max(LOW_RAM_END), end)] {
+                if a < b {
+                    v.push((
+                        i as u32,
+                        GpaRange {
+                            base: offset_to_gpa(a),
+                            size: b - a,
+                        },
+                    ));
+                }
+            }
+            start = end;
+        }
+        v
+    }
+
+    /// Guest NUMA nodes' RAM sizes in host-mapping order.
+    pub fn node_sizes(&self) -> &[u64] {
+        &self.nodes
     }
 
     fn regions_for(ram_bytes: u64) -> Vec<RamRegion> {
@@ -348,6 +411,84 @@ mod tests {
             GuestLayout::new(MIB, None),
             Err(LayoutError::RamTooSmall(_))
         ));
+    }
+
+    #[test]
+    fn nodes_keep_their_first_gib_and_split_the_pool() {
+        // 18 GiB in two nodes of 9: node 0 is GPA [0, 3G) + [4G, 10G), node 1 [10G, 19G).
+        let l = GuestLayout::with_nodes(18 * GIB, None, &[9 * GIB, 9 * GIB]).unwrap();
+        assert_eq!(
+            l.node_ranges(),
+            vec![
+                (
+                    0,
+                    GpaRange {
+                        base: 0,
+                        size: 3 * GIB
+                    }
+                ),
+                (
+                    0,
+                    GpaRange {
+                        base: 4 * GIB,
+                        size: 6 * GIB
+                    }
+                ),
+                (
+                    1,
+                    GpaRange {
+                        base: 10 * GIB,
+                        size: 9 * GIB
+                    }
+                ),
+            ]
+        );
+        assert_eq!(
+            l.pool_ranges(),
+            &[
+                GpaRange {
+                    base: GIB,
+                    size: 2 * GIB
+                },
+                GpaRange {
+                    base: 4 * GIB,
+                    size: 6 * GIB
+                },
+                GpaRange {
+                    base: 11 * GIB,
+                    size: 8 * GIB
+                },
+            ],
+            "node 1's first GiB (GPA 10G) stays usable; no range spans both nodes"
+        );
+        assert_eq!(l.pool_bytes(), 16 * GIB);
+        // Node 2 ([2G, 4G) of the mapping): its second GiB lies above the hole.
+        let l = GuestLayout::with_nodes(4 * GIB, None, &[GIB, GIB, 2 * GIB]).unwrap();
+        assert_eq!(
+            l.pool_ranges(),
+            &[GpaRange {
+                base: 4 * GIB,
+                size: GIB
+            }]
+        );
+        let l = GuestLayout::with_nodes(2 * GIB, None, &[GIB, GIB]).unwrap();
+        assert!(l.pool_ranges().is_empty());
+        // SRAT ranges cover exactly the RAM the e820 lists (usable or reserved pool).
+        let l = GuestLayout::with_nodes(18 * GIB, None, &[9 * GIB, 9 * GIB]).unwrap();
+        let srat: u64 = l.node_ranges().iter().map(|(_, r)| r.size).sum();
+        assert_eq!(srat, 18 * GIB);
+        for e in l.e820().iter().filter(|e| e.addr >= HIGH_MEMORY_START) {
+            let inside = l
+                .node_ranges()
+                .iter()
+                .any(|(_, r)| r.contains(e.addr, e.size));
+            assert!(inside, "{e:?} lies in one node's range");
+        }
+        // One node: the same layout as before.
+        assert_eq!(
+            GuestLayout::with_nodes(18 * GIB, None, &[18 * GIB]).unwrap(),
+            GuestLayout::new(18 * GIB, None).unwrap()
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Guest RAM: one memfd (hugetlb by default) or a device-dax device, mapped at an address
-//! aligned to its page size, NUMA-bound before it is touched, prefaulted in parallel by the
-//! CPUs of its node (`workers`), locked.
+//! Guest RAM: one memfd (hugetlb by default) per guest NUMA node, or a device-dax device,
+//! mapped back to back at an address aligned to the page size (one contiguous host range, so
+//! host offsets are the same whatever the nodes), each node's piece NUMA-bound before it is
+//! touched, prefaulted in parallel by the CPUs of its node (`workers`), locked.
 
 pub mod devdax;
 pub mod hugepages;
@@ -101,6 +102,36 @@ pub struct RamOptions {
     pub workers: usize,
     /// Print prefault progress on stderr (when it takes more than a second).
     pub progress: bool,
+    /// Guest NUMA nodes (`--numa`): one memfd each, in this order, bound to its host node.
+    /// Empty: one memfd of `bytes` bound to `numa_node`.
+    pub parts: Vec<RamPart>,
+}
+
+/// One guest node's RAM: its size and the host node it is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamPart {
+    pub bytes: u64,
+    pub host_node: Option<u32>,
+}
+
+impl RamOptions {
+    fn parts(&self) -> Vec<RamPart> {
+        if self.parts.is_empty() {
+            vec![RamPart {
+                bytes: self.bytes,
+                host_node: self.numa_node,
+            }]
+        } else {
+            self.parts.clone()
+        }
+    }
+}
+
+/// One file behind guest RAM, at `offset` of the mapping.
+struct Backing {
+    offset: u64,
+    len: u64,
+    fd: OwnedFd,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -115,7 +146,8 @@ pub struct PrefaultStats {
 pub struct GuestRam {
     base: *mut u8,
     len: u64,
-    fd: OwnedFd,
+    /// In offset order, covering [0, len) without gaps.
+    backing: Vec<Backing>,
     page_size: PageSize,
     /// The device-dax device behind the mapping, if not a memfd.
     dax: Option<DaxDevice>,
@@ -155,7 +187,7 @@ pub fn check_request(opts: &RamOptions) -> Result<(), MemoryError> {
 
 /// `check_request`, handing back the device-dax device of a devdax request.
 fn checked_request(opts: &RamOptions) -> Result<Option<DaxDevice>, MemoryError> {
-    if let Some(n) = opts.numa_node {
+    for n in opts.parts().iter().filter_map(|p| p.host_node) {
         if !node_exists(n) {
             return Err(MemoryError::NoSuchNode(n, online_nodes()));
         }
@@ -181,7 +213,16 @@ fn checked_request(opts: &RamOptions) -> Result<Option<DaxDevice>, MemoryError> 
             ));
         }
     }
-    if page != PageSize::Small {
+    if page != PageSize::Small && opts.parts.len() > 1 {
+        // Per node (numa::check_host has named the guest node already); here the total.
+        let needed = opts.bytes / page.bytes();
+        let global = pool_counters(Path::new("/sys"), page, None).ok_or_else(|| {
+            MemoryError::NoHugePagePool(page.name(), page.sysfs_dir().unwrap_or_default())
+        })?;
+        if global.available() < needed {
+            return Err(too_few(opts, needed, global.available(), global.total));
+        }
+    } else if page != PageSize::Small {
         let needed = opts.bytes / page.bytes();
         let global = pool_counters(Path::new("/sys"), page, None).ok_or_else(|| {
             MemoryError::NoHugePagePool(page.name(), page.sysfs_dir().unwrap_or_default())
@@ -234,18 +275,23 @@ impl GuestRam {
                 PageSize::Huge2M => libc::MFD_HUGETLB | libc::MFD_HUGE_2MB,
                 PageSize::Small => 0,
             };
-        // SAFETY: plain syscall with a NUL-terminated name.
-        let raw = unsafe { libc::memfd_create(c"hpmmap-guest-ram".as_ptr(), flags) };
-        if raw < 0 {
-            return Err(MemoryError::Sys("memfd_create", errno()));
+        let parts = opts.parts();
+        let mut files = Vec::new();
+        for part in &parts {
+            // SAFETY: plain syscall with a NUL-terminated name.
+            let raw = unsafe { libc::memfd_create(c"hpmmap-guest-ram".as_ptr(), flags) };
+            if raw < 0 {
+                return Err(MemoryError::Sys("memfd_create", errno()));
+            }
+            // SAFETY: raw is a fresh descriptor we own.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // SAFETY: fd is valid.
+            if unsafe { libc::ftruncate(fd.as_raw_fd(), part.bytes as i64) } < 0 {
+                return Err(MemoryError::Sys("ftruncate", errno()));
+            }
+            files.push((fd, part.bytes));
         }
-        // SAFETY: raw is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: fd is valid.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), opts.bytes as i64) } < 0 {
-            return Err(MemoryError::Sys("ftruncate", errno()));
-        }
-        let base = map_aligned(&fd, opts.bytes, page.bytes().max(2 << 20)).map_err(|e| {
+        let base = map_aligned(&files, page.bytes().max(2 << 20)).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOMEM) && page != PageSize::Small {
                 // The hugetlb reservation at mmap failed: someone took the pages meanwhile.
                 let avail = pool_counters(Path::new("/sys"), page, None)
@@ -256,15 +302,23 @@ impl GuestRam {
                 MemoryError::Sys("mmap", e)
             }
         })?;
+        let mut offset = 0;
+        let mut backing = Vec::new();
+        for (fd, len) in files {
+            backing.push(Backing { offset, len, fd });
+            offset += len;
+        }
         let ram = GuestRam {
             base,
             len: opts.bytes,
-            fd,
+            backing,
             page_size: page,
             dax: None,
         };
-        if let Some(node) = opts.numa_node {
-            ram.bind_to_node(node)?;
+        for (b, part) in ram.backing.iter().zip(&parts) {
+            if let Some(node) = part.host_node {
+                ram.bind_to_node(b.offset, b.len, node)?;
+            }
         }
         ram.prefault_and_lock(opts)
     }
@@ -283,13 +337,19 @@ impl GuestRam {
                 DevDaxError::NotDax(dev.path.display().to_string(), format!("open: {e}"))
             })?;
         let fd = OwnedFd::from(file);
+        let files = [(fd, opts.bytes)];
         // device-dax refuses mappings not aligned to its alignment (EINVAL).
-        let base = map_aligned(&fd, opts.bytes, dev.align.max(2 << 20))
+        let base = map_aligned(&files, dev.align.max(2 << 20))
             .map_err(|e| MemoryError::Sys("mmap of the device-dax device", e))?;
+        let [(fd, _)] = files;
         let ram = GuestRam {
             base,
             len: opts.bytes,
-            fd,
+            backing: vec![Backing {
+                offset: 0,
+                len: opts.bytes,
+                fd,
+            }],
             page_size: dev.page_size(),
             dax: Some(dev),
         };
@@ -316,15 +376,16 @@ impl GuestRam {
         }
     }
 
-    fn bind_to_node(&self, node: u32) -> Result<(), MemoryError> {
+    fn bind_to_node(&self, offset: u64, len: u64, node: u32) -> Result<(), MemoryError> {
         let mut mask = vec![0u64; (node as usize / 64) + 1];
         mask[node as usize / 64] |= 1 << (node % 64);
-        // SAFETY: the range is our mapping, mask outlives the call, maxnode counts its bits.
+        // SAFETY: the range is inside our mapping, mask outlives the call, maxnode counts its
+        // bits.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_mbind,
-                self.base as usize,
-                self.len as usize,
+                self.base as usize + offset as usize,
+                len as usize,
                 MPOL_BIND,
                 mask.as_ptr(),
                 mask.len() * 64,
@@ -503,12 +564,18 @@ impl GuestRam {
             return Err(io::Error::from(io::ErrorKind::Unsupported));
         }
         self.check_range(offset, len)?;
+        // A range never spans two nodes' files: pool ranges are split at node boundaries.
+        let b = self
+            .backing
+            .iter()
+            .find(|b| offset >= b.offset && offset + len <= b.offset + b.len)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: fd is ours; the range is inside the file.
         let rc = unsafe {
             libc::fallocate(
-                self.fd.as_raw_fd(),
+                b.fd.as_raw_fd(),
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as i64,
+                (offset - b.offset) as i64,
                 len as i64,
             )
         };
@@ -523,6 +590,16 @@ impl GuestRam {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         Ok(())
+    }
+
+    /// Each backing file's pages as /proc/self/numa_maps has them: page size and pages per
+    /// host node (`None` where the line is missing).
+    pub fn part_pages(&self) -> Vec<Option<smaps::NumaMapsEntry>> {
+        let text = std::fs::read_to_string("/proc/self/numa_maps").unwrap_or_default();
+        self.backing
+            .iter()
+            .map(|b| smaps::numa_maps_entry(&text, self.base as u64 + b.offset))
+            .collect()
     }
 
     /// The start of the host mapping, for benchmarks that write it directly.
@@ -586,9 +663,10 @@ fn populate(addr: usize, len: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Maps `len` bytes of `fd` at an address aligned to `align`: reserve a larger PROT_NONE area,
-/// map the file over its aligned middle, give back the slack.
-fn map_aligned(fd: &OwnedFd, len: u64, align: u64) -> io::Result<*mut u8> {
+/// Maps `files` (descriptor, bytes) back to back at an address aligned to `align`: reserve a
+/// larger PROT_NONE area, map the files over its aligned middle, give back the slack.
+fn map_aligned(files: &[(OwnedFd, u64)], align: u64) -> io::Result<*mut u8> {
+    let len: u64 = files.iter().map(|(_, l)| l).sum();
     let span = (len + align) as usize;
     // SAFETY: anonymous reservation, no access.
     let reserve = unsafe {
@@ -606,22 +684,26 @@ fn map_aligned(fd: &OwnedFd, len: u64, align: u64) -> io::Result<*mut u8> {
     }
     let start = reserve as usize;
     let aligned = (start + align as usize - 1) & !(align as usize - 1);
-    // SAFETY: MAP_FIXED inside our own reservation.
-    let mapped = unsafe {
-        libc::mmap(
-            aligned as *mut libc::c_void,
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if mapped == libc::MAP_FAILED {
-        let e = errno();
-        // SAFETY: our reservation.
-        unsafe { libc::munmap(reserve, span) };
-        return Err(e);
+    let mut at = aligned;
+    for (fd, flen) in files {
+        // SAFETY: MAP_FIXED inside our own reservation.
+        let mapped = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                *flen as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            let e = errno();
+            // SAFETY: our reservation (and the files mapped over it so far).
+            unsafe { libc::munmap(reserve, span) };
+            return Err(e);
+        }
+        at += *flen as usize;
     }
     // SAFETY: the slack on both sides is still our PROT_NONE reservation.
     unsafe {
@@ -651,6 +733,7 @@ mod tests {
             numa_node: None,
             workers: 2,
             progress: false,
+            parts: vec![],
         };
         let (ram, stats) = GuestRam::create(&opts).unwrap();
         assert_eq!(ram.host_address() % (2 << 20), 0);
@@ -667,6 +750,45 @@ mod tests {
     }
 
     #[test]
+    fn one_file_per_node_mapped_back_to_back() {
+        let part = |mib: u64| RamPart {
+            bytes: mib * MIB,
+            host_node: None,
+        };
+        let opts = RamOptions {
+            bytes: 96 * MIB,
+            page_size: PageSize::Small,
+            backend: RamBackend::Memfd,
+            numa_node: None,
+            workers: 2,
+            progress: false,
+            parts: vec![part(64), part(32)],
+        };
+        let (ram, _) = GuestRam::create(&opts).unwrap();
+        assert_eq!(ram.backing.len(), 2);
+        assert_eq!(
+            (ram.backing[1].offset, ram.backing[1].len),
+            (64 * MIB, 32 * MIB)
+        );
+        let layout = GuestLayout::with_nodes(96 * MIB, None, &[64 * MIB, 32 * MIB]).unwrap();
+        let gm = ram.guest_memory(&layout).unwrap();
+        // One contiguous range: writes across the seam land in both files.
+        gm.write_obj(0x1111u64, GuestAddress(64 * MIB - 8)).unwrap();
+        gm.write_obj(0x2222u64, GuestAddress(64 * MIB)).unwrap();
+        gm.write_obj(0x3333u64, GuestAddress(80 * MIB)).unwrap();
+        // Zeroing in the second file punches that file at its own offset.
+        ram.zero(80 * MIB, MIB).unwrap();
+        assert_eq!(gm.read_obj::<u64>(GuestAddress(80 * MIB)).unwrap(), 0);
+        assert_eq!(gm.read_obj::<u64>(GuestAddress(64 * MIB)).unwrap(), 0x2222);
+        assert_eq!(
+            gm.read_obj::<u64>(GuestAddress(64 * MIB - 8)).unwrap(),
+            0x1111
+        );
+        // A range across two files is refused, not half done.
+        assert!(ram.zero(63 * MIB, 2 * MIB).is_err());
+    }
+
+    #[test]
     fn requests_checked_before_allocation() {
         let mut opts = RamOptions {
             bytes: 64 * MIB + 4096,
@@ -675,6 +797,7 @@ mod tests {
             numa_node: None,
             workers: 1,
             progress: false,
+            parts: vec![],
         };
         assert!(matches!(
             check_request(&opts),

@@ -31,6 +31,54 @@ pub enum NumaArg {
     Node(NodeSpec),
 }
 
+/// What the command line asked for, checked against --vcpus and --mem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumaRequest {
+    Auto,
+    Nodes(Vec<NodeSpec>),
+}
+
+impl NumaRequest {
+    /// From every `--numa` given (none: `None`), validated where no host is needed.
+    pub fn from_args(args: &[NumaArg], vcpus: u32, mem: u64) -> Result<Option<Self>, NumaError> {
+        if args.is_empty() {
+            return Ok(None);
+        }
+        if args.contains(&NumaArg::Auto) {
+            if args.len() > 1 {
+                return Err(NumaError::AutoAndNodes);
+            }
+            return Ok(Some(NumaRequest::Auto));
+        }
+        let specs: Vec<NodeSpec> = args
+            .iter()
+            .filter_map(|a| match a {
+                NumaArg::Node(n) => Some(n.clone()),
+                NumaArg::Auto => None,
+            })
+            .collect();
+        Ok(Some(NumaRequest::Nodes(validate(&specs, vcpus, mem)?)))
+    }
+
+    /// The guest's nodes on this host: `auto` resolved, host nodes and their free pages
+    /// checked, the SLIT read.
+    pub fn resolve(
+        &self,
+        sys: &Path,
+        vcpus: u32,
+        mem: u64,
+        page: PageSize,
+    ) -> Result<GuestNuma, NumaError> {
+        let nodes = match self {
+            NumaRequest::Auto => auto(sys, vcpus, mem, page)?,
+            NumaRequest::Nodes(n) => n.clone(),
+        };
+        check_host(sys, &nodes, page)?;
+        let distances = distances(sys, &nodes);
+        Ok(GuestNuma { nodes, distances })
+    }
+}
+
 /// The guest's nodes, in id order (0..n), and the SLIT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestNuma {
