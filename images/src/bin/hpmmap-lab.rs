@@ -39,6 +39,10 @@ enum Cmd {
         /// whole GiB); L1 sees namespace0.0 (/dev/pmem0) and has the device-dax drivers.
         #[arg(long, default_value = "0")]
         pmem: String,
+        /// Give L1 this many NUMA nodes (QEMU -numa): RAM and vCPUs split evenly, --hugepages
+        /// 1 GiB pages on each node, distance 21 between nodes. 0 or 1: no NUMA.
+        #[arg(long, default_value_t = 0)]
+        numa_nodes: u32,
         /// Kill L1 after this many seconds and show its console.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         cpus,
         hugepages,
         pmem,
+        numa_nodes,
         timeout,
         adds,
         bin_dirs,
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
             cpus,
             hugepages_1g: hugepages,
             pmem: parse_size(&pmem).map_err(|e| LabError::Pmem(pmem.clone(), e))?,
+            numa_nodes,
             timeout: Duration::from_secs(timeout),
             stall: Duration::from_secs(stall_secs),
             bin_dirs,

@@ -85,6 +85,8 @@ pub enum LabError {
     Pmem(String, String),
     #[error("--cpus {0}: must be between 1 and 16")]
     Cpus(u32),
+    #[error("--numa-nodes {0}: {1}")]
+    NumaNodes(u32, String),
     #[error("--add {0}: {1}")]
     Add(String, String),
     #[error("command {0:?} does not exist in the lab (not a busybox applet, a lab binary, a shell builtin or an --add'ed file); lab binaries: {1}")]
@@ -129,6 +131,7 @@ impl LabError {
             LabError::Mem(..)
                 | LabError::Pmem(..)
                 | LabError::Cpus(_)
+                | LabError::NumaNodes(..)
                 | LabError::Add(..)
                 | LabError::Stall(..)
                 | LabError::UnknownCommand(..)
@@ -147,6 +150,10 @@ pub struct LabConfig {
     /// Bytes of L1 RAM set aside as a legacy pmem range (`memmap=SIZE!4G`, as a host that
     /// keeps memory from its kernel at boot); 0 for none. L1 sees it as namespace0.0.
     pub pmem: u64,
+    /// L1's NUMA nodes (QEMU `-numa`): 0 or 1 for none; N splits L1's RAM and vCPUs into N
+    /// nodes in contiguous blocks, with `hugepages_1g` pages on each node and distance 21
+    /// between nodes (a two-socket host in miniature).
+    pub numa_nodes: u32,
     pub timeout: Duration,
     /// L1 is taken for stopped (and killed) when its heartbeat stands still this long.
     pub stall: Duration,
@@ -167,6 +174,7 @@ impl Default for LabConfig {
             cpus: 2,
             hugepages_1g: 2,
             pmem: 0,
+            numa_nodes: 0,
             timeout: Duration::from_secs(600),
             stall: L1_STALL,
             adds: vec![],
@@ -191,6 +199,28 @@ impl LabConfig {
             ));
         }
         let mem = format!("{}M", self.mem >> 20);
+        let nodes = u64::from(self.numa_nodes.max(1));
+        if self.numa_nodes > 1 {
+            let bad = |why: String| Err(LabError::NumaNodes(self.numa_nodes, why));
+            if self.numa_nodes > self.cpus {
+                return bad(format!("more nodes than --cpus {}", self.cpus));
+            }
+            if self.pmem > 0 {
+                return bad("not with --pmem".into());
+            }
+            if self.mem % (nodes << 30) != 0 {
+                return bad(format!(
+                    "--mem {mem} does not split into whole GiB per node"
+                ));
+            }
+            // Each node needs its own 1 GiB pages and room for L1's kernel beside them.
+            if self.mem / nodes < (u64::from(self.hugepages_1g) + 1) << 30 {
+                return bad(format!(
+                    "--mem {mem} leaves a node too small for {} reserved 1 GiB pages and 1 GiB for L1 itself",
+                    self.hugepages_1g
+                ));
+            }
+        }
         if self.pmem % (1 << 30) != 0 {
             return Err(LabError::Pmem(
                 format!("{}M", self.pmem >> 20),
@@ -489,9 +519,17 @@ impl Lab {
         let c = &self.cfg;
         // no_timer_check: under TCG on a loaded host the IO-APIC timer check can miss its
         // ticks and panic ("timer doesn't work through Interrupt-remapped IO-APIC").
+        // With NUMA nodes, `hugepages=N0:k,N1:k` puts k pages on every node.
+        let pages = if c.numa_nodes > 1 {
+            (0..c.numa_nodes)
+                .map(|n| format!("{n}:{}", c.hugepages_1g))
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            c.hugepages_1g.to_string()
+        };
         let mut append = format!(
-            "console=ttyS0 intel_iommu=on hugepagesz=1G hugepages={} no_timer_check panic=-1 quiet",
-            c.hugepages_1g
+            "console=ttyS0 intel_iommu=on hugepagesz=1G hugepages={pages} no_timer_check panic=-1 quiet"
         );
         if c.pmem > 0 {
             append.push_str(&format!(" memmap={}G!{}G", c.pmem >> 30, PMEM_BASE >> 30));
@@ -525,6 +563,29 @@ impl Lab {
         push(&c.cpus.to_string());
         push("-m");
         push(&format!("{}M", c.mem >> 20));
+        if c.numa_nodes > 1 {
+            let n = c.numa_nodes;
+            let per_mem = c.mem / u64::from(n);
+            for node in 0..n {
+                let first = node * c.cpus / n;
+                let last = (node + 1) * c.cpus / n - 1;
+                push("-object");
+                push(&format!(
+                    "memory-backend-ram,id=ram{node},size={}M",
+                    per_mem >> 20
+                ));
+                push("-numa");
+                push(&format!(
+                    "node,nodeid={node},cpus={first}-{last},memdev=ram{node}"
+                ));
+            }
+            for a in 0..n {
+                for b in a + 1..n {
+                    push("-numa");
+                    push(&format!("dist,src={a},dst={b},val=21"));
+                }
+            }
+        }
         push("-serial");
         push(&format!("file:{}", console.display()));
         push("-serial");
@@ -617,5 +678,29 @@ mod l1_failure_tests {
             tail: "HPMMAP-LAB-BEGIN".into(),
         });
         assert!(stalled.is_l1_failure());
+    }
+}
+
+#[cfg(test)]
+mod numa_config_tests {
+    use super::*;
+
+    #[test]
+    fn numa_nodes_must_split_cpus_and_memory() {
+        let cfg = |mem_gib: u64, cpus: u32, nodes: u32, pages: u32| LabConfig {
+            mem: mem_gib << 30,
+            cpus,
+            numa_nodes: nodes,
+            hugepages_1g: pages,
+            ..LabConfig::default()
+        };
+        assert!(cfg(8, 2, 2, 2).validate().is_ok());
+        assert!(cfg(8, 2, 0, 2).validate().is_ok(), "0: no NUMA");
+        let e = cfg(8, 2, 3, 1).validate().unwrap_err().to_string();
+        assert!(e.contains("more nodes than --cpus 2"), "{e}");
+        let e = cfg(7, 2, 2, 1).validate().unwrap_err().to_string();
+        assert!(e.contains("whole GiB per node"), "{e}");
+        let e = cfg(6, 2, 2, 3).validate().unwrap_err().to_string();
+        assert!(e.contains("too small for 3 reserved"), "{e}");
     }
 }
