@@ -25,6 +25,8 @@ use crate::units::{format_size, GIB};
 
 const MADV_POPULATE_WRITE: i32 = 23;
 const MPOL_BIND: i32 = 2;
+/// Each thread of a PV ZERO clears at least this much.
+const ZERO_SLICE: usize = 256 << 20;
 /// A prefault that is over within this time shows no progress: it would only be noise.
 const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 
@@ -544,18 +546,47 @@ impl GuestRam {
         Ok(smaps::uniform_page_size(&s, self.base as u64, self.len))
     }
 
-    /// Punches `[offset, offset+len)` out of the memfd and faults it back in: the guest then
-    /// reads zeros, and the host zeroed the pages at native speed. Device memory cannot be
-    /// given back, so a device-dax range is cleared in place.
+    /// Clears `[offset, offset+len)` of guest RAM in place (PV ZERO), at native speed. The
+    /// range lies in one node's backing, as pool ranges do.
     pub fn zero(&self, offset: u64, len: u64) -> io::Result<()> {
-        if self.dax.is_some() {
-            self.check_range(offset, len)?;
-            // SAFETY: inside our mapping, checked above.
-            unsafe { std::ptr::write_bytes(self.base.add(offset as usize), 0, len as usize) };
-            return Ok(());
+        self.check_range(offset, len)?;
+        if self.dax.is_none()
+            && !self
+                .backing
+                .iter()
+                .any(|b| offset >= b.offset && offset + len <= b.offset + b.len)
+        {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        self.punch_hole(offset, len)?;
-        populate(self.base as usize + offset as usize, len as usize)
+        // In place, never by punching a hole: the pages may be DMA-mapped for a VF (the
+        // IOMMU would keep the old page) or pinned, and a punched hugetlb page goes back to
+        // the host's global pool, where another job's prefault or `hpmmap-offline release`
+        // can take it before the refault: the guest's memory must stay its own for the VM's
+        // whole life. Large ranges are cleared by several threads; glibc's memset switches
+        // to non-temporal stores for sizes this large, so the caches are spared.
+        let base = self.base as usize + offset as usize;
+        let len = len as usize;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(len.div_ceil(ZERO_SLICE))
+            .max(1);
+        let slice = len.div_ceil(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let start = t * slice;
+                let n = slice.min(len.saturating_sub(start));
+                if n == 0 {
+                    continue;
+                }
+                s.spawn(move || {
+                    // SAFETY: [base+start, +n) lies inside our mapping (range checked
+                    // above) and the slices of the threads do not overlap.
+                    unsafe { std::ptr::write_bytes((base + start) as *mut u8, 0, n) };
+                });
+            }
+        });
+        Ok(())
     }
 
     /// Gives `[offset, offset+len)` back to the host; the next touch faults in zeroed pages.
@@ -724,6 +755,18 @@ mod tests {
     use crate::units::MIB;
     use vm_memory::Bytes;
 
+    /// The host frame behind a virtual address of this process (None without root, which
+    /// sees frame numbers in pagemap as 0).
+    fn pfn_of(addr: usize) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open("/proc/self/pagemap").ok()?;
+        let mut word = [0u8; 8];
+        f.read_exact_at(&mut word, (addr / 4096 * 8) as u64).ok()?;
+        let e = u64::from_ne_bytes(word);
+        let pfn = e & ((1 << 55) - 1);
+        (e >> 63 == 1 && pfn != 0).then_some(pfn)
+    }
+
     #[test]
     fn small_page_ram_is_aligned_prefaulted_and_zeroable() {
         let opts = RamOptions {
@@ -743,8 +786,12 @@ mod tests {
         let gm = ram.guest_memory(&layout).unwrap();
         gm.write_obj(0xABCDu64, GuestAddress(0x10_0000)).unwrap();
         gm.write_obj(0x1234u64, GuestAddress(0x20_0000)).unwrap();
+        let frame = || pfn_of(ram.host_address() as usize + 0x10_0000);
+        let before = frame();
         ram.zero(0x10_0000, 0x10_0000).unwrap();
         assert_eq!(gm.read_obj::<u64>(GuestAddress(0x10_0000)).unwrap(), 0);
+        // Cleared in place: the same host page (a VF's DMA mapping stays valid).
+        assert_eq!(frame(), before);
         assert_eq!(gm.read_obj::<u64>(GuestAddress(0x20_0000)).unwrap(), 0x1234);
         assert!(ram.zero(60 * MIB, 8 * MIB).is_err());
     }
