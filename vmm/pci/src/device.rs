@@ -23,6 +23,9 @@ pub trait PciDevice: Send {
     fn name(&self) -> String;
     /// The BARs to place before the guest runs.
     fn bar_requests(&self) -> Vec<BarInfo>;
+    /// The memory windows the bus forwards (before the BARs are placed): a BAR the guest
+    /// moves outside them must decode nowhere (issue 12.5).
+    fn set_windows(&mut self, _windows: &crate::layout::PciWindows) {}
     /// Firmware placement of a BAR (decode stays as the device has it).
     fn place_bar(&mut self, bar: u8, addr: u64);
     fn config_read(&mut self, offset: u16, len: usize) -> u32;

@@ -70,6 +70,7 @@ impl PciRoot {
             .position(|d| d.is_none())
             .ok_or(PciError::BusFull)?;
         let placed = inner.alloc.place(&dev.name(), &dev.bar_requests())?;
+        dev.set_windows(&self.windows);
         for (bar, addr) in placed {
             dev.place_bar(bar, addr);
         }

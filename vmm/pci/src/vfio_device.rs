@@ -368,6 +368,21 @@ impl PciDevice for VfioPciDevice {
         self.bar_infos.clone()
     }
 
+    fn set_windows(&mut self, w: &crate::layout::PciWindows) {
+        let windows = hpmmap_vf::config::BarWindows {
+            mmio32: w.mmio32.clone(),
+            mmio64: Some(w.mmio64.clone()),
+        };
+        // Not on the bus yet, so no traps to update; decode is off after open anyway.
+        for e in self.cfg.set_windows(windows) {
+            match e {
+                ConfigEvent::BarMap { bar, addr, .. } => self.map_slots(bar, addr),
+                ConfigEvent::BarUnmap { bar, .. } => self.unmap_slots(bar),
+                ConfigEvent::Msix(_) => {}
+            }
+        }
+    }
+
     fn place_bar(&mut self, bar: u8, addr: u64) {
         self.cfg.set_bar_address(bar, addr);
     }

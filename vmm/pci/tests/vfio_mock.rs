@@ -286,6 +286,45 @@ fn guest_moving_a_bar_moves_its_slots_and_traps() {
     assert_eq!(n, 1, "only BAR0's slot: {:?}", r.kvm.slots());
 }
 
+/// Issue 12.5: BARs outside the windows the bridge announces decode nowhere (as real
+/// hardware: the bridge does not forward those addresses): a BAR moved over guest RAM, the
+/// PV page or the IOAPIC gets no memory slot and no trap, and maps again once back inside.
+#[test]
+fn bars_outside_the_bridge_windows_get_no_slot_and_no_trap() {
+    let r = rig();
+    r.wr(0x04, 2, 0x0002);
+    let bar3_slots = |r: &Rig| {
+        r.kvm
+            .slots()
+            .values()
+            .filter(|s| s.0 != BAR0)
+            .count()
+    };
+    assert_eq!(bar3_slots(&r), 2, "BAR3's two non-MSI-X pages");
+    for (lo, hi, what) in [
+        (0x4000_0000u32, 0u32, "guest RAM at 1 GiB"),
+        (0xFEB0_0000, 0, "the PV page"),
+        (0xFEC0_0000, 0, "the IOAPIC"),
+        (0xE000_0000, 0, "the ECAM window"),
+        (0x0000_0000, 0x100, "above the 64-bit window"),
+        (0x0000_0000, 1, "high guest RAM at 4 GiB"),
+    ] {
+        r.wr(0x20, 4, hi);
+        r.wr(0x1c, 4, lo);
+        let addr = (u64::from(hi) << 32) | u64::from(lo);
+        assert_eq!(bar3_slots(&r), 0, "{what}: {:?}", r.kvm.slots());
+        if lo != 0xE000_0000 {
+            // (The ECAM window itself answers there, with config space.)
+            assert_eq!(r.mmio_rd(addr + 0xc, 4), None, "{what}: trapped");
+        }
+        assert_eq!(r.mmio_rd(BAR3 + 0xc, 4), None, "{what}: old base");
+    }
+    r.wr(0x20, 4, (BAR3 >> 32) as u32);
+    r.wr(0x1c, 4, BAR3 as u32);
+    assert_eq!(bar3_slots(&r), 2, "back inside the window");
+    assert_eq!(r.mmio_rd(BAR3 + 0xc, 4), Some(1), "table trapped again");
+}
+
 #[test]
 fn msix_table_writes_produce_gsi_routes_and_irqfds() {
     let r = rig();

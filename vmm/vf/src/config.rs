@@ -155,6 +155,35 @@ pub struct VfConfig {
     hidden: Vec<Range<u16>>,
     msix_cap: Option<MsixCap>,
     msix: Option<MsixState>,
+    /// The memory windows the bridge above the function announces; `None` until
+    /// [`VfConfig::set_windows`] (no check: for callers without a bus).
+    windows: Option<BarWindows>,
+}
+
+/// The memory windows a PCI bridge forwards: a 32-bit one below 4 GiB and, optionally, a
+/// 64-bit one. A BAR the guest places (partly) outside them decodes nowhere, as on real
+/// hardware, where the bridge does not forward those addresses: no mapping is made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BarWindows {
+    pub mmio32: Range<u64>,
+    pub mmio64: Option<Range<u64>>,
+}
+
+impl BarWindows {
+    /// Whether `[addr, addr + size)` of a BAR of `kind` lies wholly inside a window it may
+    /// use: a 32-bit BAR in the 32-bit window, a 64-bit BAR in either, an I/O BAR nowhere
+    /// (the VMM announces no I/O window).
+    pub fn admits(&self, kind: BarKind, addr: u64, size: u64) -> bool {
+        let Some(end) = addr.checked_add(size) else {
+            return false;
+        };
+        let inside = |w: &Range<u64>| addr >= w.start && end <= w.end;
+        match kind {
+            BarKind::Io => false,
+            BarKind::Mem32 => inside(&self.mmio32),
+            BarKind::Mem64 => inside(&self.mmio32) || self.mmio64.as_ref().is_some_and(inside),
+        }
+    }
 }
 
 impl VfConfig {
@@ -195,7 +224,19 @@ impl VfConfig {
             int_line: 0,
             caps,
             hidden,
+            windows: None,
         }
+    }
+
+    /// The windows the bus announces; from here on a BAR maps only inside them
+    /// (re-checked for every BAR at once).
+    pub fn set_windows(&mut self, windows: BarWindows) -> Vec<ConfigEvent> {
+        self.windows = Some(windows);
+        (0..6).flat_map(|i| self.remap(i)).collect()
+    }
+
+    pub fn windows(&self) -> Option<&BarWindows> {
+        self.windows.as_ref()
     }
 
     pub fn msix_cap(&self) -> Option<&MsixCap> {
@@ -426,7 +467,12 @@ impl VfConfig {
         } else {
             CMD_MEM
         };
-        self.command & bit != 0 && b.addr != 0
+        self.command & bit != 0
+            && b.addr != 0
+            && self
+                .windows
+                .as_ref()
+                .is_none_or(|w| w.admits(b.info.kind, b.addr, b.info.size))
     }
 
     /// Brings BAR `i`'s mapping in line with its address and the decode bits.
@@ -680,6 +726,70 @@ mod tests {
                 size: 0x200_0000,
                 window: 0xc000_0000..0xc100_0000
             }
+        );
+    }
+
+    /// Issue 12.5: a BAR the guest moves outside the windows the bridge announces (over
+    /// RAM, the PV page, the IOAPIC) decodes nowhere: no mapping, as on real hardware;
+    /// moved back inside, it maps again.
+    #[test]
+    fn bars_outside_the_bridge_windows_do_not_map() {
+        let (mut cfg, dev) = setup();
+        let windows = BarWindows {
+            mmio32: 0xc000_0000..0xe000_0000,
+            mmio64: Some(0x1_8000_0000..0x11_8000_0000),
+        };
+        cfg.set_bar_address(0, 0x1_8000_0000);
+        cfg.set_bar_address(3, 0x1_8000_4000);
+        assert!(cfg.set_windows(windows.clone()).is_empty(), "decode off");
+        assert_eq!(cfg.write(&dev, 0x04, 2, 0x0006).len(), 2, "both BARs map inside");
+        // BAR0 onto guest RAM (2 GiB, then 1 GiB): unmapped, not mapped anywhere else.
+        let ev = cfg.write(&dev, 0x14, 4, 0);
+        assert!(cfg.write(&dev, 0x10, 4, 0x4000_0000).is_empty());
+        assert_eq!(
+            ev,
+            vec![ConfigEvent::BarUnmap {
+                bar: 0,
+                addr: 0x1_8000_0000,
+                size: 0x4000
+            }]
+        );
+        // Onto the PV page and the IOAPIC: nothing.
+        assert!(cfg.write(&dev, 0x10, 4, 0xfeb0_0000).is_empty());
+        assert!(cfg.write(&dev, 0x10, 4, 0xfec0_0000).is_empty());
+        // Over the ECAM window, just past the 32-bit window: nothing.
+        assert!(cfg.write(&dev, 0x10, 4, 0xe000_0000).is_empty());
+        // Past the end of the 64-bit window, and wrapping the address space: nothing.
+        cfg.write(&dev, 0x10, 4, 0);
+        assert!(cfg.write(&dev, 0x14, 4, 0x12).is_empty());
+        assert!(cfg.write(&dev, 0x14, 4, 0xffff_ffff).is_empty());
+        // A 64-bit BAR may use the 32-bit window.
+        cfg.write(&dev, 0x14, 4, 0);
+        let ev = cfg.write(&dev, 0x10, 4, 0xc000_0000);
+        assert_eq!(
+            ev,
+            vec![ConfigEvent::BarMap {
+                bar: 0,
+                addr: 0xc000_0000,
+                size: 0x4000
+            }]
+        );
+        assert!(windows.admits(BarKind::Mem64, 0x1_8000_0000, 0x4000));
+        assert!(!windows.admits(BarKind::Mem32, 0x1_8000_0000, 0x4000));
+        assert!(!windows.admits(BarKind::Io, 0xc000_0000, 0x100));
+        assert!(!windows.admits(BarKind::Mem64, u64::MAX & !0x3fff, 0x4000));
+        // Windows announced late re-check BARs already mapped.
+        let (mut cfg, dev) = setup();
+        cfg.set_bar_address(0, 0x4000_0000);
+        assert_eq!(cfg.write(&dev, 0x04, 2, 0x0006).len(), 1, "BAR0 only; BAR3 at 0");
+        let ev = cfg.set_windows(windows);
+        assert_eq!(
+            ev,
+            vec![ConfigEvent::BarUnmap {
+                bar: 0,
+                addr: 0x4000_0000,
+                size: 0x4000
+            }]
         );
     }
 }
