@@ -293,13 +293,7 @@ fn guest_moving_a_bar_moves_its_slots_and_traps() {
 fn bars_outside_the_bridge_windows_get_no_slot_and_no_trap() {
     let r = rig();
     r.wr(0x04, 2, 0x0002);
-    let bar3_slots = |r: &Rig| {
-        r.kvm
-            .slots()
-            .values()
-            .filter(|s| s.0 != BAR0)
-            .count()
-    };
+    let bar3_slots = |r: &Rig| r.kvm.slots().values().filter(|s| s.0 != BAR0).count();
     assert_eq!(bar3_slots(&r), 2, "BAR3's two non-MSI-X pages");
     for (lo, hi, what) in [
         (0x4000_0000u32, 0u32, "guest RAM at 1 GiB"),

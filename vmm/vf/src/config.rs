@@ -742,7 +742,11 @@ mod tests {
         cfg.set_bar_address(0, 0x1_8000_0000);
         cfg.set_bar_address(3, 0x1_8000_4000);
         assert!(cfg.set_windows(windows.clone()).is_empty(), "decode off");
-        assert_eq!(cfg.write(&dev, 0x04, 2, 0x0006).len(), 2, "both BARs map inside");
+        assert_eq!(
+            cfg.write(&dev, 0x04, 2, 0x0006).len(),
+            2,
+            "both BARs map inside"
+        );
         // BAR0 onto guest RAM (2 GiB, then 1 GiB): unmapped, not mapped anywhere else.
         let ev = cfg.write(&dev, 0x14, 4, 0);
         assert!(cfg.write(&dev, 0x10, 4, 0x4000_0000).is_empty());
@@ -781,7 +785,11 @@ mod tests {
         // Windows announced late re-check BARs already mapped.
         let (mut cfg, dev) = setup();
         cfg.set_bar_address(0, 0x4000_0000);
-        assert_eq!(cfg.write(&dev, 0x04, 2, 0x0006).len(), 1, "BAR0 only; BAR3 at 0");
+        assert_eq!(
+            cfg.write(&dev, 0x04, 2, 0x0006).len(),
+            1,
+            "BAR0 only; BAR3 at 0"
+        );
         let ev = cfg.set_windows(windows);
         assert_eq!(
             ev,
