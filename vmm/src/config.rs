@@ -125,6 +125,12 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = serial_limit_arg)]
     pub serial_limit: u64,
 
+    /// What a system call outside the VMM's seccomp filters does: kill (the process dies with
+    /// SIGSYS), log (allowed, logged by the kernel as audit type 1326) or off (no filters).
+    /// Each kind of thread has its own filter (vCPU, main, signal, console).
+    #[arg(long, value_name = "kill|log|off", default_value = "kill")]
+    pub seccomp: crate::jail::seccomp::SeccompLevel,
+
     /// Also write the report as JSON to PATH (atomically, at exit).
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
@@ -224,6 +230,7 @@ pub struct VmConfig {
     pub serial: SerialTarget,
     /// Console bytes passed on to `serial` (0: no limit).
     pub serial_limit: u64,
+    pub seccomp: crate::jail::seccomp::SeccompLevel,
     pub report: Option<PathBuf>,
     pub prefault_workers: usize,
     pub job: Option<String>,
@@ -415,6 +422,7 @@ impl VmConfig {
             cpu_affinity: a.cpu_affinity.map(|c| c.0),
             serial,
             serial_limit: a.serial_limit,
+            seccomp: a.seccomp,
             report: a.report,
             prefault_workers: a.prefault_workers,
             job,

@@ -46,6 +46,7 @@ impl MutEventSubscriber for StdinToSerial {
 pub fn spawn_input(
     serial: Arc<Mutex<SerialPort>>,
     stop: Arc<AtomicBool>,
+    seccomp: crate::jail::seccomp::SeccompLevel,
 ) -> Option<std::thread::JoinHandle<()>> {
     let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().ok()?;
@@ -60,6 +61,12 @@ pub fn spawn_input(
     std::thread::Builder::new()
         .name("console-input".into())
         .spawn(move || {
+            // Without its filter the thread stops: the guest keeps running without input.
+            if crate::jail::seccomp::install(crate::jail::seccomp::ThreadKind::Console, seccomp)
+                .is_err()
+            {
+                return;
+            }
             while !stop.load(Ordering::Acquire) && registered.load(Ordering::Acquire) {
                 if em.run_with_timeout(100).is_err() {
                     break;

@@ -8,6 +8,7 @@ pub mod console;
 pub mod devices;
 pub mod exit;
 pub mod image;
+pub mod jail;
 pub mod kvm_stats;
 pub mod loader;
 pub mod memory;

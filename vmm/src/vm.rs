@@ -6,6 +6,7 @@ use crate::arch::x86_64::{boot, cpuid, layout as bl, mptable, paging, regs};
 use crate::config::{SerialTarget, VmConfig};
 use crate::devices::{self, pv, Bus, EventSink, VmEvent};
 use crate::exit;
+use crate::jail::seccomp::{self, SeccompLevel, ThreadKind};
 use crate::kvm_stats::{self, KvmPages};
 use crate::loader;
 use crate::memory::layout::GuestLayout;
@@ -546,7 +547,7 @@ fn wait_for_outcome(
 
 /// Turns SIGINT/SIGTERM/SIGHUP into an orderly stop (vCPUs joined, report written): they are
 /// blocked in every thread and taken by one thread with sigwait.
-fn watch_stop_signals(bus: Arc<VmBus>) {
+fn watch_stop_signals(bus: Arc<VmBus>, seccomp: SeccompLevel) {
     // SAFETY: sigset manipulation on a local set; pthread_sigmask affects this thread and the
     // threads it creates afterwards.
     let set = unsafe {
@@ -560,11 +561,16 @@ fn watch_stop_signals(bus: Arc<VmBus>) {
     };
     let _ = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || loop {
-            let mut sig = 0;
-            // SAFETY: waits on the set built above.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                bus.sink.event(VmEvent::Signal(sig));
+        .spawn(move || {
+            if let Err(e) = seccomp::install(ThreadKind::Signals, seccomp) {
+                bus.sink.event(VmEvent::VmmFailure(e.to_string()));
+            }
+            loop {
+                let mut sig = 0;
+                // SAFETY: waits on the set built above.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                    bus.sink.event(VmEvent::Signal(sig));
+                }
             }
         });
 }
@@ -686,7 +692,7 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         first_entry: Arc::new(OnceLock::new()),
     };
     // Before any thread that could otherwise take the signal is created.
-    watch_stop_signals(bus.clone());
+    watch_stop_signals(bus.clone(), cfg.seccomp);
     let run_start = Instant::now();
     // --cpu-affinity wins; else a --numa node's vCPUs go on its host node's CPUs.
     let pins: Vec<Option<usize>> = match (&cfg.cpu_affinity, &numa) {
@@ -700,6 +706,7 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         (None, None) => vec![None; cfg.vcpus as usize],
     };
     let mut threads = Vec::new();
+    let seccomp_level = cfg.seccomp;
     for (i, fd) in vcpus.into_iter().enumerate() {
         let sh = shared.clone();
         let pin = pins.get(i).copied().flatten();
@@ -714,6 +721,11 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
                         return;
                     }
                 }
+                // The guest reaches the VMM through this thread's exits: the narrowest filter.
+                if let Err(e) = seccomp::install(ThreadKind::Vcpu, seccomp_level) {
+                    sh.bus.sink.event(VmEvent::VmmFailure(e.to_string()));
+                    return;
+                }
                 let sink = sh.bus.clone();
                 vcpu::guarded(i as u32, &sink.sink, move || {
                     vcpu::run_loop(i as u32, fd, sh)
@@ -722,7 +734,17 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
             .map_err(host("spawning a vCPU thread"))?;
         threads.push(t);
     }
-    let input = crate::console::spawn_input(bus.serial.clone(), stop.clone());
+    let input = crate::console::spawn_input(bus.serial.clone(), stop.clone(), cfg.seccomp);
+    // Every thread exists now; the main thread's own filter last, since threads inherit it.
+    if let Err(e) = seccomp::install(ThreadKind::Main, cfg.seccomp) {
+        bus.sink.event(VmEvent::VmmFailure(e.to_string()));
+    }
+    #[cfg(debug_assertions)]
+    if std::env::var_os("HPMMAP_VMM_SECCOMP_TEST").is_some() {
+        // Test-only (debug builds): a call no filter allows, to prove the filter acts.
+        // SAFETY: getppid has no preconditions.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
 
     let console = bus.serial.clone();
     let event = wait_for_outcome(&rx, || console.lock().unwrap().idle_for());

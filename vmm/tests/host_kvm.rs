@@ -693,3 +693,37 @@ fn prefault_workers_follow_the_vmms_cpus_and_its_memory_node() {
         );
     }
 }
+
+/// Issue 13: a system call outside the filters kills the VMM with SIGSYS (default
+/// `--seccomp kill`); `log` lets it through; `off` installs none. The trigger is a test-only
+/// hook of debug builds (HPMMAP_VMM_SECCOMP_TEST): the main thread makes a forbidden call
+/// once every thread has its filter.
+#[test]
+fn a_forbidden_system_call_kills_the_vmm_with_sigsys() {
+    use std::os::unix::process::ExitStatusExt;
+    if !kvm_or_skip("a_forbidden_system_call_kills_the_vmm_with_sigsys") {
+        return;
+    }
+    let dir = TempDir::new("seccomp");
+    let k = payload(&dir, "s.elf", asm64(|a| pv_exit(a, 0)));
+    let run = |level: Option<&str>| {
+        let mut c = std::process::Command::new(vmm_bin());
+        c.args(["--mem", "64M", "--hugepages", "none", "--kernel", &k])
+            .env("HPMMAP_VMM_SECCOMP_TEST", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(l) = level {
+            c.args(["--seccomp", l]);
+        }
+        c.status().unwrap()
+    };
+    let st = run(None);
+    assert_eq!(st.signal(), Some(libc::SIGSYS), "default: {st:?}");
+    assert_eq!(run(Some("kill")).signal(), Some(libc::SIGSYS));
+    assert_eq!(
+        run(Some("log")).code(),
+        Some(0),
+        "log lets the call through"
+    );
+    assert_eq!(run(Some("off")).code(), Some(0));
+}

@@ -27,6 +27,18 @@ const MADV_POPULATE_WRITE: i32 = 23;
 const MPOL_BIND: i32 = 2;
 /// Each thread of a PV ZERO clears at least this much.
 const ZERO_SLICE: usize = 256 << 20;
+
+/// Threads a PV ZERO may use: the CPUs available, found once while guest RAM is created.
+/// ZERO runs on a vCPU thread whose seccomp filter allows no file access, and finding the
+/// CPUs reads cgroup files.
+fn zero_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
 /// A prefault that is over within this time shows no progress: it would only be noise.
 const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 
@@ -267,6 +279,7 @@ fn too_few(opts: &RamOptions, needed: u64, available: u64, reserved_now: u64) ->
 
 impl GuestRam {
     pub fn create(opts: &RamOptions) -> Result<(GuestRam, PrefaultStats), MemoryError> {
+        zero_threads();
         if let Some(dev) = checked_request(opts)? {
             return Self::create_devdax(opts, dev);
         }
@@ -566,11 +579,7 @@ impl GuestRam {
         // to non-temporal stores for sizes this large, so the caches are spared.
         let base = self.base as usize + offset as usize;
         let len = len as usize;
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(len.div_ceil(ZERO_SLICE))
-            .max(1);
+        let threads = zero_threads().min(len.div_ceil(ZERO_SLICE)).max(1);
         let slice = len.div_ceil(threads);
         std::thread::scope(|s| {
             for t in 0..threads {
