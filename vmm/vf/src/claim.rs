@@ -34,6 +34,8 @@ struct RestorePlan {
     ib: Option<(IbSetup, usize)>,
     binding: Option<BindRecord>,
     sriov: Option<SriovRecord>,
+    /// `RUN/vf/<PF>.sriov`, removed once the VFs are disabled again.
+    sriov_record: Option<PathBuf>,
     /// The record on disk, removed once everything is back.
     record: Option<(PathBuf, ClaimRecord)>,
 }
@@ -67,8 +69,16 @@ impl RestorePlan {
             _ => Ok(()),
         };
         // After the rebind, so that our VF no longer counts as a vfio-pci user.
+        // VFs another claim still holds stay enabled, and so does their record: once that
+        // claim is gone, `recover` disables them.
         let s = match &self.sriov {
-            Some(rec) => disable_vfs_if_unused(&self.sysfs, rec).map(|_| ()),
+            Some(rec) => disable_vfs_if_unused(&self.sysfs, rec).map(|disabled| {
+                if disabled {
+                    if let Some(p) = &self.sriov_record {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+            }),
             None => Ok(()),
         };
         i.and(b).and(r).and(s)
@@ -222,6 +232,9 @@ pub fn claim_vf_with(sysfs: &Sysfs, req: &VfRequest, opts: &IbOptions) -> Result
     }
     let pid = std::process::id();
     let job = opts.job.clone().unwrap_or_else(|| format!("pid{pid}"));
+    // From choosing the VF until its record is on disk no other claim chooses: the record
+    // then makes the VF busy for them until this process is gone and recovered.
+    let guard = records::claim_lock(sysfs)?;
     let others = live_records(sysfs);
     if let Some(p) = opts.pkey {
         if let Some((path, r)) = others.iter().find(|(_, r)| {
@@ -244,6 +257,7 @@ pub fn claim_vf_with(sysfs: &Sysfs, req: &VfRequest, opts: &IbOptions) -> Result
         ib: None,
         binding: None,
         sriov: None,
+        sriov_record: None,
         record: None,
     })));
     registry().insert(id, slot.clone());
@@ -271,8 +285,34 @@ pub fn claim_vf_with(sysfs: &Sysfs, req: &VfRequest, opts: &IbOptions) -> Result
         }
         Located::Pf(pf) => {
             if let Some(n) = req.create {
-                if let Some(rec) = enable_vfs(sysfs, pf, n)? {
-                    claim.update(|p| p.sriov = Some(rec));
+                // On disk before the VFs exist: a crash after the write leaves the record
+                // for `recover`, which disables them.
+                let cur = sysfs.read_u32(&sysfs.pci_dev(pf).join("sriov_numvfs"));
+                let spath = if cur.as_ref().is_ok_and(|&c| c == 0) {
+                    Some(
+                        records::SriovClaim {
+                            pid,
+                            start: records::start_time(sysfs, pid),
+                            host: records::hostname(sysfs),
+                            pf,
+                            enabled: n,
+                        }
+                        .save(sysfs)?,
+                    )
+                } else {
+                    None
+                };
+                match enable_vfs(sysfs, pf, n) {
+                    Ok(Some(rec)) => claim.update(|p| {
+                        p.sriov = Some(rec);
+                        p.sriov_record = spath;
+                    }),
+                    other => {
+                        if let Some(p) = spath {
+                            let _ = std::fs::remove_file(p);
+                        }
+                        other?;
+                    }
                 }
             }
             let (idx, vf, _) = pick_free_vf(sysfs, pf)?;
@@ -322,6 +362,7 @@ pub fn claim_vf_with(sysfs: &Sysfs, req: &VfRequest, opts: &IbOptions) -> Result
     };
     let path = record.save(sysfs)?;
     claim.update(|p| p.record = Some((path.clone(), record.clone())));
+    drop(guard);
 
     claim.original_driver = rec.original_driver.clone();
     claim.update(|p| p.binding = Some(rec.clone()));

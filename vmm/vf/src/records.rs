@@ -19,6 +19,7 @@ use crate::pci::PciAddr;
 use crate::sysfs::Sysfs;
 
 const MAGIC: &str = "hpmmap-vf-claim 1";
+const SRIOV_MAGIC: &str = "hpmmap-vf-sriov 1";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimRecord {
@@ -291,4 +292,174 @@ pub fn undo(sysfs: &Sysfs, rec: &ClaimRecord) -> Result<(), VfError> {
     };
     let b = restore_binding(sysfs, &rec.binding);
     a.and(b)
+}
+
+/// The lock every claim takes from choosing a VF until its record is on disk: a flock on
+/// `RUN/vf` itself (no file left behind). Two claims started at the same moment on the same
+/// PF are serialised, and the second sees the first's record (a busy VF) when it chooses.
+pub struct ClaimLock {
+    _dir: fs::File,
+}
+
+pub fn claim_lock(sysfs: &Sysfs) -> Result<ClaimLock, VfError> {
+    use std::os::unix::io::AsRawFd;
+    let d = dir(sysfs);
+    fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+    let f = fs::File::open(&d).map_err(io_err("open", &d))?;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(ClaimLock { _dir: f });
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(io_err("lock", &d)(e));
+        }
+    }
+}
+
+/// VFs a claim enabled with `--vf-create` (`RUN/vf/<PF>.sriov`), written before
+/// `sriov_numvfs` is set, so that `recover` disables them after a crash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SriovClaim {
+    pub pid: u32,
+    pub start: Option<u64>,
+    pub host: String,
+    pub pf: PciAddr,
+    pub enabled: u32,
+}
+
+pub fn sriov_path(sysfs: &Sysfs, pf: PciAddr) -> PathBuf {
+    dir(sysfs).join(format!("{pf}.sriov"))
+}
+
+impl SriovClaim {
+    pub fn to_text(&self) -> String {
+        format!(
+            "{SRIOV_MAGIC}\npid={}\nstart={}\nhost={}\npf={}\nenabled={}\n",
+            self.pid,
+            self.start.map(|s| s.to_string()).unwrap_or_default(),
+            self.host,
+            self.pf,
+            self.enabled
+        )
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<SriovClaim, VfError> {
+        let bad = |reason: String| VfError::BadRecord {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(SRIOV_MAGIC) {
+            return Err(bad(format!("first line is not '{SRIOV_MAGIC}'")));
+        }
+        let m: std::collections::BTreeMap<&str, &str> =
+            lines.filter_map(|l| l.split_once('=')).collect();
+        let get = |k: &str| m.get(k).copied().ok_or_else(|| bad(format!("no {k}")));
+        Ok(SriovClaim {
+            pid: get("pid")?
+                .parse()
+                .map_err(|_| bad("pid is not a number".into()))?,
+            start: m.get("start").and_then(|s| s.parse().ok()),
+            host: get("host")?.to_string(),
+            pf: get("pf")?
+                .parse()
+                .map_err(|_| bad("pf is not a PCI address".into()))?,
+            enabled: get("enabled")?
+                .parse()
+                .map_err(|_| bad("enabled is not a number".into()))?,
+        })
+    }
+
+    pub fn save(&self, sysfs: &Sysfs) -> Result<PathBuf, VfError> {
+        let d = dir(sysfs);
+        fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+        let path = sriov_path(sysfs, self.pf);
+        write_atomic(&path, &self.to_text())?;
+        Ok(path)
+    }
+
+    fn as_claim(&self) -> ClaimRecord {
+        ClaimRecord {
+            pid: self.pid,
+            start: self.start,
+            host: self.host.clone(),
+            job: String::new(),
+            pf: self.pf,
+            vf: self.pf,
+            binding: BindRecord {
+                dev: self.pf,
+                original_driver: None,
+                original_override: None,
+            },
+            ib: None,
+            ib_done: 0,
+        }
+    }
+}
+
+/// What [`recover_sriov`] did with one `--vf-create` record.
+#[derive(Debug)]
+pub enum SriovRecovered {
+    /// Its process runs: left alone.
+    Live(SriovClaim),
+    /// VFs disabled (or already gone); record removed.
+    Disabled(SriovClaim),
+    /// A VF is still in use (another job's claim, a vfio user): left enabled, record kept.
+    InUse(SriovClaim),
+    Failed(SriovClaim, VfError),
+    Unreadable(PathBuf, VfError),
+}
+
+/// Disables the VFs that processes now gone enabled with `--vf-create`, once none of them
+/// is in use (run after [`recover`], which puts their VFs back on the host driver).
+pub fn recover_sriov(sysfs: &Sysfs) -> Vec<SriovRecovered> {
+    let mut names: Vec<PathBuf> = fs::read_dir(dir(sysfs))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sriov"))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for path in names {
+        let rec = match fs::read_to_string(&path)
+            .map_err(io_err("read", &path))
+            .and_then(|t| SriovClaim::parse(&path, &t))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(SriovRecovered::Unreadable(path, e));
+                continue;
+            }
+        };
+        if is_live(sysfs, &rec.as_claim()) {
+            out.push(SriovRecovered::Live(rec));
+            continue;
+        }
+        let num = sysfs.pci_dev(rec.pf).join("sriov_numvfs");
+        let now = sysfs.read_u32(&num).unwrap_or(0);
+        let res = if now == 0 {
+            Ok(true)
+        } else {
+            crate::sriov::disable_vfs_if_unused(
+                sysfs,
+                &crate::sriov::SriovRecord {
+                    pf: rec.pf,
+                    enabled: rec.enabled,
+                },
+            )
+        };
+        match res {
+            Ok(true) => match fs::remove_file(&path) {
+                Ok(()) => out.push(SriovRecovered::Disabled(rec)),
+                Err(e) => out.push(SriovRecovered::Failed(rec, io_err("remove", &path)(e))),
+            },
+            Ok(false) => out.push(SriovRecovered::InUse(rec)),
+            Err(e) => out.push(SriovRecovered::Failed(rec, e)),
+        }
+    }
+    out
 }

@@ -368,6 +368,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             }
+            for r in records::recover_sriov(&sysfs) {
+                match r {
+                    records::SriovRecovered::Live(c) => println!(
+                        "PF {}: VFs enabled by pid {} (still running); left alone",
+                        c.pf, c.pid
+                    ),
+                    records::SriovRecovered::Disabled(c) => println!(
+                        "PF {}: the {} VF(s) pid {} enabled with --vf-create are disabled",
+                        c.pf, c.enabled, c.pid
+                    ),
+                    records::SriovRecovered::InUse(c) => println!(
+                        "PF {}: VFs enabled by pid {} (gone) still in use; left enabled until a later recover",
+                        c.pf, c.pid
+                    ),
+                    records::SriovRecovered::Failed(c, e) => {
+                        failed = true;
+                        eprintln!("hpmmap-vf: PF {}: {e}", c.pf);
+                    }
+                    records::SriovRecovered::Unreadable(p, e) => {
+                        failed = true;
+                        eprintln!("hpmmap-vf: {}: {e}", p.display());
+                    }
+                }
+            }
             Ok(if failed {
                 ExitCode::from(1)
             } else {
