@@ -10,6 +10,11 @@ use crate::config::{Config, Place};
 use crate::harness::{Profile, RunRecord, WorkloadSize};
 use crate::lab::ProfileStop;
 use crate::platform::Platform;
+
+/// The clocks the native and lab tables' times are on (issue 17: every table says which).
+pub const CLOCK_NATIVE: &str = "native rows: elapsed time (`Instant`, CLOCK_MONOTONIC) on this host, shared with other work: it moves with host load and is not reproducible";
+pub const LAB_CLOCK: &str =
+    "QEMU/TCG's emulated time of a nested guest, not speed (only faults and verification count)";
 use crate::stats::Summary;
 use crate::vm::VmShape;
 use crate::workloads::Workload;
@@ -198,6 +203,7 @@ impl Results {
         let mut s = String::new();
         s += "# hpmmap isolation benchmark\n\n";
         s += &format!("**Platform:** {}\n\n", h.platform.line());
+        s += &format!("**Clock:** {CLOCK_NATIVE}; VM rows in the nested lab: {LAB_CLOCK}. The deterministic figures are on the instruction-count clock: `bench/results/icount/results.md` (`hpmmap-bench icount`).\n\n");
         if let Some(n) = &h.note {
             s += &format!("**Note:** {n}\n\n");
         }

@@ -134,13 +134,12 @@ fn icount(a: IcountArgs) -> ExitCode {
         work: work.clone(),
         host_load_check: !a.no_host_load_check,
         boot_timeout: Duration::from_secs(3600),
+        // The program's own path (a build directory) says nothing about the run.
         command: std::env::args()
-            .map(|w| {
-                if w.contains('/') {
-                    w.rsplit('/').next().unwrap_or(&w).to_string()
-                } else {
-                    w
-                }
+            .enumerate()
+            .map(|(i, w)| match (i, w.rsplit_once('/')) {
+                (0, Some((_, name))) => name.to_string(),
+                _ => w,
             })
             .collect::<Vec<_>>()
             .join(" "),

@@ -453,7 +453,7 @@ pub fn plot(res: &IcountResults, out: &Path) -> Result<(), IcountError> {
     let root = SVGBackend::new(out, (w, 470)).into_drawing_area();
     let err = |e: String| IcountError::Io(out.to_path_buf(), std::io::Error::other(e));
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let (title, body) = root.split_vertically(60);
+    let (title, body) = root.split_vertically(80);
     title
         .draw(&Text::new(
             "hpmmap isolation benchmark, QEMU/TCG instruction-count clock (deterministic; counts kernel work on the rank's CPU, not TLB/cache/bandwidth)",
@@ -464,7 +464,7 @@ pub fn plot(res: &IcountResults, out: &Path) -> Result<(), IcountError> {
     title
         .draw(&Text::new(
             format!(
-                "rank CPU (own code + kernel on its vCPU) relative to isolated, per configuration; colours: {}; FWQ: p99 detour (µs); guest {} ",
+                "rank CPU (own code + kernel on its vCPU): slowdown against the same configuration isolated; line: hpmmap's 3 % target; bars per competitor: {}; FWQ: p99 detour (µs); guest {}",
                 res.plan.competitors.iter().map(|c| c.name()).collect::<Vec<_>>().join(", "),
                 res.guest_kernel
             ),
@@ -472,6 +472,18 @@ pub fn plot(res: &IcountResults, out: &Path) -> Result<(), IcountError> {
             ("sans-serif", 12),
         ))
         .map_err(|e| err(e.to_string()))?;
+    for (i, c) in res.plan.competitors.iter().enumerate() {
+        let x = 10 + 110 * i as i32;
+        title
+            .draw(&Rectangle::new(
+                [(x, 58), (x + 14, 70)],
+                COLORS[i % COLORS.len()].filled(),
+            ))
+            .map_err(|e| err(e.to_string()))?;
+        title
+            .draw(&Text::new(c.name(), (x + 18, 58), ("sans-serif", 12)))
+            .map_err(|e| err(e.to_string()))?;
+    }
     let panels = body.split_evenly((1, workloads.len().max(1)));
     let configs = &res.plan.configs;
     let comps = &res.plan.competitors;
@@ -483,28 +495,34 @@ pub fn plot(res: &IcountResults, out: &Path) -> Result<(), IcountError> {
                 d.sort_by(f64::total_cmp);
                 (!d.is_empty()).then(|| quantile_sorted(&d, 0.99) / 1e3)
             } else {
-                slowdown(&rows, c, wl, comp).map(|x| 1.0 + x)
+                slowdown(&rows, c, wl, comp).map(|x| x * 100.0)
             }
         };
         let vals: Vec<f64> = configs
             .iter()
             .flat_map(|&c| comps.iter().filter_map(move |&k| value(c, k)))
             .collect();
-        let top = vals.iter().copied().fold(0.0f64, f64::max).max(1.05) * 1.1;
+        let floor = if wl == Workload::Fwq {
+            1.0
+        } else {
+            TARGET_SLOWDOWN * 100.0 + 0.5
+        };
+        let top = vals.iter().copied().fold(floor, f64::max) * 1.1;
+        let bottom = vals.iter().copied().fold(0.0f64, f64::min) * 1.1;
         let n = comps.len() as f64;
         let mut chart = ChartBuilder::on(panel)
             .caption(
                 if wl == Workload::Fwq {
                     "fwq: p99 detour (µs)".to_string()
                 } else {
-                    format!("{}: rank CPU / isolated", wl.name())
+                    format!("{}: slowdown vs isolated (%)", wl.name())
                 },
                 ("sans-serif", 14),
             )
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(48)
-            .build_cartesian_2d(0.0..configs.len() as f64, 0.0..top)
+            .build_cartesian_2d(0.0..configs.len() as f64, bottom..top)
             .map_err(|e| err(e.to_string()))?;
         chart
             .configure_mesh()
@@ -528,7 +546,7 @@ pub fn plot(res: &IcountResults, out: &Path) -> Result<(), IcountError> {
                 let color = COLORS[ki % COLORS.len()];
                 chart
                     .draw_series(std::iter::once(Rectangle::new(
-                        [(x0, 0.0), (x1, v)],
+                        [(x0, 0.0f64.min(v)), (x1, v.max(0.0))],
                         color.filled(),
                     )))
                     .map_err(|e| err(e.to_string()))?;
