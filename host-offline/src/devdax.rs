@@ -478,11 +478,23 @@ fn undo_change(host: &Host, c: &DaxChange) -> Result<()> {
 
 /// Undoes every recorded dax change; returns (done, left-with-reason).
 pub fn release_all(session: &mut Session) -> Result<(Vec<String>, Vec<String>)> {
+    release_which(session, |_| true)
+}
+
+/// [`release_all`] for the devices `which` names (a job's devices, or those of no job).
+pub fn release_which(
+    session: &mut Session,
+    which: impl Fn(&str) -> bool,
+) -> Result<(Vec<String>, Vec<String>)> {
     let host = session.host;
     let mut done = Vec::new();
     let mut left = Vec::new();
     let mut kept = Vec::new();
     for c in std::mem::take(&mut session.state.devdax) {
+        if !which(&c.device) {
+            kept.push(c);
+            continue;
+        }
         let users = users(host, &c.device);
         if !users.is_empty() {
             left.push(format!(

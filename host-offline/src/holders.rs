@@ -17,6 +17,9 @@ pub struct Holder {
     pub pages: u64,
     /// The same pages per node, from numa_maps; pages it could not place are under no key.
     pub per_node: BTreeMap<u32, u64>,
+    /// The job it runs for (`--job ID` on its command line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl Holder {
@@ -63,7 +66,7 @@ pub fn numa_maps_1g_pages(text: &str) -> BTreeMap<u32, u64> {
     out
 }
 
-fn is_vmm(host: &Host, pid: &str) -> Option<String> {
+pub fn is_vmm(host: &Host, pid: &str) -> Option<String> {
     let dir = host.proc_root().join(pid);
     let comm = fs::read_to_string(dir.join("comm"))
         .ok()?
@@ -109,10 +112,21 @@ pub fn vm_holders(host: &Host) -> Vec<Holder> {
             comm,
             pages,
             per_node,
+            job: crate::jobs::job_of_pid(host, pid_n),
         });
     }
     out.sort_by_key(|h| h.pid);
     out
+}
+
+/// [`held_on_node`] counting only the VMMs of `job` (None: every VMM).
+pub fn held_on_node_by(holders: &[Holder], node: u32, job: Option<&str>) -> u64 {
+    let mine: Vec<Holder> = holders
+        .iter()
+        .filter(|h| job.is_none() || h.job.as_deref() == job)
+        .cloned()
+        .collect();
+    held_on_node(&mine, node)
 }
 
 /// Pages held by hpmmap-vmm processes on `node`. Pages numa_maps could not place are
@@ -168,6 +182,7 @@ Private_Hugetlb:    2048 kB
             comm: VMM_NAME.into(),
             pages: 3,
             per_node: BTreeMap::from([(0, 2)]),
+            job: None,
         };
         assert_eq!(held_on_node(std::slice::from_ref(&h), 0), 3);
         assert_eq!(held_on_node(std::slice::from_ref(&h), 1), 1);

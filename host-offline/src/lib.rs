@@ -15,6 +15,7 @@ pub mod error;
 pub mod holders;
 pub mod host;
 pub mod hugetlb;
+pub mod jobs;
 pub mod pageflags;
 pub mod release;
 pub mod reserve;

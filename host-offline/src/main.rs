@@ -84,13 +84,17 @@ struct ReserveArgs {
     /// With --devdax: the device to use (daxX.Y); default: the first that fits.
     #[arg(long, requires = "devdax", value_name = "daxX.Y")]
     dax_device: Option<String>,
+    /// The job the pages are for: held apart from other jobs' (released with
+    /// `release --job ID`, or by `recover` once the job's VMM is gone).
+    #[arg(long, value_name = "ID")]
+    job: Option<String>,
     /// Machine-readable report.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 struct ReleaseWhat {
     /// Give back this many GiB of hugetlb pages.
     #[arg(long)]
@@ -104,6 +108,10 @@ struct ReleaseWhat {
 struct ReleaseArgs {
     #[command(flatten)]
     what: ReleaseWhat,
+    /// Only this job's pages and dax devices (alone: all of them). Without it, only what
+    /// no job holds.
+    #[arg(long, value_name = "ID")]
+    job: Option<String>,
     /// Machine-readable report.
     #[arg(long)]
     json: bool,
@@ -151,19 +159,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Reserve(a) => reserve_cmd(&host, &cli.state_file, a),
         Cmd::Release(a) => {
-            let amount = match (&a.what.size, a.what.all) {
-                (_, true) => Amount::All,
-                (Some(s), false) => Amount::Gib(parse_gib("--size", s)?),
-                (None, false) => unreachable!("clap requires one of --size / --all"),
+            let amount = match (&a.what.size, a.what.all, &a.job) {
+                (_, true, _) => Amount::All,
+                (Some(s), false, _) => Amount::Gib(parse_gib("--size", s)?),
+                (None, false, Some(_)) => Amount::All,
+                (None, false, None) => {
+                    return Err(Error::input("release needs --size S, --all or --job ID").into())
+                }
             };
+            if let Some(j) = &a.job {
+                state::validate_job(j)?;
+            }
             require_root(&host, "release")?;
-            let r = release::release(&host, &cli.state_file, amount)?;
+            let r = release::release_for(&host, &cli.state_file, amount, a.job.as_deref())?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 for n in &r.nodes {
                     println!(
-                        "node {}: released {} of {} GiB{}; {} GiB still reserved",
+                        "{}node {}: released {} of {} GiB{}; {} GiB still reserved",
+                        r.job
+                            .as_ref()
+                            .map(|j| format!("job {j}: "))
+                            .unwrap_or_default(),
                         n.node,
                         n.released,
                         n.asked,
@@ -246,6 +264,7 @@ fn reserve_cmd(host: &Host, state_file: &std::path::Path, a: ReserveArgs) -> any
         keep_bytes,
         allow_partial: a.allow_partial,
         offline_blocks: !a.no_offline,
+        job: a.job.clone(),
     };
     // Input checks first, so that bad input never creates the state directory.
     reserve::plan(host, &opts)?;
@@ -257,10 +276,14 @@ fn reserve_cmd(host: &Host, state_file: &std::path::Path, a: ReserveArgs) -> any
     } else {
         for n in &r.nodes {
             println!(
-                "node {}: {} of {} GiB reserved ({}{} added by this run{}{})",
+                "{}node {}: {} of {} GiB reserved ({}{} added by this run{}{})",
+                r.job
+                    .as_ref()
+                    .map(|j| format!("job {j}: "))
+                    .unwrap_or_default(),
                 n.node,
-                n.held(),
-                n.target,
+                n.held() - n.others,
+                n.target - n.others,
                 if n.adopted > 0 {
                     format!("{} free page(s) already in the pool adopted, ", n.adopted)
                 } else {

@@ -32,6 +32,8 @@ pub struct NodeRelease {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReleaseReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     pub nodes: Vec<NodeRelease>,
     pub devdax_released: Vec<String>,
     pub notes: Vec<String>,
@@ -42,15 +44,48 @@ pub struct ReleaseReport {
 }
 
 pub fn release(host: &Host, state_path: &Path, amount: Amount) -> Result<ReleaseReport> {
+    release_for(host, state_path, amount, None)
+}
+
+/// `release [--job ID]`: with a job, only that job's pages and dax devices; without, only
+/// what no job holds (and, once no job holds anything, the blocks and devices too).
+pub fn release_for(
+    host: &Host,
+    state_path: &Path,
+    amount: Amount,
+    job: Option<&str>,
+) -> Result<ReleaseReport> {
     if matches!(amount, Amount::Gib(0)) {
         return Err(Error::input("--size 0: nothing to release"));
     }
-    let mut report = ReleaseReport::default();
-    let Some(mut session) = Session::open(host, state_path, false)? else {
-        return nothing_held(amount, report);
+    if let Some(j) = job {
+        crate::state::validate_job(j)?;
+    }
+    let mut report = ReleaseReport {
+        job: job.map(String::from),
+        ..Default::default()
     };
+    let Some(session) = Session::open(host, state_path, false)? else {
+        return nothing_held(amount, report, job);
+    };
+    let mut session = session.for_job(job);
     if !state_path.exists() {
-        return nothing_held(amount, report);
+        return nothing_held(amount, report, job);
+    }
+    if let Some(j) = job {
+        if !session.state.jobs.contains_key(j) {
+            if let Amount::Gib(n) = amount {
+                return Err(Error::input(format!(
+                    "--job {j} --size {n}G: job {j} holds nothing"
+                )));
+            }
+            report.notes.push(format!("job {j} holds nothing"));
+            report.complete = true;
+            report.idle = false;
+            drop(session);
+            report.idle = !state_path.exists();
+            return Ok(report);
+        }
     }
     if let Some(n) = session.settle_pending()? {
         report.notes.push(n);
@@ -62,10 +97,16 @@ pub fn release(host: &Host, state_path: &Path, amount: Amount) -> Result<Release
         }
     }
     if let Amount::Gib(n) = amount {
-        let have = session.state.total_held();
+        let nodes: Vec<u32> = session.state.nodes.keys().copied().collect();
+        let have: u64 = nodes.iter().map(|&n| session.owned(n)).sum();
         if n > have {
             return Err(Error::input(format!(
-                "--size {n}G: hpmmap-offline holds only {have} GiB"
+                "--size {n}G: {} holds only {have} GiB",
+                match job {
+                    Some(j) => format!("job {j}"),
+                    None if session.state.jobs.is_empty() => "hpmmap-offline".to_string(),
+                    None => "hpmmap-offline (outside the jobs' reservations)".to_string(),
+                }
             )));
         }
     }
@@ -80,25 +121,79 @@ pub fn release(host: &Host, state_path: &Path, amount: Amount) -> Result<Release
     if amount == Amount::All {
         // dax devices first: a device going back to system-ram mode brings back the
         // memory blocks that the block restore below then onlines.
-        let (done, left) = devdax::release_all(&mut session)?;
+        let owned_by_jobs: Vec<String> = session
+            .state
+            .jobs
+            .values()
+            .flat_map(|j| j.devdax.iter().cloned())
+            .collect();
+        let mine: Vec<String> = job
+            .and_then(|j| session.state.jobs.get(j))
+            .map(|j| j.devdax.clone())
+            .unwrap_or_default();
+        let (done, left) = devdax::release_which(&mut session, |d| match job {
+            Some(_) => mine.iter().any(|m| m == d),
+            None => !owned_by_jobs.iter().any(|m| m == d),
+        })?;
+        if let Some(j) = job.and_then(|j| session.state.jobs.get_mut(j)) {
+            j.devdax.retain(|d| !done.contains(d));
+        }
         complete &= left.is_empty();
         report.devdax_released = done;
         report.notes.extend(left);
-        let stuck = session.restore_blocks(true)?;
+        // Blocks moved into a kernel zone hold the pool's pages: they go back to their
+        // zone only once no job holds pages (offlining them would dissolve a job's free
+        // pages). Blocks of an interrupted run are restored in any case.
+        session.state.prune();
+        let jobs_left = !session.state.jobs.is_empty();
+        let stuck = session.restore_blocks(!jobs_left)?;
         complete &= stuck.is_empty();
         for s in stuck {
             report.notes.push(format!("block not restored: {s}"));
         }
+        if jobs_left && job.is_none() {
+            for (name, j) in &session.state.jobs {
+                report.notes.push(format!(
+                    "job {name} still holds {} GiB{} (release --job {name}, or recover)",
+                    j.total(),
+                    if j.devdax.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and {}", j.devdax.join(", "))
+                    }
+                ));
+            }
+        }
+    }
+    if let Some(j) = job {
+        if session
+            .state
+            .jobs
+            .get(j)
+            .is_some_and(|s| s.total() == 0 && s.devdax.is_empty())
+        {
+            // a reserve that was killed half-way is settled by this release
+            session.state.jobs.remove(j);
+        }
+        session.state.prune();
     }
     report.complete = complete;
     report.idle = session.finish()?;
     Ok(report)
 }
 
-fn nothing_held(amount: Amount, mut report: ReleaseReport) -> Result<ReleaseReport> {
+fn nothing_held(
+    amount: Amount,
+    mut report: ReleaseReport,
+    job: Option<&str>,
+) -> Result<ReleaseReport> {
     if let Amount::Gib(n) = amount {
         return Err(Error::input(format!(
-            "--size {n}G: hpmmap-offline holds nothing (no state file)"
+            "--size {n}G: {} nothing (no state file)",
+            match job {
+                Some(j) => format!("job {j} holds"),
+                None => "hpmmap-offline holds".into(),
+            }
         )));
     }
     report
@@ -114,8 +209,8 @@ fn split(session: &Session, amount: Amount) -> Vec<(u32, u64)> {
     let mut held: Vec<(u32, u64)> = session
         .state
         .nodes
-        .iter()
-        .map(|(&n, s)| (n, s.held()))
+        .keys()
+        .map(|&n| (n, session.owned(n)))
         .filter(|&(_, r)| r > 0)
         .collect();
     match amount {
@@ -151,13 +246,34 @@ fn release_node(
     };
     let added = session.state.added(node);
     let adopted = session.state.adopted(node);
-    let held = holders::held_on_node(holders, node);
+    let job = session.job.clone();
+    // The VMs of this run's owner (the job's, or those of no job for the unassigned part)
+    // map some of its pages; the other owners' pages that their VMs do not map yet must
+    // stay free in the pool for them.
+    let jobs: Vec<String> = session.state.jobs.keys().cloned().collect();
+    let owner_of =
+        |h: &holders::Holder| -> Option<String> { h.job.clone().filter(|j| jobs.contains(j)) };
+    let mapped_by = |o: Option<&str>| -> u64 {
+        let mine: Vec<holders::Holder> = holders
+            .iter()
+            .filter(|h| owner_of(h).as_deref() == o)
+            .cloned()
+            .collect();
+        holders::held_on_node(&mine, node)
+    };
+    let held = mapped_by(job.as_deref());
+    let others_need: u64 = std::iter::once(None)
+        .chain(jobs.iter().map(|j| Some(j.as_str())))
+        .filter(|o| *o != job.as_deref())
+        .map(|o| session.state.owned(o, node).saturating_sub(mapped_by(o)))
+        .sum();
     let pool = hugetlb::node_pool(host, node)?;
     let resv = hugetlb::global_pool(host)?.resv;
-    // Which of its pages a VM maps cannot be told: the ones this tool holds and no VM maps
-    // bound what may be free of its own.
-    let not_held = (added + adopted).saturating_sub(held);
-    let free = pool.free.saturating_sub(resv);
+    // Which of its pages a VM maps cannot be told: the ones this owner holds and no VM of
+    // its maps bound what may be free of its own.
+    let owned = session.owned(node);
+    let not_held = owned.saturating_sub(held);
+    let free = pool.free.saturating_sub(resv).saturating_sub(others_need);
     let give = asked.min(added).min(not_held).min(free);
     if give > 0 {
         host.progress(format!("node {node}: giving back {give} GiB"));
@@ -173,6 +289,11 @@ fn release_node(
     // Adopted pages were in the pool before: forgetting them is all it takes, whether a VM
     // still maps them or not.
     let left = asked - r.released;
+    // A job's adopted pages that its VM still maps stay the job's until the VM is gone.
+    let left = match job {
+        Some(_) => left.min(not_held.saturating_sub(r.released)),
+        None => left,
+    };
     if left > 0 && adopted > 0 {
         r.unadopted = session.unadopt(node, left.min(adopted))?;
         r.released += r.unadopted;
@@ -196,6 +317,6 @@ fn release_node(
             ));
         }
     }
-    r.still_reserved = session.state.held(node);
+    r.still_reserved = session.owned(node);
     Ok(r)
 }

@@ -32,13 +32,18 @@ pub struct ReserveOptions {
     pub allow_partial: bool,
     /// Cycle memory blocks when compaction is not enough.
     pub offline_blocks: bool,
+    /// The job the pages are for (`--job ID`); None: the unassigned reservation.
+    pub job: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NodeOutcome {
     pub node: u32,
-    /// Pages this tool should hold on the node when done.
+    /// Pages this tool should hold on the node when done (every job's).
     pub target: u64,
+    /// Of `target`, pages held for other jobs (or, for a job, for no job): the run's own
+    /// share is `target - others` asked, `held() - others` obtained.
+    pub others: u64,
     /// Pages it held before this run.
     pub had: u64,
     /// Free pages of the existing pool this run adopted (0 after a rollback).
@@ -66,6 +71,8 @@ impl NodeOutcome {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReserveReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     pub nodes: Vec<NodeOutcome>,
     pub complete: bool,
     pub rolled_back: bool,
@@ -74,6 +81,9 @@ pub struct ReserveReport {
 
 /// Input checks that need no state and change nothing; returns the per-node targets.
 pub fn plan(host: &Host, opts: &ReserveOptions) -> Result<Vec<(u32, u64)>> {
+    if let Some(j) = &opts.job {
+        crate::state::validate_job(j)?;
+    }
     hugetlb::check_support(host)?;
     if opts.size_gib == 0 {
         return Err(Error::input("--size 0: nothing to reserve"));
@@ -127,8 +137,13 @@ pub fn plan(host: &Host, opts: &ReserveOptions) -> Result<Vec<(u32, u64)>> {
 
 pub fn reserve(host: &Host, state_path: &Path, opts: &ReserveOptions) -> Result<ReserveReport> {
     let targets = plan(host, opts)?;
-    let mut session = Session::open(host, state_path, true)?.expect("created on demand");
-    let mut report = ReserveReport::default();
+    let mut session = Session::open(host, state_path, true)?
+        .expect("created on demand")
+        .for_job(opts.job.as_deref());
+    let mut report = ReserveReport {
+        job: opts.job.clone(),
+        ..Default::default()
+    };
     if let Some(n) = session.settle_pending()? {
         report.notes.push(n);
     }
@@ -143,16 +158,49 @@ pub fn reserve(host: &Host, state_path: &Path, opts: &ReserveOptions) -> Result<
         }
     }
     for &(node, target) in &targets {
+        // The run's own share (the job's, or the unassigned part) grows to `target`; what
+        // the node holds for others stays as it is.
+        let held = session.state.held(node);
+        let mine = session.owned(node);
         report.nodes.push(NodeOutcome {
             node,
-            target,
-            had: session.state.held(node),
+            target: held - mine + target.max(mine),
+            others: held - mine,
+            had: held,
             ..Default::default()
         });
     }
+    if let Some(job) = &opts.job {
+        // Marked before the first change: a reserve killed half-way leaves its process's
+        // pid here, and `recover` gives the job back what it held before.
+        let had = targets
+            .iter()
+            .map(|&(n, _)| (n, session.owned(n)))
+            .collect();
+        let boot = crate::jobs::boot_id(host);
+        let now = unix_now();
+        let e = session.state.jobs.entry(job.clone()).or_default();
+        if e.created_unix == 0 {
+            e.created_unix = now;
+        }
+        e.boot_id = boot;
+        e.reserving = Some(crate::jobs::me(host, had));
+        session.save()?;
+    }
     let run = grow_all(&mut session, opts, &mut report);
+    let done = |session: &mut Session| {
+        if let Some(job) = &opts.job {
+            if let Some(e) = session.state.jobs.get_mut(job) {
+                e.reserving = None;
+            }
+            session.state.prune();
+        }
+    };
     if let Err(e) = run {
         let undo = rollback(&mut session, &mut report);
+        if undo.is_ok() {
+            done(&mut session);
+        }
         let _ = session.finish();
         return Err(match undo {
             Ok(()) => e,
@@ -167,8 +215,16 @@ pub fn reserve(host: &Host, state_path: &Path, opts: &ReserveOptions) -> Result<
         rollback(&mut session, &mut report)?;
         report.rolled_back = true;
     }
+    done(&mut session);
     session.finish()?;
     Ok(report)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn grow_all(

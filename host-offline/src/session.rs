@@ -12,6 +12,8 @@ pub struct Session<'h> {
     pub host: &'h Host,
     pub path: PathBuf,
     pub state: State,
+    /// The job this run acts for (`--job`); None: the unassigned reservation.
+    pub job: Option<String>,
     _lock: state::Lock,
 }
 
@@ -49,8 +51,21 @@ impl<'h> Session<'h> {
             host,
             path: path.to_path_buf(),
             state,
+            job: None,
             _lock: lock,
         }))
+    }
+
+    /// Acts for `job` from now on: pages added or adopted are the job's, pages given back
+    /// or forgotten come off its share.
+    pub fn for_job(mut self, job: Option<&str>) -> Self {
+        self.job = job.map(String::from);
+        self
+    }
+
+    /// Pages of the node held for this run's job (or unassigned).
+    pub fn owned(&self, node: u32) -> u64 {
+        self.state.owned(self.job.as_deref(), node)
     }
 
     pub fn save(&mut self) -> Result<()> {
@@ -90,12 +105,19 @@ impl<'h> Session<'h> {
             reserved: 0,
             adopted: 0,
         });
-        if p.target > p.before {
-            entry.reserved += reached.clamp(p.before, p.target) - p.before;
+        let delta: i64 = if p.target > p.before {
+            let added = reached.clamp(p.before, p.target) - p.before;
+            entry.reserved += added;
+            added as i64
         } else {
             let removed = p.before - reached.clamp(p.target, p.before);
-            entry.reserved = entry.reserved.saturating_sub(removed);
-        }
+            let gone = removed.min(entry.reserved);
+            entry.reserved -= gone;
+            -(gone as i64)
+        };
+        let job = self.job.clone();
+        self.state.job_add(job.as_deref(), p.node, delta);
+        self.state.fit_jobs(p.node, job.as_deref());
         self.state.prune();
     }
 
@@ -112,6 +134,8 @@ impl<'h> Session<'h> {
             adopted: 0,
         });
         entry.adopted += count;
+        let job = self.job.clone();
+        self.state.job_add(job.as_deref(), node, count as i64);
         self.save()
     }
 
@@ -123,6 +147,9 @@ impl<'h> Session<'h> {
         };
         let gone = count.min(n.adopted);
         n.adopted -= gone;
+        let job = self.job.clone();
+        self.state.job_add(job.as_deref(), node, -(gone as i64));
+        self.state.fit_jobs(node, job.as_deref());
         self.state.prune();
         self.save()?;
         Ok(gone)
@@ -138,6 +165,15 @@ impl<'h> Session<'h> {
         n.reserved -= from_added;
         let from_adopted = (count - from_added).min(n.adopted);
         n.adopted -= from_adopted;
+        // This run's job loses them first, then the unassigned part, then other jobs.
+        let job = self.job.clone();
+        let mine = self.state.owned(job.as_deref(), node);
+        self.state.job_add(
+            job.as_deref(),
+            node,
+            -((from_added + from_adopted).min(mine) as i64),
+        );
+        self.state.fit_jobs(node, job.as_deref());
         self.state.prune();
         from_added + from_adopted
     }

@@ -1,7 +1,8 @@
 //! The state file: what this tool changed on the host, written *before* each change, so a
 //! later `release --all` (after a crash too) can put the host back as it was.
 //!
-//! Format (JSON, version 1):
+//! Format (JSON, version 2; a version 1 file, which had no `jobs`, loads as version 2 with
+//! every page unassigned and is written back as version 2):
 //! ```json
 //! { "format": "hpmmap-offline-state", "version": 1,
 //!   "sysfs_root": "/sys", "proc_root": "/proc",
@@ -14,13 +15,20 @@
 //!                 "zone_moved": true } ],
 //!   "devdax": [ { "device": "dax0.1", "original_driver": null, "original_size": 0,
 //!                 "original_align": 2097152, "size": 2147483648, "align": 1073741824 } ],
+//!   "jobs": { "alpha": { "nodes": { "0": 2 }, "created_unix": 1795000000,
+//!                        "boot_id": "0b7c...", "devdax": ["dax0.1"],
+//!                        "reserving": { "pid": 4242, "start": 81234, "had": { "0": 0 } } } },
 //!   "updated_unix": 1795000000 }
 //! ```
 //! `reserved` counts the 1 GiB pages this tool added to a node's pool and has not given
 //! back; `adopted` the free pages that were already in the pool (set at boot with
 //! `hugepages=N`, or by hand) and that it counts as held for hpmmap without changing the pool; `pending` is a pool resize that was started and not yet confirmed; `blocks` are
 //! memory blocks whose state the tool may have changed; `devdax` are dax devices it
-//! reconfigured, with what they were before.
+//! reconfigured, with what they were before. `jobs` splits the pages held per node between
+//! jobs (`reserve --job ID`); what the jobs do not hold of a node's pages is the unassigned
+//! reservation of the commands without `--job`. `reserving` is set while a reserve for the
+//! job runs (its process, and what the job held before it), so that `recover` can give back
+//! what a killed reserve took.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -31,7 +39,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub const FORMAT: &str = "hpmmap-offline-state";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Versions this build reads (older ones are migrated on load).
+pub const READS: &[u32] = &[1, 2];
 pub const DEFAULT_PATH: &str = "/run/hpmmap/offline.json";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +104,67 @@ pub struct DaxChange {
     pub align: u64,
 }
 
+/// A process, told apart from a later one with the same pid by its start time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    /// Field 22 of /proc/PID/stat.
+    #[serde(default)]
+    pub start: Option<u64>,
+    /// Pages per node the job held before this reserve started.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub had: BTreeMap<u32, u64>,
+}
+
+/// One job's share of what hpmmap-offline holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobState {
+    /// 1 GiB pages per node.
+    #[serde(default)]
+    pub nodes: BTreeMap<u32, u64>,
+    #[serde(default)]
+    pub created_unix: u64,
+    /// `/proc/sys/kernel/random/boot_id` when the job reserved: a job of an earlier boot
+    /// has no VMM any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// dax devices held for the job (`reserve --devdax --job ID`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devdax: Vec<String>,
+    /// A reserve for this job is running (or was killed: its process is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserving: Option<Owner>,
+}
+
+impl JobState {
+    pub fn on(&self, node: u32) -> u64 {
+        self.nodes.get(&node).copied().unwrap_or(0)
+    }
+    pub fn total(&self) -> u64 {
+        self.nodes.values().sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0 && self.devdax.is_empty() && self.reserving.is_none()
+    }
+}
+
+/// A job name: `[A-Za-z0-9_.-]{1,64}` (the same rule as the VF claims' `--job`).
+pub fn validate_job(job: &str) -> Result<()> {
+    let ok = !job.is_empty()
+        && job.len() <= 64
+        && job
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::input(format!(
+            "--job '{}': a job name is 1 to 64 of A-Z a-z 0-9 _ . -",
+            job.escape_debug()
+        )))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub format: String,
@@ -108,6 +179,9 @@ pub struct State {
     pub blocks: Vec<BlockChange>,
     #[serde(default)]
     pub devdax: Vec<DaxChange>,
+    /// Per-job shares of the pages held (and dax devices), by job name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub jobs: BTreeMap<String, JobState>,
     #[serde(default)]
     pub updated_unix: u64,
 }
@@ -123,7 +197,71 @@ impl State {
             pending: None,
             blocks: Vec::new(),
             devdax: Vec::new(),
+            jobs: BTreeMap::new(),
             updated_unix: 0,
+        }
+    }
+
+    /// Pages of the node held for `job`, or (None) for no job: the part no job holds.
+    pub fn owned(&self, job: Option<&str>, node: u32) -> u64 {
+        match job {
+            Some(j) => self.jobs.get(j).map(|s| s.on(node)).unwrap_or(0),
+            None => self.unassigned(node),
+        }
+    }
+
+    /// Pages of the node that no job holds (the reservation of the commands without --job).
+    pub fn unassigned(&self, node: u32) -> u64 {
+        self.held(node).saturating_sub(self.jobs_on(node))
+    }
+
+    /// Pages of the node held by jobs.
+    pub fn jobs_on(&self, node: u32) -> u64 {
+        self.jobs.values().map(|j| j.on(node)).sum()
+    }
+
+    /// Changes `job`'s pages on the node by `delta` (no job: nothing to record, the
+    /// unassigned part is what the jobs do not hold).
+    pub fn job_add(&mut self, job: Option<&str>, node: u32, delta: i64) {
+        let Some(j) = job else { return };
+        let e = self.jobs.entry(j.to_string()).or_default();
+        let n = e.nodes.entry(node).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            e.nodes.remove(&node);
+        }
+    }
+
+    /// After pages went missing (dissolved, given back by someone else): the jobs cannot
+    /// hold more than the node's books, so the difference comes off `first` (the job of
+    /// the run that lost them), then the others in name order.
+    pub fn fit_jobs(&mut self, node: u32, first: Option<&str>) {
+        let mut over = self.jobs_on(node).saturating_sub(self.held(node));
+        if over == 0 {
+            return;
+        }
+        let mut names: Vec<String> = first.map(String::from).into_iter().collect();
+        names.extend(
+            self.jobs
+                .keys()
+                .filter(|k| Some(k.as_str()) != first)
+                .cloned(),
+        );
+        for name in names {
+            if over == 0 {
+                break;
+            }
+            let Some(j) = self.jobs.get_mut(&name) else {
+                continue;
+            };
+            let have = j.on(node);
+            let take = have.min(over);
+            over -= take;
+            if have == take {
+                j.nodes.remove(&node);
+            } else {
+                j.nodes.insert(node, have - take);
+            }
         }
     }
 
@@ -153,6 +291,7 @@ impl State {
     /// Drops node entries that hold nothing any more.
     pub fn prune(&mut self) {
         self.nodes.retain(|_, n| n.held() > 0);
+        self.jobs.retain(|_, j| !j.is_empty());
     }
 
     /// Nothing held and nothing to undo: the file can go.
@@ -161,6 +300,7 @@ impl State {
             && self.pending.is_none()
             && self.blocks.is_empty()
             && self.devdax.is_empty()
+            && self.jobs.values().all(JobState::is_empty)
     }
 }
 
@@ -190,9 +330,9 @@ pub fn load(path: &Path) -> Result<Option<State>> {
         )));
     }
     let version = value.get("version").and_then(|v| v.as_u64());
-    if version != Some(VERSION as u64) {
+    if !version.is_some_and(|v| READS.iter().any(|&r| r as u64 == v)) {
         return Err(Error::input(format!(
-            "state file {}: version {} but this hpmmap-offline reads version {VERSION}; \
+            "state file {}: version {} but this hpmmap-offline reads versions 1 and {VERSION}; \
              finish with the hpmmap-offline that wrote it (or check the host and remove the \
              file); not touching the host",
             path.display(),
@@ -201,12 +341,17 @@ pub fn load(path: &Path) -> Result<Option<State>> {
                 .unwrap_or_else(|| "missing".into())
         )));
     }
-    serde_json::from_value(value).map(Some).map_err(|e| {
+    let v = version.unwrap_or(0);
+    let mut st: State = serde_json::from_value(value).map_err(|e| {
         Error::input(format!(
-            "state file {}: malformed version {VERSION} state ({e}); not touching the host",
+            "state file {}: malformed version {v} state ({e}); not touching the host",
             path.display()
         ))
-    })
+    })?;
+    // Version 1 had no jobs: every page it lists is unassigned, which is what an empty
+    // `jobs` means in version 2.
+    st.version = VERSION;
+    Ok(Some(st))
 }
 
 /// Replaces the state file atomically (temp file, fsync, rename, fsync of the directory),
@@ -343,10 +488,38 @@ mod tests {
         .unwrap();
         let s = load(&p).unwrap().unwrap();
         assert_eq!((s.added(0), s.adopted(0), s.held(0)), (2, 0, 2));
+        // a version 1 file is migrated: no jobs, every page unassigned
+        assert_eq!((s.version, s.jobs.len(), s.unassigned(0)), (2, 0, 2));
         let mut s2 = s.clone();
         save(&p, &mut s2).unwrap();
         assert!(!fs::read_to_string(&p).unwrap().contains("adopted"));
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn job_shares_follow_the_books() {
+        let mut s = State::new(Path::new("/sys"), Path::new("/proc"));
+        s.nodes.insert(
+            0,
+            NodeState {
+                baseline_nr: 0,
+                reserved: 3,
+                adopted: 2,
+            },
+        );
+        s.job_add(Some("a"), 0, 2);
+        s.job_add(Some("b"), 0, 2);
+        s.job_add(None, 0, 5);
+        assert_eq!((s.owned(Some("a"), 0), s.owned(None, 0)), (2, 1));
+        s.nodes.get_mut(&0).unwrap().reserved = 0; // 3 pages lost: 1 unassigned, then b's first
+        s.fit_jobs(0, Some("b"));
+        assert_eq!((s.owned(Some("a"), 0), s.owned(Some("b"), 0)), (2, 0));
+        s.prune();
+        assert!(!s.jobs.contains_key("b"));
+        assert!(validate_job("job-1.x_2").is_ok());
+        for bad in ["", "a b", "../x", &"x".repeat(65)] {
+            assert!(validate_job(bad).unwrap_err().is_input(), "{bad}");
+        }
     }
 
     #[test]
@@ -355,12 +528,12 @@ mod tests {
         let p = d.join("offline.json");
         fs::write(
             &p,
-            r#"{"format":"hpmmap-offline-state","version":2,"nodes":{}}"#,
+            r#"{"format":"hpmmap-offline-state","version":3,"nodes":{}}"#,
         )
         .unwrap();
         let e = load(&p).unwrap_err();
         assert!(e.is_input());
-        assert!(e.to_string().contains("version 2"), "{e}");
+        assert!(e.to_string().contains("version 3"), "{e}");
         fs::write(&p, r#"{"format":"something-else","version":1}"#).unwrap();
         assert!(load(&p).unwrap_err().is_input());
         fs::write(&p, "not json").unwrap();

@@ -52,8 +52,24 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
     pub vm_holders: Vec<Holder>,
     pub dax_devices: Vec<DaxStatus>,
+    /// Each job's share (`reserve --job ID`), and what no job holds.
+    pub jobs: Vec<JobStatus>,
+    pub unassigned: u64,
     pub state_file: String,
     pub state: Option<State>,
+}
+
+/// One job's pages and devices, and whether its processes run.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub job: String,
+    pub pages: u64,
+    pub per_node: std::collections::BTreeMap<u32, u64>,
+    pub devdax: Vec<String>,
+    /// Running hpmmap-vmm processes with `--job` this job.
+    pub vmm_pids: Vec<u32>,
+    /// A reserve for the job: its pid, and whether it still runs.
+    pub reserving: Option<(u32, bool)>,
 }
 
 pub fn gather(host: &Host, state_path: &Path) -> Result<Status> {
@@ -88,7 +104,37 @@ pub fn gather(host: &Host, state_path: &Path) -> Result<Status> {
             blocks: blocks::summarize(&all_blocks, bs, Some(node)),
         });
     }
+    let vmms = crate::jobs::vmm_processes(host);
+    let jobs = st
+        .as_ref()
+        .map(|st| {
+            st.jobs
+                .iter()
+                .map(|(name, j)| JobStatus {
+                    job: name.clone(),
+                    pages: j.total(),
+                    per_node: j.nodes.clone(),
+                    devdax: j.devdax.clone(),
+                    vmm_pids: vmms
+                        .iter()
+                        .filter(|(_, jj)| jj.as_deref() == Some(name.as_str()))
+                        .map(|(p, _)| *p)
+                        .collect(),
+                    reserving: j
+                        .reserving
+                        .as_ref()
+                        .map(|o| (o.pid, crate::jobs::alive(host, o.pid, o.start))),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let unassigned = st
+        .as_ref()
+        .map(|st| st.nodes.keys().map(|&n| st.unassigned(n)).sum())
+        .unwrap_or(0);
     Ok(Status {
+        jobs,
+        unassigned,
         format: "hpmmap-offline-status",
         version: 1,
         page_size_bytes: GIB,
@@ -204,6 +250,51 @@ pub fn render_text(s: &Status) -> String {
             d.node.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
             d.driver.as_deref().unwrap_or("none")
         );
+    }
+    for j in &s.jobs {
+        let nodes: Vec<String> = j
+            .per_node
+            .iter()
+            .map(|(n, p)| format!("node {n}: {p}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "job {}: {} GiB{}{}; {}{}",
+            j.job,
+            j.pages,
+            if nodes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", nodes.join(", "))
+            },
+            if j.devdax.is_empty() {
+                String::new()
+            } else {
+                format!(", dax {}", j.devdax.join(", "))
+            },
+            if j.vmm_pids.is_empty() {
+                "no hpmmap-vmm running".to_string()
+            } else {
+                format!(
+                    "hpmmap-vmm pid {}",
+                    j.vmm_pids
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            match j.reserving {
+                Some((pid, true)) => format!("; reserve running (pid {pid})"),
+                Some((pid, false)) => {
+                    format!("; its reserve (pid {pid}) was killed: `recover` gives back")
+                }
+                None => String::new(),
+            }
+        );
+    }
+    if !s.jobs.is_empty() {
+        let _ = writeln!(o, "no job: {} GiB", s.unassigned);
     }
     match &s.state {
         None => {

@@ -168,7 +168,7 @@ fn binary_reserve_and_release_write_the_state_file_and_remove_it() {
     let st: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(t.state()).unwrap()).unwrap();
     assert_eq!(st["format"], "hpmmap-offline-state");
-    assert_eq!(st["version"], 1);
+    assert_eq!(st["version"], 2);
     assert_eq!(st["nodes"]["0"]["reserved"], 2);
     assert_eq!(st["sysfs_root"], t.sys().to_string_lossy().as_ref());
     // No kernel behind this tree: free_hugepages did not follow the write, so to release

@@ -28,6 +28,7 @@ fn opts(size_gib: u64, placement: Placement) -> ReserveOptions {
         keep_bytes: GIB,
         allow_partial: false,
         offline_blocks: true,
+        job: None,
     }
 }
 
