@@ -418,7 +418,7 @@ fn write_boot_structures(
 }
 
 fn configure_vcpu(
-    kvm: &Kvm,
+    supported: &kvm_bindings::CpuId,
     vm: &VmFd,
     index: u32,
     count: u32,
@@ -427,9 +427,6 @@ fn configure_vcpu(
     let vcpu = vm
         .create_vcpu(index as u64)
         .map_err(host("KVM_CREATE_VCPU"))?;
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(host("KVM_GET_SUPPORTED_CPUID"))?;
     let entries = cpuid::filter(supported.as_slice(), index, count);
     let cpuid = kvm_bindings::CpuId::from_entries(&entries).map_err(host("CPUID table"))?;
     vcpu.set_cpuid2(&cpuid).map_err(host("KVM_SET_CPUID2"))?;
@@ -679,9 +676,13 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         pci,
     });
 
+    // Asked once: the same for every vCPU, and hundreds of vCPUs should cost linear time.
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(host("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus = Vec::new();
     for i in 0..cfg.vcpus {
-        vcpus.push(configure_vcpu(&kvm, &vm, i, cfg.vcpus, &kernel)?);
+        vcpus.push(configure_vcpu(&supported, &vm, i, cfg.vcpus, &kernel)?);
     }
     vcpu::install_kick_handler().map_err(host("signal handler"))?;
     mark(&mut phases, "vcpus");
