@@ -45,6 +45,12 @@ pub enum DevDaxError {
         name: String,
         align: String,
     },
+    #[error("--mem-backend devdax:{path}: {name} is in use by {holder}: one VMM per device (its guest RAM would be cleared under it)")]
+    Busy {
+        path: String,
+        name: String,
+        holder: String,
+    },
     #[error("--numa-node {node}: {name}'s memory is on node {target}; device memory cannot be moved (drop --numa-node or use a device on node {node})")]
     OtherNode {
         node: u32,
@@ -139,6 +145,43 @@ impl DaxDevice {
         })
     }
 
+    /// Opens the device read-write under an exclusive flock, held as long as the file is
+    /// open (the VMM's lifetime, whatever ends it): a second VMM naming the same device is
+    /// refused before it maps, and so before it clears, the first one's guest RAM.
+    pub fn open_exclusive(&self) -> Result<std::fs::File, DevDaxError> {
+        use std::os::unix::io::AsRawFd;
+        let shown = self.path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| DevDaxError::NotDax(shown.clone(), format!("open: {e}")))?;
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(file);
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => {
+                    let holder = lock_holders(&file)
+                        .map(|pids| {
+                            let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+                            format!("pid {}", list.join(", "))
+                        })
+                        .unwrap_or_else(|| "another process".into());
+                    return Err(DevDaxError::Busy {
+                        path: shown,
+                        name: self.name.clone(),
+                        holder,
+                    });
+                }
+                _ => return Err(DevDaxError::NotDax(shown, format!("flock: {e}"))),
+            }
+        }
+    }
+
     /// The page size the device's mappings fault in.
     pub fn page_size(&self) -> PageSize {
         match self.align {
@@ -185,6 +228,30 @@ impl DaxDevice {
         }
         Ok(())
     }
+}
+
+/// The processes holding a flock on `file`'s inode, from /proc/locks
+/// (`1: FLOCK  ADVISORY  WRITE 4242 00:05:123 0 EOF`; device as `%02x:%02x`, inode decimal).
+fn lock_holders(file: &std::fs::File) -> Option<Vec<u32>> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().ok()?;
+    let dev = m.dev();
+    // glibc's major/minor encoding of st_dev.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let key = format!("{major:02x}:{minor:02x}:{}", m.ino());
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    let pids: Vec<u32> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "N:" "FLOCK" "ADVISORY" "WRITE" PID DEV:INO ... ("->" lines are waiters)
+            (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&key.as_str()))
+                .then(|| f.get(4)?.parse().ok())
+                .flatten()
+        })
+        .collect();
+    (!pids.is_empty()).then_some(pids)
 }
 
 #[cfg(test)]
@@ -249,6 +316,24 @@ mod tests {
         let e = d.check(GIB, PageSize::Huge2M, Some(0)).unwrap_err();
         assert!(matches!(e, DevDaxError::OtherNode { target: 1, .. }), "{e}");
         d.check(GIB, PageSize::Huge2M, Some(1)).unwrap();
+    }
+
+    #[test]
+    fn a_second_open_of_a_device_in_use_is_refused_naming_the_holder() {
+        let tmp = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/hpmmap-dax-").unwrap();
+        let dev = dev_node(tmp.as_path(), "dax0.0");
+        let d = DaxDevice::inspect(&recorded("lab-pmem-devdax"), &dev).unwrap();
+        let first = d.open_exclusive().unwrap();
+        let e = d.open_exclusive().unwrap_err();
+        assert!(matches!(e, DevDaxError::Busy { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains(&format!("dax0.0 is in use by pid {}", std::process::id())),
+            "{e}"
+        );
+        // The lock goes with the holder's descriptor (its process's exit).
+        drop(first);
+        d.open_exclusive().unwrap();
     }
 
     #[test]

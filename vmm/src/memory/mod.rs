@@ -344,13 +344,8 @@ impl GuestRam {
         opts: &RamOptions,
         dev: DaxDevice,
     ) -> Result<(GuestRam, PrefaultStats), MemoryError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&dev.path)
-            .map_err(|e| {
-                DevDaxError::NotDax(dev.path.display().to_string(), format!("open: {e}"))
-            })?;
+        // Exclusive while this VMM runs: a second VMM on the device exits 2 naming us.
+        let file = dev.open_exclusive()?;
         let fd = OwnedFd::from(file);
         let files = [(fd, opts.bytes)];
         // device-dax refuses mappings not aligned to its alignment (EINVAL).
