@@ -334,6 +334,12 @@ fn preflight(cfg: &VmConfig, kvm: &Kvm) -> Result<(GuestLayout, Option<GuestNuma
         }
     }
     crate::memory::check_request(&ram_options(cfg, numa.as_ref()))?;
+    crate::memory::reservation::check(
+        cfg.vf_ib.job.as_deref(),
+        &ram_options(cfg, numa.as_ref()),
+        &crate::memory::reservation::state_path(),
+    )
+    .map_err(crate::memory::MemoryError::Reservation)?;
     Ok((layout, numa))
 }
 

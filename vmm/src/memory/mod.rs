@@ -7,6 +7,7 @@ pub mod devdax;
 pub mod hugepages;
 pub mod layout;
 pub mod numa;
+pub mod reservation;
 pub mod smaps;
 pub mod workers;
 
@@ -63,6 +64,9 @@ pub enum MemoryError {
     MoreThanHost(String, String),
     #[error("guest RAM: {0}: {1}")]
     Sys(&'static str, io::Error),
+    /// `--job` against hpmmap-offline's per-job reservations (`reservation::check`).
+    #[error("{0}")]
+    Reservation(String),
     #[error(transparent)]
     DevDax(#[from] DevDaxError),
     #[error("guest RAM: mlock of {0} failed ({1}); raise the locked-memory limit (ulimit -l) or run as root")]
