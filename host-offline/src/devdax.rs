@@ -98,6 +98,9 @@ pub struct DevdaxOptions {
     pub size_gib: u64,
     pub node: Option<u32>,
     pub device: Option<String>,
+    /// The job the device is for (`--job ID`): recorded in its share; devices held for
+    /// other jobs are not taken.
+    pub job: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -191,6 +194,35 @@ pub fn reserve_devdax(
     state_path: &Path,
     opts: &DevdaxOptions,
 ) -> Result<DevdaxReport> {
+    let r = reserve_devdax_inner(host, state_path, opts)?;
+    if let Some(job) = &opts.job {
+        // The device is the job's from now on, prepared by this run or usable as it was.
+        let mut session = Session::open(host, state_path, true)?.expect("created on demand");
+        let boot = crate::jobs::boot_id(host);
+        let e = session.state.jobs.entry(job.clone()).or_default();
+        if e.created_unix == 0 {
+            e.created_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            e.boot_id = boot;
+        }
+        if !e.devdax.contains(&r.device) {
+            e.devdax.push(r.device.clone());
+        }
+        session.finish()?;
+    }
+    Ok(r)
+}
+
+fn reserve_devdax_inner(
+    host: &Host,
+    state_path: &Path,
+    opts: &DevdaxOptions,
+) -> Result<DevdaxReport> {
+    if let Some(j) = &opts.job {
+        crate::state::validate_job(j)?;
+    }
     if opts.size_gib == 0 {
         return Err(Error::input("--size 0: nothing to reserve"));
     }
@@ -227,7 +259,37 @@ pub fn reserve_devdax(
         .filter(|d| opts.node.is_none_or(|n| d.node == Some(n as i64)))
         .collect();
     // Read-only look at the state first: bad input must not create the state directory.
-    if let Some(prev) = crate::state::load(state_path)?.and_then(|s| s.devdax.first().cloned()) {
+    let st = crate::state::load(state_path)?;
+    // Devices held for a job other than this run's are not this run's to take.
+    let held_by_other = |name: &str| -> Option<String> {
+        st.as_ref()?.jobs.iter().find_map(|(j, s)| {
+            (Some(j) != opts.job.as_ref() && s.devdax.iter().any(|d| d == name)).then(|| j.clone())
+        })
+    };
+    if let Some(name) = &opts.device {
+        if let Some(j) = held_by_other(name) {
+            return Err(Error::input(format!(
+                "--dax-device {name}: held for job {j} (release --job {j} first)"
+            )));
+        }
+    }
+    let eligible: Vec<&DaxDevice> = eligible
+        .into_iter()
+        .filter(|d| held_by_other(&d.name).is_none())
+        .collect();
+    let mine = |name: &str| -> bool {
+        match &opts.job {
+            Some(j) => st
+                .as_ref()
+                .and_then(|s| s.jobs.get(j))
+                .is_some_and(|s| s.devdax.iter().any(|d| d == name)),
+            None => held_by_other(name).is_none(),
+        }
+    };
+    if let Some(prev) = st
+        .as_ref()
+        .and_then(|s| s.devdax.iter().find(|c| mine(&c.device)).cloned())
+    {
         let d = read_device(host, &prev.device)?;
         if prev.size == size && d.driver.as_deref() == Some(DEVICE_DAX) && d.align == Some(GIB) {
             return Ok(report(&d, false));
@@ -279,10 +341,10 @@ pub fn reserve_devdax(
         return Ok(report(&d, false));
     }
     let mut session = Session::open(host, state_path, true)?.expect("created on demand");
-    if !session.state.devdax.is_empty() {
+    if let Some(c) = session.state.devdax.iter().find(|c| c.device == d.name) {
         return Err(Error::input(format!(
             "--devdax: another hpmmap-offline prepared {} meanwhile",
-            session.state.devdax[0].device
+            c.device
         )));
     }
     let change = DaxChange {

@@ -235,6 +235,7 @@ fn reserve_cmd(host: &Host, state_file: &std::path::Path, a: ReserveArgs) -> any
                 size_gib,
                 node: a.node,
                 device: a.dax_device,
+                job: a.job.clone(),
             },
         )?;
         if a.json {

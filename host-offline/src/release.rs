@@ -135,8 +135,22 @@ pub fn release_for(
             Some(_) => mine.iter().any(|m| m == d),
             None => !owned_by_jobs.iter().any(|m| m == d),
         })?;
+        // The job's devices go back to no one: those restored, and those used as they were
+        // (nothing to restore) that no process maps any more.
+        let still: Vec<String> = session
+            .state
+            .devdax
+            .iter()
+            .map(|c| c.device.clone())
+            .collect();
+        let mapped: Vec<String> = mine
+            .iter()
+            .filter(|d| !devdax::users(host, d).is_empty())
+            .cloned()
+            .collect();
         if let Some(j) = job.and_then(|j| session.state.jobs.get_mut(j)) {
-            j.devdax.retain(|d| !done.contains(d));
+            j.devdax
+                .retain(|d| !done.contains(d) && (still.contains(d) || mapped.contains(d)));
         }
         complete &= left.is_empty();
         report.devdax_released = done;

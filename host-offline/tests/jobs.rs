@@ -260,3 +260,58 @@ fn bad_job_names_are_input_errors_that_change_nothing() {
     assert!(!t.state().parent().unwrap().exists());
     trees::assert_same(&before, &t.snapshot());
 }
+
+/// The lab's recorded device-dax host: a job takes the device as it is; another job is
+/// refused it while the first holds it; `release --job` hands it back to no one.
+#[test]
+fn a_dax_device_held_for_one_job_is_refused_to_another() {
+    use hpmmap_offline::devdax::{self, DevdaxOptions};
+    let t = trees::lab("lab-pmem-devdax", "jobdax");
+    let before = t.snapshot();
+    let k = FakeKernel::new(t.dir.path());
+    let h = host(&t, &k);
+    let dax = |job: &str, device: Option<&str>| DevdaxOptions {
+        size_gib: 1,
+        node: Some(0),
+        device: device.map(String::from),
+        job: Some(job.into()),
+    };
+    let r = devdax::reserve_devdax(&h, &t.state(), &dax("alpha", None)).unwrap();
+    assert_eq!((r.device.as_str(), r.changed), ("dax0.0", false));
+    let st = state::load(&t.state()).unwrap().unwrap();
+    assert_eq!(st.jobs["alpha"].devdax, ["dax0.0"]);
+    // Idempotent for alpha.
+    devdax::reserve_devdax(&h, &t.state(), &dax("alpha", None)).unwrap();
+    let e = devdax::reserve_devdax(&h, &t.state(), &dax("beta", Some("dax0.0"))).unwrap_err();
+    assert!(
+        e.is_input() && e.to_string().contains("held for job alpha"),
+        "{e}"
+    );
+    let e = devdax::reserve_devdax(&h, &t.state(), &dax("beta", None)).unwrap_err();
+    assert!(e.is_input() && e.to_string().contains("none found"), "{e}");
+    let s = status::gather(&h, &t.state()).unwrap();
+    assert!(
+        status::render_text(&s).contains("job alpha: 0 GiB, dax dax0.0;"),
+        "{}",
+        status::render_text(&s)
+    );
+    // While alpha's VMM maps it, alpha's release keeps it.
+    t.write(
+        "proc/4242/maps",
+        "7f0000000000-7f0080000000 rw-s 00000000 00:06 42 /dev/dax0.0\n",
+    );
+    release::release_for(&h, &t.state(), Amount::All, Some("alpha")).unwrap();
+    assert!(state::load(&t.state())
+        .unwrap()
+        .unwrap()
+        .jobs
+        .contains_key("alpha"));
+    std::fs::remove_dir_all(t.path("proc/4242")).unwrap();
+    let r = release::release_for(&h, &t.state(), Amount::All, Some("alpha")).unwrap();
+    assert!(r.idle, "{r:?}");
+    devdax::reserve_devdax(&h, &t.state(), &dax("beta", None)).unwrap();
+    release::release_for(&h, &t.state(), Amount::All, Some("beta")).unwrap();
+    assert!(k.with(|m| m.writes.is_empty()));
+    std::fs::remove_dir_all(t.path("run")).ok();
+    trees::assert_same(&before, &t.snapshot());
+}

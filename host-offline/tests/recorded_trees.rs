@@ -663,6 +663,7 @@ fn dax_opts(size_gib: u64, device: Option<&str>) -> DevdaxOptions {
         size_gib,
         node: Some(0),
         device: device.map(String::from),
+        job: None,
     }
 }
 
