@@ -58,6 +58,9 @@ pub fn build(pci: &PciHostBridge, com1_irq: u32) -> Sdt {
             ("_SEG", &zero),
             ("_UID", &zero),
             ("_BBN", &zero),
+            // The bus sits with guest node 0; without a _PXM a NUMA guest warns "Unknown
+            // NUMA node" for it.
+            ("_PXM", &zero),
             ("_CRS", &crs),
         ],
     );
