@@ -395,9 +395,12 @@ impl Lab {
     }
 
     fn check_command(&self, cmd: &str, extra: &[Add]) -> Result<(), LabError> {
+        // The first word of the first line that is not blank or a shell comment.
         let first = cmd
-            .split_whitespace()
-            .next()
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .and_then(|l| l.split_whitespace().next())
             .ok_or(LabError::EmptyCommand)?;
         // Only a plain word can be checked before boot; shell syntax is L1's business.
         if first.contains(|c: char| "$`'\"();&|<>=*?{}".contains(c)) {
