@@ -17,6 +17,7 @@ pub mod host;
 pub mod hugetlb;
 pub mod jobs;
 pub mod pageflags;
+pub mod recover;
 pub mod release;
 pub mod reserve;
 pub mod session;

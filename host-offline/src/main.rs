@@ -12,7 +12,7 @@ use hpmmap_offline::host::{self, Host};
 use hpmmap_offline::release::{self, Amount};
 use hpmmap_offline::reserve::{self, Placement, ReserveOptions};
 use hpmmap_offline::size::{human, parse_gib, GIB};
-use hpmmap_offline::{state, status, stop, Error};
+use hpmmap_offline::{recover, state, status, stop, Error};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,6 +56,27 @@ enum Cmd {
     },
     /// Give memory back to the host (never pages a running VM maps).
     Release(ReleaseArgs),
+    /// After any crash (a job's epilog, or at boot): put back VFs dead VMMs left on
+    /// vfio-pci, disable VFs they created, release reservations of jobs whose VMM is gone,
+    /// remove their jail directories and cgroups. Live jobs are left alone.
+    Recover(RecoverArgs),
+}
+
+#[derive(Args)]
+struct RecoverArgs {
+    /// The job whose epilog this is: its reservation is released once no process of the
+    /// job runs (others only when they are known dead).
+    #[arg(long, value_name = "ID")]
+    job: Option<String>,
+    /// Where VF claim records (vf/) and jail directories (jail/<job>) live.
+    #[arg(long, default_value = "/run/hpmmap", value_name = "DIR")]
+    run_dir: PathBuf,
+    /// The hpmmap cgroup parent (default: SYSFS_ROOT/fs/cgroup/hpmmap).
+    #[arg(long, value_name = "DIR")]
+    cgroup_dir: Option<PathBuf>,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -158,6 +179,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Cmd::Reserve(a) => reserve_cmd(&host, &cli.state_file, a),
+        Cmd::Recover(a) => {
+            if let Some(j) = &a.job {
+                state::validate_job(j)?;
+            }
+            require_root(&host, "recover")?;
+            let vf = vf_sysfs(&cli.sysfs_root, &cli.proc_root, &a.run_dir);
+            let opts = recover::RecoverOptions {
+                job: a.job,
+                cgroup_dir: a
+                    .cgroup_dir
+                    .unwrap_or_else(|| cli.sysfs_root.join("fs/cgroup/hpmmap")),
+                run_dir: a.run_dir,
+            };
+            let r = recover::recover(&host, &cli.state_file, &vf, &opts)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for l in &r.lines {
+                    println!("{l}");
+                }
+            }
+            Ok(if r.failed { 1 } else { 0 })
+        }
         Cmd::Release(a) => {
             let amount = match (&a.what.size, a.what.all, &a.job) {
                 (_, true, _) => Amount::All,
@@ -221,6 +265,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(if r.complete { 0 } else { 3 })
         }
     }
+}
+
+/// hpmmap-vf's view of the same host: real writes on the live host; on a recorded tree
+/// (ROOT/sys beside ROOT/proc) the VF simulation of hpmmap-vf over ROOT.
+fn vf_sysfs(
+    sys: &std::path::Path,
+    proc: &std::path::Path,
+    run: &std::path::Path,
+) -> hpmmap_vf::Sysfs {
+    let paths = hpmmap_vf::HostPaths {
+        sys: sys.to_path_buf(),
+        proc: proc.to_path_buf(),
+        run: run.to_path_buf(),
+        ..hpmmap_vf::HostPaths::host()
+    };
+    if sys == std::path::Path::new("/sys") {
+        return hpmmap_vf::Sysfs::new(paths, std::sync::Arc::new(hpmmap_vf::sysfs::KernelWriter));
+    }
+    let root = sys.parent().unwrap_or(sys);
+    hpmmap_vf::Sysfs::new(
+        paths,
+        std::sync::Arc::new(hpmmap_vf::sim::SimKernel::new(root)),
+    )
 }
 
 fn reserve_cmd(host: &Host, state_file: &std::path::Path, a: ReserveArgs) -> anyhow::Result<u8> {

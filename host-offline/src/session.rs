@@ -115,7 +115,7 @@ impl<'h> Session<'h> {
             entry.reserved -= gone;
             -(gone as i64)
         };
-        let job = self.job.clone();
+        let job = p.job.clone();
         self.state.job_add(job.as_deref(), p.node, delta);
         self.state.fit_jobs(p.node, job.as_deref());
         self.state.prune();
@@ -220,6 +220,7 @@ impl<'h> Session<'h> {
             node,
             before,
             target,
+            job: self.job.clone(),
         };
         self.state.pending = Some(p.clone());
         self.save()?;

@@ -72,6 +72,9 @@ pub struct PendingResize {
     pub node: u32,
     pub before: u64,
     pub target: u64,
+    /// The job the resize was for: settled into its share, whoever settles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -470,6 +473,7 @@ mod tests {
             node: 0,
             before: 3,
             target: 4,
+            job: None,
         });
         save(&p, &mut s).unwrap();
         assert!(!d.join("offline.json.tmp").exists());

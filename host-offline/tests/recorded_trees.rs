@@ -557,7 +557,8 @@ fn crash_mid_resize_then_release_all_restores_the_host() {
         Some(state::PendingResize {
             node: 0,
             before: 2,
-            target: 3
+            target: 3,
+            job: None,
         })
     );
     // status after the crash still reads, and says there is something to settle
