@@ -80,6 +80,12 @@ struct IcountArgs {
     /// Work directory (consoles, plugin logs; kept).
     #[arg(long)]
     work: Option<PathBuf>,
+    /// stress-ng --mmap-bytes of profiles A and B, in MiB.
+    #[arg(long)]
+    mmap_mib: Option<u64>,
+    /// stress-ng --vm-bytes of profile B, in MiB.
+    #[arg(long)]
+    vm_mib: Option<u64>,
 }
 
 fn icount(a: IcountArgs) -> ExitCode {
@@ -125,6 +131,12 @@ fn icount(a: IcountArgs) -> ExitCode {
         plan.reps = r.max(1);
     }
     plan.iso_reps = a.iso_reps;
+    if let Some(m) = a.mmap_mib {
+        plan.competitor_sizes.mmap_mib = m;
+    }
+    if let Some(m) = a.vm_mib {
+        plan.competitor_sizes.vm_mib = m;
+    }
     let work = a.work.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("hpmmap-icount-{}", std::process::id()))
     });

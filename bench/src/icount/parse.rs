@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::plan::{Competitor, IcountConfig};
 use super::IcountError;
 use crate::report::WorkloadReport;
-use crate::workloads::{Workload, MARK_BEGIN, MARK_END, MARK_ITER};
+use crate::workloads::{Workload, MARK_BEGIN, MARK_END, MARK_ITER, MARK_START};
 
 /// One marker as the plugin printed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,14 +70,22 @@ pub struct Counted {
     pub kern_insns: u64,
     /// Per iteration (rank code + kernel on its CPU).
     pub iter_insns: Vec<u64>,
+    /// The rank's setup before the measured phase (allocation, first touch, initialisation),
+    /// counted the same way; `None` in logs from before the start marker existed.
+    #[serde(default)]
+    pub setup_insns: Option<u64>,
+    #[serde(default)]
+    pub setup_kern_insns: Option<u64>,
 }
 
 /// Splits the marks into measured phases (begin, iterations, end).
 pub fn phases(marks: &[Mark]) -> Result<Vec<Counted>, IcountError> {
     let mut out = Vec::new();
     let mut cur: Vec<Mark> = Vec::new();
+    let mut start: Option<Mark> = None;
     for m in marks {
         match m.kind {
+            MARK_START => start = Some(*m),
             MARK_BEGIN => cur = vec![*m],
             MARK_ITER | MARK_END if !cur.is_empty() => {
                 if m.cpu != cur[0].cpu {
@@ -94,10 +102,13 @@ pub fn phases(marks: &[Mark]) -> Result<Vec<Counted>, IcountError> {
                         .windows(2)
                         .map(|w| w[1].total() - w[0].total())
                         .collect();
+                    let s = start.take().filter(|s| s.cpu == b.cpu);
                     out.push(Counted {
                         insns: m.total() - b.total(),
                         kern_insns: m.kern - b.kern,
                         iter_insns,
+                        setup_insns: s.map(|s| b.total() - s.total()),
+                        setup_kern_insns: s.map(|s| b.kern - s.kern),
                     });
                     cur.clear();
                 }
@@ -245,7 +256,8 @@ pub fn parse_boot(
 mod tests {
     use super::*;
 
-    const LOG: &str = "HPMMAP-ICOUNT kind=1 cpu=0xff1 kern=100 rank=1000\n\
+    const LOG: &str = "HPMMAP-ICOUNT kind=4 cpu=0xff1 kern=10 rank=400\n\
+        HPMMAP-ICOUNT kind=1 cpu=0xff1 kern=100 rank=1000\n\
         HPMMAP-ICOUNT kind=2 cpu=0xff1 kern=150 rank=2000\n\
         HPMMAP-ICOUNT kind=2 cpu=0xff1 kern=170 rank=3000\n\
         HPMMAP-ICOUNT kind=3 cpu=0xff1 kern=171 rank=3010\n\
@@ -258,6 +270,10 @@ mod tests {
         assert_eq!(p[0].iter_insns, vec![1050, 1020]);
         assert_eq!(p[0].insns, 71 + 2010);
         assert_eq!(p[0].kern_insns, 71);
+        assert_eq!(
+            (p[0].setup_insns, p[0].setup_kern_insns),
+            (Some(690), Some(90))
+        );
         let moved = LOG.replace("kind=3 cpu=0xff1", "kind=3 cpu=0xff2");
         assert!(phases(&parse_marks(&moved).unwrap()).is_err());
     }

@@ -24,13 +24,13 @@ pub enum IcountConfig {
     /// Demand-paged 4 KiB pages, THP off in the whole guest.
     #[serde(rename = "4k")]
     Page4k,
-    /// THP (`always`), the rank asks with MADV_HUGEPAGE.
+    /// THP (`madvise`), the rank asks with MADV_HUGEPAGE.
     #[serde(rename = "thp")]
     Thp,
-    /// The rank on hugetlbfs 2 MiB pages reserved at boot; THP `always` around it.
+    /// The rank on hugetlbfs 2 MiB pages reserved at boot; THP `madvise` around it.
     #[serde(rename = "hugetlb")]
     Hugetlb,
-    /// The rank under `hpmmap-run`, the module on the `memmap=` pool; THP `always` around it.
+    /// The rank under `hpmmap-run`, the module on the `memmap=` pool; THP `madvise` around it.
     #[serde(rename = "hpmmap")]
     Hpmmap,
 }
@@ -59,20 +59,23 @@ impl IcountConfig {
         }
     }
 
-    /// `/sys/kernel/mm/transparent_hugepage/enabled` for the whole guest.
+    /// `/sys/kernel/mm/transparent_hugepage/enabled` for the whole guest. `madvise`, not
+    /// `always`: the competitors then fault 4 KiB pages all over memory, as commodity
+    /// programs do, and a rank asking for huge pages meets fragmented memory (direct
+    /// compaction, the paper's THP cost) instead of a guest where everyone gets 2 MiB pages.
     pub fn thp(self) -> &'static str {
         match self {
             Self::Page4k => "never",
-            _ => "always",
+            _ => "madvise",
         }
     }
 
     pub fn describe(self) -> &'static str {
         match self {
             Self::Page4k => "demand-paged 4 KiB, THP never (whole guest)",
-            Self::Thp => "THP always, rank madvise(MADV_HUGEPAGE)",
-            Self::Hugetlb => "rank on hugetlbfs 2 MiB (MAP_HUGETLB, reserved at boot), THP always",
-            Self::Hpmmap => "rank under hpmmap-run, module on a memmap= 1 GiB pool (bare-metal mode), THP always",
+            Self::Thp => "THP madvise, rank madvise(MADV_HUGEPAGE)",
+            Self::Hugetlb => "rank on hugetlbfs 2 MiB (MAP_HUGETLB, reserved at boot), THP madvise",
+            Self::Hpmmap => "rank under hpmmap-run, module on a memmap= 1 GiB pool (bare-metal mode), THP madvise",
         }
     }
 }
@@ -134,7 +137,7 @@ impl Competitor {
                 a,
                 sn(
                     COMPETITOR_CPUS[1],
-                    format!("--vm 1 --vm-bytes {}m", sizes.vm_mib),
+                    format!("--vm 1 --vm-bytes {}m --vm-keep", sizes.vm_mib),
                 ),
             ],
             Self::CpuOther => vec![sn(COMPETITOR_CPUS[0], "--cpu 1 --cpu-method int64".into())],
@@ -211,7 +214,7 @@ impl Plan {
             iso_reps: 5,
             sizes,
             competitor_sizes: CompetitorSizes::default(),
-            warmup_secs: 0.3,
+            warmup_secs: 2.0,
         }
     }
 
@@ -301,6 +304,7 @@ impl Plan {
             }
             s += &format!(
                 "echo HPMMAP-ICOUNT-RUN-BEGIN idx={idx} workload={} competitor={} rep={}\n\
+                 grep -E '^(MemFree|AnonHugePages|Shmem):' /proc/meminfo | tr -s ' ' | tr '\\n' ' '; echo; sed -n 's/^Node 0, zone *DMA32/buddyinfo DMA32:/p' /proc/buddyinfo\n\
                  vm > /tmp/vm0\n{} 2>/tmp/err\nrc=$?\nvm > /tmp/vm1\n\
                  echo \"HPMMAP-ICOUNT-VMSTAT $(paste -d' ' /tmp/vm0 /tmp/vm1 | awk '{{printf \"%s=%d \", $1, $4-$2}}')\"\n\
                  [ $rc = 0 ] || tail -n 5 /tmp/err\n\

@@ -111,6 +111,7 @@ pub fn run(p: &Params) -> Result<WorkloadReport> {
             let cpu = p.cpus[rank % p.cpus.len()];
             crate::ranks::pin_to(cpu).map_err(|e| anyhow::anyhow!("pinning to CPU {cpu}: {e}"))?;
         }
+        icount_mark(MARK_START);
         let ctx = RankCtx {
             comm: &comm,
             rank,
@@ -163,6 +164,8 @@ impl FaultMeter {
 pub const MARK_BEGIN: u8 = 1;
 pub const MARK_ITER: u8 = 2;
 pub const MARK_END: u8 = 3;
+/// A rank starts (before it allocates): its setup is the stretch up to `MARK_BEGIN`.
+pub const MARK_START: u8 = 4;
 
 /// Executes the marker instruction the instruction-count plugin (`bench/icount/`) reports
 /// on: `nopl 0x484d50NN(%rax)`, NN the kind. Anywhere else it is a 7-byte no-op (a
@@ -178,6 +181,10 @@ pub fn icount_mark(kind: u8) {
             ),
             MARK_ITER => std::arch::asm!(
                 "nop dword ptr [rax + 0x484d5002]",
+                options(nostack, preserves_flags)
+            ),
+            MARK_START => std::arch::asm!(
+                "nop dword ptr [rax + 0x484d5004]",
                 options(nostack, preserves_flags)
             ),
             _ => std::arch::asm!(
