@@ -6,7 +6,9 @@
 # on the 1 GiB pages L1 got at boot (hugepages=N on its command line) and, where a phase
 # asks for more than that, pages reserved at run time. One `key=value` line per fact,
 # prefixed with the phase's name; the VMM's output prefixed `NAME: `.
-#   args: PHASE... each NAME:GIB:VCPUS      VMM_LIMIT: seconds one L2 boot may take
+# A phase NAME:GIB:VCPUS:jail runs the VMM jailed (--jail DIR --uid 65534 --gid 65534): the
+# keeper gives the VF back and removes DIR.
+#   args: PHASE... each NAME:GIB:VCPUS[:jail]      VMM_LIMIT: seconds one L2 boot may take
 . /root/retry.sh
 hp=/sys/devices/system/node/node0/hugepages/hugepages-1048576kB
 pool() { echo "$(cat $hp/nr_hugepages),$(cat $hp/free_hugepages)"; }
@@ -33,19 +35,23 @@ echo "pool_boot=$(pool)"
 echo "status_boot=$(json)"
 
 for phase in "$@"; do
-    name=${phase%%:*}; rest=${phase#*:}; gib=${rest%%:*}; vcpus=${rest#*:}
+    name=${phase%%:*}; rest=${phase#*:}; gib=${rest%%:*}; rest=${rest#*:}
+    vcpus=${rest%%:*}; jail=
+    [ "${rest#*:}" = jail ] && jail="--jail /run/hpmmap-jail-$name --uid 65534 --gid 65534"
     echo "${name}_pool_before=$(pool)"
     out=$(hpmmap-offline reserve --size "${gib}G" 2>&1); rc=$?
     echo "$out" | sed "s/^/$name reserve: /"
     echo "${name}_reserve_rc=$rc"
     echo "${name}_pool_reserved=$(pool)"
     echo "${name}_status_reserved=$(json)"
-    vmm_retrying --mem "${gib}G" --vcpus "$vcpus" --vf "$pf" --image /img \
+    # shellcheck disable=SC2086 # $jail is a list of words
+    vmm_retrying --mem "${gib}G" --vcpus "$vcpus" --vf "$pf" --image /img $jail \
         --report "/tmp/$name.json" > "/tmp/$name.log" 2>&1
     echo "${name}_vmm_rc=$?"
     sed "s/^/$name: /" "/tmp/$name.log"
     echo "${name}_report=$(tr -d '\n' < "/tmp/$name.json" 2>/dev/null)"
     echo "${name}_vf_drivers_after=$(vf_drivers)"
+    echo "${name}_jail_left=$([ -e "/run/hpmmap-jail-$name" ] && echo yes || echo no)"
     out=$(hpmmap-offline release --all 2>&1); rc=$?
     echo "$out" | sed "s/^/$name release: /"
     echo "${name}_release_rc=$rc"

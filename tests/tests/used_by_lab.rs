@@ -8,9 +8,10 @@
 //! release leaves the pool exactly as the host had it.
 //!
 //! CI runs the short form (one L1 boot: 2 GiB on boot-time pages, then 3 GiB on boot-time
-//! plus run-time pages, with 2 and 4 vCPUs). The full size (18 GiB, 16 vCPUs, on boot-time
-//! pages and on run-time pages, one L1 of 21 GiB each) needs about 20 GiB of this machine's
-//! memory and several minutes, so it is its own command (README.md, "The used-by command"):
+//! plus run-time pages, with 2 and 4 vCPUs). The full size (18 GiB, 16 vCPUs, on 18 boot-time
+//! pages, then on 9 boot-time pages plus 9 reserved at run time, one L1 of 21 GiB each) needs
+//! about 20 GiB of this machine's memory, so it is its own command (README.md, "The used-by
+//! command"):
 //! `cargo test -p hpmmap-tests --test used_by_lab -- --ignored --nocapture`.
 //! Figures from here are emulation figures (nested lab under QEMU/TCG), never hardware.
 
@@ -28,6 +29,8 @@ struct Phase {
     name: &'static str,
     gib: u64,
     vcpus: u32,
+    /// Run the VMM jailed (`--jail DIR --uid 65534 --gid 65534`).
+    jail: bool,
 }
 
 /// One L1 boot: its RAM, the 1 GiB pages on its kernel command line, the phases run in it.
@@ -48,11 +51,13 @@ const SHORT: Host = Host {
             name: "boot",
             gib: 2,
             vcpus: 2,
+            jail: true,
         },
         Phase {
             name: "grow",
             gib: 3,
             vcpus: 4,
+            jail: false,
         },
     ],
     vmm_limit: 240,
@@ -66,17 +71,26 @@ const FULL_BOOT_PAGES: Host = Host {
         name: "boottime",
         gib: 18,
         vcpus: 16,
+        jail: false,
     }],
     vmm_limit: 1200,
     timeout: Duration::from_secs(2400),
 };
 
+/// Half the pages at boot, half reserved at run time, in an L1 one GiB larger. A 21 GiB L1
+/// cannot make 18 pages at run time: measured 2026-12-06, four of its 21 GiB ranges hold
+/// unmovable kernel memory (GiB 0 spans zones; blocks in GiB 1, 4 and 22 refused to go
+/// offline), so reserve got 16 of 18 with none at boot and 8 of 9 on top of 9 boot-time
+/// pages, then gave them back (exit 3, pool as before). Boot-time pages are placed before
+/// the kernel spreads out, which is why README recommends them.
 const FULL_RUN_TIME_PAGES: Host = Host {
-    boot_pages: 0,
+    mem_gib: 22,
+    boot_pages: 9,
     phases: &[Phase {
         name: "runtime",
         gib: 18,
         vcpus: 16,
+        jail: false,
     }],
     ..FULL_BOOT_PAGES
 };
@@ -131,7 +145,10 @@ fn run(host: &Host, tag: &str) -> Option<LabOutput> {
     let phases: Vec<String> = host
         .phases
         .iter()
-        .map(|p| format!("{}:{}:{}", p.name, p.gib, p.vcpus))
+        .map(|p| {
+            let jail = if p.jail { ":jail" } else { "" };
+            format!("{}:{}:{}{jail}", p.name, p.gib, p.vcpus)
+        })
         .collect();
     let cmd = format!(
         "VMM_LIMIT={} sh /root/used-by.sh {}",
@@ -255,6 +272,13 @@ fn check(host: &Host, o: &LabOutput) -> Vec<String> {
             "{n}: every VF back on its host driver"
         );
 
+        assert_eq!(get(o, &key("jail_left")), "no", "{n}: the jail directory");
+        if p.jail {
+            // Issue 13: the jailed VMM ran the job with the VF; the keeper gave the VF back
+            // (checked above) and wrote the report the VMM sent it.
+            assert_eq!(r["seccomp"], "kill", "{r}");
+            assert_eq!(r["jail"]["uid"], 65534, "{r}");
+        }
         // release --all: the host as it was.
         assert_eq!(get(o, &key("release_rc")), "0", "{}", output());
         assert_eq!(get(o, &key("pool_after")), start_pool, "{n}: release");
@@ -283,22 +307,29 @@ fn used_by_command_short_form_in_the_lab() {
     }
 }
 
-/// The full size: 18 GiB and 16 vCPUs with a VF, on boot-time pages and on run-time pages.
-#[test]
-#[ignore = "full size: about 20 GiB of memory and 10+ minutes; run by hand (README)"]
-fn used_by_command_at_full_size() {
+/// The full size, 18 GiB and 16 vCPUs with a VF, on one L1; prints its row of README's table.
+fn full_size(host: &Host, tag: &str) {
+    let Some(o) = run(host, tag) else {
+        return;
+    };
     let mut table = vec![
         "| phase | L1 boot pages | reserved | vCPUs | prefault | pages_1g | PCI in the guest | job run |".to_string(),
         "|---|---|---|---|---|---|---|---|".to_string(),
     ];
-    for (host, tag) in [
-        (&FULL_BOOT_PAGES, "full-boot"),
-        (&FULL_RUN_TIME_PAGES, "full-run"),
-    ] {
-        let Some(o) = run(host, tag) else {
-            return;
-        };
-        table.extend(check(host, &o));
-    }
+    table.extend(check(host, &o));
     println!("{}", table.join("\n"));
+}
+
+/// 18 boot-time pages (`hugepagesz=1G hugepages=18` on L1's command line).
+#[test]
+#[ignore = "full size: about 20 GiB of memory and 2-3 minutes; run by hand (README)"]
+fn used_by_command_at_full_size_on_boot_time_pages() {
+    full_size(&FULL_BOOT_PAGES, "full-boot");
+}
+
+/// 9 boot-time pages plus 9 reserved at run time.
+#[test]
+#[ignore = "full size: about 21 GiB of memory and 2-3 minutes; run by hand (README)"]
+fn used_by_command_at_full_size_on_boot_and_run_time_pages() {
+    full_size(&FULL_RUN_TIME_PAGES, "full-run");
 }

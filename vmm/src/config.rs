@@ -18,6 +18,77 @@ fn size_arg(s: &str) -> Result<u64, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuList(pub Vec<usize>);
 
+/// `--jail`'s checks that need no change to the host.
+fn jail_options(
+    dir: &Path,
+    uid: u32,
+    gid: u32,
+    cgroup: &Option<PathBuf>,
+) -> Result<crate::jail::JailOptions, ConfigError> {
+    if uid == 0 || gid == 0 {
+        return Err(ConfigError(format!(
+            "--uid {uid} --gid {gid}: the jailed VMM must not keep root"
+        )));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ConfigError(
+            "--jail needs root: the VMM opens /dev/kvm, locks guest RAM and binds VFs before it \
+             drops to --uid/--gid"
+                .into(),
+        ));
+    }
+    if !dir.is_absolute() {
+        return Err(ConfigError(format!(
+            "--jail {}: give an absolute path",
+            dir.display()
+        )));
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.is_dir()) {
+        return Err(ConfigError(format!(
+            "--jail {}: directory {} does not exist",
+            dir.display(),
+            parent.display()
+        )));
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(ConfigError(format!(
+            "--jail {}: exists and is not a directory",
+            dir.display()
+        )));
+    }
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(ConfigError(format!(
+            "--jail {}: exists and is not empty (the job's root must start empty)",
+            dir.display()
+        )));
+    }
+    if let Some(cg) = cgroup {
+        let parent = cg.parent().unwrap_or(Path::new("/"));
+        if !parent.join("cgroup.procs").is_file()
+            || !parent.join("cgroup.subtree_control").is_file()
+        {
+            return Err(ConfigError(format!(
+                "--cgroup {}: {} is not a cgroup v2 directory",
+                cg.display(),
+                parent.display()
+            )));
+        }
+        if cg.exists() {
+            return Err(ConfigError(format!(
+                "--cgroup {}: exists (the job's cgroup is created for it)",
+                cg.display()
+            )));
+        }
+    }
+    Ok(crate::jail::JailOptions {
+        dir: dir.to_path_buf(),
+        uid,
+        gid,
+        cgroup: cgroup.clone(),
+    })
+}
+
 fn serial_limit_arg(s: &str) -> Result<u64, String> {
     if s.trim() == "0" {
         return Ok(0);
@@ -125,6 +196,26 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = serial_limit_arg)]
     pub serial_limit: u64,
 
+    /// Confine the VMM for a tenant: once its devices are open it runs as --uid/--gid in new
+    /// mount, IPC, UTS and network namespaces whose root is DIR (created empty, or empty;
+    /// removed at exit). A keeper process stays root to give the VF back, write the report
+    /// and remove DIR and the cgroup when the VMM ends, however it ends.
+    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
+    pub jail: Option<PathBuf>,
+
+    /// The uid the jailed VMM runs as (not 0).
+    #[arg(long, value_name = "UID", requires = "jail")]
+    pub uid: Option<u32>,
+
+    /// The gid the jailed VMM runs as (not 0).
+    #[arg(long, value_name = "GID", requires = "jail")]
+    pub gid: Option<u32>,
+
+    /// A cgroup v2 directory to create for the jailed VMM (cpuset from --cpu-affinity and
+    /// --numa-node, memory.max for its own overhead); removed at exit.
+    #[arg(long, value_name = "PATH", requires = "jail")]
+    pub cgroup: Option<PathBuf>,
+
     /// What a system call outside the VMM's seccomp filters does: kill (the process dies with
     /// SIGSYS), log (allowed, logged by the kernel as audit type 1326) or off (no filters).
     /// Each kind of thread has its own filter (vCPU, main, signal, console).
@@ -231,6 +322,8 @@ pub struct VmConfig {
     /// Console bytes passed on to `serial` (0: no limit).
     pub serial_limit: u64,
     pub seccomp: crate::jail::seccomp::SeccompLevel,
+    /// `--jail`: confinement once the devices are open.
+    pub jail: Option<crate::jail::JailOptions>,
     pub report: Option<PathBuf>,
     pub prefault_workers: usize,
     pub job: Option<String>,
@@ -345,6 +438,10 @@ impl VmConfig {
             Some(ip) => format!("{base} hpmmap.ipoib={ip}"),
             None => base,
         };
+        let jail = match (&a.jail, a.uid, a.gid) {
+            (Some(dir), Some(uid), Some(gid)) => Some(jail_options(dir, uid, gid, &a.cgroup)?),
+            _ => None,
+        };
         let cmdline = guest_cmdline(&base);
         if cmdline.len() >= CMDLINE_MAX {
             return Err(ConfigError(format!(
@@ -423,6 +520,7 @@ impl VmConfig {
             serial,
             serial_limit: a.serial_limit,
             seccomp: a.seccomp,
+            jail,
             report: a.report,
             prefault_workers: a.prefault_workers,
             job,

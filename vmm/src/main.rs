@@ -24,10 +24,31 @@ fn main() {
             std::process::exit(exit::USAGE);
         }
     };
+    // --jail: a keeper forks off first and stays root to clean up after the job; this
+    // process goes on as the VMM and sends its report to the keeper.
+    let report_pipe = match &cfg.jail {
+        Some(j) => match hpmmap_vmm::jail::keeper::start(hpmmap_vmm::jail::keeper::KeeperJob {
+            opts: j.clone(),
+            report: report_path.clone(),
+            has_vf: cfg.vf.is_some(),
+        }) {
+            Ok(child) => Some(std::fs::File::from(child.report_fd)),
+            Err(e) => {
+                eprintln!("hpmmap-vmm: {e}");
+                std::process::exit(if e.is_input() {
+                    exit::USAGE
+                } else {
+                    exit::VMM_FAILURE
+                });
+            }
+        },
+        None => None,
+    };
     // A panic unwinds through run(), whose drops close VFIO and give the VF back; whatever
-    // a claim still holds after that is put back here, before the process exits.
+    // a claim still holds after that is put back here, before the process exits (by the
+    // keeper under --jail: the jailed VMM cannot reach sysfs).
     let result = std::panic::catch_unwind(|| vm::run(&cfg, started));
-    if cfg.vf.is_some() {
+    if cfg.vf.is_some() && cfg.jail.is_none() {
         for e in hpmmap_vf::restore_all() {
             eprintln!("hpmmap-vmm: --vf: restoring the host failed: {e}");
         }
@@ -39,7 +60,10 @@ fn main() {
     match result {
         Ok(outcome) => {
             eprintln!("{}", outcome.report.summary());
-            if let Some(p) = report_path {
+            if let Some(mut pipe) = report_pipe {
+                // The keeper writes it where --report says; the jail cannot.
+                let _ = serde_json::to_writer_pretty(&mut pipe, &outcome.report);
+            } else if let Some(p) = report_path {
                 if let Err(e) = outcome.report.write_json(&p) {
                     eprintln!("hpmmap-vmm: --report {}: cannot write: {e}", p.display());
                     std::process::exit(exit::VMM_FAILURE);

@@ -47,6 +47,11 @@ pub struct Report {
     /// Guest accesses to ports and MMIO addresses no device answers (read as all-ones).
     pub unhandled_pio: u64,
     pub unhandled_mmio: u64,
+    /// What a system call outside the VMM's filters did (`--seccomp`).
+    pub seccomp: crate::jail::seccomp::SeccompLevel,
+    /// `--jail`: the job's root directory, uid and gid the VMM ran as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailReport>,
     /// The VF passed through with `--vf`, and what an InfiniBand VF was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vf: Option<VfReport>,
@@ -116,6 +121,25 @@ pub fn numa_nodes(
             }
         })
         .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JailReport {
+    pub dir: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup: Option<String>,
+}
+
+impl JailReport {
+    pub fn of(j: &crate::jail::JailOptions) -> Self {
+        JailReport {
+            dir: j.dir.display().to_string(),
+            uid: j.uid,
+            gid: j.gid,
+            cgroup: j.cgroup.as_ref().map(|c| c.display().to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

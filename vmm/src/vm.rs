@@ -66,6 +66,9 @@ pub enum VmmError {
         #[source]
         source: hpmmap_vf::VfError,
     },
+    /// `--jail`: the VMM could not be confined.
+    #[error("{0}")]
+    Jail(#[from] crate::jail::JailError),
     /// `--vf`: VFIO or the guest PCI bus failed after the VF was claimed.
     #[error("--vf {spec}: {source}")]
     Pci {
@@ -93,6 +96,7 @@ impl VmmError {
             VmmError::Host(..) => exit::VMM_FAILURE,
             VmmError::Vf { source, .. } if !source.is_input_error() => exit::VMM_FAILURE,
             VmmError::Pci { .. } => exit::VMM_FAILURE,
+            VmmError::Jail(j) if !j.is_input() => exit::VMM_FAILURE,
             _ => exit::USAGE,
         }
     }
@@ -698,6 +702,12 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         stop: stop.clone(),
         first_entry: Arc::new(OnceLock::new()),
     };
+    // Read while /proc is in view: the jail has none.
+    let host_page = ram.kernel_page_size().ok().flatten();
+    // Everything privileged is open and no other thread runs yet: confine the VMM.
+    if let Some(j) = &cfg.jail {
+        crate::jail::confine::enter(j, cfg.mem, cfg.cpu_affinity.as_deref(), cfg.numa_node)?;
+    }
     // Before any thread that could otherwise take the signal is created.
     watch_stop_signals(bus.clone(), cfg.seccomp);
     let run_start = Instant::now();
@@ -777,7 +787,6 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     let kvm_pages = kvm_stats::read_stats(&vm)
         .ok()
         .and_then(|s| KvmPages::from_stats(&s));
-    let host_page = ram.kernel_page_size().ok().flatten();
     let (reason, detail, job_status, exit_code) = classify(&event);
     if !matches!(event, VmEvent::JobExit(_) | VmEvent::GuestShutdown(_)) {
         eprintln!("hpmmap-vmm: {reason}: {detail}");
@@ -810,6 +819,8 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         result: bus.result.lock().unwrap().clone(),
         unhandled_pio: bus.unhandled.pio.load(Ordering::Relaxed),
         unhandled_mmio: bus.unhandled.mmio.load(Ordering::Relaxed),
+        seccomp: cfg.seccomp,
+        jail: cfg.jail.as_ref().map(crate::report::JailReport::of),
         vf: vf_report,
         guest_ib: bus.serial.lock().unwrap().ib_lines(),
         numa_nodes: numa

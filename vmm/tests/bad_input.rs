@@ -105,6 +105,82 @@ fn refused_without_touching_kvm() {
     }
 }
 
+/// `--jail` (issue 13): bad input is one line and exit 2, and leaves no directory, no
+/// cgroup and nothing of an existing directory changed.
+#[test]
+fn jail_refusals_leave_nothing_behind() {
+    let dir = TempDir::new("bad-jail");
+    let k = good_kernel(&dir);
+    let k = k.as_str();
+    let full = dir.path("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("keep"), "x").unwrap();
+    let fresh = dir.path("fresh");
+    let fresh = fresh.to_str().unwrap();
+    let base = ["--mem", "64M", "--kernel", k];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (with(&base, &["--uid", "65534"]), &["--jail"]),
+        (
+            with(&base, &["--jail", fresh, "--uid", "65534"]),
+            &["--gid"],
+        ),
+        (
+            with(&base, &["--jail", fresh, "--uid", "0", "--gid", "0"]),
+            &["must not keep root"],
+        ),
+        (
+            with(
+                &base,
+                &["--jail", "relative/dir", "--uid", "1", "--gid", "1"],
+            ),
+            &["absolute"],
+        ),
+        (
+            with(
+                &base,
+                &["--jail", full.to_str().unwrap(), "--uid", "1", "--gid", "1"],
+            ),
+            &["not empty"],
+        ),
+        (
+            with(
+                &base,
+                &[
+                    "--jail",
+                    fresh,
+                    "--uid",
+                    "1",
+                    "--gid",
+                    "1",
+                    "--cgroup",
+                    "/tmp/not-a-cgroup/job",
+                ],
+            ),
+            &["--cgroup", "not a cgroup v2 directory"],
+        ),
+        (
+            with(&base, &["--seccomp", "maybe"]),
+            &["--seccomp", "maybe"],
+        ),
+    ];
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    for (args, wants) in &cases {
+        if !root && wants.iter().any(|w| !w.starts_with("--")) {
+            continue; // a non-root run is refused for being non-root first
+        }
+        refuse(&dir, args, wants);
+        assert!(
+            !std::path::Path::new(fresh).exists(),
+            "{args:?} left {fresh}"
+        );
+        assert_eq!(std::fs::read_to_string(full.join("keep")).unwrap(), "x");
+    }
+}
+
 #[test]
 fn refused_by_the_vmm() {
     if !kvm_or_skip("refused_by_the_vmm") {

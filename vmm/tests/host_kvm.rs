@@ -727,3 +727,95 @@ fn a_forbidden_system_call_kills_the_vmm_with_sigsys() {
     );
     assert_eq!(run(Some("off")).code(), Some(0));
 }
+
+/// Issue 13: `--jail DIR --uid U --gid G`. While the guest runs, the VMM (the keeper's child)
+/// runs as U/G with no_new_privs, seccomp filters, and its own mount and network namespaces;
+/// a SIGTERM to the keeper reaches it, the keeper writes the report it sent and removes DIR.
+#[test]
+fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
+    use std::io::BufRead;
+    if !kvm_or_skip("a_jailed_vmm_runs_unprivileged_in_its_own_namespaces") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: a_jailed_vmm_runs_unprivileged_in_its_own_namespaces: --jail needs root");
+        return;
+    }
+    let dir = TempDir::new("jail");
+    let k = payload(
+        &dir,
+        "j.elf",
+        asm64(|a| {
+            print(a, "ready\n")?;
+            halt_forever(a)
+        }),
+    );
+    let jail = dir.path("root");
+    let rep = dir.path("r.json");
+    let mut child = std::process::Command::new(vmm_bin())
+        .args([
+            "--mem",
+            "64M",
+            "--hugepages",
+            "none",
+            "--kernel",
+            &k,
+            "--jail",
+        ])
+        .arg(&jail)
+        .args(["--uid", "65534", "--gid", "65534", "--report"])
+        .arg(&rep)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next();
+    if first
+        .as_ref()
+        .and_then(|l| l.as_ref().ok())
+        .map(String::as_str)
+        != Some("ready")
+    {
+        let _ = child.wait();
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        panic!("the jailed VMM did not start the guest: {first:?}\n{err}");
+    }
+    let keeper = child.id();
+    let kids = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).unwrap();
+    let vmm: u32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(field("Uid"), "65534 65534 65534 65534", "{status}");
+    assert_eq!(field("Gid"), "65534 65534 65534 65534", "{status}");
+    assert_eq!(field("Groups"), "", "{status}");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2", "filters on every thread");
+    let ns = |pid: &str, n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+    for n in ["mnt", "net", "ipc", "uts"] {
+        assert_ne!(ns(&vmm.to_string(), n), ns("self", n), "{n} namespace");
+    }
+    assert!(jail.is_dir(), "the jail exists while the job runs");
+    // SAFETY: signals the keeper we started.
+    unsafe { libc::kill(keeper as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert_eq!(
+        st.code(),
+        Some(143),
+        "the VMM's status comes back through the keeper"
+    );
+    let j = report(&rep);
+    assert_eq!(j["exit_reason"], "signal", "{j}");
+    assert_eq!(j["host_page_size_bytes"], 4096, "{j}");
+    assert!(!jail.exists(), "the keeper removes the jail directory");
+}
