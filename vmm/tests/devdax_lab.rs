@@ -35,6 +35,13 @@ echo STATUS-WHILE-RUNNING-BEGIN; hpmmap-offline status; echo STATUS-WHILE-RUNNIN
 wait $vmm; echo VMM-STATUS=$?
 cat /tmp/vm.log
 echo REPORT-BEGIN; cat /tmp/r.json; echo REPORT-END
+# Jailed (issue 13): the device's fd is opened as root, then the VMM runs as nobody.
+timeout 300 hpmmap-vmm --image /img --mem 2G --mem-backend devdax:/dev/dax0.0 \
+    --jail /run/hpmmap-jail-dax --uid 65534 --gid 65534 --report /tmp/rj.json > /tmp/vmj.log 2>&1
+echo JAILED-STATUS=$?
+grep -E "HPMMAP-JOB-EXIT|error|Error" /tmp/vmj.log | sed 's/^/jailed: /'
+echo JAILED-LEFT=$([ -e /run/hpmmap-jail-dax ] && echo yes || echo no)
+echo JREPORT-BEGIN; cat /tmp/rj.json; echo JREPORT-END
 hpmmap-offline release --all; echo RELEASE-STATUS=$?
 hpmmap-offline status
 "#;
@@ -110,6 +117,15 @@ fn job_image_boots_on_a_devdax_device_with_1g_pages() {
         out.contains("pool_source=pv@0xfeb00000,page_shift=30,ranges=1"),
         "the guest module took its pool from the PV device:\n{out}"
     );
+    // The same job, jailed: the device was opened and cleared as root, the VMM then ran
+    // as 65534 in its own namespaces; the keeper wrote the report and removed the jail.
+    assert_eq!(marker(&out, "JAILED-STATUS"), "0", "jailed run\n{out}");
+    assert!(out.contains("jailed: HPMMAP-JOB-EXIT 0"), "{out}");
+    assert_eq!(marker(&out, "JAILED-LEFT"), "no");
+    let jr = json_between(&out, "JREPORT-BEGIN", "JREPORT-END");
+    assert_eq!(jr["memory_backend"], "devdax:/dev/dax0.0");
+    assert_eq!(jr["jail"]["uid"], 65534, "{jr}");
+    assert_eq!(jr["kvm_pages"]["pages_1g"], 2, "{jr}");
     assert_eq!(marker(&out, "RELEASE-STATUS"), "0", "release --all");
     assert!(out.contains("hpmmap-offline holds nothing now"), "{out}");
 }
