@@ -753,19 +753,32 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
     );
     let jail = dir.path("root");
     let rep = dir.path("r.json");
-    let mut child = std::process::Command::new(vmm_bin())
-        .args([
-            "--mem",
-            "64M",
-            "--hugepages",
-            "none",
-            "--kernel",
-            &k,
-            "--jail",
-        ])
-        .arg(&jail)
-        .args(["--uid", "65534", "--gid", "65534", "--report"])
-        .arg(&rep)
+    // A cgroup v2 directory when the host has one (this one mounts v2 at /sys/fs/cgroup/unified
+    // next to v1 controllers; CI machines may differ).
+    let cgroup = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|d| d.join("cgroup.subtree_control").is_file())
+        .map(|d| d.join(format!("hpmmap-test-{}", std::process::id())));
+    let mut cmd = std::process::Command::new(vmm_bin());
+    cmd.args([
+        "--mem",
+        "64M",
+        "--hugepages",
+        "none",
+        "--kernel",
+        &k,
+        "--jail",
+    ])
+    .arg(&jail)
+    .args(["--uid", "65534", "--gid", "65534", "--report"])
+    .arg(&rep);
+    if let Some(cg) = &cgroup {
+        cmd.arg("--cgroup").arg(cg);
+    } else {
+        println!("note: no cgroup v2 here; --cgroup not checked");
+    }
+    let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -806,6 +819,14 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
         assert_ne!(ns(&vmm.to_string(), n), ns("self", n), "{n} namespace");
     }
     assert!(jail.is_dir(), "the jail exists while the job runs");
+    if let Some(cg) = &cgroup {
+        let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|l| l.trim() == vmm.to_string()),
+            "the VMM is in its cgroup {}: {procs}",
+            cg.display()
+        );
+    }
     // SAFETY: signals the keeper we started.
     unsafe { libc::kill(keeper as i32, libc::SIGTERM) };
     let st = child.wait().unwrap();
@@ -818,4 +839,7 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
     assert_eq!(j["exit_reason"], "signal", "{j}");
     assert_eq!(j["host_page_size_bytes"], 4096, "{j}");
     assert!(!jail.exists(), "the keeper removes the jail directory");
+    if let Some(cg) = &cgroup {
+        assert!(!cg.exists(), "the keeper removes the cgroup");
+    }
 }
