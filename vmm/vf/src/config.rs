@@ -781,7 +781,7 @@ mod tests {
         assert!(windows.admits(BarKind::Mem64, 0x1_8000_0000, 0x4000));
         assert!(!windows.admits(BarKind::Mem32, 0x1_8000_0000, 0x4000));
         assert!(!windows.admits(BarKind::Io, 0xc000_0000, 0x100));
-        assert!(!windows.admits(BarKind::Mem64, u64::MAX & !0x3fff, 0x4000));
+        assert!(!windows.admits(BarKind::Mem64, !0x3fff, 0x4000));
         // Windows announced late re-check BARs already mapped.
         let (mut cfg, dev) = setup();
         cfg.set_bar_address(0, 0x4000_0000);
