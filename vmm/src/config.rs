@@ -129,7 +129,8 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = size_arg)]
     pub mem: u64,
 
-    /// Number of vCPUs (1 to KVM's maximum, at most 254), each on its own thread.
+    /// Number of vCPUs (1 to KVM's maximum, KVM_CAP_MAX_VCPUS), each on its own thread; past
+    /// 254 the guest finds them in the ACPI MADT as x2APIC entries.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub vcpus: u32,
 
