@@ -18,6 +18,7 @@ if ! insmod /lib/hpmmap/hpmmap.ko pool="$pool"; then
     fail "insmod hpmmap.ko pool=$pool"
 else
     echo "# free blocks: $(tr '\n' ' ' </sys/kernel/hpmmap/free_blocks)"
+    insmod /lib/hpmmap/hpmmap_test.ko || fail "insmod hpmmap_test.ko"
     mode=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^hpmmap_mode=//p')
     if [ "$mode" = numa ]; then
         echo "# $(tr '\n' ' ' </sys/kernel/hpmmap/nodes)"
@@ -55,6 +56,8 @@ else
     [ "$free" = "$total" ] && echo "ok - pool-full-at-end" || fail "pool-full-at-end: $free of $total free"
     [ "$(cat /sys/kernel/hpmmap/registered)" = 0 ] && echo "ok - none-registered-at-end" || fail "registered=$(cat /sys/kernel/hpmmap/registered)"
     echo "# counters: mappings=$(cat /sys/kernel/hpmmap/mappings) fallbacks=$(cat /sys/kernel/hpmmap/fallbacks) faults=$(cat /sys/kernel/hpmmap/faults) fork_copies=$(cat /sys/kernel/hpmmap/fork_copies)"
+    [ "$(cat /sys/kernel/hpmmap/quarantined_bytes)" = 0 ] && echo "ok - quarantine-empty-at-end" || fail "quarantined_bytes=$(cat /sys/kernel/hpmmap/quarantined_bytes)"
+    rmmod hpmmap_test
     if rmmod hpmmap; then echo "ok - rmmod"; else fail "rmmod"; fi
 fi
 # Kernel splats only: "WARNING: CPU" is the WARN() format; the SRSO mitigation banner

@@ -25,7 +25,8 @@ eval "$kinfo"
 echo "[lab] building hpmmap.ko for $ABI" >&2
 rm -rf "$out/module" && mkdir -p "$out/module"
 cp "$repo/guest-kmod/module/"*.[ch] "$repo/guest-kmod/module/Kbuild" "$out/module/"
-make -s -C "$KDIR" M="$out/module" CC=gcc-12 modules >&2
+# HPMMAP_TEST=m: also hpmmap_test.ko, the suite's test hooks (never in a job image).
+make -s -C "$KDIR" M="$out/module" CC=gcc-12 HPMMAP_TEST=m modules >&2
 
 echo "[lab] building hpmmap-test" >&2
 "$cc" -O2 -static -Wall -Wextra -Werror -I"$repo/guest-kmod/module" \
@@ -38,7 +39,7 @@ echo "[lab] building a static hpmmap-run" >&2
 run="$out/cargo/x86_64-unknown-linux-gnu/debug/hpmmap-run"
 
 "$here/initramfs.sh" "$out/initramfs-$mode.cpio.gz" "$here/init-suite.sh" \
-    "$out/hpmmap-test" "$run" "$out/module/hpmmap.ko"
+    "$out/hpmmap-test" "$run" "$out/module/hpmmap.ko" "$out/module/hpmmap_test.ko"
 
 # q35 with 4 GiB: RAM below 2 GiB and [4 GiB, 6 GiB); the high 2 GiB become the pool.
 # numa: two nodes (node 0 = the low 2 GiB, node 1 = the high 2 GiB), a range in each.

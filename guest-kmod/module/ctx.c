@@ -45,6 +45,7 @@
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/rculist.h>
+#include <linux/sort.h>
 #include "hpmmap.h"
 
 #define REGION_SIZE (1ul << 40)
@@ -53,6 +54,22 @@
 #define OFF_SMALL (1ull << 40)
 #define OFF_BIG (1ull << 50)
 #define SLOT_SHIFT 38 /* each large mapping owns 256 GiB of offsets to grow into */
+#define BIG_SLOTS_MAX ((U64_MAX - OFF_BIG) >> SLOT_SHIFT)
+#define SMALL_SPACE_MAX (OFF_BIG - OFF_SMALL)
+
+/*
+ * The object's offset space: mappings of 2 MiB and more take whole slots from the big
+ * area, smaller ones a bump cursor in the small area. When a cursor reaches the end
+ * (after about 67 million large mmaps or mremap moves, or 1 PiB of small ones), offsets
+ * come from a first-fit search for a range no VMA and no block uses; none: ENOMEM (and
+ * the Linux fallback where allowed). Both parameters may shrink the spaces (tests).
+ */
+static ulong big_slots = BIG_SLOTS_MAX;
+module_param(big_slots, ulong, 0644);
+MODULE_PARM_DESC(big_slots, "offset slots (256 GiB each) for large mappings per address space");
+static ulong small_space = SMALL_SPACE_MAX;
+module_param(small_space, ulong, 0644);
+MODULE_PARM_DESC(small_space, "offset bytes for mappings below 2 MiB per address space");
 
 static DEFINE_HASHTABLE(ctx_hash, 8);
 static DEFINE_SPINLOCK(ctx_hash_lock);
@@ -164,7 +181,7 @@ static void blk_free(struct hpm_ctx *ctx, struct hpm_blk *b)
 
 	for (i = 0; i < n; i++)
 		xa_erase(&ctx->blocks, (b->off >> HPM_UNIT_SHIFT) + i);
-	hpm_pool_free(b->pa, b->order);
+	hpm_pool_release(b->pa, b->order); /* or quarantine, while a device holds pages */
 	atomic64_sub(hpm_blk_size(b), &ctx->held_bytes);
 	kfree_rcu(b, rcu);
 }
@@ -502,7 +519,7 @@ static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o
 			}
 			if (in)
 				continue;
-			hpm_zero(b->pa + (cur - bs), next - cur);
+			hpm_zero_all(b->pa + (cur - bs), next - cur);
 			cur = next;
 		}
 	}
@@ -534,7 +551,7 @@ static int obj_zero(struct hpm_ctx *ctx, u64 off, u64 len)
 		u64 chunk = min(len, round_up(off + 1, HPM_UNIT) - off);
 
 		if (b)
-			hpm_zero(b->pa + (off - b->off), chunk);
+			hpm_zero_all(b->pa + (off - b->off), chunk);
 		off += chunk;
 		len -= chunk;
 	}
@@ -745,6 +762,8 @@ static struct hpm_ctx *fork_ctx(struct hpm_ctx *parent, struct mm_struct *mm)
 	ctx->hold_base = parent->hold_base;
 	ctx->next_slot = parent->next_slot;
 	ctx->small_cursor = parent->small_cursor;
+	ctx->big_wrapped = parent->big_wrapped;
+	ctx->small_wrapped = parent->small_wrapped;
 	return ctx;
 }
 
@@ -1104,17 +1123,118 @@ static bool only_holds(struct mm_struct *mm, unsigned long a, unsigned long b)
 	return at >= b;
 }
 
-static unsigned long offset_for(struct hpm_ctx *ctx, unsigned long va, unsigned long len)
+static int ivl_cmp(const void *x, const void *y)
 {
-	u64 off;
+	const struct ivl *a = x, *b = y;
+
+	return a->a < b->a ? -1 : a->a > b->a;
+}
+
+static int ivl_push(struct ivl **iv, unsigned int *n, unsigned int *cap, u64 a, u64 b)
+{
+	if (*n == *cap) {
+		struct ivl *nv = kvrealloc(*iv, *cap * sizeof(**iv),
+					   (*cap * 2 + 64) * sizeof(**iv), GFP_KERNEL);
+
+		if (!nv)
+			return -ENOMEM;
+		*iv = nv;
+		*cap = *cap * 2 + 64;
+	}
+	(*iv)[*n].a = a;
+	(*iv)[*n].b = b;
+	(*n)++;
+	return 0;
+}
+
+/*
+ * First fit: the lowest offset o in [lo, hi), o % align == 0, such that [o, o + need)
+ * meets no data VMA's offsets and no block of the object. Caller holds op_lock (so no
+ * other operation of this mm allocates offsets); takes the mmap lock and obj_lock.
+ */
+static int find_free_off(struct hpm_ctx *ctx, u64 lo, u64 hi, u64 need, u64 align, u64 *out)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	struct ivl *iv = NULL;
+	unsigned int n = 0, cap = 0, i;
+	struct hpm_blk *b;
+	unsigned long idx;
+	u64 c;
+	int err = 0;
+
+	mmap_read_lock(mm);
+	{
+		VMA_ITERATOR(vmi, mm, 0);
+
+		for_each_vma(vmi, vma) {
+			u64 a, e;
+
+			if (!is_data(ctx, vma))
+				continue;
+			a = vma_off(vma, vma->vm_start);
+			e = a + (vma->vm_end - vma->vm_start);
+			if (e > lo && a < hi && (err = ivl_push(&iv, &n, &cap, a, e)))
+				break;
+		}
+	}
+	mmap_read_unlock(mm);
+	mutex_lock(&ctx->obj_lock);
+	xa_for_each_range(&ctx->blocks, idx, b, lo >> HPM_UNIT_SHIFT, (hi - 1) >> HPM_UNIT_SHIFT)
+		if (!err && idx == b->off >> HPM_UNIT_SHIFT)
+			err = ivl_push(&iv, &n, &cap, b->off, b->off + hpm_blk_size(b));
+	mutex_unlock(&ctx->obj_lock);
+	if (err) {
+		kvfree(iv);
+		return err;
+	}
+	sort(iv, n, sizeof(*iv), ivl_cmp, NULL);
+	c = round_up(lo, align);
+	for (i = 0; i < n && c < hi; i++) {
+		if (iv[i].b <= c)
+			continue;
+		if (iv[i].a >= c + need)
+			break;
+		c = round_up(iv[i].b, align);
+	}
+	kvfree(iv);
+	if (c < lo || c >= hi || need > hi - c)
+		return -ENOMEM;
+	*out = c;
+	return 0;
+}
+
+/* Object offsets for a new mapping of len bytes at va. Caller holds op_lock. */
+static int offset_for(struct hpm_ctx *ctx, unsigned long va, unsigned long len, u64 *off)
+{
+	u64 limit, lead = va & (HPM_GIG - 1), nslots, o;
+	int err;
 
 	if (len < HPM_UNIT) {
-		off = OFF_SMALL + ctx->small_cursor;
-		ctx->small_cursor += len;
-		return off;
+		limit = min_t(u64, READ_ONCE(small_space), SMALL_SPACE_MAX);
+		if (!ctx->small_wrapped && ctx->small_cursor + len <= limit) {
+			*off = OFF_SMALL + ctx->small_cursor;
+			ctx->small_cursor += len;
+			return 0;
+		}
+		ctx->small_wrapped = true;
+		return find_free_off(ctx, OFF_SMALL, OFF_SMALL + limit, len, PAGE_SIZE, off);
 	}
-	/* Keep offset and address congruent modulo 1 GiB so large pages line up. */
-	return OFF_BIG + (ctx->next_slot++ << SLOT_SHIFT) + (va & (HPM_GIG - 1));
+	/* Keep offset and address congruent modulo 1 GiB so large pages line up; the
+	 * mapping owns every slot its offsets touch. */
+	nslots = DIV_ROUND_UP(lead + len, 1ull << SLOT_SHIFT);
+	limit = min_t(u64, READ_ONCE(big_slots), BIG_SLOTS_MAX);
+	if (!ctx->big_wrapped && ctx->next_slot + nslots <= limit) {
+		*off = OFF_BIG + (ctx->next_slot << SLOT_SHIFT) + lead;
+		ctx->next_slot += nslots;
+		return 0;
+	}
+	ctx->big_wrapped = true;
+	err = find_free_off(ctx, OFF_BIG, OFF_BIG + (limit << SLOT_SHIFT), nslots << SLOT_SHIFT,
+			    1ull << SLOT_SHIFT, &o);
+	if (!err)
+		*off = o + lead;
+	return err;
 }
 
 /* Back and map [va, va + len) at object offset off. Caller holds op_lock. */
@@ -1174,7 +1294,14 @@ static long map_new(struct hpm_ctx *ctx, unsigned long addr, unsigned long len,
 		if (IS_ERR_VALUE(va))
 			return -ENOMEM;
 	}
-	return map_at(ctx, va, len, prot, offset_for(ctx, va, len));
+	{
+		u64 off;
+		int err = offset_for(ctx, va, len, &off);
+
+		if (err)
+			return err;
+		return map_at(ctx, va, len, prot, off);
+	}
 }
 
 long hpm_do_mmap(struct hpm_ctx *ctx, unsigned long addr, unsigned long len,
@@ -1298,7 +1425,7 @@ long hpm_do_mremap(struct hpm_ctx *ctx, unsigned long old, unsigned long old_len
 	    old + new_len <= ctx->region_end - PAGE_SIZE &&
 	    only_holds(mm, old + old_len, old + new_len) &&
 	    offsets_free(ctx, mm, o_end, o_end + (new_len - old_len)) &&
-	    (o_end < OFF_BIG ||
+	    (o_end < OFF_BIG ? o_end + (new_len - old_len) <= OFF_BIG :
 	     (o_end + (new_len - old_len) - 1) >> SLOT_SHIFT == (o_end - 1) >> SLOT_SHIFT)) {
 		mmap_read_unlock(mm);
 		/* grow in place: the offsets after the mapping are its own */

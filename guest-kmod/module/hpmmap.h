@@ -33,9 +33,12 @@ int hpm_pool_init(void);
 void hpm_pool_exit(void);
 int hpm_pool_alloc(unsigned int order, int nid, phys_addr_t *pa);
 void hpm_pool_free(phys_addr_t pa, unsigned int order);
+void hpm_pool_release(phys_addr_t pa, unsigned int order);
+u64 hpm_pool_quarantined_bytes(void);
 void *hpm_pa_to_va(phys_addr_t pa);
 bool hpm_pa_in_pool(phys_addr_t pa);
 int hpm_zero(phys_addr_t pa, u64 len);
+void hpm_zero_all(phys_addr_t pa, u64 len);
 u64 hpm_pool_bytes(void);
 u64 hpm_pool_pv_zero_bytes(void);
 int hpm_pool_show_source(char *buf);
@@ -70,6 +73,7 @@ struct hpm_ctx {
 	unsigned long region_start, region_end, heap_base, heap_end, data_start;
 	unsigned long hold_base; /* placeholder pgoff origin */
 	u64 next_slot, small_cursor;
+	bool big_wrapped, small_wrapped; /* offsets now come from a first-fit search */
 	atomic64_t held_bytes;
 };
 

@@ -13,11 +13,8 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 #else
-#include <stdint.h>
+#include <linux/types.h>
 #include <sys/ioctl.h>
-typedef uint32_t __u32;
-typedef int32_t __s32;
-typedef uint64_t __u64;
 #endif
 
 #define HPMMAP_UAPI_VERSION 1u
@@ -76,26 +73,9 @@ struct hpmmap_stats {
 	__u64 self_blocks[HPMMAP_NR_ORDERS]; /* blocks held by the caller's mm, by order */
 };
 
-/*
- * Pin [addr, addr + len) with pin_user_pages_fast(FOLL_LONGTERM | FOLL_WRITE) the
- * way an RDMA driver registers a buffer, count the pages that lie in the pool, write
- * HPMMAP_PIN_MARK(page address) at byte 8 of every page through the kernel's own
- * mapping of the pinned page (what a device's DMA would do), then unpin.
- */
-struct hpmmap_pin_test {
-	__u32 size;
-	__u32 version;
-	__u64 addr;
-	__u64 len;
-	__u64 pinned;  /* out */
-	__u64 in_pool; /* out */
-};
-#define HPMMAP_PIN_MARK(va) ((__u64)(va) ^ 0x48504d4d50494e00ull)
-
 #define HPMMAP_IOC_MAGIC 'H'
 #define HPMMAP_IOC_REGISTER _IOW(HPMMAP_IOC_MAGIC, 1, struct hpmmap_register)
 #define HPMMAP_IOC_DEREGISTER _IOW(HPMMAP_IOC_MAGIC, 2, struct hpmmap_deregister)
 #define HPMMAP_IOC_STATS _IOWR(HPMMAP_IOC_MAGIC, 3, struct hpmmap_stats)
-#define HPMMAP_IOC_PIN_TEST _IOWR(HPMMAP_IOC_MAGIC, 4, struct hpmmap_pin_test)
 
 #endif /* HPMMAP_UAPI_H */

@@ -16,6 +16,8 @@
 #include <linux/pid.h>
 #include <linux/sched.h>
 #include <linux/nodemask.h>
+#include <linux/capability.h>
+#include <linux/cred.h>
 #include "hpmmap.h"
 
 struct hpm_stats hpm_st;
@@ -40,6 +42,27 @@ static int check_pid(s32 pid)
 	return exists ? -EPERM : -ESRCH;
 }
 
+/*
+ * Who may register: whoever can open /dev/hpmmap (its mode is dev_mode, root's group
+ * by default), and, when register_gid is set, only members of that group (or
+ * CAP_SYS_ADMIN). Statistics stay readable to anyone who can open the device.
+ */
+static ushort dev_mode = 0660;
+module_param(dev_mode, ushort, 0444);
+MODULE_PARM_DESC(dev_mode, "mode of /dev/hpmmap (default 0660: root and root's group)");
+static int register_gid = -1;
+module_param(register_gid, int, 0644);
+MODULE_PARM_DESC(register_gid, "only this group (or CAP_SYS_ADMIN) may register; -1: anyone who can open the device");
+
+static bool may_register(void)
+{
+	int gid = READ_ONCE(register_gid);
+
+	if (gid < 0 || capable(CAP_SYS_ADMIN))
+		return true;
+	return in_group_p(make_kgid(current_user_ns(), gid));
+}
+
 static long ioc_register(void __user *up)
 {
 	struct hpmmap_register r;
@@ -47,6 +70,8 @@ static long ioc_register(void __user *up)
 
 	if (copy_from_user(&r, up, sizeof(r)))
 		return -EFAULT;
+	if (!may_register())
+		return -EACCES;
 	if ((r.flags & ~HPMMAP_REG_FLAGS) || r.reserved)
 		return -EINVAL;
 	shift = r.page_shift ? r.page_shift : 30;
@@ -108,51 +133,6 @@ static long ioc_stats(void __user *up)
 	return copy_to_user(up, &s, sizeof(s)) ? -EFAULT : 0;
 }
 
-#define PIN_BATCH 512
-
-static long ioc_pin_test(void __user *up)
-{
-	struct hpmmap_pin_test t;
-	struct page **pages;
-	unsigned long addr, left;
-	long err = 0;
-
-	if (copy_from_user(&t, up, sizeof(t)))
-		return -EFAULT;
-	if (!t.len || offset_in_page(t.addr) || offset_in_page(t.len) || t.addr + t.len < t.addr ||
-	    t.len > (4ull << 30))
-		return -EINVAL;
-	pages = kmalloc_array(PIN_BATCH, sizeof(*pages), GFP_KERNEL);
-	if (!pages)
-		return -ENOMEM;
-	t.pinned = t.in_pool = 0;
-	for (addr = t.addr, left = t.len >> PAGE_SHIFT; left;) {
-		int i, n = pin_user_pages_fast(addr, min_t(unsigned long, left, PIN_BATCH),
-					       FOLL_WRITE | FOLL_LONGTERM, pages);
-
-		if (n <= 0) {
-			err = n ? n : -EFAULT;
-			break;
-		}
-		for (i = 0; i < n; i++) {
-			u64 *kva = kmap_local_page(pages[i]);
-
-			t.pinned++;
-			if (hpm_pa_in_pool(PFN_PHYS(page_to_pfn(pages[i]))))
-				t.in_pool++;
-			kva[1] = HPMMAP_PIN_MARK(addr + ((unsigned long)i << PAGE_SHIFT));
-			kunmap_local(kva);
-		}
-		unpin_user_pages(pages, n);
-		addr += (unsigned long)n << PAGE_SHIFT;
-		left -= n;
-	}
-	kfree(pages);
-	if (copy_to_user(up, &t, sizeof(t)))
-		return -EFAULT;
-	return err;
-}
-
 static long hpm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 {
 	void __user *up = (void __user *)arg;
@@ -160,7 +140,6 @@ static long hpm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		[1] = sizeof(struct hpmmap_register),
 		[2] = sizeof(struct hpmmap_deregister),
 		[3] = sizeof(struct hpmmap_stats),
-		[4] = sizeof(struct hpmmap_pin_test),
 	};
 	u32 hdr[2];
 	unsigned int nr = _IOC_NR(cmd);
@@ -180,10 +159,8 @@ static long hpm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return ioc_register(up);
 	case 2:
 		return ioc_deregister(up);
-	case 3:
-		return ioc_stats(up);
 	default:
-		return ioc_pin_test(up);
+		return ioc_stats(up);
 	}
 }
 
@@ -198,7 +175,6 @@ static struct miscdevice hpm_dev = {
 	.minor = MISC_DYNAMIC_MINOR,
 	.name = "hpmmap",
 	.fops = &hpm_dev_fops,
-	.mode = 0666,
 };
 
 /* ---- sysfs ---- */
@@ -221,6 +197,14 @@ STAT_ATTR(fallbacks, s.fallbacks);
 STAT_ATTR(faults, s.faults);
 STAT_ATTR(fork_copies, s.fork_copies);
 STAT_ATTR(fork_failures, s.fork_failures);
+
+/* Pool bytes out of the pool because a device or pipe still references them after
+ * their mapping went (issue 12.1); they return when the last reference goes. */
+static ssize_t quarantined_bytes_show(struct kobject *k, struct kobj_attribute *a, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n", (unsigned long long)hpm_pool_quarantined_bytes());
+}
+static struct kobj_attribute quarantined_bytes_attr = __ATTR_RO(quarantined_bytes);
 
 static ssize_t free_blocks_show(struct kobject *k, struct kobj_attribute *a, char *buf)
 {
@@ -275,7 +259,7 @@ static struct attribute *hpm_attrs[] = {
 	&registered_attr.attr, &mappings_attr.attr, &fallbacks_attr.attr,
 	&faults_attr.attr, &fork_copies_attr.attr, &fork_failures_attr.attr,
 	&free_blocks_attr.attr, &nodes_attr.attr, &policy_attr.attr, &pool_source_attr.attr,
-	&pv_zero_bytes_attr.attr, NULL,
+	&pv_zero_bytes_attr.attr, &quarantined_bytes_attr.attr, NULL,
 };
 static const struct attribute_group hpm_group = { .attrs = hpm_attrs };
 static struct kobject *hpm_kobj;
@@ -297,6 +281,7 @@ static int __init hpm_init(void)
 	err = sysfs_create_group(hpm_kobj, &hpm_group);
 	if (err)
 		goto kobj;
+	hpm_dev.mode = dev_mode & 0666;
 	err = misc_register(&hpm_dev);
 	if (err)
 		goto kobj;

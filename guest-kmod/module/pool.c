@@ -65,6 +65,9 @@ struct hpm_range {
 };
 
 static struct hpm_range ranges[PV_MAX_RANGES];
+/* A pool page's count when nobody but hpmmap's mappings has it (1 on 6.1 for GENERIC
+ * ZONE_DEVICE pages; read at init rather than assumed). */
+static int idle_ref = 1;
 static int nr_ranges;
 static DEFINE_SPINLOCK(pool_lock);
 static struct list_head free_lists[HPM_MAX_NODES][HPM_NORD];
@@ -100,6 +103,7 @@ bool hpm_pa_in_pool(phys_addr_t pa)
 {
 	return range_of(pa) != NULL;
 }
+EXPORT_SYMBOL_GPL(hpm_pa_in_pool); /* the test module's pin tests */
 
 void *hpm_pa_to_va(phys_addr_t pa)
 {
@@ -212,7 +216,7 @@ static bool pv_zero(phys_addr_t pa, u64 len)
 	return ok;
 }
 
-int hpm_zero(phys_addr_t pa, u64 len)
+static int zero_range(phys_addr_t pa, u64 len, bool killable)
 {
 	u64 done;
 	char *va = hpm_pa_to_va(pa);
@@ -225,11 +229,28 @@ int hpm_zero(phys_addr_t pa, u64 len)
 		clear_page(va + done);
 		if (!(done & (HPM_UNIT - 1))) {
 			cond_resched();
-			if (fatal_signal_pending(current))
+			if (killable && fatal_signal_pending(current))
 				return -EINTR;
 		}
 	}
 	return 0;
+}
+
+/* Zeroes a block about to be handed out: a killed caller may give up (-EINTR). */
+int hpm_zero(phys_addr_t pa, u64 len)
+{
+	return zero_range(pa, len, true);
+}
+
+/*
+ * Zeroes memory that stays mapped or stays in the object (an uncovered part of a held
+ * block, MADV_DONTNEED): it must read zero afterwards whoever asks, so a fatal signal
+ * does not cut it short (another process sharing the mm with CLONE_VM lives on).
+ * Bounded by the block size (1 GiB at most).
+ */
+void hpm_zero_all(phys_addr_t pa, u64 len)
+{
+	WARN_ON_ONCE(zero_range(pa, len, false));
 }
 
 u64 hpm_pool_pv_zero_bytes(void)
@@ -336,6 +357,8 @@ static int pool_add_range(phys_addr_t base, u64 size)
 	r->pgmap.range.end = end - 1;
 	r->pgmap.nr_range = 1;
 	va = memremap_pages(&r->pgmap, r->nid);
+	if (!IS_ERR(va))
+		idle_ref = page_ref_count(pfn_to_page(PHYS_PFN(start))); /* before any use */
 	if (IS_ERR(va)) {
 		pr_err("hpmmap: memremap_pages(%pa-%pa) failed: %ld\n", &start, &end, PTR_ERR(va));
 		vfree(r->state);
@@ -485,9 +508,122 @@ fail:
 	return err;
 }
 
+/* ------------------------------------------------------------ quarantine
+ *
+ * A block whose pages someone still references when its last mapping goes (pinned by
+ * RDMA or io_uring fixed buffers, held by a pipe after vmsplice, by a bio of O_DIRECT
+ * in flight) must not go back to the pool: the next owner's memory would be read and
+ * written by that device or pipe. Such blocks wait here until every page is back at its
+ * idle count (idle_ref: ZONE_DEVICE GENERIC pages are born at 1 and mapped without
+ * refcount, pins add GUP_PIN_COUNTING_BIAS, gets add 1); a delayed work polls them, and readers of
+ * the counters poll first. While blocks wait, the module holds a reference to itself.
+ */
+struct hpm_quar {
+	struct list_head l;
+	phys_addr_t pa;
+	unsigned int order;
+};
+static LIST_HEAD(quar_list);
+static DEFINE_MUTEX(quar_lock);
+static u64 quar_bytes;
+static bool quar_ref; /* the module reference the quarantine holds */
+static void quar_work_fn(struct work_struct *w);
+static DECLARE_DELAYED_WORK(quar_work, quar_work_fn);
+
+static bool block_referenced(phys_addr_t pa, unsigned int order)
+{
+	unsigned long pfn = PHYS_PFN(pa), n = (HPM_UNIT << order) >> PAGE_SHIFT, i;
+
+	for (i = 0; i < n; i++) {
+		if (page_ref_count(pfn_to_page(pfn + i)) != idle_ref)
+			return true;
+		if (!(i & 4095))
+			cond_resched();
+	}
+	return false;
+}
+
+/* Frees the quarantined blocks nobody references any more; true if some remain. */
+static bool quar_scan(void)
+{
+	struct hpm_quar *q, *t;
+	bool left;
+
+	mutex_lock(&quar_lock);
+	list_for_each_entry_safe(q, t, &quar_list, l) {
+		if (block_referenced(q->pa, q->order))
+			continue;
+		list_del(&q->l);
+		quar_bytes -= (u64)HPM_UNIT << q->order;
+		hpm_pool_free(q->pa, q->order);
+		kfree(q);
+	}
+	left = !list_empty(&quar_list);
+	mutex_unlock(&quar_lock);
+	return left;
+}
+
+static void quar_work_fn(struct work_struct *w)
+{
+	bool put = false;
+
+	if (quar_scan()) {
+		schedule_delayed_work(&quar_work, HZ / 10);
+		return;
+	}
+	mutex_lock(&quar_lock);
+	if (list_empty(&quar_list) && quar_ref) {
+		quar_ref = false;
+		put = true;
+	}
+	mutex_unlock(&quar_lock);
+	if (put)
+		module_put(THIS_MODULE);
+}
+
+/*
+ * A block leaves its address space (munmap, exit, exec): back to the pool, or into the
+ * quarantine while its pages are still referenced. Zeroed when allocated again.
+ */
+void hpm_pool_release(phys_addr_t pa, unsigned int order)
+{
+	struct hpm_quar *q;
+
+	if (!block_referenced(pa, order)) {
+		hpm_pool_free(pa, order);
+		return;
+	}
+	q = kmalloc(sizeof(*q), GFP_KERNEL | __GFP_NOFAIL);
+	q->pa = pa;
+	q->order = order;
+	mutex_lock(&quar_lock);
+	list_add_tail(&q->l, &quar_list);
+	quar_bytes += (u64)HPM_UNIT << order;
+	if (!quar_ref) {
+		quar_ref = true;
+		__module_get(THIS_MODULE); /* no unload while a device holds pool memory */
+	}
+	mutex_unlock(&quar_lock);
+	schedule_delayed_work(&quar_work, HZ / 10);
+}
+
+/* Bytes in quarantine now (after a scan, so a reader sees what is really held). */
+u64 hpm_pool_quarantined_bytes(void)
+{
+	u64 v;
+
+	quar_scan();
+	mutex_lock(&quar_lock);
+	v = quar_bytes;
+	mutex_unlock(&quar_lock);
+	return v;
+}
+
 void hpm_pool_exit(void)
 {
 	int i;
+
+	cancel_delayed_work_sync(&quar_work); /* empty: the module could not go otherwise */
 
 	if (total_bytes && free_bytes != total_bytes)
 		pr_err("hpmmap: leak: %llu of %llu pool bytes not returned\n",

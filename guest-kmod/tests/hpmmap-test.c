@@ -26,11 +26,16 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <linux/io_uring.h>
+#include <grp.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include "hpmmap_uapi.h"
+#include "hpmmap_test_uapi.h"
 
 #define MiB (1ul << 20)
 #define GiB (1ul << 30)
@@ -681,9 +686,9 @@ static int t_killed(void)
 
 static int t_pin(void)
 {
-	int fd = open(HPMMAP_DEVICE, O_RDWR);
+	int fd = open(HPMMAP_TEST_DEVICE, O_RDWR);
 	char *p = map(4 * MiB);
-	struct hpmmap_pin_test t = { sizeof(t), HPMMAP_UAPI_VERSION, (uint64_t)p, 4 * MiB, 0, 0 };
+	struct hpmmap_pin_test t = { sizeof(t), HPMMAP_UAPI_VERSION, (uint64_t)p, 4 * MiB, 0, 0, 0 };
 	char stackbuf[2 * PG] __attribute__((aligned(4096)));
 	size_t i;
 
@@ -893,6 +898,335 @@ static int t_zero_faults(void)
 	return 0;
 }
 
+
+static int param_write(const char *name, const char *val)
+{
+	char path[128];
+	int fd, ok;
+
+	snprintf(path, sizeof(path), "/sys/module/hpmmap/parameters/%s", name);
+	fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return -1;
+	ok = write(fd, val, strlen(val)) == (ssize_t)strlen(val);
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+static int all_bytes(const char *p, size_t len, int v)
+{
+	size_t i;
+
+	for (i = 0; i < len; i += 512)
+		if (p[i] != (char)v)
+			return 0;
+	return p[len - 1] == (char)v;
+}
+
+/*
+ * Issue 12.2: the object's offsets cannot wrap. With the offset spaces shrunk to 4
+ * large slots and 8 MiB of small offsets, far more mmaps, munmaps and mremap moves than
+ * fit: every new mapping reads zero, the mappings kept all along keep their data, and
+ * when every slot is live the next large mapping is not hpmmap's (Linux fallback) or
+ * fails with ENOMEM: never a mapping that shares blocks with a live one.
+ */
+static int offsets_body(void)
+{
+	char *keep_big, *keep_small, *live[6];
+	int i, nlive = 0, bad = 0;
+
+	CHECK(!param_write("big_slots", "4") && !param_write("small_space", "8388608"),
+	      "cannot shrink the offset spaces");
+	keep_big = map(4 * MiB);
+	keep_small = map(8 * PG);
+	if (keep_big == MAP_FAILED || keep_small == MAP_FAILED) {
+		bad = 1;
+		snprintf(why, sizeof(why), "setup");
+		goto out;
+	}
+	memset(keep_big, 0x5a, 4 * MiB);
+	memset(keep_small, 0xa5, 8 * PG);
+	for (i = 0; i < 64 && !bad; i++) {
+		char *b = map(4 * MiB), *m;
+
+		if (b == MAP_FAILED || !is_hpmmap(b) || !all_bytes(b, 4 * MiB, 0)) {
+			snprintf(why, sizeof(why), "large round %d: %s", i,
+				 b == MAP_FAILED ? "failed" : is_hpmmap(b) ? "not zero" : "not hpmmap");
+			bad = 1;
+			break;
+		}
+		memset(b, i + 1, 4 * MiB);
+		m = mremap(b, 4 * MiB, 6 * MiB, MREMAP_MAYMOVE);
+		if (m == MAP_FAILED || !all_bytes(m, 4 * MiB, i + 1) || !all_bytes(m + 4 * MiB, 2 * MiB, 0)) {
+			snprintf(why, sizeof(why), "mremap round %d", i);
+			bad = 1;
+		}
+		munmap(m == MAP_FAILED ? b : m, 6 * MiB);
+	}
+	for (i = 0; i < 3000 && !bad; i++) {
+		char *q = map(3 * PG);
+
+		if (q == MAP_FAILED || !all_bytes(q, 3 * PG, 0)) {
+			snprintf(why, sizeof(why), "small round %d: %s", i,
+				 q == MAP_FAILED ? "failed" : "not zero");
+			bad = 1;
+			break;
+		}
+		memset(q, i, 3 * PG);
+		munmap(q, 3 * PG);
+	}
+	if (!bad && (!all_bytes(keep_big, 4 * MiB, 0x5a) || !all_bytes(keep_small, 8 * PG, 0xa5))) {
+		snprintf(why, sizeof(why), "a mapping kept all along lost its data");
+		bad = 1;
+	}
+	/* every slot live: keep_big holds one, 3 more fit, the rest must not be hpmmap */
+	for (i = 0; i < 6 && !bad; i++) {
+		live[i] = map(4 * MiB);
+		if (live[i] == MAP_FAILED)
+			break;
+		nlive++;
+		memset(live[i], 0x10 + i, 4 * MiB);
+		if (i >= 3 && is_hpmmap(live[i])) {
+			snprintf(why, sizeof(why), "mapping %d of %d slots is hpmmap's", i + 2, 4);
+			bad = 1;
+		}
+	}
+	for (i = 0; i < nlive; i++) {
+		if (!bad && !all_bytes(live[i], 4 * MiB, 0x10 + i)) {
+			snprintf(why, sizeof(why), "live mapping %d shares memory", i);
+			bad = 1;
+		}
+		munmap(live[i], 4 * MiB);
+	}
+	if (!bad && !all_bytes(keep_big, 4 * MiB, 0x5a)) {
+		snprintf(why, sizeof(why), "kept mapping overwritten at exhaustion");
+		bad = 1;
+	}
+	munmap(keep_big, 4 * MiB);
+	munmap(keep_small, 8 * PG);
+out:
+	param_write("big_slots", "67104767");
+	param_write("small_space", "1124800395214848");
+	return bad;
+}
+
+/* In a fresh exec'd process: no offsets in use but the test's own (glibc keeps the
+ * stacks of earlier threads mapped, and they hold slots). */
+static int t_offsets(void)
+{
+	int rc;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		execl("/proc/self/exe", "hpmmap-test", "offsets", (char *)NULL);
+		_exit(127);
+	}
+	waitpid(pid, &rc, 0);
+	CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "child status %d (see its # line)", rc);
+	return 0;
+}
+
+/* Issue 12.4: the test hooks are not in the production module; who may register. */
+static int t_interfaces(void)
+{
+	struct stat st;
+	int fd, rc;
+	pid_t pid;
+	struct hpmmap_pin_test t = { sizeof(t), HPMMAP_UAPI_VERSION, 0, PG, 0, 0, 0 };
+
+	CHECK(stat(HPMMAP_DEVICE, &st) == 0, "stat %s", HPMMAP_DEVICE);
+	CHECK((st.st_mode & 0777) == 0660, "%s mode %o, want 0660", HPMMAP_DEVICE,
+	      st.st_mode & 0777);
+	fd = open(HPMMAP_DEVICE, O_RDWR);
+	CHECK(fd >= 0, "open");
+	errno = 0;
+	CHECK(ioctl(fd, _IOWR('H', 4, struct hpmmap_pin_test), &t) == -1 && errno == ENOTTY,
+	      "the old pin test ioctl answers on %s (errno %d)", HPMMAP_DEVICE, errno);
+	/* an unprivileged process cannot open the device */
+	pid = fork();
+	if (pid == 0) {
+		if (setgid(65534) || setuid(65534))
+			_exit(3);
+		_exit(open(HPMMAP_DEVICE, O_RDWR) < 0 && errno == EACCES ? 0 : 1);
+	}
+	waitpid(pid, &rc, 0);
+	CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "nobody opened %s (status %d)",
+	      HPMMAP_DEVICE, rc);
+	/* register_gid: with an fd it was handed, a process outside the group is refused */
+	CHECK(!param_write("register_gid", "4242"), "register_gid");
+	pid = fork();
+	if (pid == 0) {
+		struct hpmmap_register r = { sizeof(r), HPMMAP_UAPI_VERSION, 0, 0, 30, -1, 0 };
+		struct hpmmap_deregister d = { sizeof(d), HPMMAP_UAPI_VERSION, 0, 0 };
+		gid_t none[1] = { 65534 };
+		int ok;
+
+		ioctl(fd, HPMMAP_IOC_DEREGISTER, &d); /* inherited registration */
+		if (setgroups(1, none) || setgid(65534) || setuid(65534))
+			_exit(3);
+		errno = 0;
+		ok = ioctl(fd, HPMMAP_IOC_REGISTER, &r) == -1 && errno == EACCES;
+		_exit(ok ? 0 : 1);
+	}
+	waitpid(pid, &rc, 0);
+	param_write("register_gid", "-1");
+	close(fd);
+	CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "register outside register_gid (status %d)", rc);
+	return 0;
+}
+
+/*
+ * Issue 12.1: a device (the test module's held pins) keeps a block after the process
+ * unmapped it. The block must stay out of the pool until the pin goes: the pool does not
+ * get it back, another mapping made meanwhile reads zero and is not written by the
+ * device, and the bytes come back once the pin is released.
+ */
+static int t_pin_held(void)
+{
+	int fd = open(HPMMAP_TEST_DEVICE, O_RDWR);
+	uint64_t free0 = sysfs_u64("free_bytes");
+	char *p = map(4 * MiB), *q[4];
+	struct hpmmap_pin_test t = { sizeof(t), HPMMAP_UAPI_VERSION, (uint64_t)p, 4 * MiB, 0, 0, 0 };
+	int i;
+
+	CHECK(fd >= 0 && p != MAP_FAILED, "setup");
+	memset(p, 0x77, 4 * MiB);
+	CHECK(ioctl(fd, HPMMAP_IOC_PIN_HOLD, &t) == 0 && t.in_pool == 1024, "hold: %s, %llu in pool",
+	      strerror(errno), (unsigned long long)t.in_pool);
+	munmap(p, 4 * MiB);
+	CHECK(sysfs_u64("free_bytes") == free0 - 4 * MiB,
+	      "pinned blocks went back to the pool at munmap (%lld bytes)",
+	      (long long)(free0 - sysfs_u64("free_bytes")));
+	CHECK(sysfs_u64("quarantined_bytes") == 4 * MiB, "quarantined_bytes %llu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"));
+	for (i = 0; i < 4; i++) {
+		q[i] = map(4 * MiB);
+		CHECK(q[i] != MAP_FAILED && all_bytes(q[i], 4 * MiB, 0), "new mapping %d not zero", i);
+		memset(q[i], 0x30 + i, 4 * MiB);
+	}
+	t.len = 1;
+	t.value = 0xdeadbeefcafef00dull;
+	CHECK(ioctl(fd, HPMMAP_IOC_PIN_DMA, &t) == 0, "device write");
+	for (i = 0; i < 4; i++)
+		CHECK(all_bytes(q[i], 4 * MiB, 0x30 + i), "device write reached mapping %d", i);
+	t.len = 0;
+	CHECK(ioctl(fd, HPMMAP_IOC_PIN_DMA, &t) == 0 && t.value == 0,
+	      "the device lost its own writes (%llu pages)", (unsigned long long)t.value);
+	for (i = 0; i < 4; i++)
+		munmap(q[i], 4 * MiB);
+	CHECK(ioctl(fd, HPMMAP_IOC_PIN_RELEASE, &t) == 0, "release");
+	close(fd);
+	CHECK(sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied");
+	return 0;
+}
+
+/*
+ * Issue 12.1, vmsplice: a pipe holds references to the pages after munmap. The blocks
+ * stay out of the pool until the pipe is drained; the pipe delivers the data as it was
+ * (Linux's semantics), and mappings made meanwhile read zero and keep their own data.
+ */
+static int t_vmsplice(void)
+{
+	char *p = map(4 * MiB), *q, buf[4096];
+	int fds[2], i;
+	struct iovec iov;
+	ssize_t n;
+
+	CHECK(p != MAP_FAILED && pipe(fds) == 0, "setup");
+	memset(p, 0x66, 4 * MiB);
+	iov.iov_base = p + 2 * MiB; /* the second block */
+	iov.iov_len = 16 * PG;
+	CHECK(vmsplice(fds[1], &iov, 1, 0) == (ssize_t)(16 * PG), "vmsplice: %s", strerror(errno));
+	munmap(p, 4 * MiB);
+	CHECK(sysfs_u64("quarantined_bytes") == 2 * MiB, "quarantined %llu, want one 2 MiB block",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"));
+	q = map(4 * MiB);
+	CHECK(q != MAP_FAILED && all_bytes(q, 4 * MiB, 0), "a new mapping does not read zero");
+	memset(q, 0x31, 4 * MiB);
+	for (i = 0; i < 16; i++) {
+		n = read(fds[0], buf, sizeof(buf));
+		CHECK(n == (ssize_t)sizeof(buf) && all_bytes(buf, sizeof(buf), 0x66),
+		      "pipe page %d: %zd bytes, not the spliced data", i, n);
+	}
+	CHECK(all_bytes(q, 4 * MiB, 0x31), "the new mapping changed");
+	close(fds[0]);
+	close(fds[1]);
+	munmap(q, 4 * MiB);
+	CHECK(sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied after the pipe");
+	return 0;
+}
+
+/*
+ * Issue 12.1, io_uring fixed buffers: IORING_REGISTER_BUFFERS pins the pages
+ * (FOLL_LONGTERM) until unregistered; munmap in between must not hand them to anyone.
+ */
+static int t_uring_fixed(void)
+{
+	struct io_uring_params prm;
+	struct iovec iov;
+	char *p = map(4 * MiB), *q;
+	int ring;
+
+	CHECK(p != MAP_FAILED, "setup");
+	memset(&prm, 0, sizeof(prm));
+	ring = syscall(__NR_io_uring_setup, 4, &prm);
+	if (ring < 0) {
+		printf("# io_uring-fixed-buffers: io_uring_setup: %s (skipped)\n", strerror(errno));
+		munmap(p, 4 * MiB);
+		return 0;
+	}
+	memset(p, 0x44, 4 * MiB);
+	iov.iov_base = p;
+	iov.iov_len = 4 * MiB;
+	CHECK(syscall(__NR_io_uring_register, ring, IORING_REGISTER_BUFFERS, &iov, 1) == 0,
+	      "register buffers: %s", strerror(errno));
+	munmap(p, 4 * MiB);
+	CHECK(sysfs_u64("quarantined_bytes") == 4 * MiB, "quarantined %llu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"));
+	q = map(4 * MiB);
+	CHECK(q != MAP_FAILED && all_bytes(q, 4 * MiB, 0), "a new mapping does not read zero");
+	munmap(q, 4 * MiB);
+	CHECK(syscall(__NR_io_uring_register, ring, IORING_UNREGISTER_BUFFERS, NULL, 0) == 0,
+	      "unregister: %s", strerror(errno));
+	close(ring);
+	CHECK(sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied after unregister");
+	return 0;
+}
+
+/*
+ * A forked child keeps its own copy: the parent's munmap and new mappings neither
+ * change what the child reads nor show the child's data to the parent.
+ */
+static int t_fork_holds(void)
+{
+	char *p = map(4 * MiB), *q;
+	int go[2], rc;
+	pid_t pid;
+
+	CHECK(p != MAP_FAILED && pipe(go) == 0, "setup");
+	memset(p, 0x21, 4 * MiB);
+	pid = fork();
+	if (pid == 0) {
+		char c;
+
+		close(go[1]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(2);
+		_exit(all_bytes(p, 4 * MiB, 0x21) ? 0 : 1);
+	}
+	close(go[0]);
+	munmap(p, 4 * MiB);
+	q = map(4 * MiB);
+	CHECK(q != MAP_FAILED && all_bytes(q, 4 * MiB, 0), "parent's new mapping shows old data");
+	memset(q, 0x22, 4 * MiB);
+	CHECK(write(go[1], "x", 1) == 1, "signal child");
+	waitpid(pid, &rc, 0);
+	close(go[1]);
+	CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "the child's copy changed (status %d)", rc);
+	munmap(q, 4 * MiB);
+	return 0;
+}
+
 struct tcase {
 	const char *name;
 	int (*fn)(void);
@@ -915,6 +1249,12 @@ static const struct tcase suite_cases[] = {
 	{ "exec-cleanup", t_exec },
 	{ "killed-mid-mmap", t_killed },
 	{ "pin-user-pages", t_pin },
+	{ "pin-held-past-munmap", t_pin_held },
+	{ "vmsplice-then-munmap", t_vmsplice },
+	{ "io_uring-fixed-buffers", t_uring_fixed },
+	{ "fork-child-keeps-copy", t_fork_holds },
+	{ "offsets-recycled", t_offsets },
+	{ "interfaces", t_interfaces },
 	{ "pool-exhausted", t_exhaust },
 	{ "bad-input", t_bad_input },
 	{ "zero-faults-1g", t_zero_faults },
@@ -1133,6 +1473,17 @@ int main(int argc, char **argv)
 {
 	if (argc >= 2 && !strcmp(argv[1], "suite"))
 		return run_suite(argc >= 3 ? argv[2] : NULL);
+	if (argc >= 2 && !strcmp(argv[1], "offsets")) {
+		char *c = map(4 * MiB);
+		int served = c != MAP_FAILED && is_hpmmap(c), r;
+
+		munmap(c, 4 * MiB);
+		r = served ? offsets_body() : (snprintf(why, sizeof(why), "not registered after exec"), 1);
+
+		if (r)
+			printf("# offsets-recycled: %s\n", why);
+		return r;
+	}
 	if (argc >= 2 && !strcmp(argv[1], "bad-ioctl"))
 		return run_bad_ioctl();
 	if (argc >= 3 && !strcmp(argv[1], "numa"))
