@@ -46,6 +46,7 @@
 #include <linux/slab.h>
 #include <linux/rculist.h>
 #include <linux/sort.h>
+#include <linux/capability.h>
 #include "hpmmap.h"
 
 #define REGION_SIZE (1ul << 40)
@@ -664,6 +665,25 @@ static void populate_vma(struct vm_area_struct *vma, unsigned long start, unsign
 	}
 }
 
+/* Map what data VMAs lack in exactly [start, end). */
+void hpm_repopulate_exact(struct hpm_ctx *ctx, unsigned long start, unsigned long end)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+
+	if (start >= end)
+		return;
+	mmap_read_lock(mm);
+	{
+		VMA_ITERATOR(vmi, mm, start);
+
+		for_each_vma_range(vmi, vma, end)
+			if (is_data(ctx, vma))
+				populate_vma(vma, start, end);
+	}
+	mmap_read_unlock(mm);
+}
+
 /* Re-map, after Linux split or cleared entries, everything in [start, end). */
 void hpm_repopulate(struct hpm_ctx *ctx, unsigned long start, unsigned long end)
 {
@@ -683,6 +703,50 @@ void hpm_repopulate(struct hpm_ctx *ctx, unsigned long start, unsigned long end)
 				populate_vma(vma, start, end);
 	}
 	mmap_read_unlock(mm);
+}
+
+/*
+ * How much around addr Linux clears when a munmap/mprotect/mremap boundary falls at addr:
+ * a huge entry mapping addr is dropped whole (a 1 GiB PUD by zap, a 2 MiB devmap PMD by
+ * split_huge_pmd on a file VMA); a PTE is not. Returns that entry's size, 0 for a PTE or
+ * nothing. Read before the operation, so that only the dropped entries are mapped again
+ * afterwards (issue 12.6: cutting a large mapping in 4 KiB pieces used to refill +-1 GiB
+ * page by page on every call).
+ */
+unsigned long hpm_huge_extent(unsigned long addr)
+{
+	struct mm_struct *mm = current->mm;
+	unsigned long ext = 0;
+	pud_t *pud;
+	pmd_t *pmd;
+
+	mmap_read_lock(mm);
+	pud = pud_get(mm, addr, false);
+	if (!pud || pud_none(*pud))
+		goto out;
+	if (pud_devmap(*pud) || pud_trans_huge(*pud)) {
+		ext = HPM_GIG;
+		goto out;
+	}
+	if (pud_bad(*pud))
+		goto out;
+	pmd = pmd_offset(pud, addr);
+	if (pmd_devmap(*pmd) || pmd_trans_huge(*pmd))
+		ext = HPM_UNIT;
+out:
+	mmap_read_unlock(mm);
+	return ext;
+}
+
+/* Maps again what Linux dropped around [start, end), given hpm_huge_extent() of start
+ * and end taken before. */
+void hpm_repopulate_edges(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
+			  unsigned long ext_start, unsigned long ext_end)
+{
+	if (ext_start && !IS_ALIGNED(start, ext_start))
+		hpm_repopulate_exact(ctx, round_down(start, ext_start), start);
+	if (ext_end && !IS_ALIGNED(end, ext_end))
+		hpm_repopulate_exact(ctx, end, round_up(end, ext_end));
 }
 
 /* ------------------------------------------------------------ vm operations */
@@ -1319,13 +1383,15 @@ long hpm_do_mmap(struct hpm_ctx *ctx, unsigned long addr, unsigned long len,
 long hpm_do_munmap(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		   bool *handled)
 {
-	unsigned long end = start + len;
+	unsigned long end = start + len, ext_s, ext_e;
 	long ret = 0, r;
 
 	*handled = hpm_in_region(ctx, start, end);
 	if (!*handled)
 		return 0;
 	mutex_lock(&ctx->op_lock);
+	ext_s = hpm_huge_extent(start);
+	ext_e = hpm_huge_extent(end);
 	if (start < ctx->region_start)
 		ret = vm_munmap(start, ctx->region_start - start);
 	if (end > ctx->region_end) {
@@ -1335,8 +1401,7 @@ long hpm_do_munmap(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 	/* The anchor stays: the region remains reserved while the mm lives. */
 	r = hold_range(ctx, max(start, ctx->region_start), min(end, ctx->region_end - PAGE_SIZE));
 	ret = ret ?: r;
-	hpm_repopulate(ctx, start - HPM_GIG, start);
-	hpm_repopulate(ctx, end, end + HPM_GIG);
+	hpm_repopulate_edges(ctx, start, end, ext_s, ext_e);
 	mutex_unlock(&ctx->op_lock);
 	return ret;
 }
@@ -1495,23 +1560,87 @@ static bool zero_va(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
 	return all && at >= end;
 }
 
+enum seg_kind { SEG_HOLE, SEG_DATA, SEG_LINUX };
+
+/* The kind of memory at addr and where that stretch ends (at most end). */
+static enum seg_kind segment_at(struct hpm_ctx *ctx, unsigned long addr, unsigned long end,
+				unsigned long *seg_end)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	enum seg_kind k;
+
+	mmap_read_lock(mm);
+	vma = find_vma(mm, addr);
+	if (!vma || vma->vm_start >= end) {
+		*seg_end = end;
+		k = SEG_HOLE;
+	} else if (vma->vm_start > addr) {
+		*seg_end = vma->vm_start;
+		k = SEG_HOLE;
+	} else {
+		*seg_end = min(end, vma->vm_end);
+		/* placeholders and the anchor read as unmapped to the program */
+		k = is_data(ctx, vma) ? SEG_DATA :
+		    vma->vm_ops == &hpm_hold_ops || vma->vm_ops == &hpm_anchor_ops ? SEG_HOLE :
+										  SEG_LINUX;
+	}
+	mmap_read_unlock(mm);
+	return k;
+}
+
+/*
+ * madvise over a range that may mix hpmmap memory, Linux memory and holes (issue 12.6):
+ * each stretch in address order, as Linux's madvise_walk_vmas() does: hpmmap memory
+ * gets the result private anonymous memory would get (DONTNEED: reads zero; FREE, COLD,
+ * PAGEOUT, WILLNEED, DODUMP, SOFT_OFFLINE: nothing to do, 0; REMOVE: EINVAL, data kept),
+ * Linux memory goes to Linux (never hpmmap's huge entries, which its walkers take for
+ * corrupt), a hole (placeholders included) makes the call return ENOMEM after the rest
+ * is done, and the first other error stops the walk. Advice that only sets VMA flags or
+ * populates goes to Linux stretch by stretch, holes left out; unknown advice to Linux
+ * whole. Not emulated: MADV_WIPEONFORK/KEEPONFORK (EINVAL on hpmmap memory, Linux 0),
+ * MADV_HWPOISON.
+ */
 long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		    int advice, long (*orig)(unsigned long, unsigned long, int))
 {
-	unsigned long end;
-	bool zero, all;
+	unsigned long end, at, next;
+	long ret = 0, hole = 0;
+	bool zero = false, linux_too = false;
 
 	switch (advice) {
+	case MADV_NORMAL:
+	case MADV_RANDOM:
+	case MADV_SEQUENTIAL:
+	case MADV_DONTFORK:
+	case MADV_DOFORK:
+	case MADV_MERGEABLE:
+	case MADV_UNMERGEABLE:
+	case MADV_HUGEPAGE:
+	case MADV_NOHUGEPAGE:
+	case MADV_DONTDUMP:
+	case MADV_WIPEONFORK:
+	case MADV_KEEPONFORK:
+	case MADV_POPULATE_READ:
+	case MADV_POPULATE_WRITE:
+		/* VMA flags and population: Linux's own code on our VMAs too, but never on
+		 * the placeholders, which are holes to the program */
+		linux_too = true;
+		break;
 	case MADV_DONTNEED:
 	case MADV_DONTNEED_LOCKED:
-	case MADV_REMOVE:
 		zero = true; /* private anonymous memory reads zero afterwards */
+		break;
+	case MADV_SOFT_OFFLINE:
+		if (!capable(CAP_SYS_ADMIN))
+			return -EPERM;
 		break;
 	case MADV_FREE:
 	case MADV_COLD:
 	case MADV_PAGEOUT:
 	case MADV_WILLNEED:
-		zero = false; /* resident by design: nothing to reclaim or read ahead */
+	case MADV_REMOVE:
+	case MADV_DODUMP:
 		break;
 	default:
 		return orig(start, len, advice);
@@ -1524,18 +1653,27 @@ long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 	if (end == start)
 		return 0;
 	mutex_lock(&ctx->op_lock);
-	all = zero_va(ctx, start, end, zero);
-	mutex_unlock(&ctx->op_lock);
-	if (all)
-		return 0;
-	/* Mixed with Linux memory: Linux does its part (our VMAs were already handled
-	 * and DONTNEED on them only clears entries, which we put back). */
-	{
-		long r = orig(start, len, advice);
-
-		hpm_repopulate(ctx, start, end);
-		return r == -EINVAL && advice == MADV_FREE ? 0 : r;
+	for (at = start; at < end && !ret; at = next) {
+		switch (segment_at(ctx, at, end, &next)) {
+		case SEG_HOLE:
+			hole = -ENOMEM;
+			break;
+		case SEG_DATA:
+			if (linux_too)
+				ret = orig(at, next - at, advice);
+			else if (advice == MADV_REMOVE)
+				ret = -EINVAL; /* needs a shared mapping */
+			else if (zero)
+				zero_va(ctx, at, next, true);
+			break;
+		case SEG_LINUX:
+			ret = orig(at, next - at, advice);
+			/* MADV_FREE on Linux's file mappings: EINVAL, as Linux says */
+			break;
+		}
 	}
+	mutex_unlock(&ctx->op_lock);
+	return ret ?: hole;
 }
 
 unsigned long hpm_do_brk(struct hpm_ctx *ctx, unsigned long brk, bool *handled)

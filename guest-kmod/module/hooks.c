@@ -153,7 +153,7 @@ static long hpm_sys_munmap(const struct pt_regs *regs)
 
 static long hpm_sys_mprotect(const struct pt_regs *regs)
 {
-	unsigned long start = regs->di, len = regs->si, end;
+	unsigned long start = regs->di, len = regs->si, end, ext_s, ext_e;
 	struct hpm_ctx *ctx = hpm_ctx_get_mm(current->mm);
 	long ret;
 
@@ -165,10 +165,14 @@ static long hpm_sys_mprotect(const struct pt_regs *regs)
 		goto out;
 	}
 	mutex_lock(&ctx->op_lock);
-	/* Linux changes VMAs and entries and flushes TLBs (1 GiB leaves: see
-	 * hpm_data_mprotect()); what a split cleared is mapped again below. */
+	ext_s = hpm_huge_extent(start);
+	ext_e = hpm_huge_extent(end);
+	/* Linux changes VMAs and entries and flushes TLBs (1 GiB leaves inside the range:
+	 * see hpm_data_mprotect()); what it cleared is mapped again below: the range itself
+	 * and the huge entries that straddled its ends (not +-1 GiB page by page). */
 	ret = ORIG(H_MPROTECT, regs);
-	hpm_repopulate(ctx, start - HPM_GIG, end + HPM_GIG);
+	hpm_repopulate_exact(ctx, start, end);
+	hpm_repopulate_edges(ctx, start, end, ext_s, ext_e);
 	mutex_unlock(&ctx->op_lock);
 out:
 	hpm_ctx_put(ctx);

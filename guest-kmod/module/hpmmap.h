@@ -92,6 +92,10 @@ long hpm_do_mmap(struct hpm_ctx *ctx, unsigned long addr, unsigned long len,
 long hpm_do_munmap(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		   bool *handled);
 void hpm_repopulate(struct hpm_ctx *ctx, unsigned long start, unsigned long end);
+void hpm_repopulate_exact(struct hpm_ctx *ctx, unsigned long start, unsigned long end);
+unsigned long hpm_huge_extent(unsigned long addr);
+void hpm_repopulate_edges(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
+			  unsigned long ext_start, unsigned long ext_end);
 long hpm_do_mremap(struct hpm_ctx *ctx, unsigned long old, unsigned long old_len,
 		   unsigned long new_len, unsigned long flags, unsigned long new_addr);
 long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,

@@ -1249,6 +1249,169 @@ static int t_fork_holds(void)
 	return 0;
 }
 
+/* ---- issue 12.6: the same calls on hpmmap memory and on Linux memory ---- */
+#ifndef MADV_COLD
+#define MADV_COLD 20
+#endif
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+
+static const int advices[] = {
+	MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNEED, MADV_FREE,
+	MADV_REMOVE, MADV_DONTFORK, MADV_DOFORK, MADV_MERGEABLE, MADV_UNMERGEABLE,
+	MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTDUMP, MADV_DODUMP, MADV_COLD, MADV_PAGEOUT,
+};
+
+/*
+ * For every advice: 8 MiB mapped and filled, its last 2 MiB unmapped (a hole); the advice
+ * over the first 4 MiB (all mapped) and over the next 4 MiB (2 MiB mapped + the hole);
+ * then munmap and mprotect of single pages inside. One line per advice: return values,
+ * errno, the bytes read afterwards. Run once on hpmmap memory and once, in a process that
+ * deregistered, on Linux memory: the lines must be equal.
+ */
+static void semantics_lines(FILE *out)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(advices) / sizeof(advices[0]); i++) {
+		char *p = mmap(NULL, 8 * MiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		int r1, e1, r2, e2, r3, r4, e4;
+
+		if (p == MAP_FAILED) {
+			fprintf(out, "advice %d: mmap failed\n", advices[i]);
+			continue;
+		}
+		memset(p, 0x5a, 8 * MiB);
+		munmap(p + 6 * MiB, 2 * MiB);
+		errno = 0;
+		r1 = madvise(p, 4 * MiB, advices[i]);
+		e1 = r1 ? errno : 0;
+		errno = 0;
+		r2 = madvise(p + 4 * MiB, 4 * MiB, advices[i]);
+		e2 = r2 ? errno : 0;
+		r3 = munmap(p + 3 * MiB + 5 * PG, PG);
+		errno = 0;
+		r4 = mprotect(p + MiB + 7 * PG, 3 * PG, PROT_READ);
+		e4 = r4 ? errno : 0;
+		fprintf(out, "advice %d: %d/%d %d/%d munmap %d mprotect %d/%d bytes %02x %02x %02x %02x %02x\n",
+			advices[i], r1, e1, r2, e2, r3, r4, e4, (unsigned char)p[0],
+			(unsigned char)p[3 * MiB + 4 * PG], (unsigned char)p[3 * MiB + 6 * PG],
+			(unsigned char)p[MiB + 8 * PG], (unsigned char)p[4 * MiB + 5]);
+		munmap(p, 6 * MiB);
+	}
+}
+
+static int deregister_self(void)
+{
+	struct hpmmap_deregister d = { sizeof(d), HPMMAP_UAPI_VERSION, 0, 0 };
+	int fd = open(HPMMAP_DEVICE, O_RDWR), r;
+
+	r = fd >= 0 ? ioctl(fd, HPMMAP_IOC_DEREGISTER, &d) : -1;
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+static int t_madvise_semantics(void)
+{
+	char mine[8192], linux_[8192], *a, *b;
+	FILE *f;
+	int fds[2], rc;
+	ssize_t n = 0, k;
+	pid_t pid;
+	uint64_t faults = sysfs_u64("faults");
+
+	f = fmemopen(mine, sizeof(mine), "w");
+	CHECK(f != NULL, "fmemopen");
+	semantics_lines(f);
+	fclose(f);
+	CHECK(sysfs_u64("faults") == faults, "%llu faults in hpmmap memory",
+	      (unsigned long long)(sysfs_u64("faults") - faults));
+	CHECK(pipe(fds) == 0, "pipe");
+	pid = fork();
+	if (pid == 0) {
+		close(fds[0]);
+		if (deregister_self())
+			_exit(3);
+		f = fdopen(fds[1], "w");
+		semantics_lines(f);
+		fclose(f);
+		_exit(0);
+	}
+	close(fds[1]);
+	while ((k = read(fds[0], linux_ + n, sizeof(linux_) - 1 - n)) > 0)
+		n += k;
+	linux_[n] = 0;
+	close(fds[0]);
+	waitpid(pid, &rc, 0);
+	CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "Linux child status %d", rc);
+	for (a = mine, b = linux_; *a || *b;) {
+		char *ea = strchrnul(a, '\n'), *eb = strchrnul(b, '\n');
+
+		CHECK(ea - a == eb - b && !memcmp(a, b, ea - a), "hpmmap [%.*s] Linux [%.*s]",
+		      (int)(ea - a), a, (int)(eb - b), b);
+		a = *ea ? ea + 1 : ea;
+		b = *eb ? eb + 1 : eb;
+	}
+	return 0;
+}
+
+/* Seconds per call of munmap of 4 KiB pieces of a 16 MiB mapping, three rounds. */
+static double piece_unmap_cost(void)
+{
+	double t = 0;
+	int round, i, calls = 0;
+
+	for (round = 0; round < 3; round++) {
+		char *p = map(16 * MiB);
+		double t0;
+
+		if (p == MAP_FAILED)
+			return -1;
+		memset(p, 1, 16 * MiB);
+		t0 = now();
+		for (i = 0; i < 512; i++, calls++)
+			munmap(p + (size_t)i * 8 * PG, PG); /* every 8th page: many pieces */
+		t += now() - t0;
+		munmap(p, 16 * MiB);
+	}
+	return t / calls;
+}
+
+/*
+ * munmap of small pieces of a large mapping costs about what it costs on Linux: fails
+ * above 2x Linux's time per call in the same guest.
+ */
+static int t_unmap_cost(void)
+{
+	double mine = piece_unmap_cost(), theirs;
+	int fds[2], rc;
+	pid_t pid;
+
+	CHECK(mine > 0 && pipe(fds) == 0, "setup");
+	pid = fork();
+	if (pid == 0) {
+		double v;
+
+		close(fds[0]);
+		if (deregister_self())
+			_exit(3);
+		v = piece_unmap_cost();
+		_exit(write(fds[1], &v, sizeof(v)) == sizeof(v) ? 0 : 4);
+	}
+	close(fds[1]);
+	rc = read(fds[0], &theirs, sizeof(theirs)) == sizeof(theirs);
+	close(fds[0]);
+	waitpid(pid, NULL, 0);
+	CHECK(rc && theirs > 0, "Linux side did not report");
+	printf("# munmap of 4 KiB pieces of 16 MiB: hpmmap %.1f us/call, Linux %.1f us/call (%.2fx, QEMU/TCG guest)\n",
+	       mine * 1e6, theirs * 1e6, mine / theirs);
+	CHECK(mine <= 2 * theirs, "hpmmap %.1f us/call > 2x Linux %.1f us/call", mine * 1e6,
+	      theirs * 1e6);
+	return 0;
+}
+
 struct tcase {
 	const char *name;
 	int (*fn)(void);
@@ -1262,6 +1425,8 @@ static const struct tcase suite_cases[] = {
 	{ "mprotect", t_mprotect },
 	{ "mremap", t_mremap },
 	{ "madvise-dontneed", t_madvise },
+	{ "madvise-munmap-mprotect-like-linux", t_madvise_semantics },
+	{ "unmap-pieces-cost", t_unmap_cost },
 	{ "brk", t_brk },
 	{ "threads", t_threads },
 	{ "tlb-shootdown", t_tlb_shootdown },
