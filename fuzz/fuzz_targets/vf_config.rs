@@ -33,6 +33,12 @@ struct Input {
     ops: Vec<Op>,
 }
 
+/// Table and PBA accesses come from KVM MMIO exits: 1 to 8 bytes (a 0-byte one panics
+/// in MsixState, `offset % 0`; outside that contract, fuzz/findings/README.md).
+fn table_len(l: u8) -> usize {
+    usize::from(l % 8) + 1
+}
+
 struct Dev(RefCell<Vec<u8>>);
 
 impl ConfigIo for Dev {
@@ -124,18 +130,18 @@ fuzz_target!(|input: Input| {
             }
             Op::TableRead { off, len } => {
                 if let Some(m) = cfg.msix() {
-                    let _ = m.table_read(u64::from(off), usize::from(len % 9));
+                    let _ = m.table_read(u64::from(off), table_len(len));
                 }
             }
             Op::TableWrite { off, len, value } => {
                 if let Some(m) = cfg.msix_mut() {
-                    let _ = m.table_write(u64::from(off), usize::from(len % 9), value);
+                    let _ = m.table_write(u64::from(off), table_len(len), value);
                     let _ = m.routes();
                 }
             }
             Op::PbaRead { off, len } => {
                 if let Some(m) = cfg.msix() {
-                    let _ = m.pba_read(u64::from(off), usize::from(len % 9));
+                    let _ = m.pba_read(u64::from(off), table_len(len));
                 }
             }
             Op::Signal(v) => {
