@@ -123,6 +123,19 @@ impl Write for ConsoleWriter {
     }
 }
 
+/// A console sink kept in memory (tests).
+pub struct Shared(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 pub struct SerialPort {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleWriter>,
 }
@@ -141,16 +154,6 @@ impl SerialPort {
 
     /// A port whose output is captured in memory (tests).
     pub fn capture() -> (Self, Arc<Mutex<Vec<u8>>>) {
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let buf = Arc::new(Mutex::new(Vec::new()));
         let fd = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         (SerialPort::new(fd, Box::new(Shared(buf.clone()))), buf)
@@ -204,16 +207,6 @@ mod tests {
     #[test]
     fn console_output_stops_at_the_limit_and_says_so_once() {
         let buf = Arc::new(Mutex::new(Vec::new()));
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
         let mut w = ConsoleWriter::new(Box::new(Shared(buf.clone()))).with_limit(100);
         for _ in 0..1000 {
             w.write_all(b"0123456789abcdef").unwrap();
