@@ -133,7 +133,7 @@ static struct hpm_ctx *ctx_alloc(struct mm_struct *mm)
 
 	if (!try_module_get(THIS_MODULE))
 		return NULL;
-	ctx = kzalloc(sizeof(*ctx), GFP_KERNEL);
+	ctx = hpm_should_fail() ? NULL : kzalloc(sizeof(*ctx), GFP_KERNEL);
 	if (!ctx) {
 		module_put(THIS_MODULE);
 		return NULL;
@@ -271,6 +271,8 @@ static unsigned long hpm_vm_mmap(struct hpm_ctx *ctx, enum hpm_req_kind kind,
 	struct hpm_req req = { .task = current, .ctx = ctx, .kind = kind };
 	unsigned long ret;
 
+	if (kind == HPM_REQ_DATA && hpm_should_fail())
+		return -ENOMEM;
 	spin_lock(&req_lock);
 	list_add(&req.l, &reqs);
 	spin_unlock(&req_lock);
@@ -372,10 +374,10 @@ static int blk_alloc(struct hpm_ctx *ctx, u64 off, unsigned int order, bool zero
 	phys_addr_t pa;
 	int err;
 
-	b = kmalloc(sizeof(*b), GFP_KERNEL);
+	b = hpm_should_fail() ? NULL : kmalloc(sizeof(*b), GFP_KERNEL);
 	if (!b)
 		return -ENOMEM;
-	err = hpm_pool_alloc(order, ctx->node, &pa);
+	err = hpm_should_fail() ? -ENOMEM : hpm_pool_alloc(order, ctx->node, &pa);
 	if (err)
 		goto free_b;
 	if (zero) {
@@ -387,7 +389,8 @@ static int blk_alloc(struct hpm_ctx *ctx, u64 off, unsigned int order, bool zero
 	b->pa = pa;
 	b->order = order;
 	for (i = 0; i < n; i++) {
-		err = xa_err(xa_store(&ctx->blocks, (off >> HPM_UNIT_SHIFT) + i, b, GFP_KERNEL));
+		err = hpm_should_fail() ? -ENOMEM :
+		      xa_err(xa_store(&ctx->blocks, (off >> HPM_UNIT_SHIFT) + i, b, GFP_KERNEL));
 		if (err) {
 			while (i--)
 				xa_erase(&ctx->blocks, (off >> HPM_UNIT_SHIFT) + i);
@@ -1197,7 +1200,7 @@ static int ivl_cmp(const void *x, const void *y)
 static int ivl_push(struct ivl **iv, unsigned int *n, unsigned int *cap, u64 a, u64 b)
 {
 	if (*n == *cap) {
-		struct ivl *nv = kvrealloc(*iv, *cap * sizeof(**iv),
+		struct ivl *nv = hpm_should_fail() ? NULL : kvrealloc(*iv, *cap * sizeof(**iv),
 					   (*cap * 2 + 64) * sizeof(**iv), GFP_KERNEL);
 
 		if (!nv)

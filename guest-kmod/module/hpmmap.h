@@ -51,7 +51,8 @@ struct hpm_stats {
 	atomic64_t mappings, fallbacks, faults, fork_copies, fork_failures, registered;
 };
 extern struct hpm_stats hpm_st;
-extern bool hpm_fallback; /* global policy: serve from Linux when the pool is empty */
+extern bool hpm_fallback;
+bool hpm_should_fail(void); /* failure injection, main.c */ /* global policy: serve from Linux when the pool is empty */
 
 /* ---- ctx.c: per address space state ---- */
 enum hpm_req_kind { HPM_REQ_HOLD, HPM_REQ_ANCHOR, HPM_REQ_DATA };

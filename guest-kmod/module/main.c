@@ -25,6 +25,28 @@ bool hpm_fallback = true;
 module_param_named(fallback, hpm_fallback, bool, 0644);
 MODULE_PARM_DESC(fallback, "pool exhausted: serve from Linux (1, counted) or fail with ENOMEM (0)");
 
+/*
+ * Failure injection (issue 12.3): with fail_nth=N (written at run time), the Nth
+ * allocation from then on at an injection point (ctx, block struct, pool block, block
+ * map, data VMA, offset search) fails with ENOMEM, once; fail_nth reads 0 after it fired.
+ * 0 (the default) costs one read per point.
+ */
+static int fail_nth;
+module_param(fail_nth, int, 0644);
+MODULE_PARM_DESC(fail_nth, "debug: make the Nth allocation from now on fail once (0: off)");
+
+bool hpm_should_fail(void)
+{
+	for (;;) {
+		int n = READ_ONCE(fail_nth);
+
+		if (likely(n <= 0))
+			return false;
+		if (cmpxchg(&fail_nth, n, n - 1) == n)
+			return n == 1;
+	}
+}
+
 /* Only the caller itself can be named: pid 0 or its own pid. */
 static int check_pid(s32 pid)
 {
