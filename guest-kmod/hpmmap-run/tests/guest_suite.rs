@@ -27,6 +27,18 @@ const SUITE_CASES: &[&str] = &[
     "exec-cleanup",
     "killed-mid-mmap",
     "pin-user-pages",
+    // issue 12: quarantine, offsets, interfaces, madvise/munmap like Linux, failure
+    // injection, the randomized syscall driver
+    "pin-held-past-munmap",
+    "vmsplice-then-munmap",
+    "io_uring-fixed-buffers",
+    "fork-child-keeps-copy",
+    "offsets-recycled",
+    "interfaces",
+    "madvise-munmap-mprotect-like-linux",
+    "unmap-pieces-cost",
+    "fail-inject",
+    "syscall-fuzz",
     "pool-exhausted",
     "bad-input",
     "zero-faults-1g",
@@ -36,6 +48,7 @@ const SUITE_CASES: &[&str] = &[
     "rmmod-while-in-use",
     "pool-full-at-end",
     "none-registered-at-end",
+    "quarantine-empty-at-end",
     "rmmod",
     "kernel-log-clean",
 ];
