@@ -19,6 +19,11 @@ if ! insmod /lib/hpmmap/hpmmap.ko pool="$pool"; then
 else
     echo "# free blocks: $(tr '\n' ' ' </sys/kernel/hpmmap/free_blocks)"
     insmod /lib/hpmmap/hpmmap_test.ko || fail "insmod hpmmap_test.ko"
+    # a loop device over a 32 MiB file for the O_DIRECT case (skipped without loop.ko)
+    if [ -f /lib/hpmmap/loop.ko ] && insmod /lib/hpmmap/loop.ko 2>/dev/null; then
+        dd if=/dev/zero bs=1M count=32 2>/dev/null | tr '\000' '\253' >/tmp/odirect.img
+        losetup /dev/loop0 /tmp/odirect.img || echo "# losetup failed"
+    fi
     mode=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^hpmmap_mode=//p')
     if [ "$mode" = numa ]; then
         echo "# $(tr '\n' ' ' </sys/kernel/hpmmap/nodes)"
@@ -58,6 +63,7 @@ else
     echo "# counters: mappings=$(cat /sys/kernel/hpmmap/mappings) fallbacks=$(cat /sys/kernel/hpmmap/fallbacks) faults=$(cat /sys/kernel/hpmmap/faults) fork_copies=$(cat /sys/kernel/hpmmap/fork_copies)"
     [ "$(cat /sys/kernel/hpmmap/quarantined_bytes)" = 0 ] && echo "ok - quarantine-empty-at-end" || fail "quarantined_bytes=$(cat /sys/kernel/hpmmap/quarantined_bytes)"
     rmmod hpmmap_test
+    losetup -d /dev/loop0 2>/dev/null
     if rmmod hpmmap; then echo "ok - rmmod"; else fail "rmmod"; fi
 fi
 # Kernel splats only: "WARNING: CPU" is the WARN() format; the SRSO mitigation banner

@@ -38,8 +38,12 @@ echo "[lab] building a static hpmmap-run" >&2
     cargo build -q -p hpmmap-run --target x86_64-unknown-linux-gnu >&2)
 run="$out/cargo/x86_64-unknown-linux-gnu/debug/hpmmap-run"
 
+# loop.ko: an asynchronous block device for the O_DIRECT case (Debian builds it as a module).
+extra=()
+loop_ko=$(dirname "$VMLINUZ")/../lib/modules/$ABI-amd64/kernel/drivers/block/loop.ko
+[ -f "$loop_ko" ] && extra+=("$loop_ko")
 "$here/initramfs.sh" "$out/initramfs-$mode.cpio.gz" "$here/init-suite.sh" \
-    "$out/hpmmap-test" "$run" "$out/module/hpmmap.ko" "$out/module/hpmmap_test.ko"
+    "$out/hpmmap-test" "$run" "$out/module/hpmmap.ko" "$out/module/hpmmap_test.ko" "${extra[@]}"
 
 # q35 with 4 GiB: RAM below 2 GiB and [4 GiB, 6 GiB); the high 2 GiB become the pool.
 # numa: two nodes (node 0 = the low 2 GiB, node 1 = the high 2 GiB), a range in each.

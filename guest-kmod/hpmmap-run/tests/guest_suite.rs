@@ -31,6 +31,7 @@ const SUITE_CASES: &[&str] = &[
     // injection, the randomized syscall driver
     "pin-held-past-munmap",
     "vmsplice-then-munmap",
+    "o_direct-then-munmap",
     "io_uring-fixed-buffers",
     "fork-child-keeps-copy",
     "offsets-recycled",
