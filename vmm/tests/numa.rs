@@ -265,3 +265,54 @@ fn three_hundred_vcpus_past_the_xapic_limit_on_host_kvm() {
         "30: {few} ms, 300: {many} ms"
     );
 }
+
+#[test]
+fn numa_auto_on_host_kvm_makes_one_node_per_host_node() {
+    let test = "numa_auto_on_host_kvm_makes_one_node_per_host_node";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let online = std::fs::read_to_string("/sys/devices/system/node/online").unwrap_or_default();
+    let host_nodes = online
+        .trim()
+        .split(',')
+        .map(|p| match p.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum::<usize>();
+    if host_nodes > 2 {
+        println!(
+            "SKIP: {test}: {host_nodes} host nodes, more than this 2-vCPU guest can spread over"
+        );
+        return;
+    }
+    let dir = TempDir::new("numa-auto");
+    let k = ok_kernel(&dir);
+    let rep = dir.path("r.json");
+    let r = run_vmm(
+        &[
+            "--kernel",
+            &k,
+            "--hugepages",
+            "none",
+            "--mem",
+            "2G",
+            "--vcpus",
+            "2",
+            "--numa",
+            "auto",
+            "--report",
+            rep.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let j = report(&rep);
+    let nodes = j["numa_nodes"].as_array().expect("numa_nodes");
+    // As many guest nodes as host nodes (4 KiB pages: every online node), RAM split evenly.
+    assert_eq!(nodes.len(), host_nodes, "{j}");
+    let total: u64 = nodes.iter().map(|n| n["ram_bytes"].as_u64().unwrap()).sum();
+    assert_eq!(total, 2 * GIB);
+    assert_eq!(nodes[0]["host_node"], 0);
+}

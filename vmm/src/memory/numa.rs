@@ -243,9 +243,12 @@ fn online_nodes(sys: &Path) -> Vec<u32> {
 /// `--numa auto`: one guest node per host node with free pages of `page`, RAM split in whole
 /// GiB as evenly as it goes (the first nodes take the odd GiBs), vCPUs in contiguous blocks.
 pub fn auto(sys: &Path, vcpus: u32, mem: u64, page: PageSize) -> Result<Vec<NodeSpec>, NumaError> {
+    // 4 KiB pages have no pool to look at: every online node takes part.
     let hosts: Vec<u32> = online_nodes(sys)
         .into_iter()
-        .filter(|&h| pool_counters(sys, page, Some(h)).is_some_and(|c| c.free > 0))
+        .filter(|&h| {
+            page == PageSize::Small || pool_counters(sys, page, Some(h)).is_some_and(|c| c.free > 0)
+        })
         .collect();
     if hosts.is_empty() {
         return Err(NumaError::AutoNoPages(format_size(mem)));
@@ -564,6 +567,9 @@ mod tests {
             auto(sys.path(), 4, GIB, PageSize::Huge1G),
             Err(NumaError::AutoTooSmall { .. })
         ));
+        // 4 KiB pages: every online node, free 1G pages or not.
+        let all = auto(sys.path(), 3, 3 * GIB, PageSize::Small).unwrap();
+        assert_eq!(all.len(), 3);
         let none = fake_sys(&[0], &["0"], &["10"]);
         assert!(matches!(
             auto(none.path(), 4, GIB, PageSize::Huge1G),
