@@ -166,9 +166,12 @@ fn tenants_share_a_node_and_recover_cleans_after_every_kill() {
         assert_eq!(k("pool_after_recover"), "2,2", "{job}: {out}");
         assert_eq!(k("state_left"), "no", "{job}: {out}");
     }
-    // 4. kill -9 of hpmmap-offline in a reserve: in its first block cycle, the job marked
+    // 4. kill -9 of hpmmap-offline in a reserve: inside a block cycle, the job marked
     // as reserving with the boot-time pages adopted
-    assert_eq!(get(&o, "kr_killed_at"), "1", "{out}");
+    assert!(
+        get(&o, "kr_killed_at").parse::<u32>().unwrap_or(0) >= 1,
+        "the reserve was not killed inside a block cycle:\n{out}"
+    );
     let st = get(&o, "kr_state");
     assert!(
         st.contains(r#""kr":{"nodes":{"0":"#) && st.contains(r#""reserving""#),
