@@ -234,3 +234,104 @@ fn binary_recover_exit_codes() {
     );
     assert_eq!(vf_driver(&t, "0000:3b:00.3"), None);
 }
+
+/// On this machine's real kernel (root): a dead job's jail directory with a tmpfs mounted
+/// inside it (the mount is detached, the directory removed, nothing of the host touched)
+/// and its cgroup v2 subtree with a child cgroup (removed leaf first by rmdir); a live
+/// job's cgroup (this test process in it) is left alone. Skips, saying why, without root or
+/// a cgroup2 mount.
+#[test]
+fn live_kernel_jail_mount_and_cgroups_of_a_dead_job_are_removed() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: needs root (mount, cgroupfs)");
+        return;
+    }
+    let cg2 = Path::new("/sys/fs/cgroup/unified");
+    let cg2 = if Path::new("/sys/fs/cgroup/cgroup.procs").exists()
+        && !Path::new("/sys/fs/cgroup/cpu").exists()
+    {
+        Path::new("/sys/fs/cgroup")
+    } else {
+        cg2
+    };
+    let cg_parent = cg2.join(format!("hpmmap-recover-test-{}", std::process::id()));
+    if std::fs::create_dir(&cg_parent).is_err() {
+        println!("SKIP: cannot create a cgroup under {}", cg2.display());
+        return;
+    }
+    let scratch = common::Scratch::new("livejail");
+    let run = scratch.path().join("run");
+    let jail = run.join("jail/deadjob");
+    let mnt = jail.join("root/scratch");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::write(jail.join("vmm.pid"), "999999\n").unwrap();
+    let src = std::ffi::CString::new("tmpfs").unwrap();
+    let target = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
+    // SAFETY: valid C strings; a tmpfs of our own under our scratch directory.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+    std::fs::write(mnt.join("on-tmpfs"), "x").unwrap();
+    // Where this process is in the cgroup2 hierarchy now, to go back there.
+    let home = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("0::")
+                .map(|p| p.trim_start_matches('/').to_string())
+        })
+        .unwrap_or_default();
+    std::fs::create_dir_all(cg_parent.join("deadjob/vcpu0")).unwrap();
+    std::fs::create_dir_all(cg_parent.join("livejob")).unwrap();
+    std::fs::write(
+        cg_parent.join("livejob/cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .unwrap();
+
+    let h = Host::new("/sys", "/proc").quiet(true);
+    let vf = hpmmap_vf::Sysfs::new(
+        hpmmap_vf::HostPaths {
+            run: run.clone(),
+            ..hpmmap_vf::HostPaths::host()
+        },
+        std::sync::Arc::new(hpmmap_vf::sysfs::KernelWriter),
+    );
+    let opts = RecoverOptions {
+        job: None,
+        run_dir: run.clone(),
+        cgroup_dir: cg_parent.clone(),
+    };
+    let r = recover::recover(&h, &scratch.path().join("state.json"), &vf, &opts).unwrap();
+    // Put this process back where it was before checking anything.
+    let back = cg2.join(&home).join("cgroup.procs");
+    std::fs::write(&back, std::process::id().to_string()).unwrap();
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(mnt.to_str().unwrap());
+    let left = (
+        jail.exists(),
+        cg_parent.join("deadjob").exists(),
+        cg_parent.join("livejob").exists(),
+    );
+    let _ = std::fs::remove_dir(cg_parent.join("livejob"));
+    let _ = std::fs::remove_dir(&cg_parent);
+    assert!(!r.failed, "{:?}", r.lines);
+    assert!(!mounted, "the jail's tmpfs is still mounted: {:?}", r.lines);
+    assert_eq!(left, (false, false, true), "{:?}", r.lines);
+    assert!(
+        r.lines
+            .iter()
+            .any(|l| l.contains("jail of job livejob: a process runs")),
+        "{:?}",
+        r.lines
+    );
+}
