@@ -944,7 +944,7 @@ static int all_bytes(const char *p, size_t len, int v)
 
 /*
  * Issue 12.2: the object's offsets cannot wrap. With the offset spaces shrunk to 4
- * large slots and 8 MiB of small offsets, far more mmaps, munmaps and mremap moves than
+ * large slots and 256 KiB of small offsets, far more mmaps, munmaps and mremap moves than
  * fit: every new mapping reads zero, the mappings kept all along keep their data, and
  * when every slot is live the next large mapping is not hpmmap's (Linux fallback) or
  * fails with ENOMEM: never a mapping that shares blocks with a live one.
@@ -954,7 +954,7 @@ static int offsets_body(void)
 	char *keep_big, *keep_small, *live[6];
 	int i, nlive = 0, bad = 0;
 
-	CHECK(!param_write("big_slots", "4") && !param_write("small_space", "8388608"),
+	CHECK(!param_write("big_slots", "4") && !param_write("small_space", "262144"),
 	      "cannot shrink the offset spaces");
 	keep_big = map(4 * MiB);
 	keep_small = map(8 * PG);
@@ -965,7 +965,7 @@ static int offsets_body(void)
 	}
 	memset(keep_big, 0x5a, 4 * MiB);
 	memset(keep_small, 0xa5, 8 * PG);
-	for (i = 0; i < 64 && !bad; i++) {
+	for (i = 0; i < 24 && !bad; i++) {
 		char *b = map(4 * MiB), *m;
 
 		if (b == MAP_FAILED || !is_hpmmap(b) || !all_bytes(b, 4 * MiB, 0)) {
@@ -982,7 +982,7 @@ static int offsets_body(void)
 		}
 		munmap(m == MAP_FAILED ? b : m, 6 * MiB);
 	}
-	for (i = 0; i < 3000 && !bad; i++) {
+	for (i = 0; i < 300 && !bad; i++) {
 		char *q = map(3 * PG);
 
 		if (q == MAP_FAILED || !all_bytes(q, 3 * PG, 0)) {
@@ -1426,7 +1426,8 @@ static int t_unmap_cost(void)
 }
 
 /*
- * Issue 12.3: every error path gives back what it took. For N = 1..80 a child of the
+ * Issue 12.3: every error path gives back what it took. For N = 1..50 (past the last
+ * allocation point of the sequence) a child of the
  * registered suite arms fail_nth=N (the Nth allocation from then fails once: ctx, block
  * struct, pool block, block map, data VMA, offset search), then maps, writes, grows by
  * mremap, maps small pieces, forks, unmaps and execs; after it exits the pool is full
@@ -1438,7 +1439,7 @@ static int t_fail_inject(void)
 	int n, rc, runs = 0;
 	char v[16];
 
-	for (n = 1; n <= 80; n++) {
+	for (n = 1; n <= 50; n++) {
 		pid_t pid = fork();
 
 		if (pid == 0) {
@@ -1697,7 +1698,7 @@ static int fz_compare(uint64_t seed, int steps)
 	return 0;
 }
 
-static int fz_seeds = 4, fz_steps = 150;
+static int fz_seeds = 3, fz_steps = 120;
 
 static int t_syscall_fuzz(void)
 {
