@@ -48,10 +48,12 @@ finish() {
 measure() {
     vmm measured /measured
     held=
-    # Once the guest kernel prints, guest RAM is prefaulted: status must show the VM's pid
-    # holding every page (smaps and numa_maps read mid-prefault could disagree).
+    # Once the guest prints (its kernel's first warning or the job init's first line), guest
+    # RAM is prefaulted: status must show the VM's pid holding every page (smaps and
+    # numa_maps read mid-prefault could disagree). With ACPI the quiet kernel may print
+    # nothing at all, so the init's line counts too.
     while kill -0 "$pid" 2>/dev/null; do
-        if grep -q '^\[' /tmp/measured.log; then
+        if grep -q -e '^\[' -e 'hpmmap-init:' /tmp/measured.log; then
             held=$(json)
             break
         fi
