@@ -15,21 +15,12 @@ pool() { echo "$(cat $hp/nr_hugepages),$(cat $hp/free_hugepages)"; }
 json() { hpmmap-offline status --json 2>&1 | tr -d '\n'; }
 
 # The lab's igb PF: SR-IOV with two VFs, as an admin would enable them.
-pf=
-for n in /sys/class/net/*; do
-    d=$(readlink "$n/device/driver" 2>/dev/null)
-    [ "${d##*/}" = igb ] && { pf=${n##*/}; break; }
-done
+. /root/igb.sh
+igb_vfs 2
 echo "pf=$pf"
-echo 2 > "/sys/class/net/$pf/device/sriov_numvfs"
-echo "sriov_rc=$?"
-vfs=$(ls -d /sys/class/net/"$pf"/device/virtfn* 2>/dev/null)
 ids=
 for v in $vfs; do ids="$ids $(cat "$v/vendor"):$(cat "$v/device")"; done
 echo "vf_ids=${ids# }"
-vf_drivers() {
-    for v in $vfs; do d=$(readlink "$v/driver"); printf '%s ' "${d##*/}"; done
-}
 echo "vf_drivers_start=$(vf_drivers)"
 echo "pool_boot=$(pool)"
 echo "status_boot=$(json)"

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 const SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/used-by.sh");
 const RETRY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/retry.sh");
+const IGB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/igb.sh");
 
 struct Phase {
     name: &'static str,
@@ -129,6 +130,7 @@ fn run(host: &Host, tag: &str) -> Option<LabOutput> {
         format!("{}:/img", img.display()),
         format!("{SCENARIO}:/root/used-by.sh"),
         format!("{RETRY}:/root/retry.sh"),
+        format!("{IGB}:/root/igb.sh"),
     ]
     .iter()
     .map(|a| parse_add(a).unwrap())
