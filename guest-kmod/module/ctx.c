@@ -24,7 +24,7 @@
  *    part raises SIGBUS on access and fork_failures counts it).
  * A private anonymous mapping must read zero and never share: offsets are never reused
  * by two live mappings, blocks are zeroed when allocated, and any part of a still held
- * block that no VMA covers any more is zeroed when it is uncovered.
+ * block that is mapped again (mremap growth, brk, small mappings) is zeroed then.
  *
  * Address space: registration reserves a region (1 TiB, 1 GiB aligned) with real
  * placeholder VMAs (PROT_NONE, no VM_MAY* bits, mergeable), so Linux never places
@@ -416,7 +416,14 @@ static int obj_fill(struct hpm_ctx *ctx, u64 off, u64 len)
 	while (u < end) {
 		unsigned long idx = u >> HPM_UNIT_SHIFT;
 
-		if (blk_at(ctx, u)) {
+		struct hpm_blk *held = blk_at(ctx, u);
+
+		if (held) {
+			/* A block still held for other offsets: these ones no VMA maps (callers
+			 * guarantee it), but an earlier mapping may have left data there. */
+			u64 s = max(u, off), e = min(u + HPM_UNIT, end);
+
+			hpm_zero_all(held->pa + (s - held->off), e - s);
 			u += HPM_UNIT;
 			continue;
 		}
@@ -441,7 +448,8 @@ struct ivl {
 
 /*
  * [o1, o2) is no longer mapped by the VMA being removed. Blocks no VMA of this mm
- * covers go back to the pool; the uncovered part of a block still in use is zeroed.
+ * covers go back to the pool (or the quarantine); the uncovered part of a block still in
+ * use is left as it is and zeroed by obj_fill() if it is ever mapped again.
  * Caller holds the mmap lock (read or write) and obj_lock.
  */
 static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o2,
@@ -487,7 +495,7 @@ static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o
 		}
 	}
 	for (u = lo; u < hi;) {
-		u64 bs, be, cur, top;
+		u64 bs, be;
 		bool covered = false;
 
 		b = blk_at(ctx, u);
@@ -505,27 +513,9 @@ static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o
 			blk_free(ctx, b);
 			continue;
 		}
-		/* Zero [max(o1,bs), min(o2,be)) minus the covered intervals. */
-		cur = max(o1, bs);
-		top = min(o2, be);
-		while (cur < top) {
-			u64 next = top;
-			bool in = false;
-
-			for (i = 0; i < n; i++) {
-				if (iv[i].a <= cur && iv[i].b > cur) {
-					cur = iv[i].b;
-					in = true;
-					break;
-				}
-				if (iv[i].a > cur && iv[i].a < next)
-					next = iv[i].a;
-			}
-			if (in)
-				continue;
-			hpm_zero_all(b->pa + (cur - bs), next - cur);
-			cur = next;
-		}
+		/* Still covered elsewhere: the uncovered part keeps what it held, out of
+		 * everyone's reach; obj_fill() zeroes it if these offsets are mapped again
+		 * (issue 12.6: no 4 KiB clear per munmap of a small piece). */
 	}
 	kfree(iv);
 }
@@ -1590,6 +1580,24 @@ static enum seg_kind segment_at(struct hpm_ctx *ctx, unsigned long addr, unsigne
 	}
 	mmap_read_unlock(mm);
 	return k;
+}
+
+/*
+ * mprotect over a range that may contain placeholders (holes to the program): Linux's
+ * order, applied VMA by VMA from start, ENOMEM at the first hole (nothing changed when
+ * start itself is in one). Linux alone would answer EACCES at a placeholder (it has no
+ * VM_MAY* bits). Caller holds op_lock.
+ */
+long hpm_mprotect_walk(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
+		       unsigned long prot, long (*orig)(unsigned long, unsigned long, unsigned long))
+{
+	unsigned long at, next;
+	long ret = 0;
+
+	for (at = start; at < end && !ret; at = next)
+		ret = segment_at(ctx, at, end, &next) == SEG_HOLE ? -ENOMEM :
+								     orig(at, next - at, prot);
+	return ret;
 }
 
 /*

@@ -151,6 +151,16 @@ static long hpm_sys_munmap(const struct pt_regs *regs)
 	return ret;
 }
 
+static long mprotect_orig(unsigned long start, unsigned long len, unsigned long prot)
+{
+	struct pt_regs r = {};
+
+	r.di = start;
+	r.si = len;
+	r.dx = prot;
+	return ORIG(H_MPROTECT, &r);
+}
+
 static long hpm_sys_mprotect(const struct pt_regs *regs)
 {
 	unsigned long start = regs->di, len = regs->si, end, ext_s, ext_e;
@@ -170,7 +180,7 @@ static long hpm_sys_mprotect(const struct pt_regs *regs)
 	/* Linux changes VMAs and entries and flushes TLBs (1 GiB leaves inside the range:
 	 * see hpm_data_mprotect()); what it cleared is mapped again below: the range itself
 	 * and the huge entries that straddled its ends (not +-1 GiB page by page). */
-	ret = ORIG(H_MPROTECT, regs);
+	ret = hpm_mprotect_walk(ctx, start, end, regs->dx, mprotect_orig);
 	hpm_repopulate_exact(ctx, start, end);
 	hpm_repopulate_edges(ctx, start, end, ext_s, ext_e);
 	mutex_unlock(&ctx->op_lock);

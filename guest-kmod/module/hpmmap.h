@@ -99,6 +99,8 @@ void hpm_repopulate_edges(struct hpm_ctx *ctx, unsigned long start, unsigned lon
 			  unsigned long ext_start, unsigned long ext_end);
 long hpm_do_mremap(struct hpm_ctx *ctx, unsigned long old, unsigned long old_len,
 		   unsigned long new_len, unsigned long flags, unsigned long new_addr);
+long hpm_mprotect_walk(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
+		       unsigned long prot, long (*orig)(unsigned long, unsigned long, unsigned long));
 long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		    int advice, long (*orig)(unsigned long, unsigned long, int));
 unsigned long hpm_do_brk(struct hpm_ctx *ctx, unsigned long brk, bool *handled);
