@@ -1567,9 +1567,9 @@ static void fz_run(uint64_t seed, int steps, FILE *out)
 			int ro = fz_next() & 1;
 
 			rc = mprotect(x->base + a * PG, n * PG, ro ? PROT_READ : PROT_READ | PROT_WRITE);
-			if (!rc)
-				for (j = a; j < a + n; j++)
-					x->st[j] = ro ? 2 : 1;
+			/* Linux applies it page range by page range up to the first hole (ENOMEM) */
+			for (j = a; j < a + n && x->st[j]; j++)
+				x->st[j] = ro ? 2 : 1;
 			break;
 		}
 		case 4: { /* madvise a subrange */
