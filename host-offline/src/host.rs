@@ -191,19 +191,24 @@ fn write_error(path: &Path, value: &str, source: io::Error) -> Error {
     }
 }
 
-/// Parses a kernel list such as `0-3,8,10-11`.
+/// Numbers a kernel list may name (nodes and CPUs): below 65536. Without a bound a list of
+/// `0-4294967295` expanded into 16 GiB (fuzz finding units-parse_list-unbounded).
+pub const LIST_LIMIT: u32 = 1 << 16;
+
+/// Parses a kernel list such as `0-3,8,10-11`; `None` for a malformed list or a number
+/// from [`LIST_LIMIT`] up.
 pub fn parse_list(text: &str) -> Option<Vec<u32>> {
     let mut out = Vec::new();
     for part in text.trim().split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-                if b < a {
+                if b < a || b >= LIST_LIMIT {
                     return None;
                 }
                 out.extend(a..=b);
             }
-            None => out.push(part.parse().ok()?),
+            None => out.push(part.parse().ok().filter(|&n| n < LIST_LIMIT)?),
         }
     }
     Some(out)
@@ -229,6 +234,15 @@ mod tests {
         assert_eq!(parse_list("").unwrap(), Vec::<u32>::new());
         assert!(parse_list("3-1").is_none());
         assert!(parse_list("x").is_none());
+    }
+
+    /// fuzz/seeds/units/units-parse_list-unbounded: the range expanded into 16 GiB.
+    #[test]
+    fn lists_are_bounded() {
+        assert!(parse_list("0-4294967295").is_none());
+        assert!(parse_list("65536").is_none());
+        assert!(parse_list("0,65536-65537").is_none());
+        assert_eq!(parse_list("0-65535").unwrap().len(), 1 << 16);
     }
 
     #[test]

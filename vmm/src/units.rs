@@ -58,10 +58,16 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}")
 }
 
+/// CPU numbers a list may name: 0 to 65535.
+const CPU_LIST_LIMIT: usize = 1 << 16;
+
 /// Parses a Linux-style CPU list (`0-3,8,10-11`) in the order written, duplicates removed.
 pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, UnitError> {
     let bad = || UnitError::BadCpuList(text.to_string());
     let mut cpus = Vec::new();
+    // A bitmap keeps de-duplication linear: `--cpus 0-65535` checked each CPU against
+    // every earlier one (fuzz finding units-parse_cpu_list-quadratic).
+    let mut seen = vec![false; CPU_LIST_LIMIT];
     for part in text.split(',') {
         let part = part.trim();
         let (lo, hi) = match part.split_once('-') {
@@ -70,11 +76,11 @@ pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, UnitError> {
         };
         let lo: usize = lo.trim().parse().map_err(|_| bad())?;
         let hi: usize = hi.trim().parse().map_err(|_| bad())?;
-        if lo > hi || hi >= 1 << 16 {
+        if lo > hi || hi >= CPU_LIST_LIMIT {
             return Err(bad());
         }
-        for c in lo..=hi {
-            if !cpus.contains(&c) {
+        for (c, seen) in seen.iter_mut().enumerate().take(hi + 1).skip(lo) {
+            if !std::mem::replace(seen, true) {
                 cpus.push(c);
             }
         }
@@ -162,5 +168,20 @@ mod tests {
         for bad in ["", "a", "3-1", "1-", ",", "1,,2"] {
             assert!(parse_cpu_list(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    /// fuzz/seeds/units/units-parse_cpu_list-quadratic: 50,473 CPUs took over 10 s with a
+    /// quadratic duplicate check; linear it is milliseconds even in a debug build.
+    #[test]
+    fn long_cpu_lists_parse_in_linear_time() {
+        let start = std::time::Instant::now();
+        let cpus = parse_cpu_list("0879-051351").unwrap();
+        assert_eq!(cpus.len(), 51351 - 879 + 1);
+        assert_eq!((cpus[0], cpus[cpus.len() - 1]), (879, 51351));
+        let all = parse_cpu_list("0-65535,7,0-65535");
+        assert_eq!(all.unwrap().len(), 1 << 16);
+        assert!(parse_cpu_list("0-65536").is_err(), "CPU 65536 accepted");
+        let took = start.elapsed();
+        assert!(took.as_secs_f64() < 2.0, "took {took:?}");
     }
 }

@@ -262,9 +262,12 @@ impl MsixState {
     /// A read of the table at `offset` (from the table's start) of 4 or 8 bytes.
     /// Other sizes or misaligned accesses read as all-ones, as on a real function.
     pub fn table_read(&self, offset: u64, len: usize) -> u64 {
-        match (len, offset % len as u64) {
-            (4, 0) => u64::from(self.dword(offset)),
-            (8, 0) => u64::from(self.dword(offset)) | (u64::from(self.dword(offset + 4)) << 32),
+        // checked_rem: a 0-byte access (outside KVM's 1-8 byte contract) must not panic.
+        match (len, offset.checked_rem(len as u64)) {
+            (4, Some(0)) => u64::from(self.dword(offset)),
+            (8, Some(0)) => {
+                u64::from(self.dword(offset)) | (u64::from(self.dword(offset + 4)) << 32)
+            }
             _ => u64::MAX >> (64 - 8 * len.clamp(1, 8)),
         }
     }
@@ -284,9 +287,9 @@ impl MsixState {
     /// A write of 4 or 8 bytes to the table; anything else is dropped.
     pub fn table_write(&mut self, offset: u64, len: usize, value: u64) -> Vec<MsixEvent> {
         let before = self.snapshot();
-        match (len, offset % len as u64) {
-            (4, 0) => self.set_dword(offset, value as u32),
-            (8, 0) => {
+        match (len, offset.checked_rem(len as u64)) {
+            (4, Some(0)) => self.set_dword(offset, value as u32),
+            (8, Some(0)) => {
                 self.set_dword(offset, value as u32);
                 self.set_dword(offset + 4, (value >> 32) as u32);
             }
@@ -311,7 +314,8 @@ impl MsixState {
     /// A read of the PBA at `offset` (4 or 8 bytes).
     pub fn pba_read(&self, offset: u64, len: usize) -> u64 {
         let mut v = 0u64;
-        for bit in 0..(8 * len as u64) {
+        // At most 64 bits: a longer access would shift past the u64.
+        for bit in 0..(8 * len.min(8) as u64) {
             let vec = offset * 8 + bit;
             if self.pending.get(vec as usize).copied().unwrap_or(false) {
                 v |= 1 << bit;
@@ -496,5 +500,22 @@ mod tests {
         assert_eq!(s.table_read(16 * 9, 4), 0, "beyond the table");
         assert!(s.table_write(16 * 9, 4, 1).is_empty());
         assert_eq!(s.control_bits(0x07ff | 0x8000), 0x07ff);
+    }
+
+    /// The fuzz finding (fuzz/findings/README.md, 0-byte table access): accesses outside
+    /// KVM's 1-8 bytes read as all-ones / nothing and are dropped, never panic.
+    #[test]
+    fn accesses_of_no_or_too_many_bytes_do_not_panic() {
+        let mut s = MsixState::new(2);
+        program(&mut s, 0, 0xfee0_0000, 3);
+        assert_eq!(s.table_read(0, 0), 0xff);
+        assert_eq!(s.table_read(8, 0), 0xff);
+        assert!(s.table_write(8, 0, 0).is_empty());
+        assert_eq!(s.table_read(8, 4), 3, "data kept");
+        assert_eq!(s.table_read(0, 16), u64::MAX);
+        assert!(s.table_write(0, 16, 0).is_empty());
+        assert_eq!(s.pba_read(0, 0), 0);
+        s.signal(1);
+        assert_eq!(s.pba_read(0, 16), 0b10, "pending bit of vector 1");
     }
 }
