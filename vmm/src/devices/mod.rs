@@ -4,6 +4,7 @@
 pub mod i8042;
 pub mod pv;
 pub mod serial;
+pub mod virtio;
 
 use crate::memory::layout::{PV_MMIO_BASE, PV_MMIO_SIZE};
 use std::sync::atomic::{AtomicU64, Ordering};
