@@ -44,7 +44,8 @@ fn jail_options(
             dir.display()
         )));
     }
-    if let Some(parent) = dir.parent().filter(|p| !p.is_dir()) {
+    let job_layout = dir.parent() == Some(Path::new(crate::jail::layout::JAIL_ROOT));
+    if let Some(parent) = dir.parent().filter(|p| !job_layout && !p.is_dir()) {
         return Err(ConfigError(format!(
             "--jail {}: directory {} does not exist",
             dir.display(),
@@ -64,7 +65,11 @@ fn jail_options(
         )));
     }
     if let Some(cg) = cgroup {
-        let parent = cg.parent().unwrap_or(Path::new("/"));
+        let mut parent = cg.parent().unwrap_or(Path::new("/"));
+        // A job's cgroup parent is made by the keeper when missing.
+        if parent == Path::new(crate::jail::layout::CGROUP_ROOT) && !parent.exists() {
+            parent = Path::new(crate::jail::layout::CGROUP_MOUNT);
+        }
         if !parent.join("cgroup.procs").is_file()
             || !parent.join("cgroup.subtree_control").is_file()
         {
@@ -198,11 +203,13 @@ pub struct Args {
     pub serial_limit: u64,
 
     /// Confine the VMM for a tenant: once its devices are open it runs as --uid/--gid in new
-    /// mount, IPC, UTS and network namespaces whose root is DIR (created empty, or empty;
+    /// pid, mount, IPC, UTS and network namespaces whose root is DIR (created empty, or empty;
     /// removed at exit). A keeper process stays root to give the VF back, write the report
-    /// and remove DIR and the cgroup when the VMM ends, however it ends.
-    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
-    pub jail: Option<PathBuf>,
+    /// and remove DIR and the cgroup when the VMM ends, however it ends. With --job ID, DIR
+    /// is /run/hpmmap/jail/ID and the cgroup /sys/fs/cgroup/hpmmap/ID (where
+    /// `hpmmap-offline recover` looks): give --jail alone.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, requires_all = ["uid", "gid"])]
+    pub jail: Option<Option<PathBuf>>,
 
     /// The uid the jailed VMM runs as (not 0).
     #[arg(long, value_name = "UID", requires = "jail")]
@@ -440,7 +447,16 @@ impl VmConfig {
             None => base,
         };
         let jail = match (&a.jail, a.uid, a.gid) {
-            (Some(dir), Some(uid), Some(gid)) => Some(jail_options(dir, uid, gid, &a.cgroup)?),
+            (Some(dir), Some(uid), Some(gid)) => {
+                let (dir, cgroup) = crate::jail::layout::resolve(
+                    a.job_id.as_deref(),
+                    dir.as_deref(),
+                    a.cgroup.as_deref(),
+                    crate::jail::layout::host_cgroup_v2(),
+                )
+                .map_err(ConfigError)?;
+                Some(jail_options(&dir, uid, gid, &cgroup)?)
+            }
             _ => None,
         };
         let cmdline = guest_cmdline(&base);

@@ -337,13 +337,14 @@ fn preflight(cfg: &VmConfig, kvm: &Kvm) -> Result<(GuestLayout, Option<GuestNuma
             .into());
         }
     }
-    crate::memory::check_request(&ram_options(cfg, numa.as_ref()))?;
+    // Whose pages first: a VMM short of its own pages is told so before the pool count.
     crate::memory::reservation::check(
         cfg.vf_ib.job.as_deref(),
         &ram_options(cfg, numa.as_ref()),
         &crate::memory::reservation::state_path(),
     )
     .map_err(crate::memory::MemoryError::Reservation)?;
+    crate::memory::check_request(&ram_options(cfg, numa.as_ref()))?;
     Ok((layout, numa))
 }
 

@@ -165,6 +165,36 @@ fn jail_refusals_leave_nothing_behind() {
             with(&base, &["--seccomp", "maybe"]),
             &["--seccomp", "maybe"],
         ),
+        (
+            with(&base, &["--jail", "--uid", "1", "--gid", "1"]),
+            &["--jail needs a directory, or --job ID"],
+        ),
+        (
+            with(
+                &base,
+                &[
+                    "--job", "badjail", "--jail", fresh, "--uid", "1", "--gid", "1",
+                ],
+            ),
+            &["with --job badjail the jail is /run/hpmmap/jail/badjail"],
+        ),
+        (
+            with(
+                &base,
+                &[
+                    "--job",
+                    "badjail",
+                    "--jail",
+                    "--uid",
+                    "1",
+                    "--gid",
+                    "1",
+                    "--cgroup",
+                    "/sys/fs/cgroup/other",
+                ],
+            ),
+            &["with --job badjail the cgroup is /sys/fs/cgroup/hpmmap/badjail"],
+        ),
     ];
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -178,7 +208,54 @@ fn jail_refusals_leave_nothing_behind() {
             "{args:?} left {fresh}"
         );
         assert_eq!(std::fs::read_to_string(full.join("keep")).unwrap(), "x");
+        assert!(!std::path::Path::new("/run/hpmmap/jail/badjail").exists());
     }
+}
+
+/// Issue 13: on a node where jobs hold 1 GiB pages, a VMM without `--job` is refused the
+/// jobs' free pages (hpmmap-offline's state file read through `HPMMAP_OFFLINE_STATE`; its
+/// `sysfs_root` points at a recorded tree with 2 free pages, both job a's).
+#[test]
+fn a_vmm_without_a_job_is_refused_the_jobs_pages() {
+    if !kvm_or_skip("a_vmm_without_a_job_is_refused_the_jobs_pages") {
+        return;
+    }
+    let dir = TempDir::new("bad-nojob");
+    let k = good_kernel(&dir);
+    let node = dir.path("sys/devices/system/node/node0/hugepages/hugepages-1048576kB");
+    std::fs::create_dir_all(&node).unwrap();
+    std::fs::write(node.join("free_hugepages"), "2\n").unwrap();
+    std::fs::create_dir_all(dir.path("proc")).unwrap();
+    let state = dir.write(
+        "offline.json",
+        format!(
+            r#"{{"format":"hpmmap-offline-state","version":2,"sysfs_root":"{}","proc_root":"{}",
+               "nodes":{{"0":{{"baseline_nr":0,"reserved":2}}}},"jobs":{{"a":{{"nodes":{{"0":2}}}}}}}}"#,
+            dir.path("sys").display(),
+            dir.path("proc").display()
+        )
+        .as_bytes(),
+    );
+    let serial = dir.path("serial.log");
+    let rep = dir.path("r.json");
+    let r = run_cmd(
+        Command::new(vmm_bin())
+            .env("HPMMAP_OFFLINE_STATE", &state)
+            .args(["--mem", "1G", "--hugepages", "1G", "--kernel", &k])
+            .arg("--serial")
+            .arg(&serial)
+            .arg("--report")
+            .arg(&rep),
+        T,
+    );
+    assert_refused(
+        &r,
+        &dir,
+        &[
+            "no --job: needs 1 1 GiB page(s) but only 0 free are held for no job",
+            "2 free page(s) belong to job(s) a 2",
+        ],
+    );
 }
 
 #[test]

@@ -729,7 +729,8 @@ fn a_forbidden_system_call_kills_the_vmm_with_sigsys() {
 }
 
 /// Issue 13: `--jail DIR --uid U --gid G`. While the guest runs, the VMM (the keeper's child)
-/// runs as U/G with no_new_privs, seccomp filters, and its own mount and network namespaces;
+/// runs as U/G with no_new_privs, seccomp filters, and its own pid (it is pid 1 there), mount
+/// and network namespaces;
 /// a SIGTERM to the keeper reaches it, the keeper writes the report it sent and removes DIR.
 #[test]
 fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
@@ -815,9 +816,19 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
     assert_eq!(field("NoNewPrivs"), "1");
     assert_eq!(field("Seccomp"), "2", "filters on every thread");
     let ns = |pid: &str, n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
-    for n in ["mnt", "net", "ipc", "uts"] {
+    for n in ["mnt", "net", "ipc", "uts", "pid"] {
         assert_ne!(ns(&vmm.to_string(), n), ns("self", n), "{n} namespace");
     }
+    assert_eq!(
+        field("NSpid"),
+        format!("{vmm} 1"),
+        "the VMM is pid 1 of its own pid namespace"
+    );
+    assert_eq!(
+        ns(&keeper.to_string(), "pid"),
+        ns("self", "pid"),
+        "the keeper stays in the host's pid namespace"
+    );
     assert!(jail.is_dir(), "the jail exists while the job runs");
     if let Some(cg) = &cgroup {
         let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
@@ -842,4 +853,100 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
     if let Some(cg) = &cgroup {
         assert!(!cg.exists(), "the keeper removes the cgroup");
     }
+}
+
+/// Issue 13: `--job ID --jail` puts the jail at /run/hpmmap/jail/ID. A keeper killed with
+/// SIGKILL takes the VMM with it (parent-death signal): no jailed VMM runs on unsupervised,
+/// and what the pair leaves is what `hpmmap-offline recover` removes.
+#[test]
+fn a_jailed_job_killed_with_its_keeper_leaves_what_recover_removes() {
+    use std::io::BufRead;
+    if !kvm_or_skip("a_jailed_job_killed_with_its_keeper_leaves_what_recover_removes") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "--jail needs root");
+    let offline = std::path::Path::new(vmm_bin()).with_file_name("hpmmap-offline");
+    assert!(
+        offline.is_file(),
+        "{} is not built (cargo build --workspace)",
+        offline.display()
+    );
+    let dir = TempDir::new("jailjob");
+    let k = payload(
+        &dir,
+        "j.elf",
+        asm64(|a| {
+            print(a, "ready\n")?;
+            halt_forever(a)
+        }),
+    );
+    let job = format!("hostjail-{}", std::process::id());
+    let jail = std::path::PathBuf::from("/run/hpmmap/jail").join(&job);
+    let mut child = std::process::Command::new(vmm_bin())
+        .args([
+            "--mem",
+            "64M",
+            "--hugepages",
+            "none",
+            "--kernel",
+            &k,
+            "--job",
+            &job,
+        ])
+        .args(["--jail", "--uid", "65534", "--gid", "65534"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().and_then(Result::ok);
+    if first.as_deref() != Some("ready") {
+        let _ = child.wait();
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        panic!("the jailed VMM did not start the guest: {first:?}\n{err}");
+    }
+    let keeper = child.id();
+    let kids = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).unwrap();
+    let vmm: u32 = kids.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(jail.is_dir(), "--job {job} --jail: {}", jail.display());
+    // SAFETY: signals the keeper we started.
+    unsafe { libc::kill(keeper as i32, libc::SIGKILL) };
+    let st = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    };
+    let t0 = std::time::Instant::now();
+    while !gone(vmm) && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(vmm), "the VMM {vmm} outlived its keeper");
+    assert!(
+        jail.is_dir(),
+        "nobody cleaned up: the jail is left for recover"
+    );
+    let out = std::process::Command::new(&offline)
+        .args(["recover", "--job", &job, "--state-file"])
+        .arg(dir.path("offline.json"))
+        .args(["--run-dir", "/run/hpmmap", "--cgroup-dir"])
+        .arg(dir.path("cgroup"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!jail.exists(), "recover removes {}: {text}", jail.display());
 }

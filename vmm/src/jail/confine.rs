@@ -148,5 +148,6 @@ pub fn enter(
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
         )?;
     }
-    Ok(())
+    // The uid change cleared the parent-death signal.
+    super::keeper::stay_tied()
 }

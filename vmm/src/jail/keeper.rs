@@ -3,7 +3,8 @@
 //! to it, and after it ends does what needs root and a view of the host: writes the report
 //! the child sent through a pipe, gives VFs back to their drivers (`hpmmap_vf::records`, the
 //! crash-recovery path, so a VMM killed with SIGKILL is covered too), removes the jail
-//! directory and the cgroup, and exits with the child's status.
+//! directory and the cgroup, and exits with the child's status. The child is pid 1 of a pid
+//! namespace of its own and dies with the keeper (SIGKILL as its parent-death signal).
 
 use super::{JailError, JailOptions};
 use std::io::Read;
@@ -36,6 +37,8 @@ pub struct Child {
 /// Prepares the jail (directory, cgroup) and forks. Returns in the child only; the parent
 /// waits, cleans up and exits.
 pub fn start(job: KeeperJob) -> Result<Child, JailError> {
+    super::layout::make_parents(&job.opts.dir, job.opts.cgroup.as_deref())
+        .map_err(|e| JailError::Dir(job.opts.dir.clone(), format!("making its parents: {e}")))?;
     make_jail_dir(&job.opts.dir)?;
     if let Some(cg) = &job.opts.cgroup {
         if let Err(e) = std::fs::create_dir(cg) {
@@ -53,6 +56,15 @@ pub fn start(job: KeeperJob) -> Result<Child, JailError> {
         cleanup(&job);
         return Err(JailError::Sys("pipe2", e));
     }
+    // The child (the VMM) is pid 1 of a pid namespace of its own: it cannot see or signal
+    // any host process. The keeper stays in the host's namespace, and so do the records the
+    // VMM writes (hpmmap_vf::records::own_pid names it by its host pid).
+    // SAFETY: plain system call; it changes only the namespace of this process's next child.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } < 0 {
+        let e = std::io::Error::last_os_error();
+        cleanup(&job);
+        return Err(JailError::Sys("unshare(pid namespace)", e));
+    }
     // SAFETY: the process is single-threaded here (main, before anything else started).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -64,6 +76,9 @@ pub fn start(job: KeeperJob) -> Result<Child, JailError> {
         // SAFETY: both fds are ours from pipe2.
         unsafe { libc::close(fds[0]) };
         close_inherited(fds[1]);
+        REPORT_FD.store(fds[1], Ordering::Relaxed);
+        as_namespace_init();
+        stay_tied()?;
         // SAFETY: the write end is ours.
         return Ok(Child {
             report_fd: unsafe { OwnedFd::from_raw_fd(fds[1]) },
@@ -90,6 +105,57 @@ pub fn start(job: KeeperJob) -> Result<Child, JailError> {
     }
     cleanup(&job);
     std::process::exit(status);
+}
+
+/// In the child: the write end of the report pipe, whose reader is the keeper.
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn exit_on_signal(sig: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(128 + sig) };
+}
+
+/// As pid 1 of its namespace the VMM would ignore every signal it has no handler for, the
+/// keeper's forwarded SIGINT/SIGTERM/SIGHUP included. Until the VMM blocks them for its
+/// orderly stop (vm.rs, sigwait), they end it as their default action would.
+fn as_namespace_init() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs an async-signal-safe handler.
+        unsafe { libc::signal(sig, exit_on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// In the child: SIGKILL when the keeper dies, so that no VMM runs on with nobody left to
+/// give its VF back, remove its jail and report its status (`hpmmap-offline recover` then
+/// finds the job dead and cleans up). The kernel clears this setting when the uid changes,
+/// so the jail sets it again after the drop. Fails when the keeper is gone already: the
+/// pipe to it has no reader any more.
+pub fn stay_tied() -> Result<(), JailError> {
+    // SAFETY: plain prctl on this process.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } < 0 {
+        return Err(JailError::Sys(
+            "prctl(PR_SET_PDEATHSIG)",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return Ok(());
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: polls one descriptor of ours, without waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    if n > 0 && p.revents & libc::POLLERR != 0 {
+        return Err(JailError::Sys(
+            "keeping the keeper",
+            std::io::Error::from_raw_os_error(libc::EPIPE),
+        ));
+    }
+    Ok(())
 }
 
 /// The job's directory: created empty, or an existing empty one (anything in it would be

@@ -5,6 +5,7 @@
 
 pub mod confine;
 pub mod keeper;
+pub mod layout;
 pub mod seccomp;
 
 use std::path::PathBuf;

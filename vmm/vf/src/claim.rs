@@ -230,7 +230,7 @@ pub fn claim_vf_with(sysfs: &Sysfs, req: &VfRequest, opts: &IbOptions) -> Result
             });
         }
     }
-    let pid = std::process::id();
+    let pid = records::own_pid();
     let job = opts.job.clone().unwrap_or_else(|| format!("pid{pid}"));
     // From choosing the VF until its record is on disk no other claim chooses: the record
     // then makes the VF busy for them until this process is gone and recovered.

@@ -215,6 +215,17 @@ pub fn hostname(sysfs: &Sysfs) -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// This process's pid as the host sees it. Under `hpmmap-vmm --jail` the VMM runs in a pid
+/// namespace of its own, where getpid() says 1; /proc (mounted for the host's namespace, and
+/// still in view while the VF is claimed) resolves `self` to the host's pid, which is what a
+/// record must name for `recover`, run in the host's namespace, to check.
+pub fn own_pid() -> u32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|l| l.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
 /// Field 22 (starttime) of /proc/PID/stat; the comm field may hold spaces and parentheses,
 /// so count from the last ')'.
 pub fn start_time(sysfs: &Sysfs, pid: u32) -> Option<u64> {
@@ -462,4 +473,56 @@ pub fn recover_sriov(sysfs: &Sysfs) -> Vec<SriovRecovered> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_pid;
+
+    /// A process in a pid namespace of its own (as the jailed VMM is) names itself by the
+    /// host's pid, the one its parent in the host's namespace sees.
+    #[test]
+    fn own_pid_is_the_hosts_pid_inside_a_pid_namespace() {
+        assert_eq!(own_pid(), std::process::id());
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root (a pid namespace)"
+        );
+        let t = std::thread::spawn(|| {
+            // SAFETY: affects only the children of this thread, which forks one below.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWPID) }, 0);
+            let mut fds = [0; 2];
+            // SAFETY: pipe fills the array.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            // SAFETY: the child only reads /proc, writes to the pipe and _exits.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: getpid has no preconditions.
+                let ns = unsafe { libc::getpid() } as u32;
+                let msg = format!("{ns} {}", own_pid());
+                // SAFETY: writes a local buffer to our pipe, then exits without unwinding.
+                unsafe {
+                    libc::write(fds[1], msg.as_ptr().cast(), msg.len());
+                    libc::_exit(0);
+                }
+            }
+            // SAFETY: the write end is the child's.
+            unsafe { libc::close(fds[1]) };
+            let mut buf = [0u8; 64];
+            // SAFETY: reads into a local buffer from our pipe.
+            let n = unsafe { libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()) };
+            let mut st = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+            (
+                pid as u32,
+                String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned(),
+            )
+        });
+        let (host_pid, said) = t.join().unwrap();
+        assert_eq!(said, format!("1 {host_pid}"));
+    }
 }
