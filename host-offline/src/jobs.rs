@@ -32,13 +32,22 @@ pub fn me(host: &Host, had: BTreeMap<u32, u64>) -> Owner {
 /// Whether the process still runs: its PROC/PID exists and (when both are known) started
 /// at the recorded time.
 pub fn alive(host: &Host, pid: u32, start: Option<u64>) -> bool {
-    if !host.proc_root().join(pid.to_string()).exists() {
+    let stat = fs::read_to_string(host.proc_root().join(pid.to_string()).join("stat"));
+    if !host.proc_root().join(pid.to_string()).exists() || stat.is_ok_and(|s| is_zombie(&s)) {
         return false;
     }
     match (start, start_time(host, pid)) {
         (Some(a), Some(b)) => a == b,
         _ => true,
     }
+}
+
+/// A stat line of a process that has exited and waits to be reaped (its files, the
+/// mappings of its pages included, are gone).
+fn is_zombie(stat: &str) -> bool {
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        == Some("Z")
 }
 
 /// PROC/sys/kernel/random/boot_id.
@@ -92,6 +101,13 @@ pub fn vmm_processes(host: &Host) -> Vec<(u32, Option<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        assert!(is_zombie("77 (hpmmap-vmm) Z 1 77 77 0 -1"));
+        assert!(!is_zombie("77 (a) Z) S 1 77 77 0 -1"));
+        assert!(!is_zombie("77 (hpmmap-vmm) S 1 77 77 0 -1"));
+    }
 
     #[test]
     fn job_argument_in_both_spellings() {

@@ -237,13 +237,24 @@ pub fn start_time(sysfs: &Sysfs, pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// A process that has exited and waits for its parent to reap it (a jailed VMM killed with
+/// its keeper waits for init): its descriptors are closed, VFIO's included.
+fn is_zombie(sysfs: &Sysfs, pid: u32) -> bool {
+    sysfs
+        .read_opt(&sysfs.proc(format!("{pid}/stat")))
+        .ok()
+        .flatten()
+        .and_then(|s| Some(s[s.rfind(')')? + 1..].split_whitespace().next()? == "Z"))
+        .unwrap_or(false)
+}
+
 /// Whether the claimant still runs. Records of other hosts (a registry shared between
 /// nodes) cannot be checked from here and count as live.
 pub fn is_live(sysfs: &Sysfs, rec: &ClaimRecord) -> bool {
     if rec.host != hostname(sysfs) {
         return true;
     }
-    if !sysfs.proc(rec.pid.to_string()).exists() {
+    if !sysfs.proc(rec.pid.to_string()).exists() || is_zombie(sysfs, rec.pid) {
         return false;
     }
     match (rec.start, start_time(sysfs, rec.pid)) {
@@ -477,7 +488,49 @@ pub fn recover_sriov(sysfs: &Sysfs) -> Vec<SriovRecovered> {
 
 #[cfg(test)]
 mod tests {
-    use super::own_pid;
+    use super::{is_live, own_pid, ClaimRecord};
+    use crate::bind::BindRecord;
+    use crate::sysfs::{HostPaths, Sysfs};
+
+    /// A claimant that has exited and waits to be reaped (a jailed VMM killed together with
+    /// its keeper, waiting for init) holds no VF any more: its record is recoverable.
+    #[test]
+    fn a_zombie_claimant_is_not_live() {
+        let root = std::env::temp_dir().join(format!("hpmmap-vf-zombie-{}", std::process::id()));
+        let sysfs = Sysfs::new(
+            HostPaths::under(&root),
+            std::sync::Arc::new(crate::sysfs::KernelWriter),
+        );
+        std::fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+        std::fs::write(root.join("proc/sys/kernel/hostname"), "n1\n").unwrap();
+        std::fs::create_dir_all(root.join("proc/77")).unwrap();
+        let vf = "0000:01:10.0".parse().unwrap();
+        let rec = ClaimRecord {
+            pid: 77,
+            start: Some(500),
+            host: "n1".into(),
+            job: "j".into(),
+            pf: "0000:01:00.0".parse().unwrap(),
+            vf,
+            binding: BindRecord {
+                dev: vf,
+                original_driver: Some("igbvf".into()),
+                original_override: None,
+            },
+            ib: None,
+            ib_done: 0,
+        };
+        let stat = |state: &str| {
+            format!(
+                "77 (hpmmap-vmm) {state} 1 77 77 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 3 0 500 0 0\n"
+            )
+        };
+        std::fs::write(root.join("proc/77/stat"), stat("S")).unwrap();
+        assert!(is_live(&sysfs, &rec));
+        std::fs::write(root.join("proc/77/stat"), stat("Z")).unwrap();
+        assert!(!is_live(&sysfs, &rec));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     /// A process in a pid namespace of its own (as the jailed VMM is) names itself by the
     /// host's pid, the one its parent in the host's namespace sees.
