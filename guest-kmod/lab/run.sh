@@ -49,6 +49,7 @@ loop_ko=$(dirname "$VMLINUZ")/../lib/modules/$ABI-amd64/kernel/drivers/block/loo
 # numa: two nodes (node 0 = the low 2 GiB, node 1 = the high 2 GiB), a range in each.
 numa=()
 if [ "$mode" = numa ]; then
+    # shellcheck disable=SC2054 # QEMU option values are comma-separated, not array elements
     numa=(-object memory-backend-ram,id=m0,size=2G -numa node,nodeid=0,memdev=m0
           -object memory-backend-ram,id=m1,size=2G -numa node,nodeid=1,memdev=m1)
     append="memmap=512M\$0x40000000 memmap=1G\$0x100000000 hpmmap_pool=512M@0x40000000,1G@0x100000000"

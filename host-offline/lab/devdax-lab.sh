@@ -16,27 +16,18 @@
 # Platform: QEMU/TCG guest (emulated); this proves sysfs behaviour, not speed.
 set -euo pipefail
 . "$(dirname "$0")/../../scripts/lib/qemu-boot.sh"
+. "$(dirname "$0")/../../scripts/lib/debian-kernel.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=${1:?usage: devdax-lab.sh OUTDIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=${CARGO_TARGET_DIR:-$repo/target}/devdax-lab
-cache=${HPMMAP_CACHE:-$HOME/.cache/hpmmap}/debs
-mkdir -p "$work" "$cache"
+mkdir -p "$work"
 
 log() { echo "[devdax-lab] $*" >&2; }
 
-deb=$(ls "$cache"/linux-image-6.1.*-amd64_*_amd64.deb 2>/dev/null | grep -v unsigned | sort -V | tail -1 || true)
-if [ -z "$deb" ]; then
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-6/ {print $2; exit}')
-    log "downloading ${pkg:-the kernel of linux-image-amd64} into $cache"
-    if [ -z "$pkg" ] || ! (cd "$cache" && apt-get download "$pkg"); then
-        log "cannot get Debian's 6.1 kernel package"
-        exit 77 # cannot run here: the caller prints SKIP
-    fi
-    deb=$(ls "$cache"/linux-image-6.1.*-amd64_*_amd64.deb | sort -V | tail -1)
-fi
+deb=$(debian_kernel_deb) || exit 77 # cannot run here: the caller prints SKIP
 kdir=$work/k
 if [ ! -d "$kdir/boot" ]; then
     log "extracting $(basename "$deb")"
@@ -157,7 +148,7 @@ chmod +x "$root/init"
 
 # boot NAME APPEND: one guest run; console in $out/console-NAME.log, trees under $out.
 boot() {
-    local name=$1 append=$2 log=$out/console-$1.log
+    local append=$2 log=$out/console-$1.log
     log "booting $kver under QEMU/TCG ($append)"
     qemu_boot --quiet "$log" 600 -nodefaults -display none -serial stdio -no-reboot \
         -accel tcg -cpu max -m 8G -smp 1 -machine q35 \

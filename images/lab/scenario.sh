@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # The lab's acceptance scenario (run inside L1 by tests/lab.rs): one key=value line per
 # check, so each test asserts its own part of one boot.
 echo "kvm_dev=$([ -c /dev/kvm ] && echo yes || echo no)"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the lab scripts that start QEMU themselves (bash).
 #
 # qemu_boot [--quiet] LOG LIMIT QEMU-ARGS...

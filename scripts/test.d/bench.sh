@@ -7,6 +7,8 @@
 # figures come from `hpmmap-bench run`, not from tests). About a minute on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/lib/tier.sh
+. scripts/lib/tier.sh
 
 missing=()
 for t in stress-ng flex bison bc; do command -v "$t" >/dev/null || missing+=("$t"); done
@@ -15,9 +17,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     pkgs=${missing[*]}
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "bench: installing ${pkgs} (profiles A/B of hpmmap-bench)"
+        # shellcheck disable=SC2086 # one word per package
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${pkgs} >/dev/null
     else
-        echo "SKIP: bench: ${pkgs} missing and cannot be installed here (harness profiles A/B need them)"
+        tier_skip tools bench-profiles "${pkgs} missing and cannot be installed here (harness profiles A/B need them)"
     fi
 fi
 

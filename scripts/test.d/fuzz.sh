@@ -7,6 +7,8 @@
 # toolchain cannot build a libFuzzer binary at all; a build error in our code fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/lib/tier.sh
+. scripts/lib/tier.sh
 secs=${FUZZ_SECONDS:-10}
 export RUSTC_BOOTSTRAP=1
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -15,8 +17,8 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "[fuzz] installing cargo-fuzz (cargo install --locked cargo-fuzz)"
     if ! cargo install --locked cargo-fuzz >/tmp/hpmmap-cargo-fuzz-install.log 2>&1; then
         tail -5 /tmp/hpmmap-cargo-fuzz-install.log
-        echo "SKIP: fuzz: cargo-fuzz is not installed and cannot be installed (log: /tmp/hpmmap-cargo-fuzz-install.log)"
-        exit 0
+        tier_skip tools fuzz "cargo-fuzz is not installed and cannot be installed (log: /tmp/hpmmap-cargo-fuzz-install.log)"
+        exit $?
     fi
 fi
 
@@ -29,8 +31,8 @@ if ! rustc -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
     -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Zsanitizer=address \
     -o "$probe/p" "$probe/p.rs" >"$probe/err" 2>&1; then
     sed -n 1,3p "$probe/err"
-    echo "SKIP: fuzz: this rustc cannot build sanitizer-coverage binaries (RUSTC_BOOTSTRAP=1 did not open -Z flags)"
-    exit 0
+    tier_skip tools fuzz "this rustc cannot build sanitizer-coverage binaries (RUSTC_BOOTSTRAP=1 did not open -Z flags)"
+    exit $?
 fi
 
 cd fuzz
@@ -70,4 +72,5 @@ for t in $targets; do
     fi
 done
 [ "$fail" = 0 ] && echo "FUZZ-SMOKE-RESULT: pass ($(echo "$targets" | wc -l) targets x ${secs}s)"
+[ "$fail" = 0 ] && tier_ran tools fuzz
 exit "$fail"

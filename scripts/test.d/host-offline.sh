@@ -4,16 +4,19 @@
 # About a minute (static build + a ~35 s guest). Skips where QEMU is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/lib/tier.sh
+. scripts/lib/tier.sh
 if ! command -v qemu-system-x86_64 >/dev/null; then
-    echo "SKIP: qemu-system-x86_64 missing; host-offline devdax lab not run"
-    exit 0
+    tier_skip qemu devdax-lab "qemu-system-x86_64 is not installed"
+    exit $?
 fi
 out=${CARGO_TARGET_DIR:-target}/devdax-lab/run
 rm -rf "$out"
 rc=0
 nice bash host-offline/lab/devdax-lab.sh "$out" || rc=$?
 if [ "$rc" = 77 ]; then
-    echo "SKIP: no Debian 6.1 kernel package for the host-offline devdax lab"
-    exit 0
+    tier_skip qemu devdax-lab "no Debian 6.1 kernel package"
+    exit $?
 fi
+[ "$rc" = 0 ] && tier_ran qemu devdax-lab
 exit "$rc"

@@ -9,29 +9,33 @@
 # is back on igbvf after the VMM exits.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/lib/tier.sh
+. scripts/lib/tier.sh
 if ! command -v qemu-system-x86_64 >/dev/null || ! qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'; then
-    echo "SKIP: pci lab: qemu-system-x86_64 with the igb device (QEMU >= 8.0) is not installed"
-    exit 0
+    tier_skip lab pci-lab "qemu-system-x86_64 with the igb device (QEMU >= 8.0) is not installed"
+    exit $?
 fi
 if ! command -v busybox >/dev/null; then
-    echo "SKIP: pci lab: busybox-static is not installed"
-    exit 0
+    tier_skip lab pci-lab "busybox-static is not installed"
+    exit $?
 fi
 set +e
 nice bash vmm/pci/lab/vf-in-kvm-under-qemu.sh > >(grep -E '^(kvm_amd|VF |\[[0-9]/5\]|      |vf_lab|VF-PCI-LAB)')
 rc=$?
 set -e
 if [ "$rc" = 77 ]; then
-    echo "SKIP: pci lab: Debian's 6.1 kernel package is not in the cache and cannot be downloaded"
-    exit 0
+    tier_skip lab pci-lab "Debian's 6.1 kernel package is not in the cache and cannot be downloaded"
+    exit $?
 fi
 [ "$rc" = 0 ] || exit "$rc"
+tier_ran lab pci-lab
 set +e
 nice bash vmm/pci/lab/vmm-vf-end-to-end.sh > >(grep -E '^(L1 |L1-VF|L1-VMM-EXIT|L2-IGBVF|L2-MSIX|L2-PING|L2-CHECKS|\[ ok \]|\[FAIL\]|VMM-VF-E2E-RESULT|SKIP|\[vmm-vf-e2e\])')
 rc=$?
 set -e
 if [ "$rc" = 77 ]; then
-    echo "SKIP: pci end-to-end lab: Debian's 6.1 kernel package is not in the cache"
-    exit 0
+    tier_skip lab pci-e2e-lab "Debian's 6.1 kernel package is not in the cache"
+    exit $?
 fi
+[ "$rc" = 0 ] && tier_ran lab pci-e2e-lab
 exit "$rc"

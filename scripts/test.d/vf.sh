@@ -5,20 +5,23 @@
 # and rebinds the original driver. About 30 s on 2 cores once built.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/lib/tier.sh
+. scripts/lib/tier.sh
 if ! command -v qemu-system-x86_64 >/dev/null || ! qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'; then
-    echo "SKIP: vf lab: qemu-system-x86_64 with the igb device (QEMU >= 8.0) is not installed"
-    exit 0
+    tier_skip lab vf-lab "qemu-system-x86_64 with the igb device (QEMU >= 8.0) is not installed"
+    exit $?
 fi
 if ! command -v busybox >/dev/null; then
-    echo "SKIP: vf lab: busybox-static is not installed"
-    exit 0
+    tier_skip lab vf-lab "busybox-static is not installed"
+    exit $?
 fi
 set +e
 nice bash vmm/vf/lab/vfio-under-qemu.sh > >(grep -E '^(###|\[[0-9]/6\]|\[( ok |warn|FAIL)\]|      |hpmmap-vf|probe passed|exit|VF-LAB-RESULT)')
 rc=$?
 set -e
 if [ "$rc" = 77 ]; then
-    echo "SKIP: vf lab: Debian's 6.1 kernel package is not in the cache and cannot be downloaded"
-    exit 0
+    tier_skip lab vf-lab "Debian's 6.1 kernel package is not in the cache and cannot be downloaded"
+    exit $?
 fi
+[ "$rc" = 0 ] && tier_ran lab vf-lab
 exit "$rc"

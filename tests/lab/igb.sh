@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # Sourced by L1 scenario scripts: the lab L1's igb SR-IOV NIC.
 #   igb_vfs N      finds the igb PF (its netdev in $pf), enables N VFs, prints sriov_rc=;
 #                  the VFs' sysfs directories are in $vfs
@@ -9,7 +10,9 @@ igb_vfs() {
         [ "${d##*/}" = igb ] && { pf=${n##*/}; break; }
     done
     echo "$1" > "/sys/class/net/$pf/device/sriov_numvfs"
-    echo "sriov_rc=$?"
+    # shellcheck disable=SC2320 # the echo's own status is the sysfs write's
+    rc=$?
+    echo "sriov_rc=$rc"
     vfs=$(ls -d /sys/class/net/"$pf"/device/virtfn* 2>/dev/null)
 }
 vf_drivers() {

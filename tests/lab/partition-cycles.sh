@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # The host setup under which a reservation cannot fail for fragmentation (issue 13.4), run in
 # L1 by tests/tests/tenants_lab.rs (ignored test: about 15 minutes):
 #   memory set aside at boot (here memmap=SIZE!4G, a pmem range; on a server a pmem or EFI
@@ -11,6 +12,7 @@
 # host's memory (so the partition holds host pages to migrate each time); then the same
 # cycles on plain hugetlb pages (no boot-time pages) beside it.
 #   args: N GIB       (KMEM=/root/kmem.ko: the kmem module of L1's kernel)
+# shellcheck source=tests/lab/retry.sh
 . /root/retry.sh
 cycles=${1:-20}; gib=${2:-2}   # not `n`: vmm_retrying (retry.sh) uses that name
 hp=/sys/devices/system/node/node0/hugepages/hugepages-1048576kB

@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # Sourced by L1 scenario scripts (and prepended to the vmm lab tests' L1 scripts).
 #
 # vmm_retrying ARGS...: runs `hpmmap-vmm ARGS` with a limit of $VMM_LIMIT seconds (default

@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # The whole stack inside L1 (run by tests/tests/stack_lab.rs through hpmmap-lab): reserve
 # 1 GiB pages with hpmmap-offline, boot job images as L2 under hpmmap-vmm on them, watch
 # status show the VM holding them, give them back. One `key=value` line per fact (JSON on
@@ -5,7 +6,6 @@
 #   $1: guest RAM for the measured job (e.g. 3G)   $2: 1 when /suite should run too
 mem=${1:-3G}
 suite=${2:-0}
-gib=${mem%G}
 json() { hpmmap-offline status --json 2>&1 | tr -d '\n'; }
 echo "status_start=$(json)"
 out=$(hpmmap-offline reserve --size "$mem" 2>&1); rc=$?

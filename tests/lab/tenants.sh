@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # Tenants on one node (issue 13.3-13.5), run in L1 by tests/tests/tenants_lab.rs through the
 # lab, on L1's boot-time 1 GiB pages, its igb PF with two VFs and (with --pmem) a device-dax
 # device. One `key=value` line per fact; the VMMs' output prefixed with the case's name.
@@ -10,6 +11,7 @@
 #      runs; then `hpmmap-offline recover`: VF back on igbvf, reservation released
 #   4. kill -9 of hpmmap-offline in the middle of a reserve; then `recover`: pool as at boot
 # args: none. VMM_LIMIT: seconds one L2 boot may take.
+# shellcheck source=tests/lab/retry.sh
 . /root/retry.sh
 hp=/sys/devices/system/node/node0/hugepages/hugepages-1048576kB
 pool() { echo "$(cat $hp/nr_hugepages),$(cat $hp/free_hugepages)"; }
@@ -23,7 +25,9 @@ for n in /sys/class/net/*; do
 done
 echo "pf=$pf"
 echo 2 > "/sys/class/net/$pf/device/sriov_numvfs"
-echo "sriov_rc=$?"
+# shellcheck disable=SC2320 # the echo's own status is the sysfs write's
+rc=$?
+echo "sriov_rc=$rc"
 vfs=$(ls -d /sys/class/net/"$pf"/device/virtfn* 2>/dev/null)
 vf_drivers() {
     for v in $vfs; do d=$(readlink "$v/driver"); printf '%s ' "${d##*/}"; done

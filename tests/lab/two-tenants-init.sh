@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # L2 init of the two-tenants lab: `tenant=fill:WORD` writes WORD through every pool range the
 # PV device announces; `tenant=scan:W1,W2` counts W1/W2 words (and any non-zero word) there.
 /bin/busybox --install -s /bin

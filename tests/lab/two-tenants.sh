@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # Two tenants on one node at once (issue 13.7), run in L1 by tests/tests/two_tenants_lab.rs:
 # two jailed VMMs under different uids, each with its own VF and its own 1 GiB pages, run at
 # the same time; each job writes its pattern through its hpmmap pool; after both exit, a
@@ -10,6 +11,7 @@ pin=$(($(nproc) - 1))
 A=0xa1a1a1a1a1a1a1a1
 B=0xb2b2b2b2b2b2b2b2
 # The lab's igb PF: SR-IOV with two VFs, as an admin would enable them.
+# shellcheck source=tests/lab/igb.sh
 . /root/igb.sh
 igb_vfs 2
 echo "pf=$pf"

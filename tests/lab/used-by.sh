@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # The used-by command (issue 19), run in L1 by tests/tests/used_by_lab.rs through the lab:
 # the README's steps on a host set up as the README says, once per phase:
 #   hpmmap-offline reserve --size NG
@@ -9,12 +10,14 @@
 # A phase NAME:GIB:VCPUS:jail runs the VMM jailed (--jail DIR --uid 65534 --gid 65534): the
 # keeper gives the VF back and removes DIR.
 #   args: PHASE... each NAME:GIB:VCPUS[:jail]      VMM_LIMIT: seconds one L2 boot may take
+# shellcheck source=tests/lab/retry.sh
 . /root/retry.sh
 hp=/sys/devices/system/node/node0/hugepages/hugepages-1048576kB
 pool() { echo "$(cat $hp/nr_hugepages),$(cat $hp/free_hugepages)"; }
 json() { hpmmap-offline status --json 2>&1 | tr -d '\n'; }
 
 # The lab's igb PF: SR-IOV with two VFs, as an admin would enable them.
+# shellcheck source=tests/lab/igb.sh
 . /root/igb.sh
 igb_vfs 2
 echo "pf=$pf"

@@ -15,14 +15,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 . scripts/lib/qemu-boot.sh
+. scripts/lib/debian-kernel.sh
 VMM_VF_ARGS=${VMM_VF_ARGS:-"--vf VF"}
-CACHE="${HPMMAP_CACHE:-$HOME/.cache/hpmmap}/debs"
 TARGET="${CARGO_TARGET_DIR:-target}"
 W=${PCI_E2E_WORK:-/tmp/hpmmap-pci-e2e}; K=$W/k
 log() { echo "[vmm-vf-e2e] $*" >&2; }
 
-deb=$(ls "$CACHE"/linux-image-6.1.*-amd64_*_amd64.deb 2>/dev/null | grep -v dbg | sort -V | tail -1 || true)
-[ -n "$deb" ] || { echo "SKIP: no Debian 6.1 kernel package in $CACHE"; exit 77; }
+deb=$(debian_kernel_deb) || { echo "SKIP: no Debian 6.1 kernel package"; exit 77; }
 VMM_BIN=${1:-}
 if [ -z "$VMM_BIN" ]; then
     log "building hpmmap-vmm (static, release)"

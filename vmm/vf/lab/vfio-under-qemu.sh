@@ -8,22 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 . scripts/lib/qemu-boot.sh
-CACHE="${HPMMAP_CACHE:-$HOME/.cache/hpmmap}/debs"
+. scripts/lib/debian-kernel.sh
 WORK="${VF_LAB_WORK:-/tmp/hpmmap-vf-lab}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 log() { echo "[vf-lab] $*" >&2; }
 
-deb=$(ls "$CACHE"/linux-image-6.1.*-amd64_*_amd64.deb 2>/dev/null | grep -v dbg | sort -V | tail -1 || true)
-if [ -z "$deb" ]; then
-    mkdir -p "$CACHE"
-    log "downloading Debian's 6.1 kernel package into $CACHE"
-    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-6.1/ {print $2; exit}')
-    if [ -z "$pkg" ] || ! (cd "$CACHE" && apt-get download "$pkg" >/dev/null); then
-        log "cannot get Debian's 6.1 kernel package (apt sources or network missing)"
-        exit 77
-    fi
-    deb=$(ls "$CACHE"/linux-image-6.1.*-amd64_*_amd64.deb | sort -V | tail -1)
-fi
+deb=$(debian_kernel_deb) || exit 77
 rm -rf "$WORK" && mkdir -p "$WORK/k" "$WORK/root"/{bin,mods,proc,sys,dev,tmp}
 dpkg-deb -x "$deb" "$WORK/k"
 kver=$(ls "$WORK/k/lib/modules")
