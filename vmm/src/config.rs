@@ -273,6 +273,21 @@ pub struct Args {
     /// else one per CPU it may use).
     #[arg(long, value_name = "N", default_value_t = 0, hide_short_help = true)]
     pub prefault_workers: usize,
+
+    /// Attach a file as a virtio-blk disk on the guest's PCI bus (repeat per disk):
+    /// PATH[,ro][,serial=NAME]. A read-only disk refuses writes; the guest finds a disk by its
+    /// serial (1-20 printable characters, default the file name) in /sys/block/vdX/serial.
+    #[arg(long, value_name = "PATH[,ro][,serial=NAME]")]
+    pub disk: Vec<String>,
+
+    /// Bring the job's output back: DIR (created; an existing one must be empty) receives
+    /// the files the guest's init writes as a tar stream on the disk with serial hpmmap-out.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// Size of --output's disk (sparse on the host), with K/M/G suffixes.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg, requires = "output")]
+    pub output_size: Option<u64>,
 }
 
 /// `hpmmap-vmm selftest --vf NAME [--mem SIZE]`: checks this host's VF passthrough
@@ -340,6 +355,11 @@ pub struct VmConfig {
     pub vf_create: Option<u32>,
     /// `--vf-guid`, `--pkey`, `--job`: what an InfiniBand VF gets besides the binding.
     pub vf_ib: hpmmap_vf::IbOptions,
+    /// virtio-blk disks: the image's rootfs, then `--disk` in order.
+    pub disks: Vec<crate::devices::virtio::block::DiskSpec>,
+    pub output: Option<crate::devices::virtio::plan::OutputSpec>,
+    /// `--image`: its initramfs and rootfs sizes, for the report.
+    pub image_bytes: Option<(Option<u64>, Option<u64>)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -397,9 +417,34 @@ impl VmConfig {
         }
         // The VMM's own defaults (and an image's) say pci=off; an explicit --cmdline is the
         // user's and is kept as written.
-        let vmm_default = |s: &str| match a.vf {
-            Some(_) => without_pci_off(s),
-            None => s.to_string(),
+        // virtio disks, like a VF, are on the PCI bus the guest must then probe.
+        let img = match &a.image {
+            Some(dir) => Some(image::read(dir).map_err(|e| ConfigError(e.to_string()))?),
+            None => None,
+        };
+        let output = a
+            .output
+            .as_ref()
+            .map(|dir| crate::devices::virtio::plan::OutputSpec {
+                dir: dir.clone(),
+                bytes: a
+                    .output_size
+                    .unwrap_or(crate::devices::virtio::output::DEFAULT_SIZE),
+            });
+        let rootfs = img.as_ref().and_then(|b| b.rootfs.as_ref());
+        let disks = crate::devices::virtio::plan::disks(
+            &a.disk,
+            rootfs.map(|r| r.path.as_path()),
+            output.as_ref(),
+        )
+        .map_err(ConfigError)?;
+        let image_bytes = img
+            .as_ref()
+            .map(|b| (b.initramfs_bytes, rootfs.map(|r| r.bytes)));
+        let wants_pci = a.vf.is_some() || !disks.is_empty() || output.is_some();
+        let vmm_default = |s: &str| match wants_pci {
+            true => without_pci_off(s),
+            false => s.to_string(),
         };
         let (kernel, initrd, base, job) = match (&a.image, &a.kernel) {
             (Some(dir), _) => {
@@ -544,6 +589,9 @@ impl VmConfig {
             vf: a.vf,
             vf_create: a.vf_create,
             vf_ib,
+            disks,
+            output,
+            image_bytes,
         })
     }
 }

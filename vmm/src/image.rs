@@ -21,7 +21,24 @@ pub struct Manifest {
     pub kernel_version: Option<String>,
     #[serde(default)]
     pub job: Option<String>,
+    /// A read-only root filesystem image beside the kernel (issue 15 item 2): the VMM
+    /// attaches it as a virtio-blk disk with serial `hpmmap-root`, so it costs no guest RAM.
+    #[serde(default)]
+    pub rootfs: Option<RootfsManifest>,
 }
+
+/// `"rootfs": {"file": NAME, "format": "squashfs"|"erofs", "sha256": HEX, "bytes": N}`.
+#[derive(Debug, Deserialize)]
+pub struct RootfsManifest {
+    pub file: String,
+    pub format: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    pub bytes: u64,
+}
+
+/// The serial the image's root filesystem disk gets; the guest's init finds it by it.
+pub const ROOTFS_SERIAL: &str = "hpmmap-root";
 
 #[derive(Debug, Error)]
 pub enum ImageError {
@@ -33,6 +50,8 @@ pub enum ImageError {
     Format(PathBuf, u32),
     #[error("--image {0}: {1} '{2}' must be a file name inside the image directory")]
     BadName(PathBuf, &'static str, String),
+    #[error("--image {0}: rootfs {1}: {2}")]
+    Rootfs(PathBuf, String, String),
 }
 
 /// What the VMM boots from an image.
@@ -42,6 +61,45 @@ pub struct ImageBoot {
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub job: Option<String>,
+    /// The initramfs's size: what the image itself costs in guest RAM.
+    pub initramfs_bytes: Option<u64>,
+    pub rootfs: Option<Rootfs>,
+}
+
+/// The image's root filesystem disk, checked: a regular file (not a link) inside the
+/// image directory, of the size the manifest records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rootfs {
+    pub path: PathBuf,
+    pub format: String,
+    pub bytes: u64,
+}
+
+fn rootfs(dir: &Path, m: &RootfsManifest) -> Result<Rootfs, ImageError> {
+    let path = member(dir, "rootfs", &m.file)?;
+    let bad = |why: String| ImageError::Rootfs(dir.to_path_buf(), m.file.clone(), why);
+    if !matches!(m.format.as_str(), "squashfs" | "erofs") {
+        return Err(bad(format!(
+            "format '{}' is not squashfs or erofs",
+            m.format
+        )));
+    }
+    let meta = std::fs::symlink_metadata(&path).map_err(|e| bad(e.to_string()))?;
+    if !meta.file_type().is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() != m.bytes {
+        return Err(bad(format!(
+            "{} bytes, the manifest says {}",
+            meta.len(),
+            m.bytes
+        )));
+    }
+    Ok(Rootfs {
+        path,
+        format: m.format.clone(),
+        bytes: m.bytes,
+    })
 }
 
 fn member(dir: &Path, field: &'static str, name: &str) -> Result<PathBuf, ImageError> {
@@ -64,15 +122,21 @@ pub fn read(dir: &Path) -> Result<ImageBoot, ImageError> {
     if m.format != FORMAT {
         return Err(ImageError::Format(dir.to_path_buf(), m.format));
     }
+    let initrd = m
+        .initramfs
+        .as_deref()
+        .map(|n| member(dir, "initramfs", n))
+        .transpose()?;
     Ok(ImageBoot {
         kernel: member(dir, "kernel", &m.kernel)?,
-        initrd: m
-            .initramfs
-            .as_deref()
-            .map(|n| member(dir, "initramfs", n))
-            .transpose()?,
+        initramfs_bytes: initrd
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len()),
+        initrd,
         cmdline: m.cmdline,
         job: m.job,
+        rootfs: m.rootfs.as_ref().map(|r| rootfs(dir, r)).transpose()?,
     })
 }
 
@@ -119,5 +183,33 @@ mod tests {
         for d in [d, d2, d3] {
             std::fs::remove_dir_all(d).unwrap();
         }
+    }
+
+    #[test]
+    fn rootfs_is_a_checked_file_inside_the_image() {
+        let m = |file: &str, format: &str, bytes: u64| {
+            format!(
+                r#"{{ "format": 1, "kernel": "vmlinux", "rootfs": {{ "file": "{file}",
+                     "format": "{format}", "sha256": "00", "bytes": {bytes} }} }}"#
+            )
+        };
+        let d = dir_with("rootfs", &m("root.squashfs", "squashfs", 4096));
+        std::fs::write(d.join("root.squashfs"), vec![0u8; 4096]).unwrap();
+        let r = read(&d).unwrap().rootfs.unwrap();
+        assert_eq!(r.path, d.join("root.squashfs"));
+        assert_eq!((r.format.as_str(), r.bytes), ("squashfs", 4096));
+        std::os::unix::fs::symlink("/etc/hostname", d.join("link")).unwrap();
+        for (manifest, why) in [
+            (m("../root.squashfs", "squashfs", 4096), "file name inside"),
+            (m("root.squashfs", "ext4", 4096), "not squashfs or erofs"),
+            (m("root.squashfs", "erofs", 512), "the manifest says 512"),
+            (m("missing", "erofs", 512), "rootfs missing"),
+            (m("link", "erofs", 512), "not a regular file"),
+        ] {
+            std::fs::write(d.join(MANIFEST), manifest).unwrap();
+            let e = read(&d).unwrap_err().to_string();
+            assert!(e.contains(why) && e.starts_with("--image "), "{e}");
+        }
+        std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -61,6 +61,22 @@ pub struct Report {
     /// `--numa`: each guest node, where its RAM really lies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub numa_nodes: Vec<NodeReport>,
+    /// virtio-blk disks: `--disk`, the image's rootfs, `--output`'s.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<crate::devices::virtio::attach::DiskReport>,
+    /// `--output`: what came back from the guest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<crate::devices::virtio::output::OutputReport>,
+    /// `--image`: what the image itself costs in guest RAM (the initramfs) and what it keeps
+    /// on a disk instead (the rootfs, no guest RAM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageReport>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ImageReport {
+    pub initramfs_bytes: Option<u64>,
+    pub rootfs_bytes: Option<u64>,
 }
 
 /// One guest NUMA node in the report.

@@ -70,6 +70,9 @@ pub enum VmmError {
     #[error("{0}")]
     Jail(#[from] crate::jail::JailError),
     /// `--vf`: VFIO or the guest PCI bus failed after the VF was claimed.
+    /// `--disk`, `--output` or the image's rootfs: a disk that cannot be opened or attached.
+    #[error("{0}")]
+    Storage(crate::devices::virtio::attach::AttachError),
     #[error("--vf {spec}: {source}")]
     Pci {
         spec: String,
@@ -96,6 +99,7 @@ impl VmmError {
             VmmError::Host(..) => exit::VMM_FAILURE,
             VmmError::Vf { source, .. } if !source.is_input_error() => exit::VMM_FAILURE,
             VmmError::Pci { .. } => exit::VMM_FAILURE,
+            VmmError::Storage(e) if !e.is_input() => exit::VMM_FAILURE,
             VmmError::Jail(j) if !j.is_input() => exit::VMM_FAILURE,
             _ => exit::USAGE,
         }
@@ -594,6 +598,10 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     )?;
     // Bound to vfio-pci from here; released on every return (drop) and by PciTeardown.
     let vf_claim = claim_vf(cfg)?;
+    // Disks open before RAM is allocated and before --jail; --output's DIR is made here.
+    let (block_devs, mut output_disk) =
+        crate::devices::virtio::attach::open(cfg).map_err(VmmError::Storage)?;
+    let disks_report = crate::devices::virtio::attach::report(cfg);
     let mut phases: Vec<(&'static str, f64)> = Vec::new();
     let mut mark = {
         let mut last = started;
@@ -642,6 +650,8 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
         pci_bus(spec, claim, &vm, &ram, &layout, &root)?;
         mark(&mut phases, "vfio_and_pci");
     }
+    crate::devices::virtio::attach::add_to_bus(block_devs, &mem, &vm, &root)
+        .map_err(VmmError::Storage)?;
     let pci = Some(root);
     let kernel = loader::load_kernel(&mem, &layout, &cfg.kernel)?;
     let initrd = match &cfg.initrd {
@@ -792,6 +802,8 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
     if !matches!(event, VmEvent::JobExit(_) | VmEvent::GuestShutdown(_)) {
         eprintln!("hpmmap-vmm: {reason}: {detail}");
     }
+    // The guest is stopped: its output disk is complete.
+    let output = output_disk.as_mut().map(|o| o.unpack());
     let report = Report {
         platform: platform.describe().to_string(),
         kernel: cfg.kernel.display().to_string(),
@@ -828,6 +840,14 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
             .as_ref()
             .map(|g| crate::report::numa_nodes(g, &layout, &ram, &pins))
             .unwrap_or_default(),
+        disks: disks_report,
+        output,
+        image: cfg
+            .image_bytes
+            .map(|(initramfs_bytes, rootfs_bytes)| crate::report::ImageReport {
+                initramfs_bytes,
+                rootfs_bytes,
+            }),
     };
     drop(shared);
     drop(bus);

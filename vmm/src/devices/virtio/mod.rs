@@ -10,10 +10,12 @@
 //! that kicked a queue waits for its requests, which is what a job's synchronous reads of
 //! its root filesystem and one tar stream of its output need.
 
+pub mod attach;
 pub mod block;
 pub mod chain;
 pub mod output;
 pub mod pci;
+pub mod plan;
 
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
