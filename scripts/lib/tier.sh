@@ -40,12 +40,14 @@ tier_table() {
     [ -s "$log" ] || { echo "(no tiered test recorded: HPMMAP_TIER_LOG was empty)"; return 0; }
     awk '
         { ev = $1; t = $2; name = $3; $1 = $2 = $3 = ""; sub(/^ +/, "");
-          if (ev == "ran") ran[t]++; else if (ev == "skip") { sk[t]++; why[t] = why[t] "\n    " name ": " $0 }
-          seen[t] = 1 }
+          if (ev == "ran") ran[t]++
+          else if (ev == "skip") { sk[t]++; why[t] = why[t] "\n    " name ": " $0 }
+          else if (ev == "n/a") { na[t]++; nwhy[t] = nwhy[t] "\n    " name ": " $0 } }
         END {
-          printf "%-8s %5s %8s\n", "tier", "ran", "skipped"
+          printf "%-8s %5s %8s %5s\n", "tier", "ran", "skipped", "n/a"
           split("kvm root hugetlb qemu lab tools", order, " ")
-          for (i = 1; i <= 6; i++) { t = order[i]; printf "%-8s %5d %8d\n", t, ran[t], sk[t] }
+          for (i = 1; i <= 6; i++) { t = order[i]; printf "%-8s %5d %8d %5d\n", t, ran[t], sk[t], na[t] }
           for (i = 1; i <= 6; i++) { t = order[i]; if (sk[t]) printf "skipped in %s:%s\n", t, why[t] }
+          for (i = 1; i <= 6; i++) { t = order[i]; if (na[t]) printf "not applicable here (%s):%s\n", t, nwhy[t] }
         }' "$log"
 }

@@ -6,6 +6,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use hpmmap_image;
+pub use hpmmap_testkit::Tier;
+
+/// Whether the lab scenario `test` runs here: `None` records a run, `Some(why)` a lab-tier
+/// skip (a failure where HPMMAP_REQUIRE lists lab).
+pub fn lab_ready(test: &str, why_not: Option<String>) -> bool {
+    hpmmap_testkit::enter(Tier::Lab, test, why_not.map_or(Ok(()), Err))
+}
+
+/// One more test of a shared lab boot ran (the boot itself was counted once by its tests).
+pub fn lab_ran(test: &str) {
+    hpmmap_testkit::ran(Tier::Lab, test);
+}
+
+/// A lab-tier skip found after the run was counted (an image built without the module).
+pub fn lab_skip(test: &str, why: impl std::fmt::Display) {
+    hpmmap_testkit::skip(Tier::Lab, test, why);
+}
 
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {

@@ -113,9 +113,12 @@ fn stack() -> Option<&'static LabOutput> {
         Ok(Run::Done(out))
     });
     match r {
-        Ok(Run::Done(o)) => Some(o),
+        Ok(Run::Done(o)) => {
+            lab_ran("stack_lab");
+            Some(o)
+        }
         Ok(Run::Skipped(why)) => {
-            println!("SKIP: {why}");
+            lab_skip("stack_lab", why);
             None
         }
         Err(e) => panic!("the stack lab run failed: {e}"),

@@ -75,15 +75,14 @@ fn l2_initramfs(base: &Path) -> Result<PathBuf, String> {
 
 fn run() -> Option<LabOutput> {
     let skip = lab_skip_reason().or_else(|| built_host_binary("hpmmap-vmm").err());
-    if let Some(why) = skip {
-        println!("SKIP: {why}");
+    if !lab_ready("two_tenants_lab", skip) {
         return None;
     }
     let base = work_dir();
     let l2 = match l2_initramfs(&base) {
         Ok(p) => p,
         Err(why) => {
-            println!("SKIP: {why}");
+            lab_skip("two_tenants_lab", why);
             return None;
         }
     };

@@ -112,18 +112,18 @@ fn work_dir(tag: &str) -> PathBuf {
 /// Boots L1 for `host` with the default job image and runs the scenario; `None` after
 /// printing why when the lab cannot run here.
 fn run(host: &Host, tag: &str) -> Option<LabOutput> {
-    if let Some(why) = skip_reason() {
-        println!("SKIP: {why}");
+    if !lab_ready(&format!("used_by_lab {tag}"), skip_reason()) {
         return None;
     }
     let base = work_dir(tag);
     let img = base.join("img");
     let m = build(&BuildOptions::new(&img)).unwrap_or_else(|e| panic!("hpmmap-image build: {e}"));
     if !m.hpmmap {
-        println!(
-            "SKIP: the job image has no hpmmap module ({})",
+        let why = format!(
+            "the job image has no hpmmap module ({})",
             m.notes.join("; ")
         );
+        lab_skip(&format!("used_by_lab {tag}"), why);
         return None;
     }
     let adds = [

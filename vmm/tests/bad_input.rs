@@ -405,8 +405,10 @@ fn no_dev_kvm_or_no_permission() {
     }
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        println!(
-            "SKIP: no_dev_kvm_or_no_permission: needs root to hide /dev/kvm in a mount namespace"
+        hpmmap_testkit::skip(
+            Tier::Root,
+            "no_dev_kvm_or_no_permission",
+            "needs root to hide /dev/kvm in a mount namespace",
         );
         return;
     }
@@ -420,9 +422,10 @@ fn no_dev_kvm_or_no_permission() {
         T,
     );
     if r.code == Some(1) && r.stderr.contains("unshare") {
-        println!(
-            "SKIP: no_dev_kvm_or_no_permission: cannot unshare here ({})",
-            r.stderr.trim()
+        hpmmap_testkit::skip(
+            Tier::Root,
+            "no_dev_kvm_or_no_permission",
+            format!("cannot unshare here ({})", r.stderr.trim()),
         );
         return;
     }
@@ -434,8 +437,10 @@ fn no_dev_kvm_or_no_permission() {
     let mode = std::fs::metadata("/dev/kvm")
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
     if mode.map(|m| m & 0o006 != 0).unwrap_or(true) {
-        println!(
-            "SKIP: no_dev_kvm_or_no_permission (permission half): /dev/kvm is world-accessible"
+        hpmmap_testkit::not_applicable(
+            Tier::Kvm,
+            "no_dev_kvm_or_no_permission (permission half)",
+            "/dev/kvm is world-accessible",
         );
     } else {
         let r = run_cmd(
@@ -454,9 +459,10 @@ fn no_dev_kvm_or_no_permission() {
             T,
         );
         if r.stderr.starts_with("setpriv:") {
-            println!(
-                "SKIP: no_dev_kvm_or_no_permission (permission half): nobody cannot run the test binary: {}",
-                r.stderr.trim()
+            hpmmap_testkit::skip(
+                Tier::Root,
+                "no_dev_kvm_or_no_permission (permission half)",
+                format!("nobody cannot run the test binary: {}", r.stderr.trim()),
             );
         } else {
             assert_refused(&r, &dir, &["/dev/kvm", "permission denied"]);
@@ -540,7 +546,11 @@ fn vf_refused() {
                 &format!("/sys/bus/pci/devices/{addr}/sriov_totalvfs"),
             ],
         ),
-        None => eprintln!("SKIP: vf_refused (no SR-IOV half): no PCI function without SR-IOV"),
+        None => hpmmap_testkit::not_applicable(
+            Tier::Root,
+            "vf_refused (no SR-IOV half)",
+            "no PCI function without SR-IOV",
+        ),
     }
     // --vf-create without --vf is a usage error, before anything is looked up.
     refuse(

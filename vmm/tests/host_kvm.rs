@@ -351,7 +351,11 @@ fn unemulated_instruction_is_a_kvm_internal_error() {
         return;
     }
     if !is_kvm_pvm() {
-        println!("SKIP: unemulated_instruction_is_a_kvm_internal_error: only kvm_pvm refuses int3 at CPL0");
+        hpmmap_testkit::not_applicable(
+            Tier::Kvm,
+            "unemulated_instruction_is_a_kvm_internal_error",
+            "only kvm_pvm refuses int3 at CPL0",
+        );
         return;
     }
     let dir = TempDir::new("internal");
@@ -740,7 +744,11 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP: a_jailed_vmm_runs_unprivileged_in_its_own_namespaces: --jail needs root");
+        hpmmap_testkit::skip(
+            Tier::Root,
+            "a_jailed_vmm_runs_unprivileged_in_its_own_namespaces",
+            "--jail needs root",
+        );
         return;
     }
     let dir = TempDir::new("jail");

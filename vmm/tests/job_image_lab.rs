@@ -68,7 +68,11 @@ fn vmm_retrying_boots_again_only_after_nested_signatures() {
         .into_iter()
         .find(|p| std::path::Path::new(p).is_file())
     else {
-        println!("SKIP: busybox is not installed (package busybox-static)");
+        hpmmap_testkit::skip(
+            common::Tier::Tools,
+            "vmm_retrying_boots_again_only_after_nested_signatures",
+            "busybox is not installed (package busybox-static)",
+        );
         return;
     };
     let dir = common::TempDir::new("vmm_retrying");

@@ -93,7 +93,11 @@ fn linux_boots_as_l2_on_1g_pages_in_nested_kvm() {
         return;
     };
     let Some(l2) = l2_initramfs(&dir) else {
-        println!("SKIP: {name}: /bin/busybox is missing or not static (package busybox-static)");
+        hpmmap_testkit::skip(
+            common::Tier::Lab,
+            name,
+            "/bin/busybox is missing or not static (package busybox-static)",
+        );
         return;
     };
     let add = format!("{}:/l2", l2.display());

@@ -243,10 +243,8 @@ fn three_hundred_vcpus_past_the_xapic_limit_on_host_kvm() {
     };
     let r = run("300");
     if r.code == Some(2) && r.stderr.contains("KVM_CAP_MAX_VCPUS") {
-        println!(
-            "SKIP: {test}: this KVM allows fewer than 300 vCPUs: {}",
-            r.stderr.trim()
-        );
+        let why = format!("this KVM allows fewer than 300 vCPUs: {}", r.stderr.trim());
+        hpmmap_testkit::not_applicable(Tier::Kvm, test, why);
         return;
     }
     // 300 vCPUs created and configured (x2APIC IDs in the MADT, no MP table); the boot
@@ -282,8 +280,10 @@ fn numa_auto_on_host_kvm_makes_one_node_per_host_node() {
         })
         .sum::<usize>();
     if host_nodes > 2 {
-        println!(
-            "SKIP: {test}: {host_nodes} host nodes, more than this 2-vCPU guest can spread over"
+        hpmmap_testkit::not_applicable(
+            Tier::Kvm,
+            test,
+            format!("{host_nodes} host nodes, more than this 2-vCPU guest can spread over"),
         );
         return;
     }

@@ -87,10 +87,11 @@ fn hpmmap_test(test: &str, dir: &TempDir) -> Option<Vec<u8>> {
         Duration::from_secs(120),
     );
     if r.code != Some(0) {
-        println!(
-            "SKIP: {test}: cannot build a static hpmmap-test here: {}",
+        let why = format!(
+            "cannot build a static hpmmap-test here: {}",
             r.stderr.trim()
         );
+        hpmmap_testkit::skip(common::Tier::Tools, test, why);
         return None;
     }
     std::fs::read(out).ok()
@@ -114,10 +115,8 @@ fn image(tools: &LabTools, test: &str, dir: &TempDir, name: &str, job: &str) -> 
         Duration::from_secs(900),
     );
     if r.code == Some(2) {
-        println!(
-            "SKIP: {test}: no job image can be built here: {}",
-            r.stderr.trim()
-        );
+        let why = format!("no job image can be built here: {}", r.stderr.trim());
+        hpmmap_testkit::skip(common::Tier::Lab, test, why);
         return None;
     }
     assert_eq!(

@@ -123,6 +123,15 @@ pub fn skip(tier: Tier, test: &str, reason: impl Display) {
     }
 }
 
+/// `test` (or part of it) does not apply to this platform (a check only kvm_pvm can make, a
+/// host with fewer NUMA nodes than the case needs): printed and counted as `n/a`, never a
+/// failure, since no machine lacks anything.
+pub fn not_applicable(tier: Tier, test: &str, reason: impl Display) {
+    let reason = reason.to_string();
+    println!("N/A[{}]: {test}: {reason}", tier.name());
+    record(&ledger_line("n/a", tier, test, &reason));
+}
+
 /// `Ok` from `ready` records a run and returns true; `Err(reason)` is a [`skip`].
 pub fn enter(tier: Tier, test: &str, ready: Result<(), String>) -> bool {
     match ready {

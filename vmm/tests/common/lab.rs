@@ -2,7 +2,7 @@
 //! built next to hpmmap-vmm, building a job image, skipping with the reason where the lab
 //! cannot run here. Figures from the lab are emulation figures (QEMU/TCG), never hardware.
 
-use super::{run_cmd, vmm_bin, TempDir};
+use super::{run_cmd, vmm_bin, TempDir, Tier};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -30,20 +30,25 @@ pub struct LabTools {
     pub lab: PathBuf,
 }
 
-/// The lab tools, or `None` after printing why the lab cannot run here.
+/// The lab tools, or `None` after a lab-tier skip saying why the lab cannot run here.
 pub fn lab_tools_or_skip(test: &str) -> Option<LabTools> {
     let (image, lab) = (sibling("hpmmap-image"), sibling("hpmmap-lab"));
     if !image.is_file() || !lab.is_file() {
-        println!("SKIP: {test}: hpmmap-image / hpmmap-lab are not built next to hpmmap-vmm (cargo build -p hpmmap-image)");
+        hpmmap_testkit::skip(
+            Tier::Lab,
+            test,
+            "hpmmap-image / hpmmap-lab are not built next to hpmmap-vmm (cargo build -p hpmmap-image)",
+        );
         return None;
     }
     let q = Command::new("sh")
         .args(["-c", "command -v qemu-system-x86_64"])
         .output();
     if !q.map(|o| o.status.success()).unwrap_or(false) {
-        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        hpmmap_testkit::skip(Tier::Lab, test, "qemu-system-x86_64 is not installed");
         return None;
     }
+    hpmmap_testkit::ran(Tier::Lab, test);
     Some(LabTools { image, lab })
 }
 
@@ -59,10 +64,8 @@ impl LabTools {
             Duration::from_secs(900),
         );
         if b.code == Some(2) {
-            println!(
-                "SKIP: {test}: no job image can be built here: {}",
-                b.stderr.trim()
-            );
+            let why = format!("no job image can be built here: {}", b.stderr.trim());
+            hpmmap_testkit::skip(Tier::Lab, test, why);
             return None;
         }
         assert_eq!(b.code, Some(0), "hpmmap-image build: {}", b.stderr);

@@ -4,6 +4,7 @@
 
 pub mod lab;
 
+pub use hpmmap_testkit::Tier;
 use iced_x86::code_asm::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,19 +26,16 @@ pub fn vmm_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hpmmap-vmm")
 }
 
-/// True when /dev/kvm can be used; otherwise prints why the test is skipped.
+/// True when /dev/kvm can be used; otherwise a kvm-tier skip (a failure where CI requires
+/// the tier).
 pub fn kvm_or_skip(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
+    let usable = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            println!("SKIP: {test}: /dev/kvm unusable ({e})");
-            false
-        }
-    }
+        .map(drop)
+        .map_err(|e| format!("/dev/kvm unusable ({e})"));
+    hpmmap_testkit::enter(Tier::Kvm, test, usable)
 }
 
 pub fn is_kvm_pvm() -> bool {
@@ -283,7 +281,7 @@ impl HugePages {
     fn reserve_in(test: &str, dir: &'static str, n: u64) -> Option<HugePages> {
         use std::os::fd::AsRawFd;
         if !Path::new(dir).exists() {
-            println!("SKIP: {test}: no {dir} on this host");
+            hpmmap_testkit::skip(Tier::Hugetlb, test, format!("no {dir} on this host"));
             return None;
         }
         let lock = std::fs::OpenOptions::new()
@@ -307,12 +305,15 @@ impl HugePages {
             hp.added = read_num(&format!("{dir}/nr_hugepages")).saturating_sub(before);
         }
         if free_pages(dir) < n {
-            println!(
-                "SKIP: {test}: could not reserve {n} free pages in {dir} (have {})",
-                free_pages(dir)
+            let have = free_pages(dir);
+            hpmmap_testkit::skip(
+                Tier::Hugetlb,
+                test,
+                format!("could not reserve {n} free pages in {dir} (have {have})"),
             );
             return None;
         }
+        hpmmap_testkit::ran(Tier::Hugetlb, test);
         Some(hp)
     }
 }
