@@ -91,7 +91,11 @@ mod tests {
             .open(dir.join("nr_hugepages"))
             .is_ok();
         if !writable {
-            println!("SKIP: {POOL_2M}/nr_hugepages is not writable (not root?)");
+            hpmmap_testkit::skip(
+                hpmmap_testkit::Tier::Root,
+                "hugepages pool round trip",
+                format!("{POOL_2M}/nr_hugepages is not writable (not root?)"),
+            );
             return;
         }
         let before = read_u64(&dir.join("nr_hugepages")).unwrap();

@@ -132,7 +132,11 @@ fn dropping_a_competitor_stops_it() {
 #[test]
 fn stress_ng_profile_starts_and_stops() {
     if !competitor::have("stress-ng") {
-        println!("SKIP: stress-ng is not installed (apt-get install stress-ng)");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Tools,
+            "stress_ng_profile_starts_and_stops",
+            "stress-ng is not installed (apt-get install stress-ng)",
+        );
         return;
     }
     competitor::become_subreaper();
@@ -158,7 +162,11 @@ fn stress_ng_profile_starts_and_stops() {
 #[test]
 fn build_loop_builds_a_real_tree_repeatedly_and_stops() {
     if !competitor::have("make") || !competitor::have("cc") {
-        println!("SKIP: make / cc not installed");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Tools,
+            "build_loop_builds_a_real_tree_repeatedly_and_stops",
+            "make / cc not installed",
+        );
         return;
     }
     competitor::become_subreaper();
@@ -215,7 +223,11 @@ fn bench_cmd(out: &Path, cache: &Path, src: &Path, mark: &str, extra: &[&str]) -
 #[test]
 fn harness_end_to_end_writes_table_json_and_plot_and_leaves_nothing() {
     if !competitor::have("stress-ng") || !competitor::have("make") {
-        println!("SKIP: stress-ng or make missing; end-to-end harness run not done");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Tools,
+            "harness_end_to_end_writes_table_json_and_plot_and_leaves_nothing",
+            "stress-ng or make missing",
+        );
         return;
     }
     let _g = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -288,7 +300,11 @@ fn harness_end_to_end_writes_table_json_and_plot_and_leaves_nothing() {
 #[test]
 fn sigterm_mid_run_stops_everything_and_writes_no_results() {
     if !competitor::have("stress-ng") || !competitor::have("make") {
-        println!("SKIP: stress-ng or make missing; interrupted harness run not done");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Tools,
+            "sigterm_mid_run_stops_everything_and_writes_no_results",
+            "stress-ng or make missing",
+        );
         return;
     }
     let _g = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,8 +4,8 @@
 //! agree within 0.5 % across the isolated runs and under both hogs, while the elapsed time
 //! on the shared clock does not (that is why the figure is counted). Also the parser and
 //! the table on that output. About 2-3 minutes on 2 cores (the static rank binary and the
-//! job image are built first when absent). Prints `SKIP:` and passes only where
-//! qemu-system-x86_64 is missing.
+//! job image are built first when absent). A qemu-tier skip where qemu-system-x86_64 is
+//! missing (hpmmap-testkit: a failure where HPMMAP_REQUIRE lists qemu).
 
 use std::time::Duration;
 
@@ -17,11 +17,17 @@ use hpmmap_bench::workloads::Workload;
 #[test]
 fn counted_rank_cpu_is_deterministic_and_ignores_cpu_hogs() {
     if hpmmap_image::qemu::qemu_binary().is_none() {
-        println!(
-            "SKIP: qemu-system-x86_64 is not installed: the instruction-count guest cannot boot"
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Qemu,
+            "counted_rank_cpu_is_deterministic_and_ignores_cpu_hogs",
+            "qemu-system-x86_64 is not installed: the instruction-count guest cannot boot",
         );
         return;
     }
+    hpmmap_testkit::ran(
+        hpmmap_testkit::Tier::Qemu,
+        "counted_rank_cpu_is_deterministic_and_ignores_cpu_hogs",
+    );
     let mut plan = Plan::new(true);
     plan.configs = vec![IcountConfig::Hpmmap];
     plan.workloads = vec![Workload::Gups];

@@ -296,8 +296,12 @@ fn workspace_tools() -> PathBuf {
 
 #[test]
 fn real_lab_vm_thp_faults_and_vm_hpmmap_does_not() {
-    if let Some(r) = skip_reason() {
-        println!("SKIP: {r}");
+    let test = "real_lab_vm_thp_faults_and_vm_hpmmap_does_not";
+    if !hpmmap_testkit::enter(
+        hpmmap_testkit::Tier::Lab,
+        test,
+        skip_reason().map_or(Ok(()), Err),
+    ) {
         return;
     }
     let _tools = workspace_tools();

@@ -134,7 +134,11 @@ fn faults_counts_one_fault_per_4k_page_and_few_with_huge_pages() {
     assert_eq!(rc, 0);
     assert_eq!(r.detail("pages_per_cycle"), Some("1024"));
     if thp_never {
-        println!("SKIP: THP is not in madvise mode; plain-page fault count not asserted");
+        hpmmap_testkit::not_applicable(
+            hpmmap_testkit::Tier::Root,
+            "plain-page fault count",
+            "THP is not in madvise mode",
+        );
     } else {
         assert!(
             r.minflt >= 5 * 1024,
@@ -163,7 +167,11 @@ fn faults_counts_one_fault_per_4k_page_and_few_with_huge_pages() {
             t.minflt
         );
     } else {
-        println!("SKIP: THP disabled; THP fault count not asserted");
+        hpmmap_testkit::not_applicable(
+            hpmmap_testkit::Tier::Root,
+            "THP fault count",
+            "THP disabled",
+        );
     }
 
     let dir = Path::new(POOL_2M);
@@ -186,7 +194,11 @@ fn faults_counts_one_fault_per_4k_page_and_few_with_huge_pages() {
                 h.minflt
             );
         }
-        Err(e) => println!("SKIP: hugetlb fault count: cannot grow the 2 MiB pool: {e}"),
+        Err(e) => hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Hugetlb,
+            "hugetlb fault count",
+            format!("cannot grow the 2 MiB pool: {e}"),
+        ),
     }
 }
 

@@ -2,7 +2,7 @@
 //! reads a VF BAR through the KVM memory slot the device registered, programs MSI-X
 //! through the trapped table, and the vector's eventfd raises the MSI in vCPU 0's LAPIC
 //! through the GSI route and irqfd. VFIO itself is hpmmap-vf's MOCK (no IOMMU or VF on
-//! the build host; its BAR "mmaps" are anonymous memory). SKIPs where /dev/kvm is absent.
+//! the build host; its BAR "mmaps" are anonymous memory). A kvm-tier skip where /dev/kvm is absent.
 
 use std::sync::Arc;
 
@@ -28,9 +28,16 @@ const VECTOR: u32 = 0x45;
 
 fn kvm_or_skip(test: &str) -> Option<Kvm> {
     match Kvm::new() {
-        Ok(k) => Some(k),
+        Ok(k) => {
+            hpmmap_testkit::ran(hpmmap_testkit::Tier::Kvm, test);
+            Some(k)
+        }
         Err(e) => {
-            println!("SKIP: {test}: /dev/kvm unusable: {e}");
+            hpmmap_testkit::skip(
+                hpmmap_testkit::Tier::Kvm,
+                test,
+                format!("/dev/kvm unusable: {e}"),
+            );
             None
         }
     }

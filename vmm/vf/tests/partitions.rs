@@ -225,7 +225,11 @@ fn opensm_is_found_in_proc_and_sighup_reaches_it() {
 fn opensm_man_page_examples_parse() {
     let man = "/usr/share/man/man8/opensm.8.gz";
     if !std::path::Path::new(man).exists() {
-        println!("SKIP: {man} missing (apt-get install opensm to run this check)");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Tools,
+            "opensm_man_page_examples_parse",
+            format!("{man} missing (apt-get install opensm to run this check)"),
+        );
         return;
     }
     let out = Command::new("zcat").arg(man).output().unwrap();

@@ -221,7 +221,11 @@ fn this_host_read_only() {
         std::path::Path::new("/dev/vfio/vfio").exists()
     );
     if iommus == 0 {
-        println!("SKIP: no IOMMU on this host; VF passthrough prerequisites cannot be met here");
+        hpmmap_testkit::not_applicable(
+            hpmmap_testkit::Tier::Root,
+            "selftest on this host",
+            "no IOMMU on this host; VF passthrough prerequisites cannot be met here",
+        );
     }
 }
 
