@@ -250,8 +250,10 @@ fn not_root_is_refused_on_the_live_sysfs() {
     let root = unsafe { libc::geteuid() } == 0;
     let mut cmd = if root {
         if !Path::new("/usr/bin/setpriv").exists() {
-            println!(
-                "SKIP: running as root and setpriv (util-linux) is missing to drop privileges"
+            hpmmap_testkit::skip(
+                hpmmap_testkit::Tier::Tools,
+                "reserve as non-root",
+                "running as root and setpriv (util-linux) is missing to drop privileges",
             );
             return;
         }
@@ -273,7 +275,11 @@ fn not_root_is_refused_on_the_live_sysfs() {
         .unwrap();
     let err = stderr(&o);
     if err.contains("no 1 GiB huge page support") {
-        println!("SKIP: this kernel has no 1 GiB pages, so the root check is never reached");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Hugetlb,
+            "reserve as non-root",
+            "this kernel has no 1 GiB pages, so the root check is never reached",
+        );
         return;
     }
     assert_eq!(o.status.code(), Some(2), "{err}");

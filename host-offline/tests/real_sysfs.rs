@@ -168,13 +168,25 @@ fn vm_page_holder_child() {
 fn real_reserve_status_release_round_trip() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP: not root; the real-sysfs test changes /sys");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Root,
+            "real_reserve_status_release_round_trip",
+            "not root; the real-sysfs test changes /sys",
+        );
         return;
     }
     if !Path::new(NODE0).join("nr_hugepages").exists() {
-        println!("SKIP: no 1 GiB hugetlb pool on node 0 ({NODE0} missing)");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Hugetlb,
+            "real_reserve_status_release_round_trip",
+            format!("no 1 GiB hugetlb pool on node 0 ({NODE0} missing)"),
+        );
         return;
     }
+    hpmmap_testkit::ran(
+        hpmmap_testkit::Tier::Hugetlb,
+        "real_reserve_status_release_round_trip",
+    );
     let lock = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -188,8 +200,10 @@ fn real_reserve_status_release_round_trip() {
     let start = status(&state);
     let others: Vec<_> = start["vm_holders"].as_array().unwrap().to_vec();
     if !others.is_empty() {
-        println!(
-            "SKIP: another hpmmap-vmm maps 1 GiB pages ({others:?}); deltas would be ambiguous"
+        hpmmap_testkit::not_applicable(
+            hpmmap_testkit::Tier::Hugetlb,
+            "real_reserve_status_release_round_trip",
+            format!("another hpmmap-vmm maps 1 GiB pages ({others:?}); deltas would be ambiguous"),
         );
         return;
     }
@@ -216,10 +230,13 @@ fn real_reserve_status_release_round_trip() {
         );
         assert!(String::from_utf8_lossy(&o.stdout).contains("could not get"));
         assert!(!state.exists(), "a refused reserve kept its adopted pages");
-        println!(
-            "SKIP (rest of the round trip): this host could not give 2 GiB of 1 GiB pages; \
-             the refusal left it unchanged:\n{}",
-            show(&o)
+        hpmmap_testkit::not_applicable(
+            hpmmap_testkit::Tier::Hugetlb,
+            "real_reserve_status_release_round_trip (rest of the round trip)",
+            format!(
+                "this host could not give 2 GiB of 1 GiB pages; the refusal left it unchanged: {}",
+                show(&o)
+            ),
         );
         return;
     }
@@ -309,14 +326,22 @@ fn offline_of_a_block_with_a_pinned_page_is_given_up_at_the_limit() {
     use std::time::{Duration, Instant};
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP: not root; the test takes a real memory block offline");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Root,
+            "offlining a real memory block",
+            "not root; the test takes a real memory block offline",
+        );
         return;
     }
     let host = Host::new("/sys", "/proc")
         .quiet(true)
         .with_offline_limit(Duration::from_secs(3));
     let Some(bs) = blocks::block_size(&host) else {
-        println!("SKIP: no memory-hotplug sysfs on this kernel");
+        hpmmap_testkit::not_applicable(
+            hpmmap_testkit::Tier::Root,
+            "offlining a real memory block",
+            "no memory-hotplug sysfs on this kernel",
+        );
         return;
     };
     let lock = fs::OpenOptions::new()
@@ -402,8 +427,12 @@ fn offline_of_a_block_with_a_pinned_page_is_given_up_at_the_limit() {
     }
     // SAFETY: unmapping what this test mapped.
     unsafe { libc::munmap(base, LEN) };
-    println!(
-        "SKIP: every block tried refused at once (EBUSY, unmovable pages): {busy:?}; none showed \
-         the endless retry"
+    hpmmap_testkit::not_applicable(
+        hpmmap_testkit::Tier::Root,
+        "offlining a real memory block",
+        format!(
+            "every block tried refused at once (EBUSY, unmovable pages): {busy:?}; none showed \
+             the endless retry"
+        ),
     );
 }

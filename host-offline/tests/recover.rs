@@ -244,7 +244,11 @@ fn binary_recover_exit_codes() {
 fn live_kernel_jail_mount_and_cgroups_of_a_dead_job_are_removed() {
     // SAFETY: no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP: needs root (mount, cgroupfs)");
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Root,
+            "live_kernel_jail_mount_and_cgroups_of_a_dead_job_are_removed",
+            "needs root (mount, cgroupfs)",
+        );
         return;
     }
     let cg2 = Path::new("/sys/fs/cgroup/unified");
@@ -257,7 +261,11 @@ fn live_kernel_jail_mount_and_cgroups_of_a_dead_job_are_removed() {
     };
     let cg_parent = cg2.join(format!("hpmmap-recover-test-{}", std::process::id()));
     if std::fs::create_dir(&cg_parent).is_err() {
-        println!("SKIP: cannot create a cgroup under {}", cg2.display());
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Root,
+            "live_kernel_jail_mount_and_cgroups_of_a_dead_job_are_removed",
+            format!("cannot create a cgroup under {}", cg2.display()),
+        );
         return;
     }
     let scratch = common::Scratch::new("livejail");
