@@ -141,6 +141,8 @@ pub struct VirtioPci {
     queue_select: u16,
     status: u8,
     isr: u8,
+    /// Why the device last needed a reset (kept across the reset, for diagnostics).
+    failure: Option<Malformed>,
     warnings: hpmmap_pci::log::GuestWarnings,
 }
 
@@ -196,6 +198,7 @@ impl VirtioPci {
             queue_select: 0,
             status: 0,
             isr: 0,
+            failure: None,
             warnings: Default::default(),
         };
         t.reset();
@@ -209,6 +212,11 @@ impl VirtioPci {
 
     pub fn status(&self) -> u8 {
         self.status
+    }
+
+    /// Why the device last stopped with DEVICE_NEEDS_RESET.
+    pub fn failure(&self) -> Option<&Malformed> {
+        self.failure.as_ref()
     }
 
     fn offered(&self) -> u64 {
@@ -260,6 +268,7 @@ impl VirtioPci {
         self.warnings
             .warn(&name, format_args!("{why}; the device needs a reset"));
         self.status |= STATUS_NEEDS_RESET;
+        self.failure = Some(why);
         self.signal(self.config_vector, ISR_CONFIG);
     }
 

@@ -68,7 +68,11 @@ mod tests {
         let p = f.display().to_string();
         let d = disks(&[format!("{p},serial=a"), format!("{p},ro")], None, None).unwrap();
         assert_eq!(d.len(), 2);
-        let e = disks(&[format!("{p},serial=a"), format!("{p},serial=a")], None, None);
+        let e = disks(
+            &[format!("{p},serial=a"), format!("{p},serial=a")],
+            None,
+            None,
+        );
         assert!(e.unwrap_err().contains("serial 'a' is used twice"));
         let e = disks(&[format!("{p},serial=hpmmap-root")], Some(&f), None).unwrap_err();
         assert!(e.contains("the image's rootfs has it"), "{e}");

@@ -353,8 +353,9 @@ fn masked_vector_is_pending_and_delivered_on_unmask() {
 #[test]
 fn malformed_chains_stop_the_device_until_reset() {
     type Bad = fn(&mut Rig);
-    let cases: &[(&str, Bad)] = &[
-        ("loop", |r| {
+    // (name, what the failure says, the chain or queue)
+    let cases: &[(&str, &str, Bad)] = &[
+        ("loop", "does not end", |r| {
             r.header(VIRTIO_BLK_T_IN, 0);
             r.desc(0, HDR, 16, VRING_DESC_F_NEXT as u16, 1);
             r.desc(
@@ -366,13 +367,15 @@ fn malformed_chains_stop_the_device_until_reset() {
             );
             r.submit(0);
         }),
-        ("next past the table", |r| {
+        ("next past the table", "does not end", |r| {
             r.header(VIRTIO_BLK_T_IN, 0);
             r.desc(0, HDR, 16, VRING_DESC_F_NEXT as u16, 200);
             r.submit(0);
         }),
-        ("head past the table", |r| r.submit(QSIZE + 3)),
-        ("out of RAM", |r| {
+        ("head past the table", "does not end", |r| {
+            r.submit(QSIZE + 3)
+        }),
+        ("out of RAM", "is not guest RAM", |r| {
             r.header(VIRTIO_BLK_T_IN, 0);
             r.desc(0, HDR, 16, VRING_DESC_F_NEXT as u16, 1);
             r.desc(
@@ -385,11 +388,11 @@ fn malformed_chains_stop_the_device_until_reset() {
             r.desc(2, STATUS, 1, VRING_DESC_F_WRITE as u16, 0);
             r.submit(0);
         }),
-        ("address wraps", |r| {
+        ("address wraps", "is not guest RAM", |r| {
             r.desc(0, u64::MAX - 8, 16, 0, 0);
             r.submit(0);
         }),
-        ("zero length", |r| {
+        ("zero length", "length 0", |r| {
             r.header(VIRTIO_BLK_T_IN, 0);
             r.desc(0, HDR, 16, VRING_DESC_F_NEXT as u16, 1);
             r.desc(
@@ -402,7 +405,7 @@ fn malformed_chains_stop_the_device_until_reset() {
             r.desc(2, STATUS, 1, VRING_DESC_F_WRITE as u16, 0);
             r.submit(0);
         }),
-        ("oversized", |r| {
+        ("oversized", "above the 1048576-byte segment limit", |r| {
             r.header(VIRTIO_BLK_T_IN, 0);
             r.desc(0, HDR, 16, VRING_DESC_F_NEXT as u16, 1);
             r.desc(
@@ -415,34 +418,38 @@ fn malformed_chains_stop_the_device_until_reset() {
             r.desc(2, STATUS, 1, VRING_DESC_F_WRITE as u16, 0);
             r.submit(0);
         }),
-        ("readable after writable", |r| {
-            r.header(VIRTIO_BLK_T_OUT, 0);
-            r.desc(
-                0,
-                STATUS,
-                1,
-                (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
-                1,
-            );
-            r.desc(1, HDR, 16, 0, 0);
-            r.submit(0);
-        }),
-        ("no status byte", |r| {
+        (
+            "readable after writable",
+            "device-readable descriptor after",
+            |r| {
+                r.header(VIRTIO_BLK_T_OUT, 0);
+                r.desc(
+                    0,
+                    STATUS,
+                    1,
+                    (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
+                    1,
+                );
+                r.desc(1, HDR, 16, 0, 0);
+                r.submit(0);
+            },
+        ),
+        ("no status byte", "no device-writable status byte", |r| {
             r.header(VIRTIO_BLK_T_FLUSH, 0);
             r.desc(0, HDR, 16, 0, 0);
             r.submit(0);
         }),
-        ("short header", |r| {
+        ("short header", "no 16-byte request header", |r| {
             r.header(VIRTIO_BLK_T_IN, 0);
             r.desc(0, HDR, 8, VRING_DESC_F_NEXT as u16, 1);
             r.desc(1, STATUS, 1, VRING_DESC_F_WRITE as u16, 0);
             r.submit(0);
         }),
-        ("avail index jumps", |r| {
+        ("avail index jumps", "available ring", |r| {
             r.mem.write_obj(40u16, GuestAddress(AVAIL + 2)).unwrap();
             r.w(NOTIFY, 2, 0);
         }),
-        ("rings outside RAM", |r| {
+        ("rings outside RAM", "not a valid split virtqueue", |r| {
             r.w(0x14, 1, 0);
             let f = r.features();
             r.init(f);
@@ -451,18 +458,22 @@ fn malformed_chains_stop_the_device_until_reset() {
             r.w(0x14, 1, 3);
             r.setup_queue(QSIZE, DESC, AVAIL, RAM - 8);
         }),
-        ("queue size not a power of two", |r| {
-            r.w(0x14, 1, 0);
-            r.w(0x14, 1, 3);
-            r.setup_queue(12, DESC, AVAIL, USED);
-        }),
-        ("misaligned ring", |r| {
+        (
+            "queue size not a power of two",
+            "not a valid split virtqueue",
+            |r| {
+                r.w(0x14, 1, 0);
+                r.w(0x14, 1, 3);
+                r.setup_queue(12, DESC, AVAIL, USED);
+            },
+        ),
+        ("misaligned ring", "not a valid split virtqueue", |r| {
             r.w(0x14, 1, 0);
             r.w(0x14, 1, 3);
             r.setup_queue(QSIZE, DESC + 4, AVAIL, USED);
         }),
     ];
-    for (name, bad) in cases {
+    for (name, says, bad) in cases {
         let mut r = Rig::new(&format!("bad-{}", name.replace(' ', "-")), false);
         r.msix();
         let f = r.features();
@@ -470,6 +481,8 @@ fn malformed_chains_stop_the_device_until_reset() {
         let disk_before = std::fs::read(&r.path).unwrap();
         bad(&mut r);
         assert!(r.needs_reset(), "{name}: device must need a reset");
+        let why = r.t.failure().map(|f| f.to_string()).unwrap_or_default();
+        assert!(why.contains(says), "{name}: {why}");
         assert_eq!(r.used_idx(), 0, "{name}: nothing completed");
         assert_eq!(
             std::fs::read(&r.path).unwrap(),
