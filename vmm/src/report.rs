@@ -249,6 +249,28 @@ impl Report {
         for l in &self.guest_ib {
             s.push_str(&format!("\n  guest ib: {l}"));
         }
+        for d in &self.disks {
+            s.push_str(&format!(
+                "\n  disk {}: {} ({}, {})",
+                d.serial,
+                d.path,
+                format_size(d.bytes),
+                if d.ro { "read-only" } else { "read-write" }
+            ));
+        }
+        if let Some(o) = &self.output {
+            s.push_str(&format!(
+                "\n  output: {} file(s), {} bytes into {}, {} entr(ies) skipped{}",
+                o.files,
+                o.bytes,
+                o.dir,
+                o.skipped,
+                o.error
+                    .as_ref()
+                    .map(|e| format!(" (stopped: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
         if let Some(r) = &self.result {
             s.push_str(&format!("\n  result: {r}"));
         }
