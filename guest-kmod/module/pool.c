@@ -25,6 +25,7 @@
 #include <linux/slab.h>
 #include <linux/vmalloc.h>
 #include "hpmmap.h"
+#include "hpmmap_pv.h"
 
 static unsigned long pv;
 module_param(pv, ulong, 0444);
@@ -38,21 +39,6 @@ static char *pool;
 module_param(pool, charp, 0444);
 MODULE_PARM_DESC(pool, "reserved ranges as SIZE@BASE[,SIZE@BASE...] (memmap= syntax without '$')");
 
-/* Interface 2 (docs/architecture.md). */
-#define PV_MAGIC 0x000
-#define PV_VERSION 0x004
-#define PV_GUEST_VERSION 0x008
-#define PV_STATUS 0x00c
-#define PV_NR_RANGES 0x010
-#define PV_PAGE_SHIFT 0x014
-#define PV_POOL_BYTES 0x018
-#define PV_ARG_ADDR 0x020
-#define PV_ARG_LEN 0x028
-#define PV_COMMAND 0x030
-#define PV_RANGE 0x100
-#define PV_MAGIC_VAL 0x4D4D5048u
-#define PV_CMD_ZERO 1
-#define PV_MAX_RANGES 64
 
 struct hpm_range {
 	phys_addr_t start, end; /* 2 MiB aligned */
@@ -209,7 +195,7 @@ static bool pv_zero(phys_addr_t pa, u64 len)
 	writeq(pa, pv_regs + PV_ARG_ADDR);
 	writeq(len, pv_regs + PV_ARG_LEN);
 	writel(PV_CMD_ZERO, pv_regs + PV_COMMAND);
-	ok = readl(pv_regs + PV_STATUS) == 0;
+	ok = readl(pv_regs + PV_STATUS) == PV_OK;
 	mutex_unlock(&pv_lock);
 	if (ok)
 		atomic64_add(len, &pv_zeroed);
@@ -447,13 +433,13 @@ static int pv_probe(void)
 		return -ENOMEM;
 	magic = readl(pv_regs + PV_MAGIC);
 	ver = readl(pv_regs + PV_VERSION);
-	if (magic != PV_MAGIC_VAL || ver != 1) {
+	if (magic != PV_MAGIC_VAL || ver != PV_VERSION_VAL) {
 		pr_err("hpmmap: no hpmmap PV device v1 at %#lx (magic %#x version %u)\n", pv,
 		       magic, ver);
 		goto bad;
 	}
-	writel(1, pv_regs + PV_GUEST_VERSION);
-	if (readl(pv_regs + PV_STATUS) != 0) {
+	writel(PV_VERSION_VAL, pv_regs + PV_GUEST_VERSION);
+	if (readl(pv_regs + PV_STATUS) != PV_OK) {
 		pr_err("hpmmap: PV device refused guest version 1\n");
 		goto bad;
 	}
@@ -465,8 +451,8 @@ static int pv_probe(void)
 		goto bad;
 	}
 	for (i = 0; i < n; i++) {
-		u64 base = readq(pv_regs + PV_RANGE + 16 * i);
-		u64 size = readq(pv_regs + PV_RANGE + 16 * i + 8);
+		u64 base = readq(pv_regs + PV_RANGE + PV_RANGE_STRIDE * i);
+		u64 size = readq(pv_regs + PV_RANGE + PV_RANGE_STRIDE * i + 8);
 		int err = pool_add_range(base, size);
 
 		if (err)

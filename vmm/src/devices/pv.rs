@@ -1,5 +1,6 @@
 //! The paravirtual hpmmap device (docs/architecture.md, Interface 2): a versioned register
-//! window in one MMIO page. Everything a guest writes here is checked; bad accesses set STATUS
+//! window in one MMIO page, defined once in guest-kmod/module/hpmmap_pv.h (a unit test holds
+//! these constants to it). Everything a guest writes here is checked; bad accesses set STATUS
 //! and never reach the host beyond the two commands' bounded work.
 
 use crate::memory::layout::GpaRange;
@@ -20,6 +21,8 @@ pub mod reg {
     pub const COMMAND: u64 = 0x030;
     pub const EXIT: u64 = 0x034;
     pub const RANGES: u64 = 0x100;
+    /// Range i is at RANGES + RANGE_STRIDE * i: base, then size, 8 bytes each.
+    pub const RANGE_STRIDE: u64 = 16;
 }
 
 pub mod status {
@@ -97,9 +100,9 @@ impl PvDevice {
             reg::POOL_BYTES => self.pool_bytes(),
             reg::ARG_ADDR | reg::ARG_LEN | reg::COMMAND => 0,
             o if o >= reg::RANGES => {
-                let i = ((o - reg::RANGES) / 16) as usize;
+                let i = ((o - reg::RANGES) / reg::RANGE_STRIDE) as usize;
                 match self.ranges.get(i) {
-                    Some(r) if (o - reg::RANGES).is_multiple_of(16) => r.base,
+                    Some(r) if (o - reg::RANGES).is_multiple_of(reg::RANGE_STRIDE) => r.base,
                     Some(r) => r.size,
                     None => u64::MAX,
                 }
@@ -244,6 +247,64 @@ mod tests {
     use super::*;
     use crate::units::GIB;
     use std::cell::RefCell;
+
+    /// Every `#define NAME VALUE` of the C header that defines this device for the guest.
+    fn c_header() -> std::collections::BTreeMap<String, u64> {
+        let text = include_str!("../../../guest-kmod/module/hpmmap_pv.h");
+        text.lines()
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("#define ")?.split_whitespace();
+                let (name, value) = (w.next()?, w.next()?.trim_end_matches('u'));
+                let v = match value.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+                    None => value.parse().ok()?,
+                };
+                Some((name.to_string(), v))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn registers_commands_and_statuses_match_the_c_header() {
+        let h = c_header();
+        let want: [(&str, u64); 25] = [
+            ("PV_MAGIC_VAL", MAGIC.into()),
+            ("PV_VERSION_VAL", VERSION.into()),
+            ("PV_MAGIC", reg::MAGIC),
+            ("PV_VERSION", reg::VERSION),
+            ("PV_GUEST_VERSION", reg::GUEST_VERSION),
+            ("PV_STATUS", reg::STATUS),
+            ("PV_NR_RANGES", reg::NR_RANGES),
+            ("PV_PAGE_SHIFT", reg::PAGE_SHIFT),
+            ("PV_POOL_BYTES", reg::POOL_BYTES),
+            ("PV_ARG_ADDR", reg::ARG_ADDR),
+            ("PV_ARG_LEN", reg::ARG_LEN),
+            ("PV_COMMAND", reg::COMMAND),
+            ("PV_EXIT", reg::EXIT),
+            ("PV_RANGE", reg::RANGES),
+            ("PV_RANGE_STRIDE", reg::RANGE_STRIDE),
+            (
+                "PV_MAX_RANGES",
+                crate::memory::layout::MAX_POOL_RANGES as u64,
+            ),
+            ("PV_CMD_ZERO", command::ZERO.into()),
+            ("PV_CMD_RESULT", command::RESULT.into()),
+            ("PV_MAX_RESULT_BYTES", MAX_RESULT_BYTES),
+            ("PV_OK", status::OK.into()),
+            ("PV_EVERSION", status::EVERSION.into()),
+            ("PV_ERANGE", status::ERANGE.into()),
+            ("PV_EINVAL_CMD", status::EINVAL_CMD.into()),
+            ("PV_EINVAL_ACCESS", status::EINVAL_ACCESS.into()),
+            ("PV_EIO", status::EIO.into()),
+        ];
+        for (name, value) in want {
+            assert_eq!(h.get(name), Some(&value), "{name} in hpmmap_pv.h");
+        }
+        // Nothing in the header that this device does not implement.
+        let known: std::collections::BTreeSet<&str> = want.iter().map(|(n, _)| *n).collect();
+        let extra: Vec<_> = h.keys().filter(|k| !known.contains(k.as_str())).collect();
+        assert!(extra.is_empty(), "defines no test checks: {extra:?}");
+    }
 
     #[derive(Default)]
     struct FakeHost {

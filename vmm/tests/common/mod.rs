@@ -5,6 +5,7 @@
 pub mod lab;
 
 pub use hpmmap_testkit::Tier;
+use hpmmap_vmm::devices::pv;
 use iced_x86::code_asm::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,12 +14,14 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 pub const PAYLOAD_BASE: u64 = 0x20_0000;
-pub const PV: u64 = 0xFEB0_0000;
-pub const PV_STATUS: u64 = PV + 0x0C;
-pub const PV_ARG_ADDR: u64 = PV + 0x20;
-pub const PV_ARG_LEN: u64 = PV + 0x28;
-pub const PV_COMMAND: u64 = PV + 0x30;
-pub const PV_EXIT: u64 = PV + 0x34;
+// The PV device's page and registers, from the VMM's own definitions (which a unit test
+// holds to guest-kmod/module/hpmmap_pv.h).
+pub const PV: u64 = hpmmap_vmm::memory::layout::PV_MMIO_BASE;
+pub const PV_STATUS: u64 = PV + pv::reg::STATUS;
+pub const PV_ARG_ADDR: u64 = PV + pv::reg::ARG_ADDR;
+pub const PV_ARG_LEN: u64 = PV + pv::reg::ARG_LEN;
+pub const PV_COMMAND: u64 = PV + pv::reg::COMMAND;
+pub const PV_EXIT: u64 = PV + pv::reg::EXIT;
 pub const COM1: u32 = 0x3F8;
 pub const GIB: u64 = 1 << 30;
 
