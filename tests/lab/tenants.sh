@@ -9,6 +9,8 @@
 #      the first one's pid
 #   3. kill -9 of hpmmap-vmm right after its VF claim, during prefault, and while the job
 #      runs; then `hpmmap-offline recover`: VF back on igbvf, reservation released
+#   3b. the same for a jailed VMM of a job (`--job ID --jail`, tenants-jail.sh), killed
+#      itself and through its keeper: jail directory, cgroup, VF and pages all recovered
 #   4. kill -9 of hpmmap-offline in the middle of a reserve; then `recover`: pool as at boot
 # args: none. VMM_LIMIT: seconds one L2 boot may take.
 # shellcheck source=tests/lab/retry.sh
@@ -145,6 +147,9 @@ echo "== case 3: kill -9 of hpmmap-vmm"
 kill9 kclaim claim
 kill9 kprefault prefault
 kill9 krunning running
+echo "== case 3b: kill -9 of a jailed VMM of a job, and of its keeper"
+# shellcheck source=tests/lab/tenants-jail.sh
+. /root/tenants-jail.sh
 
 echo "== case 4: kill -9 of hpmmap-offline in a reserve"
 # 4 GiB on L1's 5.8 GiB cannot be had at run time: the reserve adopts the two boot-time pages, grows the

@@ -9,6 +9,10 @@
 //! 3. `kill -9` of hpmmap-vmm right after its VF claim, during prefault, and while its job
 //!    runs; each time one `hpmmap-offline recover` puts the VF back on igbvf (no
 //!    driver_override, no claim record) and releases the job's pages;
+//!    The same for a jailed VMM of a job (`--job ID --jail`, pid 1 of its own pid namespace,
+//!    its VF claim naming its host pid), killed itself (its keeper cleans up; the epilog's
+//!    `recover --job ID` releases the pages) and through its keeper (the VMM dies with it;
+//!    `recover` finds the jail directory, the cgroup, the VF and the pages and cleans all);
 //! 4. `kill -9` of hpmmap-offline in the middle of a reserve; `recover` leaves the pool as
 //!    at boot and no state.
 //!
@@ -24,6 +28,7 @@ use std::time::Duration;
 const SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/tenants.sh");
 const CYCLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/partition-cycles.sh");
 const RETRY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/retry.sh");
+const JAIL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/tenants-jail.sh");
 
 fn skip_reason() -> Option<String> {
     lab_skip_reason()
@@ -48,8 +53,7 @@ fn run(
     timeout: Duration,
     (mem_gib, pmem_gib, boot_pages): (u64, u64, u32),
 ) -> Option<LabOutput> {
-    if let Some(why) = skip_reason() {
-        println!("SKIP: {why}");
+    if !lab_ready(&format!("tenants_lab {tag}"), skip_reason()) {
         return None;
     }
     let base = work_dir(tag);
@@ -57,10 +61,11 @@ fn run(
     let m = hpmmap_image::builder::build(&hpmmap_image::builder::BuildOptions::new(&img))
         .unwrap_or_else(|e| panic!("hpmmap-image build: {e}"));
     if !m.hpmmap {
-        println!(
-            "SKIP: the job image has no hpmmap module ({})",
+        let why = format!(
+            "the job image has no hpmmap module ({})",
             m.notes.join("; ")
         );
+        lab_skip(&format!("tenants_lab {tag}"), why);
         return None;
     }
     let mut adds = vec![
@@ -68,6 +73,7 @@ fn run(
         format!("{SCENARIO}:/root/tenants.sh"),
         format!("{CYCLES}:/root/partition-cycles.sh"),
         format!("{RETRY}:/root/retry.sh"),
+        format!("{JAIL}:/root/tenants-jail.sh"),
     ];
     adds.extend(extra.iter().cloned());
     let lab = Lab::prepare(LabConfig {
@@ -166,6 +172,58 @@ fn tenants_share_a_node_and_recover_cleans_after_every_kill() {
         assert_eq!(k("pool_after_recover"), "2,2", "{job}: {out}");
         assert_eq!(k("state_left"), "no", "{job}: {out}");
     }
+    // 3b. kill -9 of a jailed VMM of a job, and of its keeper
+    assert_eq!(get(&o, "cgroup2_mounted"), "yes", "{out}");
+    for (job, who) in [("jvmm", "vmm"), ("jkeeper", "keeper")] {
+        let k = |s: &str| get(&o, &format!("{job}_{s}")).to_string();
+        assert_eq!(k("reserve_rc"), "0", "{job}: {out}");
+        assert_eq!(k("running"), "1", "{job}: the job did not run:\n{out}");
+        let vmm = k("vmm");
+        assert_eq!(
+            k("nspid"),
+            format!("{vmm} 1"),
+            "{job}: pid 1 of its namespace: {out}"
+        );
+        assert_eq!(k("pidns_own"), "yes", "{job}: {out}");
+        assert_eq!(k("uid"), "65534", "{job}: {out}");
+        assert_eq!(
+            k("claim_pid").trim(),
+            vmm,
+            "{job}: the claim names the host pid: {out}"
+        );
+        assert_eq!(k("in_cgroup"), "1", "{job}: {out}");
+        assert_eq!(k("jail_while_running"), "yes", "{job}: {out}");
+        assert_eq!(
+            k("vmm_gone"),
+            "yes",
+            "{job}: the VMM outlived the kill: {out}"
+        );
+        if who == "keeper" {
+            assert_eq!(k("keeper_rc"), "137", "{out}");
+            // Nobody cleaned up: recover finds it all.
+            assert_eq!(k("jail_after_kill"), "yes", "{out}");
+            assert_eq!(k("cgroup_after_kill"), "yes", "{out}");
+            assert!(k("claims_after_kill").contains(".claim"), "{out}");
+        } else {
+            // The keeper gave the VF back and removed the jail and the cgroup.
+            assert_eq!(k("keeper_rc"), "137", "{out}");
+            assert_eq!(k("jail_after_kill"), "no", "{out}");
+            assert_eq!(k("cgroup_after_kill"), "no", "{out}");
+            assert_eq!(k("claims_after_kill"), "", "{out}");
+        }
+        assert_eq!(k("recover_rc"), "0", "{job}: {out}");
+        assert_eq!(k("vf_drivers_after_recover"), start, "{job}: {out}");
+        assert_eq!(
+            k("overrides_after_recover").trim(),
+            "(null) (null)",
+            "{job}: {out}"
+        );
+        assert_eq!(k("claims_after_recover"), "", "{job}: {out}");
+        assert_eq!(k("jail_after_recover"), "no", "{job}: {out}");
+        assert_eq!(k("cgroup_after_recover"), "no", "{job}: {out}");
+        assert_eq!(k("pool_after_recover"), "2,2", "{job}: {out}");
+        assert_eq!(k("state_left"), "no", "{job}: {out}");
+    }
     // 4. kill -9 of hpmmap-offline in a reserve: inside a block cycle, the job marked
     // as reserving with the boot-time pages adopted
     assert!(
@@ -213,7 +271,10 @@ fn kmem_module() -> Option<PathBuf> {
 #[ignore = "about 15-25 minutes of nested lab: run by hand (host-offline/README.md)"]
 fn twenty_reserve_run_release_cycles_on_a_movable_partition_beside_hugetlb() {
     let Some(kmem) = kmem_module() else {
-        println!("SKIP: no kmem.ko of L1's kernel in the package cache");
+        lab_skip(
+            "twenty_reserve_run_release_cycles_on_a_movable_partition_beside_hugetlb",
+            "no kmem.ko of L1's kernel in the package cache",
+        );
         return;
     };
     let Some(o) = run(
