@@ -280,12 +280,12 @@ fn guest_reaches_bar_through_a_kvm_slot_and_msix_reaches_the_lapic() {
                 // The device raises vector 0: VFIO would write this eventfd.
                 let fd = mock.irq_sets().last().unwrap().3[0];
                 irr_before = Some(lapic_irr_has(&vcpu, VECTOR));
-                // SAFETY: an eventfd the device owns; 8-byte counter increment.
                 let one = 1u64;
-                assert_eq!(
-                    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) },
-                    8
-                );
+                // SAFETY: `fd` is the eventfd the device handed to VFIO's SET_IRQS (the mock
+                // records it); the device owns it and lives in `root` to the end of the test,
+                // so it is open. The buffer is `one`, a live u64, and the length its 8 bytes.
+                let written = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+                assert_eq!(written, 8);
                 // MSI irqfds inject synchronously where they can; allow the work item.
                 let t = std::time::Instant::now();
                 while !lapic_irr_has(&vcpu, VECTOR) && t.elapsed().as_secs() < 2 {

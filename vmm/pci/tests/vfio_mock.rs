@@ -377,12 +377,12 @@ fn msix_table_writes_produce_gsi_routes_and_irqfds() {
         ]
     );
     assert_eq!(r.mmio_rd(BAR3 + 0x2000, 8), Some(0));
-    // SAFETY: writing 8 bytes to an eventfd the device owns (it stays open).
     let one = 1u64;
-    assert_eq!(
-        unsafe { libc::write(fds[1], (&one as *const u64).cast(), 8) },
-        8
-    );
+    // SAFETY: `fds[1]` is the vector's eventfd, owned by the device and open until `r` is
+    // dropped at the end of the test; the buffer is `one`, a live u64, and the length is its
+    // 8 bytes, so the kernel reads only memory we own.
+    let written = unsafe { libc::write(fds[1], (&one as *const u64).cast(), 8) };
+    assert_eq!(written, 8);
     assert_eq!(r.mmio_rd(BAR3 + 0x2000, 8), Some(0b10), "vector 1 pending");
     r.kvm.clear_calls();
     r.mmio_wr(e1 + 12, 4, 0);
@@ -403,11 +403,11 @@ fn msix_table_writes_produce_gsi_routes_and_irqfds() {
     );
     // What KVM does on attach: it consumes the count (the fake does not).
     let mut cnt = 0u64;
-    // SAFETY: reading 8 bytes from the same eventfd into a u64.
-    assert_eq!(
-        unsafe { libc::read(fds[1], (&mut cnt as *mut u64).cast(), 8) },
-        8
-    );
+    // SAFETY: the same open eventfd as above; the buffer is `cnt`, a live u64 borrowed
+    // mutably for the call only, and the length is its 8 bytes, so the kernel writes only
+    // memory we own (an eventfd read is exactly 8 bytes).
+    let read = unsafe { libc::read(fds[1], (&mut cnt as *mut u64).cast(), 8) };
+    assert_eq!(read, 8);
 
     // Function mask, then MSI-X off.
     r.kvm.clear_calls();
