@@ -167,7 +167,11 @@ fn guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill() {
     let b = std::fs::read(&disk_b).unwrap();
     assert!(b[512..512 + WRITTEN.len()] == *WRITTEN.as_bytes());
     assert!(b[..512].iter().all(|&x| x == 0) && b[1024..].iter().all(|&x| x == 0));
-    assert_eq!(std::fs::read(&disk_a).unwrap(), a_bytes, "read-only disk unchanged");
+    assert_eq!(
+        std::fs::read(&disk_a).unwrap(),
+        a_bytes,
+        "read-only disk unchanged"
+    );
     let disks = j["disks"].as_array().unwrap();
     assert_eq!(disks.len(), 3, "{disks:?}");
     assert_eq!(disks[0]["serial"], SERIAL_A);
@@ -214,7 +218,12 @@ fn bad_disk_and_output_input_is_one_line_exit_2_nothing_left() {
         ),
         (vec!["--output", full.to_str().unwrap()], "not empty"),
         (
-            vec!["--output", new_out.to_str().unwrap(), "--output-size", "1000"],
+            vec![
+                "--output",
+                new_out.to_str().unwrap(),
+                "--output-size",
+                "1000",
+            ],
             "512-byte sectors",
         ),
     ];

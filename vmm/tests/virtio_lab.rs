@@ -86,17 +86,27 @@ fn linux_guest_uses_virtio_disks_by_serial_and_output_comes_back() {
     };
     let known = field("L1-KNOWN-SHA256");
     assert_eq!(known.len(), 64, "{out}");
-    assert_eq!(field("GUEST-KNOWN-SHA256"), known, "the guest read the known disk");
+    assert_eq!(
+        field("GUEST-KNOWN-SHA256"),
+        known,
+        "the guest read the known disk"
+    );
     assert_eq!(field("L1-KNOWN-AFTER"), known, "read-only disk unchanged");
     assert!(out.contains("GUEST-RO-WRITE-REFUSED"), "{out}");
     assert!(out.contains("serial=known ro=1 sectors=8192"), "{out}");
     assert!(out.contains("serial=scratch ro=0 sectors=2048"), "{out}");
-    assert!(out.contains("serial=hpmmap-out ro=0 sectors=32768"), "{out}");
+    assert!(
+        out.contains("serial=hpmmap-out ro=0 sectors=32768"),
+        "{out}"
+    );
     assert!(out.contains("GUEST-SCRATCH-WRITTEN"), "{out}");
     assert_eq!(field("L1-SCRATCH"), "written by the L2 guest");
     assert_eq!(field("L1-OUT-A"), "hello");
     assert_eq!(field("L1-OUT-B"), "nested");
-    assert!(!out.contains("L1-OUT-LINK-PRESENT"), "a link came back:\n{out}");
+    assert!(
+        !out.contains("L1-OUT-LINK-PRESENT"),
+        "a link came back:\n{out}"
+    );
     assert_eq!(field("L1-LEFT"), "0", "the backing file is gone");
     let j = json_between(&out, "REPORT-BEGIN", "REPORT-END");
     assert_eq!(j["exit_reason"], "job-exit");
@@ -104,7 +114,10 @@ fn linux_guest_uses_virtio_disks_by_serial_and_output_comes_back() {
     assert_eq!(j["output"]["bytes"], 13);
     assert_eq!(j["output"]["skipped"], 1, "the symlink");
     let disks = j["disks"].as_array().unwrap();
-    let serials: Vec<_> = disks.iter().map(|d| d["serial"].as_str().unwrap()).collect();
+    let serials: Vec<_> = disks
+        .iter()
+        .map(|d| d["serial"].as_str().unwrap())
+        .collect();
     assert_eq!(serials, ["known", "scratch", "hpmmap-out"]);
     assert_eq!(disks[0]["ro"], true);
     assert!(j["image"]["initramfs_bytes"].as_u64().unwrap() > 0);
