@@ -842,12 +842,12 @@ pub fn run(cfg: &VmConfig, started: Instant) -> Result<Outcome, VmmError> {
             .unwrap_or_default(),
         disks: disks_report,
         output,
-        image: cfg
-            .image_bytes
-            .map(|(initramfs_bytes, rootfs_bytes)| crate::report::ImageReport {
+        image: cfg.image_bytes.map(
+            |(initramfs_bytes, rootfs_bytes)| crate::report::ImageReport {
                 initramfs_bytes,
                 rootfs_bytes,
-            }),
+            },
+        ),
     };
     drop(shared);
     drop(bus);
