@@ -25,6 +25,9 @@ pub struct Manifest {
     /// attaches it as a virtio-blk disk with serial `hpmmap-root`, so it costs no guest RAM.
     #[serde(default)]
     pub rootfs: Option<RootfsManifest>,
+    /// What the initramfs occupies in guest RAM once unpacked, as the builder measured it.
+    #[serde(default)]
+    pub initramfs_bytes: Option<u64>,
 }
 
 /// `"rootfs": {"file": NAME, "format": "squashfs"|"erofs", "sha256": HEX, "bytes": N}`.
@@ -129,10 +132,13 @@ pub fn read(dir: &Path) -> Result<ImageBoot, ImageError> {
         .transpose()?;
     Ok(ImageBoot {
         kernel: member(dir, "kernel", &m.kernel)?,
-        initramfs_bytes: initrd
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len()),
+        // The builder's unpacked size when it recorded one, else the file's.
+        initramfs_bytes: m.initramfs_bytes.filter(|&b| b > 0).or_else(|| {
+            initrd
+                .as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+        }),
         initrd,
         cmdline: m.cmdline,
         job: m.job,
@@ -165,6 +171,17 @@ mod tests {
         assert_eq!(b.initrd, Some(d.join("initramfs.cpio.gz")));
         assert_eq!(b.cmdline, "console=ttyS0 quiet");
         assert_eq!(b.job.as_deref(), Some("cg"));
+        assert_eq!(
+            b.initramfs_bytes, None,
+            "no initramfs file, no recorded size"
+        );
+        std::fs::write(d.join("initramfs.cpio.gz"), [0u8; 100]).unwrap();
+        assert_eq!(read(&d).unwrap().initramfs_bytes, Some(100));
+        let with_size = std::fs::read_to_string(d.join(MANIFEST))
+            .unwrap()
+            .replace(r#""job": "cg""#, r#""job": "cg", "initramfs_bytes": 5000"#);
+        std::fs::write(d.join(MANIFEST), with_size).unwrap();
+        assert_eq!(read(&d).unwrap().initramfs_bytes, Some(5000));
         std::fs::remove_dir_all(d).unwrap();
     }
 
