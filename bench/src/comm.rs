@@ -75,6 +75,8 @@ impl Comm {
     pub fn new(ranks: usize, halo_len: usize, iters: usize) -> std::io::Result<Comm> {
         assert!(ranks >= 1);
         let layout = Layout::new(ranks, halo_len, iters);
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses (null hint, no
+        // MAP_FIXED), so no existing memory is touched; the result is checked below.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -97,6 +99,9 @@ impl Comm {
             halo_len,
             iters,
         };
+        // SAFETY: the barrier word is at offset 0 of the mapping just made, which is page
+        // aligned, writable and at least 64 bytes long (`Layout`); no rank exists yet, so
+        // nothing else accesses it.
         unsafe { (*comm.barrier_word()).parties = ranks as u32 };
         Ok(comm)
     }
@@ -107,6 +112,8 @@ impl Comm {
     /// `MADV_POPULATE_WRITE` (Linux >= 5.14) maps without changing the contents; where it
     /// is missing, each page is written with its own value through a volatile access.
     pub fn prefault(&self) {
+        // SAFETY: `base`/`total` is exactly the mapping this `Comm` owns (alive while
+        // `self` is); MADV_POPULATE_WRITE only maps its pages and never changes contents.
         let rc = unsafe {
             libc::madvise(
                 self.base.cast(),
@@ -116,6 +123,9 @@ impl Comm {
         };
         if rc != 0 {
             for off in (0..self.layout.total).step_by(4096) {
+                // SAFETY: `off` < `total` and page aligned, so the 8 bytes at `base + off`
+                // are inside the mapping and 8-byte aligned; every access to the region
+                // is atomic or volatile, so an AtomicU64 view of them is valid.
                 let w = unsafe { &*self.base.add(off).cast::<std::sync::atomic::AtomicU64>() };
                 // A CAS that stores the value it found: a real write, no change.
                 let v = w.load(Ordering::Relaxed);
@@ -147,6 +157,9 @@ impl Comm {
             else {
                 continue;
             };
+            // SAFETY: the range is one of this process's own executable mappings as
+            // /proc/self/maps lists it; MADV_POPULATE_READ only faults its pages in
+            // (read-only, contents unchanged) and fails harmlessly if it went away.
             unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_POPULATE_READ) };
         }
     }
@@ -158,6 +171,8 @@ impl Comm {
     /// Waits until all ranks arrived. Spins briefly (ranks usually arrive together), then
     /// sleeps on a process-shared futex so a waiting rank gives its core to the others.
     pub fn barrier(&self) {
+        // SAFETY: the barrier word is at offset 0 of the live mapping (aligned, in bounds);
+        // all ranks access it only through its atomics, so a shared reference is valid.
         let w = unsafe { &*self.barrier_word() };
         let gen = w.generation.load(Ordering::Acquire);
         if w.count.fetch_add(1, Ordering::AcqRel) + 1 == w.parties {
@@ -178,6 +193,8 @@ impl Comm {
     }
 
     fn reduce_slots(&self) -> *mut f64 {
+        // SAFETY: `Layout::new` puts the reduction slots inside the mapping (`reduce` <
+        // `total`), so the offset pointer stays within the same allocation.
         unsafe { self.base.add(self.layout.reduce).cast() }
     }
 
@@ -188,10 +205,16 @@ impl Comm {
         let set = (*phase % 2) * self.ranks;
         *phase += 1;
         let slots = self.reduce_slots();
+        assert!(rank < self.ranks);
+        // SAFETY: `set + rank` < 2 * ranks, the slot count `Layout` reserved (8-byte
+        // aligned); each rank writes only its own slot of the current set.
         unsafe { slots.add(set + rank).write_volatile(v) };
         self.barrier();
+        // SAFETY: slot `set` is in bounds as above; after the barrier no rank writes this
+        // set until the next-but-one reduction, so the read sees the finished value.
         let mut acc = unsafe { slots.add(set).read_volatile() };
         for r in 1..self.ranks {
+            // SAFETY: `set + r` < 2 * ranks, in bounds; written before the barrier above.
             let x = unsafe { slots.add(set + r).read_volatile() };
             acc = match op {
                 Reduce::Sum => acc + x,
@@ -207,18 +230,26 @@ impl Comm {
     pub fn halo(&self, rank: usize, which: usize) -> &mut [f64] {
         assert!(rank < self.ranks && which < 2);
         let off = self.layout.halo + ((rank * 2 + which) * self.halo_len) * 8;
+        // SAFETY: with rank < ranks and which < 2 (asserted), the `halo_len` f64s at `off`
+        // lie inside the halo area `Layout` reserved, 8-byte aligned. No two live slices
+        // alias: each call site copies in or out of one plane and drops the slice, a rank
+        // writes only its own planes, and it reads a neighbour's only between barriers.
         unsafe { std::slice::from_raw_parts_mut(self.base.add(off).cast(), self.halo_len) }
     }
 
     pub fn set_time(&self, rank: usize, iter: usize, secs: f64) {
         assert!(rank < self.ranks && iter < self.iters);
         let off = self.layout.times + (rank * self.iters + iter) * 8;
+        // SAFETY: rank < ranks and iter < iters (asserted), so the slot is inside the times
+        // area of the live mapping, 8-byte aligned; only this rank writes it.
         unsafe { self.base.add(off).cast::<f64>().write_volatile(secs) };
     }
 
     pub fn time(&self, rank: usize, iter: usize) -> f64 {
         assert!(rank < self.ranks && iter < self.iters);
         let off = self.layout.times + (rank * self.iters + iter) * 8;
+        // SAFETY: in bounds and aligned as in `set_time`; the parent reads after the ranks
+        // exited, so the slot is no longer written.
         unsafe { self.base.add(off).cast::<f64>().read_volatile() }
     }
 
@@ -227,6 +258,10 @@ impl Comm {
     pub fn out(&self, rank: usize) -> &mut RankOut {
         assert!(rank < self.ranks);
         let off = self.layout.outs + rank * std::mem::size_of::<RankOut>();
+        // SAFETY: rank < ranks (asserted), so the slot is inside the outs area `Layout`
+        // reserved, 64-byte aligned (more than RankOut needs); the mapping starts zeroed and
+        // all-zero is a valid RankOut. Only rank `rank` writes it, and the parent reads it
+        // only after that rank exited, so the reference is never aliased by a writer.
         unsafe { &mut *self.base.add(off).cast::<RankOut>() }
     }
 }
@@ -247,6 +282,8 @@ impl RankOut {
 
 impl Drop for Comm {
     fn drop(&mut self) {
+        // SAFETY: exactly the mapping `new` made; references handed out by `halo` / `out`
+        // borrow `self`, so none outlives this.
         unsafe { libc::munmap(self.base.cast(), self.layout.total) };
     }
 }
@@ -259,6 +296,8 @@ pub enum Reduce {
 
 fn futex_wait(word: &AtomicU32, expected: u32) {
     // Not FUTEX_PRIVATE: the word is shared between processes.
+    // SAFETY: `word` is a live, aligned u32 (borrowed for the call); FUTEX_WAIT only reads
+    // it, and a null timeout is allowed (wait without limit).
     unsafe {
         libc::syscall(
             libc::SYS_futex,
@@ -271,6 +310,7 @@ fn futex_wait(word: &AtomicU32, expected: u32) {
 }
 
 fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32; FUTEX_WAKE does not access memory through it.
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
 }
 

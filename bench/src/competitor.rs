@@ -33,6 +33,7 @@ pub struct Competitor {
 
 /// Re-parents orphaned descendants to this process so it can reap them.
 pub fn become_subreaper() {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
 }
 
@@ -61,16 +62,30 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
     pids
 }
 
-/// Pins the process to `cpus` (no-op for an empty list).
-fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
+/// The CPU set of `cpus` (None for an empty list: no pinning). Built before fork, so
+/// that the child only makes the system call.
+fn cpu_set(cpus: &[usize]) -> Option<libc::cpu_set_t> {
     if cpus.is_empty() {
-        return Ok(());
+        return None;
     }
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in cpus {
+        // SAFETY: CPU_SET only indexes the bit array of the live local `set`
+        // (bounds-checked: a CPU past CPU_SETSIZE panics here, in the parent).
         unsafe { libc::CPU_SET(c, &mut set) };
     }
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+    Some(set)
+}
+
+/// Pins the calling process to `set` (no-op for None). Async-signal-safe: one system call,
+/// no allocation (`last_os_error` holds only the errno).
+fn set_affinity(set: Option<&libc::cpu_set_t>) -> std::io::Result<()> {
+    let Some(set) = set else {
+        return Ok(());
+    };
+    // SAFETY: `set` is a live cpu_set_t and the size passed is its size.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -95,16 +110,20 @@ impl Competitor {
             .open(log)
             .map_err(spawn_err)?;
         let err = out.try_clone().map_err(spawn_err)?;
-        let cpus = cpus.to_vec();
+        let set = cpu_set(cpus);
         cmd.stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec, where the harness may
+        // have other threads: it only makes two async-signal-safe system calls (prctl,
+        // sched_setaffinity) on `set`, built and moved in before the fork; it allocates
+        // nothing and takes no lock.
         unsafe {
             cmd.pre_exec(move || {
                 // The leader dies with the harness even if the harness is SIGKILLed.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                set_affinity(&cpus)
+                set_affinity(set.as_ref())
             });
         }
         let child = cmd.spawn().map_err(spawn_err)?;
@@ -139,6 +158,9 @@ impl Competitor {
         }
         self.stopped = true;
         let pgid = self.pgid;
+        // SAFETY: kill touches no memory. The group is ours: its leader was our child and
+        // is reaped only through this group, and while any member lives the pgid cannot be
+        // reused.
         unsafe {
             libc::kill(-pgid, libc::SIGTERM);
             libc::kill(-pgid, libc::SIGCONT);
@@ -159,6 +181,7 @@ impl Competitor {
                         pgid,
                     });
                 }
+                // SAFETY: as above: no memory touched, the group still has members.
                 unsafe { libc::kill(-pgid, libc::SIGKILL) };
                 killed = true;
                 deadline = Instant::now() + Duration::from_secs(5);
@@ -180,6 +203,7 @@ impl Drop for Competitor {
 fn reap_group(pgid: i32) {
     loop {
         let mut status = 0;
+        // SAFETY: `status` is a live c_int for the kernel to write.
         let r = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
         if r <= 0 {
             break;

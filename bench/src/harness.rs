@@ -222,6 +222,10 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 fn install_signal_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: an all-zero sigaction is valid (no flags, empty mask, SIG_DFL) before the
+        // handler is set; without SA_SIGINFO the kernel calls it as `fn(c_int)`, which
+        // `on_signal` is, and it only stores to an atomic (async-signal-safe). `sa` lives
+        // across the call and the old action is not asked for (null).
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
@@ -426,6 +430,8 @@ pub(crate) fn run_child(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // SAFETY: the closure runs in the child between fork and exec while the harness may
+    // have other threads: it makes one async-signal-safe system call, allocating nothing.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -448,6 +454,8 @@ pub(crate) fn run_child(
         s
     });
     let start = Instant::now();
+    // SAFETY: kill touches none of our memory; the target is the group `cmd` was made the
+    // leader of above.
     let kill_group = || unsafe {
         libc::kill(-pgid, libc::SIGKILL);
     };

@@ -74,6 +74,8 @@ pub enum MemError {
     },
     #[error("madvise(MADV_HUGEPAGE) failed: {0} (is THP compiled in?)")]
     Advise(std::io::Error),
+    #[error("an array of {len} elements of {size} bytes is larger than the address space")]
+    TooLarge { len: usize, size: usize },
 }
 
 /// One anonymous mapping, unmapped on drop.
@@ -82,7 +84,8 @@ pub struct Region {
     len: usize,
 }
 
-// The mapping is owned exclusively by this value.
+// SAFETY: the mapping is owned exclusively by this value (nothing else holds its address)
+// and unmapped only by its drop, so moving it to another thread moves sole ownership.
 unsafe impl Send for Region {}
 
 impl Region {
@@ -100,6 +103,8 @@ impl Region {
             AllocMode::Hugetlb => {
                 let len = mode.footprint(bytes);
                 let flags = base | libc::MAP_HUGETLB | libc::MAP_HUGE_2MB;
+                // SAFETY: a fresh anonymous mapping at a kernel-chosen address (no
+                // MAP_FIXED): it cannot overlap memory in use; checked below.
                 let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
                 if p == libc::MAP_FAILED {
                     return Err(map_err(
@@ -114,6 +119,7 @@ impl Region {
                 // aligned 2 MiB extents can be backed by a huge page.
                 let len = bytes.div_ceil(HUGE_2M) * HUGE_2M;
                 let raw_len = len + HUGE_2M;
+                // SAFETY: as above, a fresh anonymous mapping that overlaps nothing.
                 let p = unsafe { libc::mmap(std::ptr::null_mut(), raw_len, prot, base, -1, 0) };
                 if p == libc::MAP_FAILED {
                     return Err(map_err(raw_len, ""));
@@ -122,6 +128,9 @@ impl Region {
                 let aligned = start.next_multiple_of(HUGE_2M);
                 let head = aligned - start;
                 let tail = raw_len - head - len;
+                // SAFETY: [p, aligned) and [aligned + len, p + raw_len) are the parts of the
+                // mapping just made that lie outside the aligned array; nothing refers to
+                // them, and `head` and `aligned + len` are page multiples (p and len are).
                 unsafe {
                     if head > 0 {
                         libc::munmap(p, head);
@@ -134,6 +143,8 @@ impl Region {
                     ptr: aligned as *mut u8,
                     len,
                 };
+                // SAFETY: exactly the range `region` owns; MADV_HUGEPAGE changes only how
+                // it is backed, not its contents.
                 let rc = unsafe { libc::madvise(region.ptr.cast(), len, libc::MADV_HUGEPAGE) };
                 if rc != 0 {
                     return Err(MemError::Advise(std::io::Error::last_os_error()));
@@ -147,6 +158,7 @@ impl Region {
                 } else {
                     base
                 };
+                // SAFETY: a fresh anonymous mapping that overlaps nothing (no MAP_FIXED).
                 let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
                 if p == libc::MAP_FAILED {
                     return Err(map_err(len, ""));
@@ -171,6 +183,8 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        // SAFETY: exactly the mapping this value owns; borrows of it (`Buf`'s slices) end
+        // before the drop.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
@@ -190,7 +204,11 @@ pub struct Buf<T: Zeroable> {
 
 impl<T: Zeroable> Buf<T> {
     pub fn new(len: usize, mode: AllocMode) -> Result<Self, MemError> {
-        let region = Region::new(len * std::mem::size_of::<T>(), mode)?;
+        let size = std::mem::size_of::<T>();
+        let bytes = len
+            .checked_mul(size)
+            .ok_or(MemError::TooLarge { len, size })?;
+        let region = Region::new(bytes, mode)?;
         Ok(Buf {
             region,
             len,
@@ -202,19 +220,25 @@ impl<T: Zeroable> Buf<T> {
 impl<T: Zeroable> Deref for Buf<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
+        // SAFETY: the region holds `len * size_of::<T>()` bytes, page aligned (enough for
+        // any Zeroable T), readable and initialised (anonymous memory starts zeroed and
+        // all-zero is a valid T); the slice borrows `self`, which owns the region.
         unsafe { std::slice::from_raw_parts(self.region.as_ptr().cast(), self.len) }
     }
 }
 
 impl<T: Zeroable> DerefMut for Buf<T> {
     fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only borrow of the region.
         unsafe { std::slice::from_raw_parts_mut(self.region.as_ptr().cast(), self.len) }
     }
 }
 
 /// Page faults this process has taken so far: (minor, major).
 pub fn faults_now() -> (u64, u64) {
+    // SAFETY: rusage is plain integers and timevals, for which all-zero is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable rusage for the kernel to fill.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     (ru.ru_minflt as u64, ru.ru_majflt as u64)
 }
@@ -238,9 +262,11 @@ mod tests {
         let pages = 512;
         let mut plain = Region::new(pages * PAGE_4K, AllocMode::Plain).unwrap();
         // Keep THP out of this count even where the host runs THP=always.
+        // SAFETY: exactly the range `plain` owns; the advice changes only its backing.
         unsafe { libc::madvise(plain.as_ptr().cast(), plain.len(), libc::MADV_NOHUGEPAGE) };
         let before = faults_now().0;
         for i in 0..pages {
+            // SAFETY: i * 4096 < pages * 4096 = the region's length: in bounds, writable.
             unsafe { plain.as_ptr().add(i * PAGE_4K).write_volatile(1) };
         }
         let plain_faults = faults_now().0 - before;
@@ -253,12 +279,22 @@ mod tests {
         let pop = Region::new(pages * PAGE_4K, AllocMode::Populate).unwrap();
         let before = faults_now().0;
         for i in 0..pages {
+            // SAFETY: in bounds and writable as above (`pop` has the same length).
             unsafe { pop.as_ptr().add(i * PAGE_4K).write_volatile(1) };
         }
         let pop_faults = faults_now().0 - before;
         assert!(
             pop_faults < 16,
             "{pop_faults} faults touching prefaulted memory"
+        );
+    }
+
+    #[test]
+    fn an_array_larger_than_the_address_space_is_an_error_not_a_short_mapping() {
+        let err = Buf::<u64>::new(usize::MAX / 4, AllocMode::Plain).err();
+        assert!(
+            matches!(err, Some(MemError::TooLarge { size: 8, .. })),
+            "{err:?}"
         );
     }
 

@@ -344,6 +344,8 @@ fn sigterm_mid_run_stops_everything_and_writes_no_results() {
         marked_processes(&mark).len() > 4,
         "competitors never started"
     );
+    // SAFETY: kill touches none of our memory; `child` is not reaped yet (wait is below),
+    // so its pid still names the harness we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));

@@ -24,6 +24,8 @@ pub fn rank_main(ctx: &RankCtx) -> Result<()> {
         let base = region.as_ptr();
         for i in 0..pages {
             let t0 = Instant::now();
+            // SAFETY: i * PAGE < pages * PAGE <= bytes <= region.len(): in bounds of the
+            // writable mapping `region` owns, which lives until the drop below.
             unsafe { base.add(i * PAGE).write_volatile(1) };
             let ns = t0.elapsed().as_nanos() as u64;
             hist[hist_bucket(ns)] += 1;
