@@ -47,6 +47,7 @@
 #include <linux/rculist.h>
 #include <linux/sort.h>
 #include <linux/capability.h>
+#include <linux/sched/coredump.h>
 #include "hpmmap.h"
 
 #define REGION_SIZE (1ul << 40)
@@ -145,6 +146,11 @@ static struct hpm_ctx *ctx_alloc(struct mm_struct *mm)
 	xa_init(&ctx->blocks);
 	ctx->page_shift = 30;
 	ctx->node = NUMA_NO_NODE;
+	/* Core dumps: hpmmap VMAs are DAX shared file mappings to fs/coredump.c, left out
+	 * by the default filter; they stand for private anonymous memory, so they follow
+	 * that bit (coredump_filter bit 10 governs them afterwards). */
+	if (test_bit(MMF_DUMP_ANON_PRIVATE, &mm->flags))
+		set_bit(MMF_DUMP_DAX_SHARED, &mm->flags);
 	return ctx;
 }
 
@@ -886,7 +892,9 @@ static void hpm_data_open(struct vm_area_struct *vma)
 		}
 		u += HPM_UNIT;
 	}
-	obj_copy(ctx, o1, parent, o1, o2 - o1);
+	/* MADV_WIPEONFORK: the child's blocks stay as allocated, zero */
+	if (!(vma->vm_flags & VM_WIPEONFORK))
+		obj_copy(ctx, o1, parent, o1, o2 - o1);
 	mutex_unlock(&ctx->obj_lock);
 	mutex_unlock(&parent->obj_lock);
 	atomic64_inc(failed ? &hpm_st.fork_failures : &hpm_st.fork_copies);
@@ -1231,7 +1239,10 @@ static int find_free_off(struct hpm_ctx *ctx, u64 lo, u64 hi, u64 need, u64 alig
 				continue;
 			a = vma_off(vma, vma->vm_start);
 			e = a + (vma->vm_end - vma->vm_start);
-			if (e > lo && a < hi && (err = ivl_push(&iv, &n, &cap, a, e)))
+			if (e <= lo || a >= hi)
+				continue;
+			err = ivl_push(&iv, &n, &cap, a, e);
+			if (err)
 				break;
 		}
 	}
@@ -1600,6 +1611,109 @@ long hpm_mprotect_walk(struct hpm_ctx *ctx, unsigned long start, unsigned long e
 	return ret;
 }
 
+typedef int (*split_vma_fn)(struct mm_struct *mm, struct vm_area_struct *vma,
+			    unsigned long addr, int new_below);
+
+/*
+ * VMA-flag advice that Linux refuses on hpmmap's shared file VMAs but gives private
+ * anonymous memory: WIPEONFORK/KEEPONFORK (EINVAL on any file VMA) and DODUMP (EINVAL
+ * because of VM_DONTEXPAND). Done as madvise_update_vma() does it, the VMA split at the
+ * range's ends (split_vma, not exported: found through kallsyms), without re-merging.
+ * [start, end) lies in one data VMA (segment_at); op_lock keeps it there.
+ */
+/* A 1 GiB leaf must not straddle a split (6.1 splits only PMDs there, as
+ * hpm_data_mprotect() knows): clear the one around addr; it is mapped again after. */
+static void zap_gig_around(struct vm_area_struct *vma, unsigned long addr)
+{
+	unsigned long g = round_down(addr, HPM_GIG);
+	pud_t *pud;
+
+	if (IS_ALIGNED(addr, HPM_GIG) || g < vma->vm_start || g + HPM_GIG > vma->vm_end)
+		return;
+	pud = pud_get(vma->vm_mm, g, false);
+	if (pud && (pud_devmap(*pud) || pud_trans_huge(*pud)))
+		zap_page_range(vma, g, HPM_GIG);
+}
+
+static long data_vma_flags(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
+			   unsigned long set, unsigned long clear)
+{
+	static split_vma_fn split;
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	unsigned long ext_s = hpm_huge_extent(start), ext_e = hpm_huge_extent(end);
+	bool cut_s = false, cut_e = false;
+	long ret = 0;
+
+	if (!split)
+		split = (split_vma_fn)hpm_lookup_name("split_vma");
+	if (!split)
+		return -ENOSYS;
+	if (mmap_write_lock_killable(mm))
+		return -EINTR;
+	vma = find_vma(mm, start);
+	if (!vma || vma->vm_start > start || vma->vm_end < end || !is_data(ctx, vma)) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	if (((vma->vm_flags | set) & ~clear) == vma->vm_flags)
+		goto out;
+	if (vma->vm_start < start) {
+		zap_gig_around(vma, start);
+		cut_s = true;
+		ret = split(mm, vma, start, 1); /* vma keeps the upper part */
+		if (ret)
+			goto out;
+	}
+	if (vma->vm_end > end) {
+		zap_gig_around(vma, end);
+		cut_e = true;
+		ret = split(mm, vma, end, 0); /* vma keeps the lower part */
+		if (ret)
+			goto out;
+	}
+	vma->vm_flags = (vma->vm_flags | set) & ~clear;
+out:
+	mmap_write_unlock(mm);
+	/* A split clears the huge entry around its address on both sides: map it again. */
+	if (cut_s && ext_s && !IS_ALIGNED(start, ext_s))
+		hpm_repopulate_exact(ctx, round_down(start, ext_s), round_up(start, ext_s));
+	if (cut_e && ext_e && !IS_ALIGNED(end, ext_e))
+		hpm_repopulate_exact(ctx, round_down(end, ext_e), round_up(end, ext_e));
+	return ret;
+}
+
+/*
+ * MADV_SOFT_OFFLINE / MADV_HWPOISON go to madvise_inject_error() in Linux, page by page
+ * with get_user_pages_fast() before any VMA walk: a page that is not mapped answers
+ * EFAULT (not ENOMEM), stopping there. Soft offline of hpmmap memory keeps the data in
+ * place (Linux migrates it to another page: the program sees the same bytes, 0).
+ */
+static long soft_offline(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
+			 long (*orig)(unsigned long, unsigned long, int))
+{
+	unsigned long at, next;
+	long ret = 0;
+
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	mutex_lock(&ctx->op_lock);
+	for (at = start; at < end && !ret; at = next) {
+		switch (segment_at(ctx, at, end, &next)) {
+		case SEG_HOLE:
+			ret = -EFAULT;
+			break;
+		case SEG_DATA:
+			break;
+		case SEG_LINUX:
+			ret = orig(at, next - at, MADV_SOFT_OFFLINE);
+			break;
+		}
+	}
+	mutex_unlock(&ctx->op_lock);
+	return ret;
+}
+
 /*
  * madvise over a range that may mix hpmmap memory, Linux memory and holes (issue 12.6):
  * each stretch in address order, as Linux's madvise_walk_vmas() does: hpmmap memory
@@ -1609,15 +1723,16 @@ long hpm_mprotect_walk(struct hpm_ctx *ctx, unsigned long start, unsigned long e
  * corrupt), a hole (placeholders included) makes the call return ENOMEM after the rest
  * is done, and the first other error stops the walk. Advice that only sets VMA flags or
  * populates goes to Linux stretch by stretch, holes left out; unknown advice to Linux
- * whole. Not emulated: MADV_WIPEONFORK/KEEPONFORK (EINVAL on hpmmap memory, Linux 0),
- * MADV_HWPOISON.
+ * whole. WIPEONFORK, KEEPONFORK and DODUMP set hpmmap's own VMA flags (data_vma_flags);
+ * COLLAPSE has nothing to collapse (already 2 MiB / 1 GiB pages): 0. Not emulated:
+ * MADV_HWPOISON (Linux's memory_failure() answers EBUSY for these device pages).
  */
 long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		    int advice, long (*orig)(unsigned long, unsigned long, int))
 {
 	unsigned long end, at, next;
 	long ret = 0, hole = 0;
-	bool zero = false, linux_too = false;
+	bool zero = false, linux_too = false, offline = false;
 
 	switch (advice) {
 	case MADV_NORMAL:
@@ -1630,8 +1745,6 @@ long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 	case MADV_HUGEPAGE:
 	case MADV_NOHUGEPAGE:
 	case MADV_DONTDUMP:
-	case MADV_WIPEONFORK:
-	case MADV_KEEPONFORK:
 	case MADV_POPULATE_READ:
 	case MADV_POPULATE_WRITE:
 		/* VMA flags and population: Linux's own code on our VMAs too, but never on
@@ -1643,8 +1756,7 @@ long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		zero = true; /* private anonymous memory reads zero afterwards */
 		break;
 	case MADV_SOFT_OFFLINE:
-		if (!capable(CAP_SYS_ADMIN))
-			return -EPERM;
+		offline = true;
 		break;
 	case MADV_FREE:
 	case MADV_COLD:
@@ -1652,6 +1764,9 @@ long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 	case MADV_WILLNEED:
 	case MADV_REMOVE:
 	case MADV_DODUMP:
+	case MADV_WIPEONFORK:
+	case MADV_KEEPONFORK:
+	case MADV_COLLAPSE:
 		break;
 	default:
 		return orig(start, len, advice);
@@ -1663,6 +1778,8 @@ long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		return -EINVAL;
 	if (end == start)
 		return 0;
+	if (offline) /* Linux's order: alignment, then capability, then pages to len */
+		return soft_offline(ctx, start, start + len, orig);
 	mutex_lock(&ctx->op_lock);
 	for (at = start; at < end && !ret; at = next) {
 		switch (segment_at(ctx, at, end, &next)) {
@@ -1674,6 +1791,12 @@ long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 				ret = orig(at, next - at, advice);
 			else if (advice == MADV_REMOVE)
 				ret = -EINVAL; /* needs a shared mapping */
+			else if (advice == MADV_WIPEONFORK)
+				ret = data_vma_flags(ctx, at, next, VM_WIPEONFORK, 0);
+			else if (advice == MADV_KEEPONFORK)
+				ret = data_vma_flags(ctx, at, next, 0, VM_WIPEONFORK);
+			else if (advice == MADV_DODUMP)
+				ret = data_vma_flags(ctx, at, next, 0, VM_DONTDUMP);
 			else if (zero)
 				zero_va(ctx, at, next, true);
 			break;

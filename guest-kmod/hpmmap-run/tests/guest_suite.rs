@@ -37,6 +37,7 @@ const SUITE_CASES: &[&str] = &[
     "offsets-recycled",
     "interfaces",
     "madvise-munmap-mprotect-like-linux",
+    "coredump-like-linux",
     "unmap-pieces-cost",
     "fail-inject",
     "syscall-fuzz",
