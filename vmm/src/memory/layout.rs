@@ -1,4 +1,20 @@
-//! The guest-physical memory layout (docs/architecture.md, Interface 1).
+//! The guest-physical memory layout (docs/architecture.md, Interface 1), the one place the
+//! whole map is written down and checked:
+//!
+//! | range | what | defined in |
+//! |---|---|---|
+//! | 0x500 .. 0x2_1000 | GDT, IDT, PVH start info, zero page, boot page tables, command line | `arch::x86_64::layout` |
+//! | 0xA_0000 .. 0xF_0000 | ACPI tables | here |
+//! | 0xF_0000 .. 1 MiB | MP table (BIOS area) | here, `arch::x86_64::layout` |
+//! | 1 MiB .. 3 GiB | low RAM | here |
+//! | 3 GiB .. 0xE000_0000 | 32-bit PCI BARs | `hpmmap_pci::layout::MMIO32` |
+//! | 0xE000_0000 + 1 MiB | PCI ECAM, bus 0 | `hpmmap_pci::layout` |
+//! | 0xFEB0_0000 + 4 KiB | the PV device page | here |
+//! | 0xFEC0_0000, 0xFEE0_0000 | IOAPIC, LAPIC | `arch::x86_64::layout` |
+//! | 4 GiB .. | high RAM, then 64-bit PCI BARs | here, `hpmmap_pci::layout::MMIO64_SIZE` |
+//!
+//! The constants live next to the code that needs them (the PCI crate cannot depend on the
+//! VMM); the compile-time checks at the end of this file hold them to this table.
 //!
 //! Guest RAM is one host mapping. Host offset `o` backs GPA `o` below 3 GiB and GPA `o + 1 GiB`
 //! above, so the 32-bit MMIO hole [3 GiB, 4 GiB) costs no RAM and every 1 GiB-aligned GiB of
@@ -26,6 +42,24 @@ pub const ACPI_END: u64 = BIOS_START;
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// The PV device can describe at most this many pool ranges.
 pub const MAX_POOL_RANGES: usize = 64;
+
+// The map above, checked where it is built: nothing in the hole overlaps, everything the
+// guest reaches by MMIO is inside the hole, and the boot structures stay below the ACPI area.
+mod checks {
+    use super::*;
+    use crate::arch::x86_64::layout as arch;
+    use hpmmap_pci::layout as pci;
+
+    const _: () = assert!(pci::MMIO32.start >= LOW_RAM_END);
+    const _: () = assert!(pci::MMIO32.end <= pci::ECAM_BASE);
+    const _: () = assert!(pci::ECAM_BASE + pci::ECAM_SIZE <= PV_MMIO_BASE);
+    const _: () = assert!(PV_MMIO_BASE + PV_MMIO_SIZE <= arch::IOAPIC_ADDR as u64);
+    const _: () = assert!((arch::IOAPIC_ADDR as u64) < arch::LAPIC_ADDR as u64);
+    const _: () = assert!((arch::LAPIC_ADDR as u64) + 0x1000 <= HIGH_RAM_START);
+    const _: () = assert!(arch::CMDLINE_ADDR + arch::CMDLINE_MAX as u64 <= ACPI_START);
+    const _: () = assert!(arch::MPTABLE_ADDR == BIOS_START);
+    const _: () = assert!(ACPI_END <= HIGH_MEMORY_START);
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct GpaRange {
