@@ -14,6 +14,9 @@ const T: Duration = Duration::from_secs(120);
 /// 32 KiB BARs from the start of the 32-bit window.
 const BAR_A: u64 = 0xC000_0000;
 const BAR_B: u64 = 0xC000_8000;
+const BAR_C: u64 = 0xC001_0000;
+/// Where the payload's second segment (a ustar stream for the output disk) lies.
+const TAR_AT: u64 = 0x50_0000;
 const OUT: u64 = 0x30_0000;
 const HDRS: u64 = 0x41_0000;
 const STATUS: u64 = 0x41_0100;
@@ -89,22 +92,46 @@ fn request(
     a.mov(word_ptr(rdi), 0u32)
 }
 
-#[test]
-fn guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill() {
-    if !kvm_or_skip("guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill") {
-        panic!("needs /dev/kvm");
-    }
-    let dir = TempDir::new("virtio-host");
+/// The output disk's tar stream as a guest's init would write it.
+fn output_stream() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, ty: tar::EntryType, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(path).unwrap();
+        h.set_entry_type(ty);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    };
+    add("./", tar::EntryType::Directory, b"");
+    add("./result.txt", tar::EntryType::Regular, b"from the guest\n");
+    add("./d/", tar::EntryType::Directory, b"");
+    add("./d/x", tar::EntryType::Regular, b"x");
+    b.into_inner().unwrap()
+}
+
+/// Both runs: plain, and jailed (root only) as uid 65534 with the disks opened before the
+/// jail and the output unpacked through DIR's descriptor.
+fn guest_drives_three_disks(jail: bool) {
+    let dir = TempDir::new(if jail {
+        "virtio-host-jail"
+    } else {
+        "virtio-host"
+    });
+    let stream = output_stream();
     let mut a_bytes = b"disk:".to_vec();
     a_bytes.resize(8 * 512, b'.');
     let disk_a = dir.write("a.img", &a_bytes);
     let disk_b = dir.write("b.img", &vec![0u8; 8 * 512]);
-    let (ra, rb) = (0x40_0000u64, 0x40_8000u64);
+    let (ra, rb, rc) = (0x40_0000u64, 0x40_8000u64, 0x44_0000u64);
     let code = asm64(|a| {
-        conf1_enable(a, 1)?;
-        conf1_enable(a, 2)?;
+        for slot in 1..=3 {
+            conf1_enable(a, slot)?;
+        }
         init(a, BAR_A, ra)?;
         init(a, BAR_B, rb)?;
+        init(a, BAR_C, rc)?;
         store_text(a, WBUF, &format!("{WRITTEN:.<512}"))?;
         // A: read sector 0 to OUT; GET_ID over OUT+5; a write, refused (read-only).
         request(a, BAR_A, ra, 0, 0, 0, Some((OUT, 512, true)), STATUS)?;
@@ -113,25 +140,42 @@ fn guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill() {
         // B: write sector 1, flush.
         request(a, BAR_B, rb, 0, 1, 1, Some((WBUF, 512, false)), STATUS + 3)?;
         request(a, BAR_B, rb, 1, 4, 0, None, STATUS + 4)?;
+        // C (--output): the tar stream at offset 0, as the guest's init writes it.
+        request(
+            a,
+            BAR_C,
+            rc,
+            0,
+            1,
+            0,
+            Some((TAR_AT, stream.len() as u32, false)),
+            STATUS + 5,
+        )?;
         // The five status bytes as digits after the serial.
-        for i in 0..5 {
+        for i in 0..6 {
             a.mov(rsi, STATUS + i)?;
             a.mov(al, byte_ptr(rsi))?;
             a.add(al, b'0' as u32)?;
             a.mov(rdi, OUT + 25 + i)?;
             a.mov(byte_ptr(rdi), al)?;
         }
-        pv_command(a, 2, OUT, 30)?;
+        pv_command(a, 2, OUT, 31)?;
         pv_exit(a, 0)
     });
     let k = dir.write(
         "virtio.elf",
         &elf64(
             PAYLOAD_BASE,
-            &[Segment {
-                addr: PAYLOAD_BASE,
-                bytes: code,
-            }],
+            &[
+                Segment {
+                    addr: PAYLOAD_BASE,
+                    bytes: code,
+                },
+                Segment {
+                    addr: TAR_AT,
+                    bytes: stream.clone(),
+                },
+            ],
             &[],
         ),
     );
@@ -139,31 +183,35 @@ fn guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill() {
     let out = dir.path("out");
     let a_arg = format!("{},ro,serial={SERIAL_A}", disk_a.display());
     let b_arg = format!("{},serial=scratch", disk_b.display());
-    let r = run_vmm(
-        &[
-            "--mem",
-            "64M",
-            "--hugepages",
-            "none",
-            "--kernel",
-            k.to_str().unwrap(),
-            "--disk",
-            &a_arg,
-            "--disk",
-            &b_arg,
-            "--output",
-            out.to_str().unwrap(),
-            "--output-size",
-            "1M",
-            "--report",
-            rep.to_str().unwrap(),
-        ],
-        T,
-    );
+    let jail_dir = dir.path("jail");
+    let mut args = vec![
+        "--mem",
+        "64M",
+        "--hugepages",
+        "none",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--disk",
+        &a_arg,
+        "--disk",
+        &b_arg,
+        "--output",
+        out.to_str().unwrap(),
+        "--output-size",
+        "1M",
+        "--report",
+        rep.to_str().unwrap(),
+    ];
+    if jail {
+        args.extend(["--jail", jail_dir.to_str().unwrap()]);
+        args.extend(["--uid", "65534", "--gid", "65534"]);
+    }
+    let r = run_vmm(&args, T);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let j = report(&rep);
-    // read OK, GET_ID OK, write to the read-only disk IOERR (1), write OK, flush OK.
-    assert_eq!(j["result"], format!("disk:{SERIAL_A}00100"));
+    // read OK, GET_ID OK, write to the read-only disk IOERR (1), write OK, flush OK, the
+    // output stream written OK.
+    assert_eq!(j["result"], format!("disk:{SERIAL_A}001000"));
     let b = std::fs::read(&disk_b).unwrap();
     assert!(b[512..512 + WRITTEN.len()] == *WRITTEN.as_bytes());
     assert!(b[..512].iter().all(|&x| x == 0) && b[1024..].iter().all(|&x| x == 0));
@@ -178,9 +226,22 @@ fn guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill() {
     assert_eq!(disks[0]["ro"], true);
     assert_eq!(disks[1]["bytes"], 4096);
     assert_eq!(disks[2]["serial"], "hpmmap-out");
-    // The guest wrote no tar stream: nothing comes back, DIR is there and empty.
-    assert_eq!(j["output"]["files"], 0);
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    // What the guest wrote comes back, owned by the VMM's uid.
+    assert_eq!(j["output"]["files"], 2, "{}", j["output"]);
+    assert_eq!(j["output"]["bytes"], 16);
+    assert_eq!(j["output"]["skipped"], 0);
+    assert_eq!(
+        std::fs::read_to_string(out.join("result.txt")).unwrap(),
+        "from the guest\n"
+    );
+    assert_eq!(std::fs::read_to_string(out.join("d/x")).unwrap(), "x");
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(out.join("result.txt")).unwrap().uid();
+    assert_eq!(uid, if jail { 65534 } else { 0 });
+    if jail {
+        assert!(!jail_dir.exists(), "the jail is removed at exit");
+        assert_eq!(j["jail"]["uid"], 65534);
+    }
     assert_eq!(j["unhandled_mmio"], 0);
     // Nothing beside DIR: the backing file was unlinked at creation.
     let names: Vec<_> = std::fs::read_dir(&dir.0)
@@ -189,6 +250,28 @@ fn guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill() {
         .filter(|n| n.contains("hpmmap-out"))
         .collect();
     assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill() {
+    if !kvm_or_skip("guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill") {
+        panic!("needs /dev/kvm");
+    }
+    guest_drives_three_disks(false);
+}
+
+#[test]
+fn jailed_vmm_keeps_its_disks_and_unpacks_the_output() {
+    let name = "jailed_vmm_keeps_its_disks_and_unpacks_the_output";
+    if !kvm_or_skip(name) {
+        panic!("needs /dev/kvm");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        hpmmap_testkit::skip(hpmmap_testkit::Tier::Root, name, "--jail needs root");
+        return;
+    }
+    guest_drives_three_disks(true);
 }
 
 #[test]
