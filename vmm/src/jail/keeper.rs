@@ -117,7 +117,7 @@ extern "C" fn exit_on_signal(sig: libc::c_int) {
 
 /// As pid 1 of its namespace the VMM would ignore every signal it has no handler for, the
 /// keeper's forwarded SIGINT/SIGTERM/SIGHUP included. Until the VMM blocks them for its
-/// orderly stop (vm.rs, sigwait), they end it as their default action would.
+/// orderly stop (vm/running.rs, sigwait), they end it as their default action would.
 fn as_namespace_init() {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: installs an async-signal-safe handler.
