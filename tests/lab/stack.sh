@@ -13,80 +13,42 @@ echo "$out" | sed 's/^/reserve: /'
 echo "reserve_rc=$rc"
 echo "status_reserved=$(json)"
 
-# Under nested SVM emulated by TCG a 2-vCPU L2 fails now and then (about 1 boot in 8:
-# a triple fault, exit 72, or a hang that the watchdog below ends, exit 143; see
-# vmm/README.md, Known issue). Such a boot runs again, at most 3 boots, and each failed
-# boot's log is kept with an "attemptN" prefix. A good boot takes about 10 s here.
-BOOT_LIMIT=150
-intermittent() { [ "$1" = 72 ] || [ "$1" = 143 ]; }
-failed_attempt() { # NAME N STATUS
-    echo "retry_$1=$3"
-    sed "s/^/attempt$2 $1: /" "/tmp/$1.log"
-}
+# Every boot goes through the lab's one retry policy (tests/lab/retry.sh: pinned to one L1
+# CPU, stopped after 150 s, booted again after a nested-lab failure before the job started).
+# shellcheck source=tests/lab/retry.sh
+. /root/retry.sh
 
-# vmm NAME IMAGE: hpmmap-vmm in the background (so status can be read while it runs) with
-# a watchdog that stops it after BOOT_LIMIT s; its pid in $pid. The watchdog is a sibling,
-# not a wrapper, so $pid is the VMM's own.
-vmm() {
-    # Pinned to one L1 CPU: two L1 vCPUs in guest mode at once is what QEMU/TCG's nested
-    # SVM gets wrong (vmm/README.md, Known issue); taskset execs, so $! is the VMM.
-    taskset -c $(($(nproc) - 1)) \
-        hpmmap-vmm --mem "$mem" --vcpus 2 --image "$2" --report "/tmp/$1.json" >"/tmp/$1.log" 2>&1 &
-    pid=$!
-    (sleep "$BOOT_LIMIT"; kill "$pid" 2>/dev/null) &
-    dog=$!
-}
-# finish: waits for the VMM, stops its watchdog; status in $booted.
-finish() {
-    wait "$pid"
-    booted=$?
-    kill "$dog" 2>/dev/null
-    wait "$dog" 2>/dev/null
-}
-
-# The measured job.
-measure() {
-    vmm measured /measured
+# While the measured VM runs: once the guest prints (its kernel's first warning or the job
+# init's first line), guest RAM is prefaulted, and status must show the VM's pid holding
+# every page (smaps and numa_maps read mid-prefault could disagree). With ACPI the quiet
+# kernel may print nothing at all, so the init's line counts too.
+held_status() { # PID LOG
     held=
-    # Once the guest prints (its kernel's first warning or the job init's first line), guest
-    # RAM is prefaulted: status must show the VM's pid holding every page (smaps and
-    # numa_maps read mid-prefault could disagree). With ACPI the quiet kernel may print
-    # nothing at all, so the init's line counts too.
-    while kill -0 "$pid" 2>/dev/null; do
-        if grep -q -e '^\[' -e 'hpmmap-init:' /tmp/measured.log; then
+    while kill -0 "$1" 2>/dev/null; do
+        if grep -q -e '^\[' -e 'hpmmap-init:' "$2"; then
             held=$(json)
             break
         fi
         sleep 0.2
     done
-    finish
 }
-n=1
-measure
-while intermittent "$booted" && [ $n -lt 3 ]; do
-    failed_attempt measured $n "$booted"
-    n=$((n+1))
-    measure
-done
-measured=$booted
-echo "vmm_pid=$pid"
+
+# boot NAME IMAGE [HOOK]: one job with the VM's console in /tmp/NAME.log; status in $booted.
+boot() {
+    VMM_LOG=/tmp/$1.log VMM_QUIET=1 VMM_WHILE=${3:-}
+    vmm_retrying --mem "$mem" --vcpus 2 --image "$2" --report "/tmp/$1.json"
+    booted=$?
+    VMM_WHILE=
+}
+
+# The measured job.
+held=
+boot measured /measured held_status
+echo "vmm_pid=$vmm_pid"
 echo "status_running=$held"
-echo "measured_status=$measured"
+echo "measured_status=$booted"
 sed 's/^/measured: /' /tmp/measured.log
 echo "measured_report=$(tr -d '\n' </tmp/measured.json 2>/dev/null)"
-
-# boot NAME IMAGE: a job in the foreground, retried like the measured one; status in $booted.
-boot() {
-    local n=1
-    vmm "$1" "$2"
-    finish
-    while intermittent "$booted" && [ $n -lt 3 ]; do
-        failed_attempt "$1" $n "$booted"
-        n=$((n+1))
-        vmm "$1" "$2"
-        finish
-    done
-}
 
 # A failing job: its status must come back as the VMM's.
 boot fail /fail

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 const SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/stack.sh");
+const RETRY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/retry.sh");
 /// Guest RAM of the measured job and the suite: 2 GiB of pool behind the first GiB, room for
 /// the 1 GiB measured phase (512 MiB mmap + 512 MiB brk) and for the suite's cases.
 const GUEST_GIB: u64 = 3;
@@ -82,6 +83,7 @@ fn stack() -> Option<&'static LabOutput> {
             }
         }
         adds.push(parse_add(&format!("{SCENARIO}:/root/stack.sh")).unwrap());
+        adds.push(parse_add(&format!("{RETRY}:/root/retry.sh")).unwrap());
         let lab = Lab::prepare(LabConfig {
             mem: 10 << 30,
             hugepages_1g: 0,

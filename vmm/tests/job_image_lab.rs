@@ -60,8 +60,9 @@ fn job_image_boots_as_l2_with_two_vcpus_and_a_right_report() {
 
 /// `vmm_retrying` itself, on this host with busybox's sh (L1's shell) and a stand-in
 /// `hpmmap-vmm` that exits with the statuses it is given, one per start: the nested-lab
-/// signatures (72, 143) boot again up to 3 boots, any other status is returned at once, and
-/// only the last boot's lines survive `last_attempts`.
+/// signatures (72, 143) boot again up to 3 boots unless the guest's init announced the job,
+/// any other status is returned at once, and only the last boot's lines survive
+/// `last_attempts`.
 #[test]
 fn vmm_retrying_boots_again_only_after_nested_signatures() {
     let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"]
@@ -83,14 +84,15 @@ fn vmm_retrying_boots_again_only_after_nested_signatures() {
         &fake,
         format!(
             "#!/bin/sh\nn=$(( $(cat {d}/starts 2>/dev/null || echo 0) + 1 ))\necho $n > {d}/starts\n\
-             s=$(echo $FAKE_STATUSES | cut -d' ' -f$n)\necho \"boot $n HPMMAP-JOB-EXIT $s\"\nexit $s\n",
+             s=$(echo $FAKE_STATUSES | cut -d' ' -f$n)\n[ -z \"$FAKE_STARTED\" ] || echo \"hpmmap-init: platform: x; job runs hpmmap\"\n\
+             echo \"boot $n HPMMAP-JOB-EXIT $s\"\nexit $s\n",
             d = dir.path("").display()
         ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = |statuses: &str| -> (Option<i32>, String, u32) {
+    let run_with = |statuses: &str, started: &str| -> (Option<i32>, String, u32) {
         let _ = std::fs::remove_file(dir.path("starts"));
         let out = std::process::Command::new(busybox)
             .args([
@@ -103,6 +105,7 @@ fn vmm_retrying_boots_again_only_after_nested_signatures() {
                 format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
             )
             .env("FAKE_STATUSES", statuses)
+            .env("FAKE_STARTED", started)
             .output()
             .unwrap();
         let starts = std::fs::read_to_string(dir.path("starts"))
@@ -113,6 +116,7 @@ fn vmm_retrying_boots_again_only_after_nested_signatures() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (out.status.code(), text, starts)
     };
+    let run = |statuses: &str| run_with(statuses, "");
 
     let (code, out, starts) = run("72 143 0");
     assert_eq!((code, starts), (Some(0), 3), "{out}");
@@ -133,5 +137,13 @@ fn vmm_retrying_boots_again_only_after_nested_signatures() {
         (code, starts),
         (Some(3), 1),
         "a job's own status is final: {out}"
+    );
+
+    // A hang or a triple fault after the init announced the job is the job's: never retried.
+    let (code, out, starts) = run_with("143 0", "1");
+    assert_eq!(
+        (code, starts),
+        (Some(143), 1),
+        "a started job is not booted again: {out}"
     );
 }
