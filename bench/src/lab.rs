@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::harness::{Profile, WorkloadSize};
+use crate::model::{Cell, Profile, WorkloadSize};
 use crate::vm::{self, VmShape};
 use crate::workloads::Workload;
 
@@ -119,7 +119,7 @@ impl LabPlan {
                 current = Some(c.profile);
             }
             let args = vm::workload_args(
-                crate::harness::Cell {
+                Cell {
                     workload: c.workload,
                     config: c.config,
                 },

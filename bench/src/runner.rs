@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::child::run_child;
 use crate::config::{Config, Place};
-use crate::harness::{run_child, Cell, Interrupted, RunRecord, WorkloadSize};
 use crate::lab::{self, LabOutput, LabPlan, LabRunOutput};
+use crate::model::{Cell, Interrupted, RunRecord, VmRunInfo, VmmFacts, WorkloadSize};
 use crate::report::WorkloadReport;
-use crate::vm::{self, VmRunInfo, VmShape, VmmFacts};
+use crate::vm::{self, VmShape};
 
 /// A directory removed when dropped (the job images are 70+ MiB each).
 pub struct TempDir(pub PathBuf);

@@ -4,7 +4,7 @@
 //! emulated times.
 
 use crate::config::{Config, Place, LAB_LABEL};
-use crate::harness::Profile;
+use crate::model::Profile;
 use crate::table::{Results, Row};
 use crate::workloads::Workload;
 

@@ -1,23 +1,22 @@
-//! The results: rows aggregated from the runs, written as markdown, JSON and SVG.
+//! The results: rows aggregated from the runs, as markdown and JSON (the plot is
+//! [`crate::svg`]'s, the files [`crate::output`]'s).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Place};
-use crate::harness::{Profile, RunRecord, WorkloadSize};
 use crate::lab::ProfileStop;
+use crate::model::{Profile, RunRecord, WorkloadSize};
 use crate::platform::Platform;
+use crate::stats::Summary;
+use crate::vm::VmShape;
+use crate::workloads::Workload;
 
 /// The clocks the native and lab tables' times are on (issue 17: every table says which).
 pub const CLOCK_NATIVE: &str = "native rows: elapsed time (`Instant`, CLOCK_MONOTONIC) on this host, shared with other work: it moves with host load and is not reproducible";
 pub const LAB_CLOCK: &str =
     "QEMU/TCG's emulated time of a nested guest, not speed (only faults and verification count)";
-use crate::stats::Summary;
-use crate::vm::VmShape;
-use crate::workloads::Workload;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Header {
@@ -450,23 +449,6 @@ pub fn fmt_sig(x: f64) -> String {
     } else {
         format!("{x:.3e}")
     }
-}
-
-/// Writes `path` through a temporary file and a rename: never half-written.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
-
-/// results.md, results.json and results.svg in `dir`.
-pub fn write_all(dir: &Path, r: &Results) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_atomic(&dir.join("results.json"), &r.to_json())?;
-    write_atomic(&dir.join("results.svg"), &crate::svg::plot(r))?;
-    write_atomic(&dir.join("results.md"), &r.to_markdown())?;
-    Ok(())
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC.

@@ -18,7 +18,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::harness::{Cell, WorkloadSize};
+use crate::model::{Cell, WorkloadSize};
 use crate::platform::{KvmKind, Platform};
 use crate::report::{ParseError, WorkloadReport};
 
@@ -231,39 +231,6 @@ pub fn parse_serial(text: &str, config: Config) -> Result<GuestRun, VmError> {
         job_exit,
         hpmmap_counters: counters,
     })
-}
-
-/// The parts of `hpmmap-vmm`'s JSON report a run record keeps.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct VmmFacts {
-    pub platform: Option<String>,
-    pub exit_reason: Option<String>,
-    pub exit_code: Option<i64>,
-    pub host_page_size_bytes: Option<u64>,
-    pub pages_1g: Option<u64>,
-    pub run_seconds: Option<f64>,
-}
-
-impl VmmFacts {
-    pub fn from_json(v: &serde_json::Value) -> VmmFacts {
-        VmmFacts {
-            platform: v["platform"].as_str().map(str::to_string),
-            exit_reason: v["exit_reason"].as_str().map(str::to_string),
-            exit_code: v["exit_code"].as_i64(),
-            host_page_size_bytes: v["host_page_size_bytes"].as_u64(),
-            pages_1g: v["kvm_pages"]["pages_1g"].as_u64(),
-            run_seconds: v["run_seconds"].as_f64(),
-        }
-    }
-}
-
-/// Everything a VM run adds to its record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VmRunInfo {
-    pub job_runs: String,
-    pub job_exit: Option<i32>,
-    pub hpmmap_counters: Vec<(String, String)>,
-    pub vmm: VmmFacts,
 }
 
 /// Where the VM configurations run, or why they cannot.

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hpmmap_bench::config::{Config, Place, LAB_LABEL};
-use hpmmap_bench::harness::{Cell, Profile, WorkloadSize};
 use hpmmap_bench::lab::{parse_output, LabCell, LabPlan};
+use hpmmap_bench::model::{Cell, Profile, WorkloadSize};
 use hpmmap_bench::runner::{lab_record, offline_args, LabRunner};
 use hpmmap_bench::table::{Header, Results};
 use hpmmap_bench::vm::{self, VmError, VmShape};

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use hpmmap_bench::config::Config;
-use hpmmap_bench::harness::{self, parse_size, Options, Profile};
+use hpmmap_bench::harness::{self, Options};
+use hpmmap_bench::model::{parse_size, Interrupted, Profile};
 use hpmmap_bench::platform::Platform;
 use hpmmap_bench::workloads::Workload;
 
@@ -258,7 +259,7 @@ fn render(dir: &std::path::Path) -> ExitCode {
         }
     };
     let r = hpmmap_bench::table::Results::build(old.header, old.runs);
-    match hpmmap_bench::table::write_all(dir, &r) {
+    match hpmmap_bench::output::write_all(dir, &r) {
         Ok(()) => {
             eprintln!("[bench] rewrote {}/results.{{md,json,svg}}", dir.display());
             ExitCode::SUCCESS
@@ -434,7 +435,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("hpmmap-bench: {e:#}");
-            if e.downcast_ref::<harness::Interrupted>().is_some() {
+            if e.downcast_ref::<Interrupted>().is_some() {
                 ExitCode::from(130)
             } else {
                 ExitCode::from(1)

@@ -49,7 +49,7 @@ struct Cli {
 
 /// Parses sizes like 4096, 64K, 64M, 2G (binary units).
 fn parse_size(s: &str) -> Result<u64, String> {
-    hpmmap_bench::harness::parse_size(s)
+    hpmmap_bench::model::parse_size(s)
 }
 
 /// The variable the VM runner sets through the guest kernel's command line.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{COMPETITOR_CPUS, RANK_CPU};
-use crate::harness::WorkloadSize;
 use crate::memory::AllocMode;
+use crate::model::WorkloadSize;
 use crate::workloads::Workload;
 
 /// The hpmmap pool: `memmap=1G$4G` on every configuration's command line (the same RAM
