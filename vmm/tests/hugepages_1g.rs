@@ -35,6 +35,62 @@ fn guest_ram_on_1g_host_pages() {
     two_gib_guest_on_1g_pages_with_pool_zeroing();
     smaps_shows_1g_pages_under_every_gib_of_guest_ram();
     too_few_1g_pages_is_an_error_not_a_fallback();
+    a_vmm_without_a_job_leaves_the_jobs_pages_alone();
+}
+
+/// Issue 13: with hpmmap-offline's state saying job x holds all but one of the free pages,
+/// a VMM without `--job` gets the one no job holds and is refused two (this host's real
+/// hugetlb counters, a state file of our own through `HPMMAP_OFFLINE_STATE`).
+fn a_vmm_without_a_job_leaves_the_jobs_pages_alone() {
+    let free: u64 = std::fs::read_to_string(
+        "/sys/devices/system/node/node0/hugepages/hugepages-1048576kB/free_hugepages",
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(
+        free >= 2,
+        "the test reserved 2 pages; node 0 has {free} free"
+    );
+    let dir = TempDir::new("nojob");
+    let state = dir.write(
+        "offline.json",
+        format!(
+            r#"{{"format":"hpmmap-offline-state","version":2,"nodes":{{"0":{{"baseline_nr":0,"reserved":{held}}}}},
+               "jobs":{{"x":{{"nodes":{{"0":{held}}}}}}}}}"#,
+            held = free - 1
+        )
+        .as_bytes(),
+    );
+    let k = kernel(&dir, asm64(|a| pv_exit(a, 0)));
+    let vmm = |mem: &str| {
+        run_cmd(
+            std::process::Command::new(vmm_bin())
+                .env("HPMMAP_OFFLINE_STATE", &state)
+                .args(["--mem", mem, "--kernel", &k]),
+            T,
+        )
+    };
+    let r = vmm("2G");
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "no --job: needs 2 1 GiB page(s) but only 1 free are held for no job; {} free \
+             page(s) belong to job(s) x {}",
+            free - 1,
+            free - 1
+        )),
+        "{}",
+        r.stderr
+    );
+    let r = vmm("1G");
+    assert_eq!(
+        r.code,
+        Some(0),
+        "the page no job holds is there: {}",
+        r.stderr
+    );
 }
 
 fn two_gib_guest_on_1g_pages_with_pool_zeroing() {
