@@ -79,10 +79,9 @@ pub fn start(job: KeeperJob) -> Result<Child, JailError> {
         REPORT_FD.store(fds[1], Ordering::Relaxed);
         as_namespace_init();
         stay_tied()?;
-        // SAFETY: the write end is ours.
-        return Ok(Child {
-            report_fd: unsafe { OwnedFd::from_raw_fd(fds[1]) },
-        });
+        // SAFETY: the write end is ours (the pipe was just made and nothing else holds it).
+        let report_fd = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+        return Ok(Child { report_fd });
     }
     // SAFETY: the write end belongs to the child now.
     unsafe { libc::close(fds[1]) };

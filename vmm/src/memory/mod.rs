@@ -174,6 +174,8 @@ pub struct GuestRam {
 // SAFETY: the mapping lives as long as GuestRam; concurrent access goes through KVM or through
 // vm-memory's volatile accessors, as for any guest memory.
 unsafe impl Send for GuestRam {}
+// SAFETY: as for Send: the raw base pointer is only read, the mapping never moves, and writes
+// to guest memory from several threads are the guest's own (volatile) concern.
 unsafe impl Sync for GuestRam {}
 
 fn errno() -> io::Error {

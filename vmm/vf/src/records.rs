@@ -538,11 +538,8 @@ mod tests {
     fn own_pid_is_the_hosts_pid_inside_a_pid_namespace() {
         assert_eq!(own_pid(), std::process::id());
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "this test needs root (a pid namespace)"
-        );
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "this test needs root (a pid namespace)");
         let t = std::thread::spawn(|| {
             // SAFETY: affects only the children of this thread, which forks one below.
             assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWPID) }, 0);
