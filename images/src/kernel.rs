@@ -65,6 +65,7 @@ pub fn default_abi(cache: &DebCache) -> Result<String, KernelError> {
         .ok_or_else(|| KernelError::NoDefault(cache.debs_dir()))
 }
 
+#[derive(Clone)]
 pub struct Kernel {
     pub abi: String,
     pub image: Deb,

@@ -5,6 +5,7 @@
 
 use clap::{Parser, Subcommand};
 use hpmmap_image::job::sh_quote;
+use hpmmap_image::lab::cluster::{Cluster, ClusterConfig};
 use hpmmap_image::lab::{parse_add, parse_mem, parse_size, Lab, LabConfig, LabError};
 use std::io::Write;
 use std::path::PathBuf;
@@ -73,9 +74,117 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Boot N L1s as a Slurm cluster (one network, munge, slurmctld on node1, slurmd on
+    /// all, the SPANK plugin of slurm/), run CMD on node1 once every node is idle.
+    Cluster {
+        /// Nodes (node1 .. nodeN, 10.16.0.K).
+        #[arg(long, default_value_t = 2)]
+        nodes: u32,
+        /// Each node's L1 memory.
+        #[arg(long, default_value = "3G")]
+        mem: String,
+        /// Each node's L1 vCPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// 1 GiB hugetlb pages reserved on each node's kernel command line.
+        #[arg(long, default_value_t = 1)]
+        hugepages: u32,
+        /// Kill the nodes after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// HOSTPATH:GUESTPATH placed in every node (repeatable).
+        #[arg(long = "add")]
+        adds: Vec<String>,
+        /// Directory holding built hpmmap-vmm / hpmmap-offline (repeatable).
+        #[arg(long = "bins")]
+        bin_dirs: Vec<PathBuf>,
+        /// Keep logs here (node K under nodeK/).
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Also print node1's console and the other nodes' output on stderr.
+        #[arg(long)]
+        console: bool,
+        /// The command for node1: one argument is a shell command line; several are words.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+fn command_line(cmd: &[String]) -> String {
+    if cmd.len() == 1 {
+        cmd[0].clone()
+    } else {
+        cmd.iter()
+            .map(|w| sh_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn cluster(
+    nodes: u32,
+    node: LabConfig,
+    adds: &[String],
+    cmd: &[String],
+) -> Result<hpmmap_image::lab::cluster::ClusterOutput, LabError> {
+    let mut node = node;
+    node.adds = adds
+        .iter()
+        .map(|a| parse_add(a))
+        .collect::<Result<_, _>>()?;
+    let c = Cluster::prepare(ClusterConfig { nodes, node })?;
+    c.run(&command_line(cmd))
 }
 
 fn main() -> ExitCode {
+    let cmd = match Cli::parse().cmd {
+        Cmd::Cluster {
+            nodes,
+            mem,
+            cpus,
+            hugepages,
+            timeout,
+            adds,
+            bin_dirs,
+            work,
+            console,
+            cmd,
+        } => {
+            let r = parse_mem(&mem).and_then(|mem| {
+                let node = LabConfig {
+                    mem,
+                    cpus,
+                    hugepages_1g: hugepages,
+                    timeout: Duration::from_secs(timeout),
+                    bin_dirs,
+                    work,
+                    ..LabConfig::default()
+                };
+                cluster(nodes, node, &adds, &cmd)
+            });
+            return match r {
+                Ok(out) => {
+                    if console {
+                        eprintln!("{}", out.head.console);
+                        for (i, o) in out.others.iter().enumerate() {
+                            match o {
+                                Ok(o) => eprintln!("--- node{}:\n{}", i + 2, o.output),
+                                Err(e) => eprintln!("--- node{}: {e}", i + 2),
+                            }
+                        }
+                    }
+                    print!("{}", out.head.output);
+                    let _ = std::io::stdout().flush();
+                    ExitCode::from(out.head.status.clamp(0, 255) as u8)
+                }
+                Err(e) => {
+                    eprintln!("hpmmap-lab: {e}");
+                    ExitCode::from(if e.is_input() { 2 } else { 1 })
+                }
+            };
+        }
+        run => run,
+    };
     let Cmd::Run {
         mem,
         cpus,
@@ -90,7 +199,10 @@ fn main() -> ExitCode {
         stall_secs,
         console,
         cmd,
-    } = Cli::parse().cmd;
+    } = cmd
+    else {
+        unreachable!("cluster returned above")
+    };
     let result = (|| -> Result<_, LabError> {
         let mut cfg = LabConfig {
             mem: parse_mem(&mem)?,

@@ -8,6 +8,7 @@
 //! it proves behaviour and counters, never speed.
 
 mod args;
+pub mod cluster;
 pub use args::{parse_add, parse_mem, parse_size, Add};
 
 use crate::cpio::Archive;
@@ -95,6 +96,10 @@ pub enum LabError {
     EmptyCommand,
     #[error("--stall-secs {0}: must be at least {1} (L1 beats every 5 s)")]
     Stall(u64, u64),
+    #[error("--nodes {0}: must be between 1 and 8")]
+    Nodes(u32),
+    #[error("building slurm/spank (needs Debian's libslurm-dev: scripts/setup-host.sh): {0}")]
+    Spank(String),
     #[error("the lab needs qemu-system-x86_64 with the igb device (QEMU 8.0 or newer; scripts/setup-host.sh installs it from bookworm-backports)")]
     NoIgb,
     #[error(transparent)]
@@ -132,6 +137,7 @@ impl LabError {
                 | LabError::Pmem(..)
                 | LabError::Cpus(_)
                 | LabError::NumaNodes(..)
+                | LabError::Nodes(_)
                 | LabError::Add(..)
                 | LabError::Stall(..)
                 | LabError::UnknownCommand(..)
@@ -167,6 +173,11 @@ pub struct LabConfig {
     pub workspace: PathBuf,
     /// Where console and output logs go (default: a directory under the temp dir).
     pub work: Option<PathBuf>,
+    /// The igb NIC's QEMU `-netdev` backend (its `id` must be `n0`); None: user networking.
+    /// `lab::cluster` joins several L1s with a socket backend.
+    pub netdev: Option<String>,
+    /// The igb NIC's MAC address (None: QEMU's default); L1s on one network need their own.
+    pub mac: Option<String>,
 }
 
 impl Default for LabConfig {
@@ -184,6 +195,8 @@ impl Default for LabConfig {
             cache: DebCache::from_env(),
             workspace: workspace::root(),
             work: None,
+            netdev: None,
+            mac: None,
         }
     }
 }
@@ -278,6 +291,7 @@ pub struct LabOutput {
     pub elapsed: Duration,
 }
 
+#[derive(Clone)]
 pub struct Lab {
     cfg: LabConfig,
     kernel: Kernel,
@@ -387,6 +401,26 @@ impl Lab {
 
     pub fn config(&self) -> &LabConfig {
         &self.cfg
+    }
+
+    /// The same lab with another configuration (e.g. each node of a cluster its own NIC
+    /// and log directory); nothing is gathered again.
+    pub fn with_config(&self, cfg: LabConfig) -> Result<Lab, LabError> {
+        cfg.validate()?;
+        Ok(Lab {
+            cfg,
+            ..self.clone()
+        })
+    }
+
+    /// L1's initramfs before a run's command and files: `lab::cluster` adds Slurm here.
+    pub fn base_mut(&mut self) -> &mut Archive {
+        &mut self.base
+    }
+
+    /// Makes `name` acceptable as the first word of a command.
+    pub fn allow_command(&mut self, name: &str) {
+        self.commands.insert(name.to_string());
     }
 
     /// Binaries under /lab/bin in L1 (on PATH).
@@ -569,10 +603,6 @@ impl Lab {
             "intel-iommu,intremap=on,caching-mode=on",
             "-device",
             "pcie-root-port,id=rp0,slot=1,chassis=1",
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "igb,netdev=n0,bus=rp0",
             "-nodefaults",
             "-no-user-config",
             "-display",
@@ -581,6 +611,13 @@ impl Lab {
         ] {
             push(s);
         }
+        push("-netdev");
+        push(c.netdev.as_deref().unwrap_or("user,id=n0"));
+        push("-device");
+        push(&match &c.mac {
+            Some(mac) => format!("igb,netdev=n0,bus=rp0,mac={mac}"),
+            None => "igb,netdev=n0,bus=rp0".to_string(),
+        });
         push("-smp");
         push(&c.cpus.to_string());
         push("-m");
