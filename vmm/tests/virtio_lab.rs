@@ -1,9 +1,10 @@
 //! Tier 3: virtio-blk under a real Linux guest (L2 in the nested QEMU/TCG lab). The job
 //! image's job finds its disks by serial in /sys/block/vdX/serial, hashes a known read-only
 //! disk (checked against L1's sha256), writes a read-write disk (read back in L1), is refused
-//! a write to the read-only disk, and leaves files in its output directory, which come back
-//! through `--output` (the image's init writes the tar stream when it can, else the job
-//! does). Figures here are emulation timings.
+//! a write to the read-only disk, reads the image's rootfs disk (the manifest's `rootfs`,
+//! serial `hpmmap-root`), and leaves files in its output directory, which come back through
+//! `--output` (the image's init writes the tar stream when it can, else the job does).
+//! Figures here are emulation timings.
 
 mod common;
 
@@ -14,12 +15,13 @@ use std::time::Duration;
 
 const JOB: &str = r#"#!/bin/sh
 n=0
-while [ ! -e /sys/block/vdc ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+while [ ! -e /sys/block/vdd ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 dev() { for b in /sys/block/vd*; do [ "$(cat $b/serial)" = "$1" ] && echo /dev/${b##*/}; done; }
 for b in /sys/block/vd*; do
     echo "GUEST-DISK ${b##*/} serial=$(cat $b/serial) ro=$(cat $b/ro) sectors=$(cat $b/size)"
 done
-k=$(dev known); s=$(dev scratch); o=$(dev hpmmap-out)
+k=$(dev known); s=$(dev scratch); o=$(dev hpmmap-out); r=$(dev hpmmap-root)
+echo "GUEST-ROOT-SHA256 $(sha256sum < $r | cut -d' ' -f1)"
 echo "GUEST-KNOWN-SHA256 $(sha256sum < $k | cut -d' ' -f1)"
 printf 'written by the L2 guest\n' | dd of=$s bs=512 conv=sync,fsync 2>/dev/null && echo GUEST-SCRATCH-WRITTEN
 if dd if=/dev/zero of=$k bs=512 count=1 conv=fsync 2>/dev/null; then echo GUEST-RO-WRITE-ACCEPTED; else echo GUEST-RO-WRITE-REFUSED; fi
@@ -55,12 +57,26 @@ fn linux_guest_uses_virtio_disks_by_serial_and_output_comes_back() {
         Duration::from_secs(900),
     );
     assert_eq!(b.code, Some(0), "hpmmap-image build: {}", b.stderr);
+    // A root filesystem disk in the manifest, as `hpmmap-image build --root-on disk` records
+    // it: any content does for the VMM, which attaches it read-only as hpmmap-root.
+    let root: Vec<u8> = (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(img.join("rootfs.img"), &root).unwrap();
+    let mpath = img.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    m["rootfs"] = serde_json::json!({
+        "file": "rootfs.img", "format": "squashfs", "sha256": "", "bytes": root.len()
+    });
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
 
     let cmd = format!(
         "{VMM_RETRYING}\n\
          dd if=/dev/urandom of=/tmp/known.img bs=1M count=4 2>/dev/null\n\
          dd if=/dev/zero of=/tmp/scratch.img bs=1M count=1 2>/dev/null\n\
          echo L1-KNOWN-SHA256 $(sha256sum /tmp/known.img | cut -d' ' -f1)\n\
+         echo L1-ROOT-SHA256 $(sha256sum /img/rootfs.img | cut -d' ' -f1)\n\
          vmm_retrying --image /img --mem 2G --disk /tmp/known.img,ro,serial=known \
          --disk /tmp/scratch.img,serial=scratch --output /tmp/out --output-size 16M \
          --report /tmp/r.json; echo VMM-STATUS=$?\n\
@@ -92,6 +108,15 @@ fn linux_guest_uses_virtio_disks_by_serial_and_output_comes_back() {
         "the guest read the known disk"
     );
     assert_eq!(field("L1-KNOWN-AFTER"), known, "read-only disk unchanged");
+    assert_eq!(
+        field("GUEST-ROOT-SHA256"),
+        field("L1-ROOT-SHA256"),
+        "the guest read the image's rootfs disk"
+    );
+    assert!(
+        out.contains("serial=hpmmap-root ro=1 sectors=4096"),
+        "{out}"
+    );
     assert!(out.contains("GUEST-RO-WRITE-REFUSED"), "{out}");
     assert!(out.contains("serial=known ro=1 sectors=8192"), "{out}");
     assert!(out.contains("serial=scratch ro=0 sectors=2048"), "{out}");
@@ -118,9 +143,13 @@ fn linux_guest_uses_virtio_disks_by_serial_and_output_comes_back() {
         .iter()
         .map(|d| d["serial"].as_str().unwrap())
         .collect();
-    assert_eq!(serials, ["known", "scratch", "hpmmap-out"]);
-    assert_eq!(disks[0]["ro"], true);
+    assert_eq!(serials, ["hpmmap-root", "known", "scratch", "hpmmap-out"]);
+    assert_eq!(
+        (&disks[0]["ro"], &disks[1]["ro"]),
+        (&true.into(), &true.into())
+    );
     assert!(j["image"]["initramfs_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(j["image"]["rootfs_bytes"], 2u64 << 20);
     for l in out.lines().filter(|l| {
         l.contains("GUEST-") || l.contains("L1-") || l.contains("output:") || l.contains("root:")
     }) {
