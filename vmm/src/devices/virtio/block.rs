@@ -255,6 +255,10 @@ impl VirtioDevice for BlockDevice {
         vec![QUEUE_SIZE]
     }
 
+    fn segment_max(&self) -> u32 {
+        SEGMENT_MAX
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_blk_config: capacity (le64), size_max (le32), seg_max (le32); the
         // rest (geometry, blk_size, ...) is not offered and reads as zero.

@@ -45,6 +45,8 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Maximum size of each queue (powers of two).
     fn queue_max_sizes(&self) -> Vec<u16>;
+    /// The longest descriptor the device takes; longer ones make the chain malformed.
+    fn segment_max(&self) -> u32;
     /// Reads the device-specific configuration (bytes past its end read as zero).
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Serves one available chain of queue `queue`; returns the bytes written into the

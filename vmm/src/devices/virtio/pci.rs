@@ -328,7 +328,7 @@ impl VirtioPci {
             };
             let Some(chain) = chain else { break };
             let head = chain.head_index();
-            let r = Chain::check(chain, &mem, super::block::SEGMENT_MAX)
+            let r = Chain::check(chain, &mem, self.dev.segment_max())
                 .and_then(|c| self.dev.process(i, c, &mem));
             let len = match r {
                 Ok(len) => len,
