@@ -11,8 +11,9 @@ use std::time::Duration;
 use hpmmap_image::builder::{build, BuildOptions};
 use hpmmap_image::cpio::Archive;
 
+use super::error::IcountError;
+use super::machine::{RANK_TEXT_HI, RANK_TEXT_LO, VCPUS};
 use super::plan::{IcountConfig, Plan, GUEST_MEM_MIB, POOL_BASE, POOL_SIZE};
-use super::{IcountError, RANK_TEXT_HI, RANK_TEXT_LO, VCPUS};
 
 /// The plugin's source, built with the host's C compiler into the run's directory.
 pub const PLUGIN_SOURCE: &str = include_str!("../../icount/hpmmap-icount.c");

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::IcountError;
 use super::plan::{Competitor, IcountConfig};
-use super::IcountError;
 use crate::report::WorkloadReport;
 use crate::workloads::{Workload, MARK_BEGIN, MARK_END, MARK_ITER, MARK_START};
 

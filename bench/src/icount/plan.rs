@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{COMPETITOR_CPUS, RANK_CPU};
+use super::machine::{COMPETITOR_CPUS, RANK_CPU};
 use crate::memory::AllocMode;
 use crate::model::WorkloadSize;
 use crate::workloads::Workload;

@@ -7,9 +7,10 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::error::IcountError;
+use super::machine::{CLOCK_COUNTS, CLOCK_LABEL, CLOCK_MISSES, RANK_CPU};
 use super::parse::IcountRun;
 use super::plan::{Competitor, IcountConfig, Plan};
-use super::{IcountError, CLOCK_COUNTS, CLOCK_LABEL, CLOCK_MISSES};
 use crate::stats::{quantile_sorted, Summary};
 use crate::workloads::Workload;
 
@@ -242,7 +243,7 @@ pub fn markdown(res: &IcountResults) -> String {
         res.guest_kernel,
         res.qemu,
         res.host,
-        super::RANK_CPU,
+        RANK_CPU,
         res.plan.competitor_sizes.mmap_mib,
         res.plan.competitor_sizes.vm_mib,
         res.plan

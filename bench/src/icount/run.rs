@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::error::IcountError;
 use super::guest::{self, Parts};
+use super::machine::{CLOCK_COUNTS, CLOCK_LABEL, CLOCK_MISSES, VCPUS};
 use super::parse::{parse_boot, IcountRun};
 use super::plan::{Competitor, IcountConfig, Plan, GUEST_MEM_MIB};
 use super::report::{BootRecord, HostLoadCheck, IcountResults};
-use super::{IcountError, CLOCK_COUNTS, CLOCK_LABEL, CLOCK_MISSES, VCPUS};
 
 #[derive(Clone, Debug)]
 pub struct Options {

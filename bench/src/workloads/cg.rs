@@ -9,7 +9,7 @@
 
 use anyhow::Result;
 
-use super::{measured_loop, FaultMeter, RankCtx};
+use super::rank::{measured_loop, FaultMeter, RankCtx};
 use crate::comm::Reduce;
 use crate::memory::Buf;
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{measured_loop, FaultMeter, RankCtx};
+use super::rank::{measured_loop, FaultMeter, RankCtx};
 use crate::comm::{hist_bucket, HIST_BUCKETS};
 use crate::memory::Region;
 

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use super::{measured_loop, FaultMeter, RankCtx};
+use super::rank::{measured_loop, FaultMeter, RankCtx};
 
 /// Loop trips per quantum: about a million instructions (measured: 0.5 per trip, the
 /// compiler folds pairs of steps), 1 ms on the instruction-count clock: a scheduler tick

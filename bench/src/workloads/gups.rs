@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 
-use super::{measured_loop, FaultMeter, RankCtx};
+use super::rank::{measured_loop, FaultMeter, RankCtx};
 use crate::memory::Buf;
 
 const POLY: u64 = 0x0000_0000_0000_0007;

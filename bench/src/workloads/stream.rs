@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{measured_loop, FaultMeter, RankCtx};
+use super::rank::{measured_loop, FaultMeter, RankCtx};
 use crate::memory::Buf;
 
 /// STREAM's tolerance for doubles.
