@@ -48,4 +48,6 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
     qemu-system-x86 >/dev/null
 qemu-system-x86_64 --version | head -1 >&2
+# mksquashfs: hpmmap-image's read-only root images (images/src/rootdisk.rs).
+$SUDO apt-get install -y -qq --no-install-recommends squashfs-tools >/dev/null
 log "done"

@@ -86,6 +86,52 @@ impl Archive {
         self.entries.keys().map(|s| s.as_str())
     }
 
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &Node)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Places `node` at `path` as given (parents made directories where missing); callers
+    /// that take paths from untrusted trees resolve them first (`tree::resolve`).
+    pub fn insert(&mut self, path: &str, node: Node) {
+        let p = clean(path);
+        if p.is_empty() {
+            return;
+        }
+        self.parents(&p);
+        self.entries.insert(p, node);
+    }
+
+    /// Removes `path` and everything below it.
+    pub fn remove_tree(&mut self, path: &str) {
+        let p = clean(path);
+        let below = format!("{p}/");
+        self.entries
+            .retain(|k, _| k != &p && !(p.is_empty() || k.starts_with(&below)));
+    }
+
+    /// Removes everything below directory `path`, keeping the directory.
+    pub fn clear_dir(&mut self, path: &str) {
+        let p = clean(path);
+        let below = if p.is_empty() {
+            String::new()
+        } else {
+            format!("{p}/")
+        };
+        self.entries
+            .retain(|k, _| !(k.starts_with(&below) && k.len() > below.len()) || k == &p);
+    }
+
+    /// Bytes of file data the archive holds.
+    pub fn data_bytes(&self) -> u64 {
+        self.entries
+            .values()
+            .map(|n| match n {
+                Node::File { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
     pub fn to_newc(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for (i, (path, node)) in self.entries.iter().enumerate() {
@@ -99,7 +145,7 @@ impl Archive {
         }
         entry(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[]);
         // Pad the archive to a 512-byte boundary as cpio(1) does.
-        while out.len() % 512 != 0 {
+        while !out.len().is_multiple_of(512) {
             out.push(0);
         }
         out
@@ -152,7 +198,7 @@ fn entry(
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

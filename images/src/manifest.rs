@@ -13,7 +13,23 @@ pub const BZIMAGE: &str = "bzImage";
 pub const INITRAMFS: &str = "initramfs.cpio.gz";
 
 /// The files an image directory holds; anything else makes `--out` "other content".
-pub const IMAGE_FILES: [&str; 4] = [KERNEL, BZIMAGE, INITRAMFS, FILE_NAME];
+pub const IMAGE_FILES: [&str; 5] = [
+    KERNEL,
+    BZIMAGE,
+    INITRAMFS,
+    FILE_NAME,
+    crate::rootdisk::FILE_NAME,
+];
+
+/// The read-only root image beside the initramfs (attached as virtio-blk, serial
+/// `hpmmap-root`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RootImage {
+    pub file: String,
+    pub format: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
@@ -36,6 +52,26 @@ pub struct Manifest {
     /// What the build decided and why (e.g. a part of hpmmap missing from the workspace).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// The job's root tree on a read-only disk, when it is not in the initramfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<RootImage>,
+    /// Bytes the initramfs occupies in guest RAM once unpacked (its files' data).
+    #[serde(default)]
+    pub initramfs_bytes: u64,
+    /// Every file of the job's root tree: sha256, or `symlink:TARGET`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tree_files: BTreeMap<String, String>,
+    /// The job's environment and working directory (job-tree images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// How the ranks start: `copies` or the MPI launcher's path in the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher: Option<String>,
+    /// The user the job runs as (job-tree images); root otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -60,7 +96,15 @@ impl Manifest {
 
     /// Names of files whose sha256 differs from the manifest (or that are missing).
     pub fn verify(&self, dir: &Path) -> Vec<String> {
+        let root = self
+            .rootfs
+            .as_ref()
+            .map(|r| (r.file.clone(), r.sha256.clone()));
         self.files
+            .iter()
+            .map(|(n, h)| (n.clone(), h.clone()))
+            .chain(root)
+            .collect::<BTreeMap<_, _>>()
             .iter()
             .filter(|(name, hash)| {
                 std::fs::read(dir.join(name))

@@ -274,6 +274,28 @@ pub fn boot_microvm(
     timeout: Duration,
     work: &Path,
 ) -> Result<JobRun, QemuError> {
+    boot_microvm_disks(image, extra_cmdline, mem_mib, timeout, work, &[])
+}
+
+/// A virtio-blk disk for `boot_microvm_disks` (virtio-mmio on microvm; the VMM puts the
+/// same disks on PCI).
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub serial: String,
+    pub read_only: bool,
+}
+
+/// `boot_microvm` with virtio-blk disks attached, as `hpmmap-vmm` attaches the image's
+/// `rootfs` (serial `hpmmap-root`, read-only) and the `--output` disk (`hpmmap-out`).
+pub fn boot_microvm_disks(
+    image: &Path,
+    extra_cmdline: &str,
+    mem_mib: u32,
+    timeout: Duration,
+    work: &Path,
+    disks: &[Disk],
+) -> Result<JobRun, QemuError> {
     let m =
         Manifest::read(image).map_err(|e| QemuError::Image(image.to_path_buf(), e.to_string()))?;
     std::fs::create_dir_all(work).map_err(|e| QemuError::Io(work.to_path_buf(), e))?;
@@ -313,6 +335,19 @@ pub fn boot_microvm(
     args.push(image.join(&m.initramfs).into());
     args.push("-append".into());
     args.push(cmdline.trim().into());
+    for (i, d) in disks.iter().enumerate() {
+        let mut drive = OsString::from(format!("if=none,id=d{i},format=raw,file="));
+        drive.push(&d.path);
+        if d.read_only {
+            drive.push(",readonly=on");
+        }
+        args.extend([
+            "-drive".into(),
+            drive,
+            "-device".into(),
+            format!("virtio-blk-device,drive=d{i},serial={}", d.serial).into(),
+        ]);
+    }
     let f = run(&args, timeout, &log)?;
     let status = job_status(&f.console).ok_or_else(|| QemuError::NoStatus {
         marker: JOB_EXIT,

@@ -92,9 +92,24 @@ pub fn add_modules(
     kernel: &Kernel,
     wanted: &[&str],
 ) -> Result<Vec<Module>, RootfsError> {
+    add_modules_in(a, kernel, wanted, "")
+}
+
+/// `add_modules` with the module tree and list under `prefix` (e.g. ".hpmmap").
+pub fn add_modules_in(
+    a: &mut Archive,
+    kernel: &Kernel,
+    wanted: &[&str],
+    prefix: &str,
+) -> Result<Vec<Module>, RootfsError> {
     let tree = ModuleTree::open(&kernel.modules_dir())?;
     let mods = tree.closure(wanted)?;
-    let base = format!("lib/modules/{}", kernel.abi);
+    let pre = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", prefix.trim_matches('/'))
+    };
+    let base = format!("{pre}lib/modules/{}", kernel.abi);
     for m in &mods {
         a.file(
             &format!("{base}/{}", m.rel),
@@ -108,7 +123,7 @@ pub fn add_modules(
         modules_dep(&mods).into_bytes(),
     );
     let list: String = mods.iter().map(|m| format!("{}\n", m.rel)).collect();
-    a.file(MODULE_LIST, 0o644, list.into_bytes());
+    a.file(&format!("{pre}{MODULE_LIST}"), 0o644, list.into_bytes());
     Ok(mods)
 }
 

@@ -1,8 +1,9 @@
 //! hpmmap-image: builds a bootable job image (docs/architecture.md, Interface 3).
 
 use clap::{Parser, Subcommand};
-use hpmmap_image::builder::{build, BuildOptions};
+use hpmmap_image::builder::{build, BuildOptions, RootOn};
 use hpmmap_image::debs::DebCache;
+use hpmmap_image::jobtree::{parse_add, parse_env, SpecError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,6 +46,29 @@ enum Cmd {
         /// The init then waits for the port, brings IPoIB up and reports `ib:` lines.
         #[arg(long)]
         ib: bool,
+        /// Debian packages for the job's root tree, with their dependency closure from
+        /// Debian's archive (comma-separated, repeatable): e.g. openmpi-bin,lammps.
+        #[arg(long = "packages", value_name = "LIST")]
+        packages: Vec<String>,
+        /// The base of the job's root tree: a directory, an OCI image layout, or a
+        /// `docker save` / `podman save` archive.
+        #[arg(long, value_name = "PATH")]
+        rootfs: Option<PathBuf>,
+        /// A host file or directory to put in the image at GUEST (repeatable).
+        #[arg(long = "add", value_name = "HOST:GUEST")]
+        adds: Vec<String>,
+        /// The job's working directory in the image (default: the base image's, else /out).
+        #[arg(long, value_name = "DIR")]
+        workdir: Option<String>,
+        /// An environment variable for the job (repeatable).
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+        /// Where the job's root tree goes: the initramfs or a read-only squashfs disk.
+        #[arg(long, value_enum, default_value = "auto")]
+        root_on: RootOn,
+        /// Guest RAM the image will boot with (e.g. 2G): refuse an initramfs that does not fit.
+        #[arg(long, value_name = "SIZE")]
+        mem: Option<String>,
         /// Package cache root (default ${HPMMAP_CACHE:-$HOME/.cache/hpmmap}).
         #[arg(long)]
         cache: Option<PathBuf>,
@@ -65,9 +89,45 @@ fn main() -> ExitCode {
             kernel_version,
             modules,
             ib,
+            packages,
+            rootfs,
+            adds,
+            workdir,
+            env,
+            root_on,
+            mem,
             cache,
             quiet,
         } => {
+            let bad = |e: String| {
+                eprintln!("hpmmap-image: {e}");
+                ExitCode::from(2)
+            };
+            let parsed: Result<_, SpecError> = (|| {
+                let adds = adds
+                    .iter()
+                    .map(|a| parse_add(a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let env = env
+                    .iter()
+                    .map(|e| parse_env(e))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((adds, env))
+            })();
+            let (adds, env) = match parsed {
+                Ok(v) => v,
+                Err(e) => return bad(e.to_string()),
+            };
+            let mem = match mem.as_deref().map(parse_size) {
+                None => None,
+                Some(Some(m)) => Some(m),
+                Some(None) => {
+                    return bad(format!(
+                        "--mem {:?}: expected a size such as 2G or 1536M",
+                        mem.unwrap()
+                    ))
+                }
+            };
             hpmmap_image::progress::set_quiet(quiet);
             let mut o = BuildOptions::new(out);
             o.job = job;
@@ -76,6 +136,13 @@ fn main() -> ExitCode {
             o.kernel_version = kernel_version;
             o.modules = modules;
             o.ib = ib;
+            o.tree.packages = packages;
+            o.tree.rootfs = rootfs;
+            o.tree.adds = adds;
+            o.tree.env = env;
+            o.tree.workdir = workdir;
+            o.root_on = root_on;
+            o.mem = mem;
             if let Some(c) = cache {
                 o.cache = DebCache::at(c);
             }
@@ -94,4 +161,18 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `2G`, `1536M`, `512K` or bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let (num, shift) = match s.as_bytes().last()? {
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        _ => (s, 0),
+    };
+    num.parse::<u64>()
+        .ok()?
+        .checked_mul(1 << shift)
+        .filter(|&v| v > 0)
 }

@@ -1,0 +1,460 @@
+//! Job images with a root tree of their own (issue 15): Debian packages with their
+//! dependency closure, `--add`ed files, `--env`, `--workdir`, a container image as the base,
+//! the tree in the initramfs or on the read-only squashfs disk, the job run as an
+//! unprivileged user, and `/out` coming back as a tar stream on the `hpmmap-out` disk. Booted
+//! under QEMU/TCG `-machine microvm` (virtio-mmio disks; the VMM attaches the same disks on
+//! PCI). Nothing here skips: without Debian's kernel or QEMU these tests fail.
+
+use hpmmap_image::manifest::{sha256_hex, Manifest};
+use hpmmap_image::qemu::{boot_microvm_disks, Disk, JobRun};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hpmmap-image");
+
+fn scratch(tag: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let d = base.join(format!("jobtree-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn build(out: &Path, args: &[&str]) -> Output {
+    let o = Command::new(BIN)
+        .args(["build", "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn build_ok(out: &Path, args: &[&str]) -> Manifest {
+    let t = std::time::Instant::now();
+    let o = build(out, args);
+    assert!(
+        o.status.success(),
+        "build {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!(
+        "built {} in {:.1} s (this host)",
+        out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Manifest::read(out).unwrap()
+}
+
+/// Boots with the image's root disk (if any) and a fresh 64 MiB output disk; returns the
+/// run and the output disk's path.
+fn boot(image: &Path, extra: &str, mem_mib: u32) -> (JobRun, PathBuf) {
+    let m = Manifest::read(image).unwrap();
+    let out = image.with_extension("out.img");
+    let f = std::fs::File::create(&out).unwrap();
+    f.set_len(64 << 20).unwrap();
+    let mut disks = vec![Disk {
+        path: out.clone(),
+        serial: "hpmmap-out".into(),
+        read_only: false,
+    }];
+    if let Some(r) = &m.rootfs {
+        disks.insert(
+            0,
+            Disk {
+                path: image.join(&r.file),
+                serial: "hpmmap-root".into(),
+                read_only: true,
+            },
+        );
+    }
+    let r = boot_microvm_disks(
+        image,
+        extra,
+        mem_mib,
+        Duration::from_secs(600),
+        &image.with_extension("run"),
+        &disks,
+    )
+    .unwrap_or_else(|e| panic!("booting {}: {e}", image.display()));
+    eprintln!(
+        "booted {} in {:.1} s (QEMU/TCG microvm, emulation)",
+        image.display(),
+        r.elapsed.as_secs_f64()
+    );
+    (r, out)
+}
+
+/// The files of the tar stream at the start of the output disk.
+fn output_files(disk: &Path) -> std::collections::BTreeMap<String, String> {
+    let data = std::fs::read(disk).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut ar = tar::Archive::new(&data[..]);
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        let mut s = String::new();
+        e.read_to_string(&mut s).unwrap();
+        out.insert(p.trim_start_matches("./").to_string(), s);
+    }
+    out
+}
+
+const POOL: &str = "memmap=1G$0x40000000 hpmmap_pool=0x40000000@0x40000000";
+
+/// `--packages jq`: the closure comes from Debian's archive through apt, `--add` brings a
+/// script and its data, `--env` and `--workdir` reach the job, which runs as the image's
+/// unprivileged user under hpmmap-run, and what it writes to /out comes back on the output
+/// disk. Once with the tree in the initramfs, once on the squashfs disk.
+#[test]
+fn packages_add_env_workdir_run_as_the_job_user_and_out_comes_back() {
+    let d = scratch("pkgs");
+    let input = d.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("data.json"), r#"{"answer": 42}"#).unwrap();
+    let script = d.join("go.sh");
+    std::fs::write(
+        &script,
+        "#!/.hpmmap/bin/sh\nset -e\necho \"uid $(id -u) gid $(id -g) pwd $(pwd) greeting $GREETING\"\n\
+         echo \"memlock $(ulimit -l) hostname $(hostname) shm $(stat -f -c %T /dev/shm)\"\n\
+         jq .answer data.json > \"$HPMMAP_OUTPUT/answer.txt\"\nmkdir -p $HPMMAP_OUTPUT/sub\n\
+         echo rank $HPMMAP_RANK > $HPMMAP_OUTPUT/sub/rank.txt\necho wrote\n",
+    )
+    .unwrap();
+    let mut perm = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&script, perm).unwrap();
+    let add_in = format!("{}:/job/input", input.display());
+    let add_script = format!("{}:/job/go.sh", script.display());
+    let args = |root_on: &'static str| {
+        vec![
+            "--packages".to_string(),
+            "jq".into(),
+            "--add".into(),
+            add_in.clone(),
+            "--add".into(),
+            add_script.clone(),
+            "--env".into(),
+            "GREETING=hello from --env".into(),
+            "--workdir".into(),
+            "/job/input".into(),
+            "--job".into(),
+            "/job/go.sh".into(),
+            "--root-on".into(),
+            root_on.into(),
+        ]
+    };
+    for root_on in ["initramfs", "disk"] {
+        let img = d.join(format!("img-{root_on}"));
+        let a = args(root_on);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let m = build_ok(&img, &a);
+        for p in ["jq", "libjq1", "libonig5", "libc6"] {
+            assert!(m.packages.contains_key(p), "{p} missing: {:?}", m.packages);
+        }
+        assert_eq!(
+            m.tree_files["/job/input/data.json"],
+            sha256_hex(br#"{"answer": 42}"#)
+        );
+        assert!(m.tree_files.contains_key("/usr/bin/jq"));
+        assert!(
+            !m.tree_files
+                .keys()
+                .any(|f| f.starts_with("/usr/share/doc/")),
+            "docs trimmed"
+        );
+        assert_eq!(m.user.as_deref(), Some("hpmmap"));
+        assert_eq!(m.workdir.as_deref(), Some("/job/input"));
+        assert!(m.env.contains(&"GREETING=hello from --env".to_string()));
+        assert_eq!(m.rootfs.is_some(), root_on == "disk", "{:?}", m.notes);
+        assert!(m.verify(&img).is_empty(), "hashes match the files");
+        let (r, out) = boot(&img, POOL, 2048);
+        let c = &r.console;
+        assert_eq!(r.status, 0, "{c}");
+        assert!(
+            c.contains("uid 4242 gid 4242 pwd /job/input greeting hello from --env"),
+            "{c}"
+        );
+        assert!(
+            c.contains("memlock unlimited hostname job shm tmpfs"),
+            "{c}"
+        );
+        if m.hpmmap {
+            assert!(c.contains("job runs hpmmap"), "{c}");
+            assert!(c.contains("registered="), "{c}");
+        }
+        if root_on == "disk" {
+            assert!(
+                c.contains("(squashfs, read-only) under a tmpfs overlay"),
+                "{c}"
+            );
+        }
+        let files = output_files(&out);
+        assert_eq!(
+            files.get("answer.txt").map(String::as_str),
+            Some("42\n"),
+            "{files:?}\n{c}"
+        );
+        assert_eq!(
+            files.get("sub/rank.txt").map(String::as_str),
+            Some("rank 0\n")
+        );
+    }
+    // Equal inputs, equal bytes: the disk image too.
+    let again = d.join("again");
+    let a = args("disk");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    build_ok(&again, &a);
+    for f in ["manifest.json", "initramfs.cpio.gz", "rootfs.squashfs"] {
+        assert_eq!(
+            std::fs::read(again.join(f)).unwrap(),
+            std::fs::read(d.join("img-disk").join(f)).unwrap(),
+            "{f} differs between two builds"
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A tar member for a hand-made image layer.
+fn member(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: char, data: &[u8], mode: u32) {
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(mode);
+    match kind {
+        'd' => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            b.append_data(&mut h, path, &[][..]).unwrap();
+        }
+        'l' => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, path, std::str::from_utf8(data).unwrap())
+                .unwrap();
+        }
+        _ => {
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, path, data).unwrap();
+        }
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+/// The two layers of a small container image: a merged-usr busybox system, then a layer
+/// that whites out one file, empties a directory (opaque) and adds the job's data.
+fn layers() -> (Vec<u8>, Vec<u8>) {
+    let bb = hpmmap_image::rootfs::busybox(&hpmmap_image::debs::DebCache::from_env())
+        .expect("busybox-static from the package cache");
+    let busybox = std::fs::read(&bb.binary).unwrap();
+    let mut l1 = tar::Builder::new(Vec::new());
+    member(&mut l1, "usr/", 'd', b"", 0o755);
+    member(&mut l1, "usr/bin/", 'd', b"", 0o755);
+    member(&mut l1, "usr/bin/busybox", 'f', &busybox, 0o755);
+    member(&mut l1, "usr/bin/sh", 'l', b"busybox", 0o777);
+    member(&mut l1, "usr/bin/cat", 'l', b"busybox", 0o777);
+    member(&mut l1, "bin", 'l', b"usr/bin", 0o777);
+    member(&mut l1, "etc/", 'd', b"", 0o755);
+    member(&mut l1, "etc/gone", 'f', b"lower\n", 0o644);
+    member(&mut l1, "etc/kept", 'f', b"kept\n", 0o644);
+    member(&mut l1, "opt/", 'd', b"", 0o755);
+    member(&mut l1, "opt/old", 'f', b"old\n", 0o644);
+    let mut l2 = tar::Builder::new(Vec::new());
+    member(&mut l2, "etc/.wh.gone", 'f', b"", 0o644);
+    member(&mut l2, "opt/.wh..wh..opq", 'f', b"", 0o644);
+    member(&mut l2, "opt/new", 'f', b"new\n", 0o644);
+    member(&mut l2, "app/", 'd', b"", 0o755);
+    member(
+        &mut l2,
+        "app/run.sh",
+        'f',
+        b"#!/bin/sh\n[ ! -e /etc/gone ] && [ ! -e /opt/old ] && cat /etc/kept /opt/new > $HPMMAP_OUTPUT/seen && echo \"oci job in $(pwd) with $APP_MODE\"\n",
+        0o755,
+    );
+    (l1.into_inner().unwrap(), l2.into_inner().unwrap())
+}
+
+const CONFIG: &str = r#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/bin:/bin","APP_MODE=from-the-image"],"WorkingDir":"/app"}}"#;
+
+/// `docker save` layout: manifest.json naming the config and the layer tars.
+fn docker_archive(path: &Path) {
+    let (l1, l2) = layers();
+    let mut b = tar::Builder::new(Vec::new());
+    let manifest = r#"[{"Config":"cfg.json","RepoTags":["job:latest"],"Layers":["l1/layer.tar","l2/layer.tar"]}]"#;
+    member(&mut b, "manifest.json", 'f', manifest.as_bytes(), 0o644);
+    member(&mut b, "cfg.json", 'f', CONFIG.as_bytes(), 0o644);
+    member(&mut b, "l1/layer.tar", 'f', &l1, 0o644);
+    member(&mut b, "l2/layer.tar", 'f', &gzip(&l2), 0o644);
+    std::fs::write(path, b.into_inner().unwrap()).unwrap();
+}
+
+/// OCI image layout directory: oci-layout, index.json, blobs/sha256/ (gzip layers).
+fn oci_layout(dir: &Path) {
+    let (l1, l2) = layers();
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let h = sha256_hex(data);
+        std::fs::write(blobs.join(&h), data).unwrap();
+        (format!("sha256:{h}"), data.len())
+    };
+    let (c, cn) = put(CONFIG.as_bytes());
+    let (a, an) = put(&gzip(&l1));
+    let (b, bn) = put(&gzip(&l2));
+    let m = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{cn}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{a}","size":{an}}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{b}","size":{bn}}}]}}"#
+    );
+    let (md, mn) = put(m.as_bytes());
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{mn},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+}
+
+/// A container image as the base: the docker-save archive boots and its job sees the
+/// layers applied with whiteouts, the image's Env and WorkingDir; the OCI layout of the
+/// same layers gives the same tree.
+#[test]
+fn container_image_base_applies_layers_whiteouts_and_config() {
+    let d = scratch("oci");
+    let archive = d.join("job.tar");
+    docker_archive(&archive);
+    let layout = d.join("layout");
+    oci_layout(&layout);
+    let img = d.join("img");
+    let m = build_ok(
+        &img,
+        &[
+            "--no-hpmmap",
+            "--rootfs",
+            archive.to_str().unwrap(),
+            "--job",
+            "/app/run.sh",
+        ],
+    );
+    assert_eq!(m.workdir.as_deref(), Some("/app"));
+    assert!(
+        m.env.contains(&"APP_MODE=from-the-image".to_string()),
+        "{:?}",
+        m.env
+    );
+    assert!(!m.tree_files.contains_key("/etc/gone"));
+    assert!(!m.tree_files.contains_key("/opt/old"));
+    assert_eq!(m.tree_files["/opt/new"], sha256_hex(b"new\n"));
+    let (r, out) = boot(&img, "", 1024);
+    assert_eq!(r.status, 0, "{}", r.console);
+    assert!(
+        r.console.contains("oci job in /app with from-the-image"),
+        "{}",
+        r.console
+    );
+    assert_eq!(
+        output_files(&out).get("seen").map(String::as_str),
+        Some("kept\nnew\n")
+    );
+    let img2 = d.join("img2");
+    let m2 = build_ok(
+        &img2,
+        &[
+            "--no-hpmmap",
+            "--rootfs",
+            layout.to_str().unwrap(),
+            "--job",
+            "/app/run.sh",
+        ],
+    );
+    assert_eq!(m.tree_files, m2.tree_files, "same layers, same tree");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Each bad input: exit 2, one line naming the problem, nothing in --out.
+fn refused(out: &Path, args: &[&str], expect: &[&str]) {
+    let o = Command::new(BIN)
+        .args(["build", "--quiet", "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line: {err}");
+    for e in expect {
+        assert!(lines[0].contains(e), "{args:?}: expected {e:?} in {err}");
+    }
+    assert!(!out.exists(), "{args:?} left {} behind", out.display());
+    let stray: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(stray.is_empty(), "{args:?} left temporaries: {stray:?}");
+}
+
+#[test]
+fn bad_job_tree_inputs_are_one_line_and_leave_nothing() {
+    let d = scratch("bad");
+    let out = d.join("img");
+    refused(
+        &out,
+        &["--packages", "jq,hpmmap-no-such-package"],
+        &["hpmmap-no-such-package", "does not exist", "bookworm"],
+    );
+    refused(
+        &out,
+        &["--add", "/nonexistent/deck:/job/deck"],
+        &["--add", "/nonexistent/deck", "does not exist"],
+    );
+    refused(&out, &["--add", "/etc/hostname"], &["--add", "HOST:GUEST"]);
+    refused(&out, &["--env", "NOEQUALS"], &["--env", "KEY=VALUE"]);
+    refused(&out, &["--workdir", "relative"], &["--workdir", "absolute"]);
+    let junk = d.join("junk.tar");
+    std::fs::write(&junk, b"this is not an image archive").unwrap();
+    refused(
+        &out,
+        &["--rootfs", junk.to_str().unwrap()],
+        &["--rootfs", "junk.tar", "not a container image"],
+    );
+    refused(
+        &out,
+        &["--rootfs", "/nonexistent/rootfs"],
+        &["--rootfs", "/nonexistent/rootfs"],
+    );
+    refused(
+        &out,
+        &["--packages", "jq", "--job", "no-such-tool-anywhere"],
+        &["no-such-tool-anywhere", "neither in the image"],
+    );
+    // The jq tree (plus the kernel's initramfs part) cannot fit in 256 MiB with the
+    // kernel's share.
+    refused(
+        &out,
+        &[
+            "--packages",
+            "jq",
+            "--root-on",
+            "initramfs",
+            "--mem",
+            "256M",
+            "--no-hpmmap",
+        ],
+        &["--mem 256 MiB", "--root-on disk"],
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
