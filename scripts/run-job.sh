@@ -65,30 +65,28 @@ echo "[run-job] QEMU/TCG. Its timings are emulation timings; the page counters a
 # command line, what a real host does with hugepagesz=1G hugepages=N), and hpmmap-offline
 # shows them and the VM holding them.
 # Nested SVM emulated by TCG fails now and then, and not because of the job: a multi-vCPU L2
-# triple-faults (exit 72) in about 1 boot of 8, and L1 itself oopses or stops. The first boots
-# the job again in L1 (3 boots at most), --boots 5 the second; each failure is shown
-# (vmm/README.md, Known issue). A job's own status, whatever it is, is never retried.
-# The VMM runs pinned to one L1 CPU (its vCPUs share it): with two L1 vCPUs in guest mode at
-# once those failures come within a few boots; pinned, none was seen in 16.
-LAB_STEPS="hpmmap-offline status
-for attempt in 1 2 3; do
-    taskset -c \$((\$(nproc) - 1)) hpmmap-vmm --mem $MEM --vcpus $VCPUS --image /job --report /tmp/report.json &
-    vmm=\$!
-    # status once the VM maps its pages (prefaulting takes seconds here), or after 30 s
+# triple-faults (exit 72) or hangs in about 1 boot of 8, and L1 itself oopses or stops. The
+# lab's one retry policy (tests/lab/retry.sh, the same for every lab scenario) boots the job
+# again in L1 when that happens before the job started (3 boots at most), and --boots 5 boots
+# L1 again; each failure is shown (vmm/README.md, Known issue). A job's own status, whatever
+# it is, is never retried. The VMM runs pinned to one L1 CPU (its vCPUs share it).
+LAB_STEPS=". /root/retry.sh
+status_while_running() { # PID LOG: status once the VM maps its pages, or after 30 s
     for i in \$(seq 60); do
         hpmmap-offline status | grep -q 'held by hpmmap-vmm: pid' && break
-        kill -0 \$vmm 2>/dev/null || break
+        kill -0 \$1 2>/dev/null || break
         sleep 0.5
     done
     echo '--- hpmmap-offline status while the VM runs ---'; hpmmap-offline status
-    wait \$vmm; rc=\$?
-    case \$rc in 72) [ \$attempt -lt 3 ] || break
-        echo \"--- attempt \$attempt: nested-lab emulation failure (status \$rc), booting the job again ---\" ;;
-    *) break ;; esac
-done
+}
+hpmmap-offline status
+VMM_WHILE=status_while_running VMM_LIMIT=${HPMMAP_JOB_LIMIT:-1800}
+vmm_retrying --mem $MEM --vcpus $VCPUS --image /job --report /tmp/report.json
+rc=\$?
 echo '--- hpmmap-vmm report (JSON) ---'; cat /tmp/report.json
 exit \$rc"
 rc=0
 "$BIN/hpmmap-lab" run --mem "$((MEM_GIB + 3))G" --cpus "$VCPUS" --hugepages "$MEM_GIB" \
-    --boots 5 --bins "$BIN" --add "$WORK/image:/job" -- "$LAB_STEPS" || rc=$?
+    --boots 5 --bins "$BIN" --add "$WORK/image:/job" --add tests/lab/retry.sh:/root/retry.sh \
+    -- "$LAB_STEPS" || rc=$?
 exit $rc
