@@ -254,23 +254,9 @@ fn runners_build_the_hpmmap_vmm_and_hpmmap_lab_command_lines() {
     assert!(script.contains("run_one 0 A cg vm-hpmmap '--mem 2G --vcpus 2 --image /bench/vm-hpmmap --cmdline hpmmap_workload_args=cg,"));
 }
 
-/// Why the lab cannot run here, if it cannot (as images/tests/lab.rs decides it).
+/// Why the lab cannot run here, if it cannot (the images crate answers for every lab test).
 fn skip_reason() -> Option<String> {
-    use hpmmap_image::qemu::{has_device, qemu_binary};
-    let Some(q) = qemu_binary() else {
-        return Some("qemu-system-x86_64 is not installed".into());
-    };
-    if !has_device(&q, "igb") {
-        return Some("this QEMU has no igb device (QEMU 8.0 or newer needed)".into());
-    }
-    let cache = hpmmap_image::debs::DebCache::from_env();
-    match hpmmap_image::kernel::default_abi(&cache) {
-        Ok(abi) if cache.knows(&format!("linux-image-{abi}")) => None,
-        Ok(abi) => Some(format!(
-            "linux-image-{abi} is neither in apt nor in the cache"
-        )),
-        Err(e) => Some(e.to_string()),
-    }
+    hpmmap_image::qemu::nested_lab_unavailable()
 }
 
 /// hpmmap-vmm, hpmmap-image and hpmmap-lab beside this crate's binaries (where the harness

@@ -81,6 +81,25 @@ pub fn has_device(qemu: &Path, device: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Why the nested lab (`hpmmap-lab`: QEMU/TCG with igb, Debian's kernel) cannot run on this
+/// host, if it cannot. The one answer every lab test and the benchmark's lab rows ask for.
+pub fn nested_lab_unavailable() -> Option<String> {
+    let Some(q) = qemu_binary() else {
+        return Some("qemu-system-x86_64 is not installed (scripts/setup-host.sh)".into());
+    };
+    if !has_device(&q, "igb") {
+        return Some("this QEMU has no igb device (QEMU 8.0 or newer needed)".into());
+    }
+    let cache = crate::debs::DebCache::from_env();
+    match crate::kernel::default_abi(&cache) {
+        Ok(abi) if cache.knows(&format!("linux-image-{abi}")) => None,
+        Ok(abi) => Some(format!(
+            "linux-image-{abi} is neither in apt nor in the package cache"
+        )),
+        Err(e) => Some(format!("no guest kernel: {e}")),
+    }
+}
+
 pub fn tail(text: &str, lines: usize) -> String {
     let v: Vec<&str> = text.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")

@@ -6,6 +6,7 @@ use hpmmap_image::debs::DebCache;
 use hpmmap_image::kernel::default_abi;
 use hpmmap_image::manifest::Manifest;
 use hpmmap_image::qemu::{boot_microvm, qemu_binary};
+use hpmmap_testkit::Tier;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -22,31 +23,26 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
-/// SKIP (with the reason) when Debian's kernel cannot be had from apt or the cache.
-fn kernel_available() -> bool {
+/// A qemu-tier skip (with the reason) when Debian's kernel cannot be had from apt or the cache.
+fn kernel_available(test: &str) -> bool {
     let cache = DebCache::from_env();
-    match default_abi(&cache) {
-        Ok(abi) if cache.knows(&format!("linux-image-{abi}")) => true,
-        Ok(abi) => {
-            println!(
-                "SKIP: linux-image-{abi} is neither in apt nor in {}",
-                cache.debs_dir().display()
-            );
-            false
-        }
-        Err(e) => {
-            println!("SKIP: {e}");
-            false
-        }
-    }
+    let ready = match default_abi(&cache) {
+        Ok(abi) if cache.knows(&format!("linux-image-{abi}")) => Ok(()),
+        Ok(abi) => Err(format!(
+            "linux-image-{abi} is neither in apt nor in {}",
+            cache.debs_dir().display()
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    hpmmap_testkit::enter(Tier::Qemu, test, ready)
 }
 
-fn qemu_available() -> bool {
-    if qemu_binary().is_none() {
-        println!("SKIP: qemu-system-x86_64 is not installed");
-        return false;
-    }
-    true
+fn qemu_available(test: &str) -> bool {
+    let ready = match qemu_binary() {
+        Some(_) => Ok(()),
+        None => Err("qemu-system-x86_64 is not installed".to_string()),
+    };
+    hpmmap_testkit::enter(Tier::Qemu, test, ready)
 }
 
 fn build(out: &Path, args: &[&str]) -> Output {
@@ -90,7 +86,9 @@ fn boot(image: &Path, extra: &str) -> hpmmap_image::qemu::JobRun {
 
 #[test]
 fn job_exit_status_comes_back_zero_and_nonzero() {
-    if !kernel_available() || !qemu_available() {
+    if !kernel_available("job_exit_status_comes_back_zero_and_nonzero")
+        || !qemu_available("job_exit_status_comes_back_zero_and_nonzero")
+    {
         return;
     }
     let d = scratch("status");
@@ -134,7 +132,9 @@ fn job_exit_status_comes_back_zero_and_nonzero() {
 
 #[test]
 fn default_image_runs_the_builtin_workload_with_ranks() {
-    if !kernel_available() || !qemu_available() {
+    if !kernel_available("default_image_runs_the_builtin_workload_with_ranks")
+        || !qemu_available("default_image_runs_the_builtin_workload_with_ranks")
+    {
         return;
     }
     let d = scratch("default");
@@ -168,7 +168,9 @@ fn default_image_runs_the_builtin_workload_with_ranks() {
 /// through hpmmap-run.
 #[test]
 fn hpmmap_image_loads_the_module_with_a_memmap_pool() {
-    if !kernel_available() || !qemu_available() {
+    if !kernel_available("hpmmap_image_loads_the_module_with_a_memmap_pool")
+        || !qemu_available("hpmmap_image_loads_the_module_with_a_memmap_pool")
+    {
         return;
     }
     let ws = hpmmap_image::workspace::root();
@@ -184,7 +186,11 @@ fn hpmmap_image_loads_the_module_with_a_memmap_pool() {
         m.packages
     );
     if !have {
-        println!("SKIP: guest-kmod/module or guest-kmod/hpmmap-run missing; image built without hpmmap: {:?}", m.notes);
+        let why = format!(
+            "guest-kmod/module or guest-kmod/hpmmap-run missing; image built without hpmmap: {:?}",
+            m.notes
+        );
+        hpmmap_testkit::skip(Tier::Tools, "image with the hpmmap module", why);
         return;
     }
     let r = boot(
@@ -207,7 +213,7 @@ fn hpmmap_image_loads_the_module_with_a_memmap_pool() {
 
 #[test]
 fn manifest_hashes_match_and_builds_are_reproducible() {
-    if !kernel_available() {
+    if !kernel_available("manifest_hashes_match_and_builds_are_reproducible") {
         return;
     }
     let d = scratch("repro");
@@ -241,7 +247,7 @@ fn manifest_hashes_match_and_builds_are_reproducible() {
 /// dependencies in load order, and the init runs the InfiniBand check.
 #[test]
 fn ib_image_carries_the_infiniband_kernel_side() {
-    if !kernel_available() {
+    if !kernel_available("ib_image_carries_the_infiniband_kernel_side") {
         return;
     }
     let d = scratch("ib");
@@ -370,7 +376,11 @@ fn bad_inputs_are_clear_errors_and_leave_nothing() {
         );
         std::fs::remove_file(&prog).unwrap();
     } else {
-        println!("SKIP: gcc cannot build the missing-library job; that case not checked");
+        hpmmap_testkit::skip(
+            Tier::Tools,
+            "missing-library job refused",
+            "gcc cannot build the missing-library job",
+        );
     }
 
     // An output directory with other content is refused and left as it was.
@@ -394,7 +404,7 @@ fn bad_inputs_are_clear_errors_and_leave_nothing() {
     );
     std::fs::remove_dir_all(&busy).unwrap();
 
-    if kernel_available() {
+    if kernel_available("bad_inputs_are_clear_errors_and_leave_nothing") {
         refused(
             &out,
             &["--kernel-version", "6.1.0-999"],

@@ -3,7 +3,7 @@
 //! Figures here are emulation figures (nested lab under QEMU/TCG), never hardware ones.
 
 use hpmmap_image::lab::{self, parse_add, Lab, LabConfig, LabError, LabOutput};
-use hpmmap_image::qemu::{has_device, qemu_binary};
+use hpmmap_testkit::Tier;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -11,28 +11,15 @@ use std::time::Duration;
 const LAB: &str = env!("CARGO_BIN_EXE_hpmmap-lab");
 const SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/lab/scenario.sh");
 
-/// Why the lab cannot run here, if it cannot.
-fn skip_reason() -> Option<String> {
-    let Some(q) = qemu_binary() else {
-        return Some("qemu-system-x86_64 is not installed".into());
-    };
-    if !has_device(&q, "igb") {
-        return Some("this QEMU has no igb device (QEMU 8.0 or newer needed)".into());
-    }
-    let cache = hpmmap_image::debs::DebCache::from_env();
-    match hpmmap_image::kernel::default_abi(&cache) {
-        Ok(abi) if cache.knows(&format!("linux-image-{abi}")) => None,
-        Ok(abi) => Some(format!(
-            "linux-image-{abi} is neither in apt nor in the cache"
-        )),
-        Err(e) => Some(e.to_string()),
-    }
+/// Whether the nested lab can run `test` here; a lab-tier skip (hpmmap-testkit) when not.
+fn lab_ready(test: &str) -> bool {
+    let ready = hpmmap_image::qemu::nested_lab_unavailable().map_or(Ok(()), Err);
+    hpmmap_testkit::enter(Tier::Lab, test, ready)
 }
 
 fn scenario() -> Option<&'static LabOutput> {
     static RUN: OnceLock<Result<LabOutput, String>> = OnceLock::new();
-    if let Some(r) = skip_reason() {
-        println!("SKIP: {r}");
+    if !lab_ready("lab scenario") {
         return None;
     }
     let r = RUN.get_or_init(|| {
@@ -136,8 +123,7 @@ fn command_status_comes_back() {
 
 #[test]
 fn cli_runs_a_command_and_refuses_bad_input() {
-    if let Some(r) = skip_reason() {
-        println!("SKIP: {r}");
+    if !lab_ready("cli_runs_a_command_and_refuses_bad_input") {
         return;
     }
     // A command that does not exist in L1: refused before anything boots.
@@ -223,8 +209,7 @@ fn cli_runs_a_command_and_refuses_bad_input() {
 
 #[test]
 fn lab_library_rejects_a_command_missing_from_l1() {
-    if let Some(r) = skip_reason() {
-        println!("SKIP: {r}");
+    if !lab_ready("lab_library_rejects_a_command_missing_from_l1") {
         return;
     }
     let lab = Lab::prepare(LabConfig {
@@ -248,14 +233,15 @@ fn lab_library_rejects_a_command_missing_from_l1() {
 /// the PV device's EXIT register as hpmmap-vmm's exit status (0 and non-zero).
 #[test]
 fn job_image_boots_as_l2_under_hpmmap_vmm() {
-    if let Some(r) = skip_reason() {
-        println!("SKIP: {r}");
+    if !lab_ready("job_image_boots_as_l2_under_hpmmap_vmm") {
         return;
     }
     let ws = hpmmap_image::workspace::root();
     let dirs = hpmmap_image::lab::default_bin_dirs(&ws);
     if !dirs.iter().any(|d| d.join("hpmmap-vmm").is_file()) {
-        println!("SKIP: hpmmap-vmm is not built (looked in {dirs:?}); cargo build -p hpmmap-vmm");
+        let why =
+            format!("hpmmap-vmm is not built (looked in {dirs:?}); cargo build -p hpmmap-vmm");
+        hpmmap_testkit::skip(Tier::Lab, "job_image_boots_as_l2_under_hpmmap_vmm", why);
         return;
     }
     let base = std::env::var_os("CARGO_TARGET_TMPDIR")
@@ -326,8 +312,7 @@ fn job_image_boots_as_l2_under_hpmmap_vmm() {
 /// the real one, every L1 vCPU asleep for good under nested SVM, cannot be had on demand.
 #[test]
 fn cli_kills_an_l1_that_stops_beating_and_boots_it_again() {
-    if let Some(r) = skip_reason() {
-        println!("SKIP: {r}");
+    if !lab_ready("cli_kills_an_l1_that_stops_beating_and_boots_it_again") {
         return;
     }
     let kill_beat = "for p in /proc/[0-9]*; do \

@@ -34,21 +34,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// Why the nested lab cannot run on this machine, if it cannot.
 pub fn lab_skip_reason() -> Option<String> {
-    use hpmmap_image::qemu::{has_device, qemu_binary};
-    let Some(q) = qemu_binary() else {
-        return Some("qemu-system-x86_64 is not installed (scripts/setup-host.sh)".into());
-    };
-    if !has_device(&q, "igb") {
-        return Some("this QEMU has no igb device (QEMU 8.0 or newer needed)".into());
-    }
-    let cache = hpmmap_image::debs::DebCache::from_env();
-    match hpmmap_image::kernel::default_abi(&cache) {
-        Ok(abi) if cache.knows(&format!("linux-image-{abi}")) => None,
-        Ok(abi) => Some(format!(
-            "linux-image-{abi} is neither in apt nor in the package cache"
-        )),
-        Err(e) => Some(format!("no guest kernel: {e}")),
-    }
+    hpmmap_image::qemu::nested_lab_unavailable()
 }
 
 /// The directory holding `name` among the lab's binary directories, if it is built.

@@ -235,7 +235,7 @@ impl LabConfig {
             if self.pmem > 0 {
                 return bad("not with --pmem".into());
             }
-            if self.mem % (1 << 30) != 0 {
+            if !self.mem.is_multiple_of(1 << 30) {
                 return bad(format!(
                     "--mem {mem} does not split into whole GiB per node"
                 ));
@@ -248,7 +248,7 @@ impl LabConfig {
                 ));
             }
         }
-        if self.pmem % (1 << 30) != 0 {
+        if !self.pmem.is_multiple_of(1 << 30) {
             return Err(LabError::Pmem(
                 format!("{}M", self.pmem >> 20),
                 "must be whole GiB".into(),
