@@ -230,6 +230,14 @@ if [ {root_disk} = 1 ]; then
 fi
 mkdir -p $ROOT{out}
 export HPMMAP_OUTPUT={out}
+sampler=
+if [ "$run" = hpmmap ] && [ -r /sys/kernel/hpmmap/registered ]; then
+    # How many processes hpmmap served at once while the job ran (one per MPI rank); the
+    # counters printed afterwards read 0 registered.
+    echo 0 > /run/hpmmap-peak
+    ( peak=0; while :; do r=$(cat /sys/kernel/hpmmap/registered); [ "$r" -gt "$peak" ] && {{ peak=$r; echo $peak > /run/hpmmap-peak; }}; sleep 0.2; done ) &
+    sampler=$!
+fi
 if [ -z "$status" ]; then
     wrap=
     [ "$run" = hpmmap ] && wrap="$SYS/bin/hpmmap-run --"
@@ -246,7 +254,10 @@ if [ -z "$status" ]; then
     status=$?
 fi
 cd /
+# The sampler first: its sleep would count as a leftover.
+[ -n "$sampler" ] && {{ kill $sampler; wait $sampler 2>/dev/null; }}
 wait_leftovers
+[ -n "$sampler" ] && say "hpmmap peak registered processes: $(cat /run/hpmmap-peak)"
 if [ -d /sys/kernel/hpmmap ]; then
     c=
     for f in /sys/kernel/hpmmap/*; do [ -f "$f" ] && c="$c ${{f##*/}}=$(tr '\n' ' ' < "$f" | sed 's/ *$//; s/ /,/g')"; done

@@ -458,3 +458,105 @@ fn bad_job_tree_inputs_are_one_line_and_leave_nothing() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// LAMMPS's bundled melt example (Debian's lammps-examples) as a deck.
+fn melt_deck(dir: &Path) -> PathBuf {
+    let cache = hpmmap_image::debs::DebCache::from_env();
+    let deb = cache.get("lammps-examples", None).expect("lammps-examples");
+    let deck = dir.join("melt");
+    std::fs::create_dir_all(&deck).unwrap();
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dpkg-deb --fsys-tarfile {} | tar -xO ./usr/share/lammps/examples/melt/in.melt > {}/in.melt",
+            deb.path.display(),
+            deck.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(o.success());
+    deck
+}
+
+/// The thermo table of a LAMMPS log: the lines after `Step Temp ...` up to `Loop time`.
+fn thermo(console: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut on = false;
+    for l in console.lines() {
+        let t = l.trim();
+        if t.starts_with("Step ") {
+            on = true;
+        } else if t.starts_with("Loop time") {
+            on = false;
+        } else if on && t.split_whitespace().count() >= 5 {
+            out.push(t.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    out
+}
+
+/// Issue 15.5 (heavy: about 20 minutes of QEMU/TCG, figures in images/README.md): Debian's
+/// Open MPI + LAMMPS image runs the melt example with 1 and 2 ranks under hpmmap-run and
+/// prints the same thermo table as the same image without hpmmap, with 0 faults in hpmmap
+/// mappings and every rank registered at once.
+#[test]
+#[ignore]
+fn lammps_melt_same_thermo_with_and_without_hpmmap() {
+    let d = scratch("lammps");
+    let deck = melt_deck(&d);
+    let add = format!("{}:/job/melt", deck.display());
+    for ranks in ["1", "2"] {
+        let mut thermos = Vec::new();
+        for hp in [true, false] {
+            let img = d.join(format!("lmp-{ranks}-{hp}"));
+            let t = std::time::Instant::now();
+            let mut args = vec![
+                "--packages",
+                "openmpi-bin,lammps",
+                "--add",
+                &add,
+                "--workdir",
+                "/job/melt",
+                "--job",
+                "lmp -in in.melt -log /out/log.lammps",
+                "--ranks",
+                ranks,
+            ];
+            if !hp {
+                args.push("--no-hpmmap");
+            }
+            let m = build_ok(&img, &args);
+            let size: u64 = ["vmlinux", "initramfs.cpio.gz", "rootfs.squashfs"]
+                .iter()
+                .map(|f| std::fs::metadata(img.join(f)).map(|m| m.len()).unwrap_or(0))
+                .sum();
+            eprintln!(
+                "lammps image ({ranks} ranks, hpmmap {hp}): built in {:.1} s, {} MiB on disk, initramfs {} MiB in guest RAM (this host)",
+                t.elapsed().as_secs_f64(),
+                size >> 20,
+                m.initramfs_bytes >> 20
+            );
+            assert_eq!(m.launcher.as_deref(), Some("/usr/bin/mpirun"));
+            let (r, out) = boot(&img, if hp { POOL } else { "" }, 3072);
+            let c = &r.console;
+            assert_eq!(r.status, 0, "{c}");
+            let th = thermo(c);
+            assert_eq!(th.len(), 6, "steps 0..250 every 50: {c}");
+            if hp {
+                assert!(c.contains("job runs hpmmap"), "{c}");
+                assert!(c.contains(" faults=0 "), "{c}");
+                assert!(
+                    c.contains(&format!("hpmmap peak registered processes: {ranks}")),
+                    "{c}"
+                );
+            }
+            assert!(output_files(&out).contains_key("log.lammps"));
+            thermos.push(th);
+        }
+        assert_eq!(
+            thermos[0], thermos[1],
+            "{ranks} ranks: hpmmap vs --no-hpmmap"
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
