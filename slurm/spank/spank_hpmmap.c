@@ -58,7 +58,12 @@ static int opt_mem(int val, const char *arg, int remote);
 static int opt_vcpus(int val, const char *arg, int remote);
 static int opt_vf(int val, const char *arg, int remote);
 
-struct spank_option spank_options[] = {
+/*
+ * Registered in slurm_spank_init (spank_option_register): sbatch and salloc (allocator
+ * context) were seen to ignore a static spank_options table in 22.05 ("unrecognized
+ * option"), while srun took it.
+ */
+static struct spank_option hpmmap_options[] = {
 	{ "hpmmap-image", "IMAGE",
 	  "[hpmmap] Run the job in an hpmmap VM booted from job image IMAGE "
 	  "(a directory from hpmmap-image build), one VM per node",
@@ -141,8 +146,14 @@ static void parse_plugin_args(int ac, char **av)
 
 int slurm_spank_init(spank_t sp, int ac, char **av)
 {
-	(void)sp;
 	parse_plugin_args(ac, av);
+	for (struct spank_option *o = hpmmap_options; o->name != NULL; o++) {
+		spank_err_t rc = spank_option_register(sp, o);
+		if (rc != ESPANK_SUCCESS) {
+			slurm_error("hpmmap: cannot register --%s: %s", o->name, spank_strerror(rc));
+			return rc;
+		}
+	}
 	return ESPANK_SUCCESS;
 }
 
