@@ -5,19 +5,27 @@
 # development machines), the same steps run inside the nested lab (QEMU/TCG L1 with a real KVM
 # with NPT), and the figures are emulation figures: the script says which.
 #
-#   scripts/run-job.sh [--mem 2G] [--vcpus 2] [--job 'CMD ARGS']
+#   scripts/run-job.sh [--mem 2G] [--vcpus 2] [--job 'CMD ARGS' | --image DIR] [--timeout SECONDS]
+#
+# --image boots a job image built before (hpmmap-image build: packages, MPI ranks, ...).
+# --timeout stops the VM after SECONDS (default $HPMMAP_JOB_LIMIT, else 1800) and prints the
+# guest's output up to that point.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MEM=2G
 VCPUS=2
 JOB=()
+IMAGE=
+TIMEOUT=${HPMMAP_JOB_LIMIT:-1800}
 while [ $# -gt 0 ]; do
     case "$1" in
         --mem) MEM=$2; shift 2 ;;
         --vcpus) VCPUS=$2; shift 2 ;;
         --job) JOB=(--job "$2"); shift 2 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        --image) IMAGE=$2; shift 2 ;;
+        --timeout) TIMEOUT=$2; shift 2 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "run-job.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -25,6 +33,13 @@ case "$MEM" in
     *G) MEM_GIB=${MEM%G} ;;
     *) echo "run-job.sh: --mem must be whole GiB, like 2G (got '$MEM')" >&2; exit 2 ;;
 esac
+case "$TIMEOUT" in
+    ''|*[!0-9]*|0) echo "run-job.sh: --timeout must be a whole number of seconds above 0 (got '$TIMEOUT')" >&2; exit 2 ;;
+esac
+if [ -n "$IMAGE" ] && { [ ${#JOB[@]} -gt 0 ] || [ ! -f "$IMAGE/manifest.json" ]; }; then
+    echo "run-job.sh: --image '$IMAGE' must be a job image directory (with manifest.json), without --job" >&2
+    exit 2
+fi
 
 if [ "${HPMMAP_SKIP_SETUP:-0}" != 1 ]; then
     bash scripts/setup-host.sh
@@ -37,22 +52,32 @@ BIN=$TARGET/release
 
 WORK=$(mktemp -d /tmp/hpmmap-job.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
-echo "[run-job] building the job image" >&2
-"$BIN/hpmmap-image" build --out "$WORK/image" "${JOB[@]}"
+if [ -z "$IMAGE" ]; then
+    echo "[run-job] building the job image" >&2
+    "$BIN/hpmmap-image" build --out "$WORK/image" "${JOB[@]}"
+    IMAGE=$WORK/image
+fi
+IMAGE=$(cd "$IMAGE" && pwd)
 
 # The steps inside the machine that has a KVM able to run Linux: reserve, boot, release.
+# The VM is stopped after --timeout seconds; its console is kept so that the guest's output
+# up to then is shown again, marked, after the stop.
 STEPS="hpmmap-offline -q reserve --size $MEM
-hpmmap-vmm --mem $MEM --vcpus $VCPUS --image IMAGE --report REPORT
-rc=\$?
-echo '--- hpmmap-vmm report (JSON) ---'; cat REPORT
+timeout --kill-after=10 $TIMEOUT hpmmap-vmm --mem $MEM --vcpus $VCPUS --image IMAGE --report REPORT 2>&1 | tee GUESTLOG
+rc=\${PIPESTATUS[0]}
+if [ \$rc = 124 ] || [ \$rc = 137 ]; then
+    echo '--- stopped after $TIMEOUT s (--timeout); the guest output up to then: ---'; tail -n 200 GUESTLOG
+fi
+echo '--- hpmmap-vmm report (JSON) ---'; cat REPORT 2>/dev/null
 hpmmap-offline -q release --all
 exit \$rc"
 
 if [ -e /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
     echo "[run-job] platform: this host's KVM (hardware virtualization)" >&2
     export PATH="$BIN:$PATH"
-    script=${STEPS//IMAGE/$WORK/image}
+    script=${STEPS//IMAGE/$IMAGE}
     script=${script//REPORT/$WORK/report.json}
+    script=${script//GUESTLOG/$WORK/guest.log}
     rc=0; bash -c "$script" || rc=$?
     exit $rc
 fi
@@ -80,13 +105,17 @@ status_while_running() { # PID LOG: status once the VM maps its pages, or after 
     echo '--- hpmmap-offline status while the VM runs ---'; hpmmap-offline status
 }
 hpmmap-offline status
-VMM_WHILE=status_while_running VMM_LIMIT=${HPMMAP_JOB_LIMIT:-1800}
+VMM_WHILE=status_while_running VMM_LIMIT=$TIMEOUT
 vmm_retrying --mem $MEM --vcpus $VCPUS --image /job --report /tmp/report.json
 rc=\$?
+# vmm_retrying has printed the guest's output (its console) whatever the end.
+[ \$rc = 143 ] && echo '--- stopped after $TIMEOUT s (--timeout); the guest output up to then is above ---'
 echo '--- hpmmap-vmm report (JSON) ---'; cat /tmp/report.json
 exit \$rc"
 rc=0
+# L1's own limit leaves room for three boots of the job and L1's start.
 "$BIN/hpmmap-lab" run --mem "$((MEM_GIB + 3))G" --cpus "$VCPUS" --hugepages "$MEM_GIB" \
-    --boots 5 --bins "$BIN" --add "$WORK/image:/job" --add tests/lab/retry.sh:/root/retry.sh \
+    --timeout $((TIMEOUT * 3 + 600)) \
+    --boots 5 --bins "$BIN" --add "$IMAGE:/job" --add tests/lab/retry.sh:/root/retry.sh \
     -- "$LAB_STEPS" || rc=$?
 exit $rc
