@@ -458,6 +458,44 @@ struct ivl {
  * use is left as it is and zeroed by obj_fill() if it is ever mapped again.
  * Caller holds the mmap lock (read or write) and obj_lock.
  */
+/* Does a data VMA next to `vma` in the address space map part of every block in
+ * [lo, hi)? The usual case of a piece cut from a mapping (its rest is adjacent): then
+ * no block can be freed, and obj_release() need not look at every VMA. */
+static bool neighbours_cover(struct hpm_ctx *ctx, struct mm_struct *mm,
+			     struct vm_area_struct *vma, u64 lo, u64 hi)
+{
+	/* any data VMA is a fair witness; these two are the likely ones (find_vma_prev()
+	 * is not exported) */
+	struct vm_area_struct *nb[2] = { find_vma(mm, vma->vm_start ? vma->vm_start - 1 : 0),
+					 find_vma(mm, vma->vm_end) };
+	struct hpm_blk *b;
+	u64 u;
+	int i;
+
+	for (u = lo; u < hi;) {
+		bool covered = false;
+
+		b = blk_at(ctx, u);
+		if (!b) {
+			u += HPM_UNIT;
+			continue;
+		}
+		for (i = 0; i < 2; i++) {
+			u64 a, e;
+
+			if (!nb[i] || nb[i] == vma || !is_data(ctx, nb[i]))
+				continue;
+			a = vma_off(nb[i], nb[i]->vm_start);
+			e = a + (nb[i]->vm_end - nb[i]->vm_start);
+			covered |= a < b->off + hpm_blk_size(b) && e > b->off;
+		}
+		if (!covered)
+			return false;
+		u = b->off + hpm_blk_size(b);
+	}
+	return true;
+}
+
 static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o2,
 			struct vm_area_struct *skip)
 {
@@ -473,6 +511,8 @@ static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o
 	lo = b ? b->off : round_down(o1, HPM_UNIT);
 	b = blk_at(ctx, o2 - 1);
 	hi = b ? b->off + hpm_blk_size(b) : round_up(o2, HPM_UNIT);
+	if (skip && neighbours_cover(ctx, mm, skip, lo, hi))
+		return; /* every block stays: no walk over all VMAs per small munmap */
 	{
 		VMA_ITERATOR(vmi, mm, 0);
 
@@ -712,29 +752,39 @@ void hpm_repopulate(struct hpm_ctx *ctx, unsigned long start, unsigned long end)
  * afterwards (issue 12.6: cutting a large mapping in 4 KiB pieces used to refill +-1 GiB
  * page by page on every call).
  */
-unsigned long hpm_huge_extent(unsigned long addr)
+static unsigned long huge_extent_locked(struct mm_struct *mm, unsigned long addr)
 {
-	struct mm_struct *mm = current->mm;
-	unsigned long ext = 0;
-	pud_t *pud;
+	pud_t *pud = pud_get(mm, addr, false);
 	pmd_t *pmd;
 
-	mmap_read_lock(mm);
-	pud = pud_get(mm, addr, false);
 	if (!pud || pud_none(*pud))
-		goto out;
-	if (pud_devmap(*pud) || pud_trans_huge(*pud)) {
-		ext = HPM_GIG;
-		goto out;
-	}
+		return 0;
+	if (pud_devmap(*pud) || pud_trans_huge(*pud))
+		return HPM_GIG;
 	if (pud_bad(*pud))
-		goto out;
+		return 0;
 	pmd = pmd_offset(pud, addr);
-	if (pmd_devmap(*pmd) || pmd_trans_huge(*pmd))
-		ext = HPM_UNIT;
-out:
-	mmap_read_unlock(mm);
+	return pmd_devmap(*pmd) || pmd_trans_huge(*pmd) ? HPM_UNIT : 0;
+}
+
+unsigned long hpm_huge_extent(unsigned long addr)
+{
+	unsigned long ext;
+
+	mmap_read_lock(current->mm);
+	ext = huge_extent_locked(current->mm, addr);
+	mmap_read_unlock(current->mm);
 	return ext;
+}
+
+/* hpm_huge_extent() of both ends of a range under one lock (every munmap asks). */
+void hpm_huge_extents(unsigned long start, unsigned long end, unsigned long *ext_start,
+		      unsigned long *ext_end)
+{
+	mmap_read_lock(current->mm);
+	*ext_start = huge_extent_locked(current->mm, start);
+	*ext_end = huge_extent_locked(current->mm, end);
+	mmap_read_unlock(current->mm);
 }
 
 /* Maps again what Linux dropped around [start, end), given hpm_huge_extent() of start
@@ -1394,8 +1444,7 @@ long hpm_do_munmap(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 	if (!*handled)
 		return 0;
 	mutex_lock(&ctx->op_lock);
-	ext_s = hpm_huge_extent(start);
-	ext_e = hpm_huge_extent(end);
+	hpm_huge_extents(start, end, &ext_s, &ext_e);
 	if (start < ctx->region_start)
 		ret = vm_munmap(start, ctx->region_start - start);
 	if (end > ctx->region_end) {
@@ -1641,7 +1690,7 @@ static long data_vma_flags(struct hpm_ctx *ctx, unsigned long start, unsigned lo
 	static split_vma_fn split;
 	struct mm_struct *mm = current->mm;
 	struct vm_area_struct *vma;
-	unsigned long ext_s = hpm_huge_extent(start), ext_e = hpm_huge_extent(end);
+	unsigned long ext_s, ext_e;
 	bool cut_s = false, cut_e = false;
 	long ret = 0;
 
@@ -1649,6 +1698,7 @@ static long data_vma_flags(struct hpm_ctx *ctx, unsigned long start, unsigned lo
 		split = (split_vma_fn)hpm_lookup_name("split_vma");
 	if (!split)
 		return -ENOSYS;
+	hpm_huge_extents(start, end, &ext_s, &ext_e);
 	if (mmap_write_lock_killable(mm))
 		return -EINTR;
 	vma = find_vma(mm, start);

@@ -175,8 +175,7 @@ static long hpm_sys_mprotect(const struct pt_regs *regs)
 		goto out;
 	}
 	mutex_lock(&ctx->op_lock);
-	ext_s = hpm_huge_extent(start);
-	ext_e = hpm_huge_extent(end);
+	hpm_huge_extents(start, end, &ext_s, &ext_e);
 	/* Linux changes VMAs and entries and flushes TLBs (1 GiB leaves inside the range:
 	 * see hpm_data_mprotect()); what it cleared is mapped again below: the range itself
 	 * and the huge entries that straddled its ends (not +-1 GiB page by page). */

@@ -95,6 +95,8 @@ long hpm_do_munmap(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 void hpm_repopulate(struct hpm_ctx *ctx, unsigned long start, unsigned long end);
 void hpm_repopulate_exact(struct hpm_ctx *ctx, unsigned long start, unsigned long end);
 unsigned long hpm_huge_extent(unsigned long addr);
+void hpm_huge_extents(unsigned long start, unsigned long end, unsigned long *ext_start,
+		      unsigned long *ext_end);
 void hpm_repopulate_edges(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
 			  unsigned long ext_start, unsigned long ext_end);
 long hpm_do_mremap(struct hpm_ctx *ctx, unsigned long old, unsigned long old_len,
