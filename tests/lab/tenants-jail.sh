@@ -6,6 +6,7 @@
 # VMM's kill, whose keeper cleaned up; without after the keeper's): nothing of the job left.
 # Uses tenants.sh's pf, pin, pool, claims, vf_drivers, vf_overrides, nap.
 # shellcheck disable=SC2154 # pf and pin are set by tenants.sh, which sources this file
+echo "jail_case_start=$(cut -d' ' -f1 /proc/uptime)"
 cg=/sys/fs/cgroup
 [ -e $cg/cgroup.controllers ] || mount -t cgroup2 none $cg
 echo "cgroup2_mounted=$([ -e $cg/cgroup.controllers ] && echo yes || echo no)"
@@ -51,7 +52,8 @@ kill9_jailed() {
     fi
     echo "${name}_recover_rc=$?"
     sed "s/^/$name recover: /" /tmp/rec.log
-    sed "s/^/$name: /" "/tmp/$name.log" | tail -5
+    # awk ends the last line too: the VMM was killed in the middle of one
+    tail -5 "/tmp/$name.log" | awk -v p="$name: " '{print p $0}'
     echo "${name}_vf_drivers_after_recover=$(vf_drivers)"
     echo "${name}_overrides_after_recover=$(vf_overrides)"
     echo "${name}_claims_after_recover=$(claims)"
@@ -62,3 +64,4 @@ kill9_jailed() {
 }
 kill9_jailed jvmm vmm
 kill9_jailed jkeeper keeper
+echo "jail_case_end=$(cut -d' ' -f1 /proc/uptime)"

@@ -3,7 +3,7 @@
 # lab, on L1's boot-time 1 GiB pages, its igb PF with two VFs and (with --pmem) a device-dax
 # device. One `key=value` line per fact; the VMMs' output prefixed with the case's name.
 #   1. two jobs reserve 1 GiB each (--job); a VMM of a third job without a reservation exits
-#      2; two VMMs of the two jobs started at the same moment on the same PF get two VFs;
+#      2, and so does a VMM without --job (the free pages are the jobs'); two VMMs of the two jobs started at the same moment on the same PF get two VFs;
 #      each job's release gives back its own pages
 #   2. device-dax: a VMM of job d runs on /dev/dax0.0; a second VMM on it exits 2 naming
 #      the first one's pid
@@ -53,6 +53,11 @@ hpmmap-offline status | sed 's/^/status1: /'
 timeout 60 hpmmap-vmm --job c --mem 1G --image /img > /tmp/c.log 2>&1
 echo "c_vmm_rc=$?"
 sed 's/^/c: /' /tmp/c.log
+# A VMM without --job: both free pages are the jobs', none is left for it.
+timeout 60 hpmmap-vmm --mem 1G --image /img > /tmp/nojob.log 2>&1
+echo "nojob_vmm_rc=$?"
+sed 's/^/nojob: /' /tmp/nojob.log
+echo "nojob_pool=$(pool)"
 for j in a b; do
     (timeout "$limit" taskset -c $pin hpmmap-vmm --job $j --mem 1G --vcpus 1 --vf "$pf" \
         --image /img > /tmp/$j.log 2>&1; echo $? > /tmp/$j.rc) &

@@ -4,7 +4,8 @@
 //!
 //! 1. two jobs reserve 1 GiB each (`--job`); a VMM of a job without a reservation exits 2;
 //!    two VMMs of the two jobs started at the same moment on the same PF get two different
-//!    VFs and both boot; each job's release gives back its own pages;
+//!    VFs and both boot; each job's release gives back its own pages; a VMM without `--job`
+//!    exits 2 naming the jobs whose free pages it would have taken;
 //! 2. a VMM on /dev/dax0.0 locks it: a second VMM on the device exits 2 naming its pid;
 //! 3. `kill -9` of hpmmap-vmm right after its VF claim, during prefault, and while its job
 //!    runs; each time one `hpmmap-offline recover` puts the VF back on igbvf (no
@@ -120,6 +121,19 @@ fn tenants_share_a_node_and_recover_cleans_after_every_kill() {
     assert_eq!(get(&o, "b_reserve_rc"), "0", "{out}");
     assert_eq!(get(&o, "c_vmm_rc"), "2", "{out}");
     assert!(out.contains("--job c: needs 1 1 GiB page(s)"), "{out}");
+    assert_eq!(get(&o, "nojob_vmm_rc"), "2", "{out}");
+    assert!(
+        out.contains(
+            "no --job: needs 1 1 GiB page(s) but only 0 free are held for no job; \
+             2 free page(s) belong to job(s) a 1, b 1"
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        get(&o, "nojob_pool"),
+        "2,2",
+        "the refused VMM took no page: {out}"
+    );
     let (va, vb) = (get(&o, "a_vf"), get(&o, "b_vf"));
     assert!(!va.is_empty() && !vb.is_empty(), "{out}");
     assert_ne!(va, vb, "two VMMs started at once got one VF:\n{out}");
