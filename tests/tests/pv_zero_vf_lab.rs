@@ -35,8 +35,7 @@ fn job() -> String {
 
 fn run() -> Option<LabOutput> {
     let skip = lab_skip_reason().or_else(|| built_host_binary("hpmmap-vmm").err());
-    if let Some(why) = skip {
-        println!("SKIP: {why}");
+    if !lab_ready("pv_zero_vf_lab", skip) {
         return None;
     }
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
