@@ -873,7 +873,14 @@ fn a_jailed_job_killed_with_its_keeper_leaves_what_recover_removes() {
         return;
     }
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "--jail needs root");
+    if unsafe { libc::geteuid() } != 0 {
+        hpmmap_testkit::skip(
+            Tier::Root,
+            "a_jailed_job_killed_with_its_keeper_leaves_what_recover_removes",
+            "--jail needs root",
+        );
+        return;
+    }
     let offline = std::path::Path::new(vmm_bin()).with_file_name("hpmmap-offline");
     assert!(
         offline.is_file(),
