@@ -80,8 +80,8 @@ enum Cmd {
         /// Nodes (node1 .. nodeN, 10.16.0.K).
         #[arg(long, default_value_t = 2)]
         nodes: u32,
-        /// Each node's L1 memory.
-        #[arg(long, default_value = "3G")]
+        /// Each node's L1 memory (with 3G the boot-time 1 GiB page was missing).
+        #[arg(long, default_value = "4G")]
         mem: String,
         /// Each node's L1 vCPUs.
         #[arg(long, default_value_t = 2)]

@@ -11,7 +11,10 @@ cl() { echo "cluster node$CLUSTER_NODE: $*"; }
 
 hostname "node$CLUSTER_NODE"
 # The igb PF is L1's only NIC; the kernel names it (no udev in the lab).
-dev=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+dev=
+for d in /sys/class/net/*; do
+    [ "${d##*/}" = lo ] || { dev=${d##*/}; break; }
+done
 if [ -z "$dev" ]; then
     cl "FAIL no network interface (igb not probed?)"
     return 1
@@ -47,6 +50,8 @@ if ! slurmd -N "node$CLUSTER_NODE"; then
     cl "FAIL slurmd did not start"; cat /var/log/slurm/slurmd.log
     return 1
 fi
+hp=/sys/kernel/mm/hugepages/hugepages-1048576kB
+cl "1 GiB pages: $(cat $hp/nr_hugepages) reserved at boot, $(cat $hp/free_hugepages) free"
 cl "munged, slurmd$( [ "$CLUSTER_NODE" = 1 ] && echo ', slurmctld') started"
 
 # cluster_wait_idle SECS: node 1 waits until every node reports idle.

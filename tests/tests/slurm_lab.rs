@@ -1,0 +1,214 @@
+//! Slurm with hpmmap, in the nested lab: `hpmmap-lab cluster` boots L1s (QEMU/TCG with
+//! SVM+NPT, igb, 1 GiB pages) joined by one QEMU socket network, with Debian's munge and
+//! slurm-wlm 22.05 and the SPANK plugin of slurm/; slurm/lab/scenario.sh then submits on
+//! node1. The scenario, read top to bottom: bad options are refused at submit time and
+//! leave no job and no drained node; srun with --hpmmap-image boots one VM per node, whose
+//! job's output and exit status are the step's; afterwards nothing of the job is left on
+//! any node. The full run (two nodes, sbatch with two steps sharing one VM per node,
+//! scancel while the VMs run) takes longer than CI allows: `cargo test -p hpmmap-tests
+//! --test slurm_lab -- --ignored`, figures in slurm/README.md. Figures printed are
+//! emulation figures (nested lab under QEMU/TCG).
+
+use hpmmap_image::builder::{build, BuildOptions};
+use hpmmap_image::lab::cluster::{Cluster, ClusterConfig};
+use hpmmap_image::lab::{parse_add, LabConfig};
+use hpmmap_tests::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Each node's L1: with 3 GiB the boot-time 1 GiB page was not there (free_1g=0: L1's own
+/// boot allocations took every 1 GiB-aligned range); 4 GiB leaves one.
+const NODE_MEM: u64 = 4 << 30;
+
+const SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../slurm/lab/scenario.sh");
+
+fn work_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("slurm-lab-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A job image without the hpmmap module: a 1 GiB VM has no pool behind its first GiB,
+/// and this scenario is about the VM's life, not the module.
+fn image(base: &std::path::Path, name: &str, job: &str) -> String {
+    let out = base.join(name);
+    let mut opts = BuildOptions::new(&out);
+    opts.job = Some(job.to_string());
+    opts.no_hpmmap = true;
+    build(&opts).unwrap_or_else(|e| panic!("hpmmap-image build {name}: {e}"));
+    format!("{}:/images/{name}", out.display())
+}
+
+/// Boots the cluster and runs the scenario; the scenario's output (node1's command).
+fn scenario(name: &str, nodes: u32, full: bool) -> String {
+    let why_not = lab_skip_reason();
+    // A lab test that cannot run fails (after recording its tier as skipped).
+    if !lab_ready(&format!("slurm_lab {name}"), why_not.clone()) {
+        panic!("the nested lab cannot run here: {}", why_not.unwrap_or_default());
+    }
+    for bin in ["hpmmap-vmm", "hpmmap-offline"] {
+        built_host_binary(bin).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let base = work_dir(name);
+    let adds = vec![
+        image(
+            &base,
+            "ok",
+            "/bin/busybox sh -c 'echo hpmmap-lab-job-ran; exit 3'",
+        ),
+        image(
+            &base,
+            "sleep",
+            "/bin/busybox sh -c 'echo sleeping; sleep 600'",
+        ),
+        format!("{SCENARIO}:/lab/slurm-scenario.sh"),
+    ]
+    .iter()
+    .map(|a| parse_add(a).unwrap())
+    .collect();
+    let node = LabConfig {
+        mem: NODE_MEM,
+        cpus: 2,
+        hugepages_1g: 1,
+        timeout: Duration::from_secs(if full { 1500 } else { 900 }),
+        adds,
+        work: Some(base.join("cluster")),
+        ..LabConfig::default()
+    };
+    let cluster = Cluster::prepare(ClusterConfig { nodes, node }).expect("cluster prepared");
+    assert!(cluster.spank, "the SPANK plugin is installed");
+    let cmd = format!(
+        "sh /lab/slurm-scenario.sh {nodes} {}",
+        if full { "full" } else { "short" }
+    );
+    let out = cluster.run(&cmd).expect("cluster ran");
+    for (i, o) in out.others.iter().enumerate() {
+        match o {
+            Ok(o) => eprintln!("--- node{} ---\n{}", i + 2, o.output),
+            Err(e) => eprintln!("--- node{}: {e}", i + 2),
+        }
+    }
+    eprintln!(
+        "--- node1 ({:.0} s, nested lab under QEMU/TCG) ---\n{}",
+        out.head.elapsed.as_secs_f64(),
+        out.head.output
+    );
+    assert_eq!(out.head.status, 0, "node1's scenario exit status");
+    let o = out.head.output;
+    assert_eq!(
+        value(&o, "scenario"),
+        Some("done"),
+        "the scenario ran to its end"
+    );
+    o
+}
+
+/// Every node of the cluster holds nothing of hpmmap and none is drained.
+fn assert_clean(o: &str, when: &str, nodes: u32) {
+    let lines = prefixed(o, &format!("{when}: "));
+    assert_eq!(
+        lines.len(),
+        nodes as usize,
+        "{when}: one line per node: {lines:?}"
+    );
+    for l in &lines {
+        for fact in ["vmm=0", "rundirs=0", "vfio=0", "jobs=[]", "free_1g=1"] {
+            assert!(l.contains(fact), "{when}: {l} lacks {fact}");
+        }
+    }
+    assert_eq!(
+        value(o, &format!("{when}_drained")),
+        Some("0"),
+        "{when}: drained nodes"
+    );
+}
+
+fn assert_bad_options_refused(o: &str, nodes: u32) {
+    let help = prefixed(o, "help: ");
+    for opt in [
+        "--hpmmap-image",
+        "--hpmmap-mem",
+        "--hpmmap-vcpus",
+        "--hpmmap-vf",
+    ] {
+        assert!(
+            help.iter()
+                .any(|l| l.contains(opt) && l.contains("[hpmmap]")),
+            "srun --help lists {opt}, tagged: {help:?}"
+        );
+    }
+    for (key, why) in [
+        ("bad_image", "/no/such/image: No such file or directory"),
+        ("bad_mem", "not whole GiB"),
+        ("bad_vcpus", "outside 1.."),
+        ("bad_sbatch", "not a job image"),
+    ] {
+        assert_ne!(value(o, &format!("{key}_rc")), Some("0"), "{key} refused");
+        let lines = prefixed(o, &format!("{key}: "));
+        assert!(
+            lines.iter().any(|l| l.contains(why)),
+            "{key}: one line names the cause ({why}): {lines:?}"
+        );
+    }
+    assert_eq!(value(o, "queue_after_bad"), Some("0"), "no job was queued");
+    assert_clean(o, "after_bad", nodes);
+}
+
+fn assert_srun_ran_one_vm_per_node(o: &str, nodes: u32) {
+    assert_eq!(
+        value(o, "srun_rc"),
+        Some("3"),
+        "srun's status is the VM job's"
+    );
+    let out = prefixed(o, "srun_out: ");
+    assert_eq!(
+        out.iter()
+            .filter(|l| l.contains("hpmmap-lab-job-ran"))
+            .count(),
+        nodes as usize,
+        "the job's output once per node: {out:?}"
+    );
+    assert!(
+        !out.iter().any(|l| l.contains("not in the VM")),
+        "the step's command ran in no VM on the node: {out:?}"
+    );
+    let starts = value(o, "srun_vm_starts").expect("srun_vm_starts");
+    for k in 1..=nodes {
+        assert!(
+            starts.contains(&format!("node{k}=1")),
+            "one VM on node{k}: {starts}"
+        );
+    }
+    assert_clean(o, "after_srun", nodes);
+}
+
+/// CI: one node, the bad options, one srun job.
+#[test]
+fn one_node_refuses_bad_options_and_runs_an_srun_job_in_one_vm() {
+    let o = scenario("short", 1, false);
+    assert_bad_options_refused(&o, 1);
+    assert_srun_ran_one_vm_per_node(&o, 1);
+}
+
+/// The whole scenario on two nodes (not in CI: longer than its time allows).
+#[test]
+#[ignore]
+fn two_nodes_srun_sbatch_and_scancel() {
+    let o = scenario("full", 2, true);
+    assert_bad_options_refused(&o, 2);
+    assert_srun_ran_one_vm_per_node(&o, 2);
+    let sb = prefixed(&o, "sbatch_out: ");
+    assert!(sb.iter().any(|l| *l == "step1_rc=3"), "step 1: {sb:?}");
+    assert!(sb.iter().any(|l| *l == "step2_rc=3"), "step 2: {sb:?}");
+    let starts = value(&o, "sbatch_vm_starts").expect("sbatch_vm_starts");
+    assert!(
+        starts.contains("node1=1") && starts.contains("node2=1"),
+        "two steps, one VM per node: {starts}"
+    );
+    assert_clean(&o, "after_sbatch", 2);
+    assert_eq!(value(&o, "cancel_vms_running"), Some("2"), "both VMs ran");
+    assert_eq!(value(&o, "cancel_state"), Some("CANCELLED"));
+    assert_clean(&o, "after_cancel", 2);
+}
