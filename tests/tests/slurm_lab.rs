@@ -46,13 +46,16 @@ fn scenario(name: &str, nodes: u32, full: bool) -> String {
     let why_not = lab_skip_reason();
     // A lab test that cannot run fails (after recording its tier as skipped).
     if !lab_ready(&format!("slurm_lab {name}"), why_not.clone()) {
-        panic!("the nested lab cannot run here: {}", why_not.unwrap_or_default());
+        panic!(
+            "the nested lab cannot run here: {}",
+            why_not.unwrap_or_default()
+        );
     }
     for bin in ["hpmmap-vmm", "hpmmap-offline"] {
         built_host_binary(bin).unwrap_or_else(|e| panic!("{e}"));
     }
     let base = work_dir(name);
-    let adds = vec![
+    let adds = [
         image(
             &base,
             "ok",
@@ -200,8 +203,8 @@ fn two_nodes_srun_sbatch_and_scancel() {
     assert_bad_options_refused(&o, 2);
     assert_srun_ran_one_vm_per_node(&o, 2);
     let sb = prefixed(&o, "sbatch_out: ");
-    assert!(sb.iter().any(|l| *l == "step1_rc=3"), "step 1: {sb:?}");
-    assert!(sb.iter().any(|l| *l == "step2_rc=3"), "step 2: {sb:?}");
+    assert!(sb.contains(&"step1_rc=3"), "step 1: {sb:?}");
+    assert!(sb.contains(&"step2_rc=3"), "step 2: {sb:?}");
     let starts = value(&o, "sbatch_vm_starts").expect("sbatch_vm_starts");
     assert!(
         starts.contains("node1=1") && starts.contains("node2=1"),
