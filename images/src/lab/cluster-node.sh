@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # Sourced first in every L1 of `hpmmap-lab cluster` (images/src/lab/cluster.rs writes the
 # line that sources it): names the node, puts its igb PF on the cluster network, starts
 # munged, slurmd and (node 1) slurmctld. Node 1 then waits for every node to be idle before
