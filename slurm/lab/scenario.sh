@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # The Slurm scenario, run on node1 of `hpmmap-lab cluster` once every node is idle
 # (tests/tests/slurm_lab.rs): bad options refused at submit time, srun and sbatch with
 # --hpmmap-image, one VM per node per job, output and exit status, scancel mid-job leaving
