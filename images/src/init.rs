@@ -3,6 +3,29 @@
 
 use crate::job::sh_quote;
 
+/// The PV device's registers as the guest module's header defines them: the init writes the
+/// job's status through the same definition the module and the VMM use.
+mod pv {
+    const HEADER: &str = include_str!("../../guest-kmod/module/hpmmap_pv.h");
+
+    /// The value of `#define NAME VALUE` in hpmmap_pv.h. Panics on a name the header lacks:
+    /// the names are this file's own constants, and a test reads each of them.
+    pub fn define(name: &str) -> u64 {
+        HEADER
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("#define ")?.split_whitespace();
+                Some((w.next()?, w.next()?.trim_end_matches('u')))
+            })
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| match v.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => v.parse().ok(),
+            })
+            .unwrap_or_else(|| panic!("{name} is not a numeric define of hpmmap_pv.h"))
+    }
+}
+
 /// Where the ordered module list lives in the initramfs; one path per line, relative to
 /// /lib/modules/<abi>/.
 pub const MODULE_LIST: &str = "etc/hpmmap/modules";
@@ -273,11 +296,11 @@ if [ -n "$odev" ]; then
 fi
 echo "HPMMAP-JOB-EXIT $status"
 if [ -n "$pv" ]; then
-    # Interface 2: check MAGIC, announce version 1, then EXIT (offset 0x34).
+    # Interface 2 (guest-kmod/module/hpmmap_pv.h): check MAGIC, announce the version, EXIT.
     magic=$(devmem "$pv" 32 2>/dev/null)
-    if [ -n "$magic" ] && [ $((magic)) = $((0x4D4D5048)) ]; then
-        devmem $((pv + 0x8)) 32 1
-        devmem $((pv + 0x34)) 32 "$status"
+    if [ -n "$magic" ] && [ $((magic)) = $(({pv_magic:#x})) ]; then
+        devmem $((pv + {pv_guest_version:#x})) 32 {pv_version}
+        devmem $((pv + {pv_exit:#x})) 32 "$status"
     else
         say "no hpmmap PV device at $pv (read '$magic'); exit status on the console only"
     fi
@@ -297,6 +320,10 @@ while :; do sleep 60; done
         uid = crate::jobtree::JOB_UID,
         ko = HPMMAP_KO,
         ib_check = ib_check(),
+        pv_magic = pv::define("PV_MAGIC_VAL"),
+        pv_version = pv::define("PV_VERSION_VAL"),
+        pv_guest_version = pv::define("PV_GUEST_VERSION"),
+        pv_exit = pv::define("PV_EXIT"),
     ));
     s
 }
@@ -498,5 +525,22 @@ mod tests {
             );
             assert!(s.contains("HPMMAP-JOB-EXIT $status"));
         }
+    }
+
+    /// The exit status reaches the PV device at the header's offsets, the ones the VMM's
+    /// device answers (vmm/src/devices/pv.rs holds itself to the same header).
+    #[test]
+    fn the_exit_status_goes_where_hpmmap_pv_h_says() {
+        let s = job_init(&JobInit {
+            abi: "6.1.0-1-amd64".into(),
+            hpmmap: true,
+            tree: false,
+            root_disk: false,
+        });
+        assert_eq!(pv::define("PV_EXIT"), 0x34);
+        assert_eq!(pv::define("PV_GUEST_VERSION"), 0x8);
+        assert!(s.contains("[ $((magic)) = $((0x4d4d5048)) ]"), "{s}");
+        assert!(s.contains("devmem $((pv + 0x8)) 32 1\n"), "{s}");
+        assert!(s.contains("devmem $((pv + 0x34)) 32 \"$status\""), "{s}");
     }
 }
