@@ -296,8 +296,7 @@ pub fn boot_microvm(
     boot_microvm_disks(image, extra_cmdline, mem_mib, timeout, work, &[])
 }
 
-/// A virtio-blk disk for `boot_microvm_disks` (virtio-mmio on microvm; the VMM puts the
-/// same disks on PCI).
+/// A virtio-blk disk for `boot_microvm_disks` (on PCI, as the VMM puts it).
 #[derive(Debug, Clone)]
 pub struct Disk {
     pub path: PathBuf,
@@ -306,7 +305,8 @@ pub struct Disk {
 }
 
 /// `boot_microvm` with virtio-blk disks attached, as `hpmmap-vmm` attaches the image's
-/// `rootfs` (serial `hpmmap-root`, read-only) and the `--output` disk (`hpmmap-out`).
+/// `rootfs` (serial `hpmmap-root`, read-only) and the `--output` disk (`hpmmap-out`); with
+/// disks the machine is q35 rather than microvm (see below).
 pub fn boot_microvm_disks(
     image: &Path,
     extra_cmdline: &str,
@@ -326,8 +326,6 @@ pub fn boot_microvm_disks(
         // microvm's kernel hangs with "Marking TSC unstable" under load: no HPET there).
         // acpi=off: QEMU 10's microvm places a PVH initrd up to the end of RAM, over its
         // ACPI tables, and the kernel then hangs in ACPI init for some initrd sizes.
-        "-machine",
-        "microvm,acpi=off",
         "-accel",
         "tcg",
         "-icount",
@@ -344,6 +342,14 @@ pub fn boot_microvm_disks(
     .iter()
     .map(OsString::from)
     .collect();
+    // Debian's kernel has no VIRTIO_MMIO_CMDLINE_DEVICES, so microvm's virtio-mmio disks
+    // are invisible to it without ACPI: with disks the machine is q35 and they sit on PCI,
+    // as the VMM puts them.
+    args.push("-machine".into());
+    args.push(if disks.is_empty() { "microvm,acpi=off" } else { "q35" }.into());
+    if !disks.is_empty() {
+        args.extend(["-nic".into(), "none".into()]);
+    }
     args.push("-m".into());
     args.push(format!("{mem_mib}M").into());
     args.push("-serial".into());
@@ -364,7 +370,7 @@ pub fn boot_microvm_disks(
             "-drive".into(),
             drive,
             "-device".into(),
-            format!("virtio-blk-device,drive=d{i},serial={}", d.serial).into(),
+            format!("virtio-blk-pci,drive=d{i},serial={}", d.serial).into(),
         ]);
     }
     let f = run(&args, timeout, &log)?;

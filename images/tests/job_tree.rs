@@ -2,8 +2,8 @@
 //! dependency closure, `--add`ed files, `--env`, `--workdir`, a container image as the base,
 //! the tree in the initramfs or on the read-only squashfs disk, the job run as an
 //! unprivileged user, and `/out` coming back as a tar stream on the `hpmmap-out` disk. Booted
-//! under QEMU/TCG `-machine microvm` (virtio-mmio disks; the VMM attaches the same disks on
-//! PCI). Nothing here skips: without Debian's kernel or QEMU these tests fail.
+//! under QEMU/TCG (`qemu::boot_microvm_disks`: q35 with the disks as virtio-blk on PCI, as the
+//! VMM attaches them). Nothing here skips: without Debian's kernel or QEMU these tests fail.
 
 use hpmmap_image::manifest::{sha256_hex, Manifest};
 use hpmmap_image::qemu::{boot_microvm_disks, Disk, JobRun};
@@ -83,7 +83,7 @@ fn boot(image: &Path, extra: &str, mem_mib: u32) -> (JobRun, PathBuf) {
     )
     .unwrap_or_else(|e| panic!("booting {}: {e}", image.display()));
     eprintln!(
-        "booted {} in {:.1} s (QEMU/TCG microvm, emulation)",
+        "booted {} in {:.1} s (QEMU/TCG q35, emulation)",
         image.display(),
         r.elapsed.as_secs_f64()
     );
