@@ -346,7 +346,14 @@ pub fn boot_microvm_disks(
     // are invisible to it without ACPI: with disks the machine is q35 and they sit on PCI,
     // as the VMM puts them.
     args.push("-machine".into());
-    args.push(if disks.is_empty() { "microvm,acpi=off" } else { "q35" }.into());
+    args.push(
+        if disks.is_empty() {
+            "microvm,acpi=off"
+        } else {
+            "q35"
+        }
+        .into(),
+    );
     if !disks.is_empty() {
         args.extend(["-nic".into(), "none".into()]);
     }
