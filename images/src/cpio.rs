@@ -249,7 +249,11 @@ mod tests {
     #[test]
     fn cpio_tool_lists_it() {
         if Command::new("cpio").arg("--version").output().is_err() {
-            println!("SKIP: cpio(1) is not installed");
+            hpmmap_testkit::skip(
+                hpmmap_testkit::Tier::Tools,
+                "cpio_tool_lists_it",
+                "cpio(1) is not installed",
+            );
             return;
         }
         let dir = std::env::temp_dir().join(format!("hpmmap-cpio-{}", std::process::id()));

@@ -1,8 +1,8 @@
 //! The hpmmap semantics suite in a real guest: builds hpmmap.ko against Debian's 6.1
 //! kernel, boots it under QEMU/TCG with a `memmap=` pool and runs `hpmmap-test suite`
 //! through a static `hpmmap-run` (guest-kmod/lab/run.sh), then a two-node NUMA guest.
-//! Prints `SKIP: <reason>` and passes where QEMU, the compiler or the kernel packages
-//! are missing.
+//! A qemu-tier skip (hpmmap-testkit: a failure where HPMMAP_REQUIRE lists qemu) where QEMU,
+//! the compiler or the kernel packages are missing.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -108,10 +108,18 @@ fn run_lab(mode: &str) -> Lab {
 fn check(mode: &str, cases: &[&str]) {
     let (ok, report, log) = match run_lab(mode) {
         Lab::Skipped(reason) => {
-            println!("{reason}");
+            let reason = reason.trim_start_matches("SKIP:").trim();
+            hpmmap_testkit::skip(
+                hpmmap_testkit::Tier::Qemu,
+                &format!("guest suite {mode}"),
+                reason,
+            );
             return;
         }
-        Lab::Ran { ok, report, log } => (ok, report, log),
+        Lab::Ran { ok, report, log } => {
+            hpmmap_testkit::ran(hpmmap_testkit::Tier::Qemu, &format!("guest suite {mode}"));
+            (ok, report, log)
+        }
     };
     println!("[{mode}]\n{}", report.join("\n"));
     let failed: Vec<&String> = report.iter().filter(|l| l.starts_with("not ok")).collect();
