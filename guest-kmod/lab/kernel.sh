@@ -5,34 +5,23 @@
 # Exit 3 (with "SKIP: reason" on stderr) when the packages cannot be had.
 set -euo pipefail
 root=${1:?usage: kernel.sh ROOT}
-cache="${HPMMAP_CACHE:-$HOME/.cache/hpmmap}/debs"
-mkdir -p "$cache" "$root"
+# shellcheck source=scripts/lib/debian-kernel.sh
+. "$(dirname "$0")/../../scripts/lib/debian-kernel.sh"
+mkdir -p "$root"
 
-abi=${HPMMAP_KERNEL_ABI:-}
-if [ -z "$abi" ]; then
-    dep=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-6\.1/ {print $2; exit}')
-    abi=${dep#linux-image-}
-    abi=${abi%-amd64}
-fi
-if [ -z "$abi" ]; then
-    # No apt metadata: use whatever 6.1 image the cache holds.
-    f=$(ls "$cache"/linux-image-6.1.*-amd64_*.deb 2>/dev/null | sort -V | tail -1 || true)
-    [ -n "$f" ] || { echo "SKIP: no linux-image-amd64 in apt and no cached 6.1 kernel in $cache" >&2; exit 3; }
-    abi=$(basename "$f" | sed -E 's/^linux-image-(6\.1\.[0-9]+-[0-9]+)-amd64_.*/\1/')
-fi
+abi=$(debian_kernel_abi 2>/tmp/hpmmap-kernel-abi.err) ||
+    { echo "SKIP: $(cat /tmp/hpmmap-kernel-abi.err)" >&2; exit 3; }
 pkgs=("linux-image-$abi-amd64" "linux-headers-$abi-amd64" "linux-headers-$abi-common" "linux-kbuild-6.1")
+debs=()
 for p in "${pkgs[@]}"; do
-    if ! ls "$cache/${p}_"*.deb >/dev/null 2>&1; then
-        echo "[kernel] apt-get download $p" >&2
-        (cd "$cache" && apt-get download -q "$p" >/dev/null 2>&1) ||
-            { echo "SKIP: cannot download $p (apt-get download failed)" >&2; exit 3; }
-    fi
+    d=$(debian_deb "$p") || { echo "SKIP: cannot download $p (apt-get download failed)" >&2; exit 3; }
+    debs+=("$d")
 done
 stamp="$root/.unpacked-$abi"
 if [ ! -e "$stamp" ]; then
     echo "[kernel] unpacking $abi into $root" >&2
-    for p in "${pkgs[@]}"; do
-        dpkg -x "$(ls "$cache/${p}_"*.deb | sort -V | tail -1)" "$root"
+    for d in "${debs[@]}"; do
+        dpkg -x "$d" "$root"
     done
     # The headers Makefile includes the common tree by absolute path; point it here.
     sed -i "s|/usr/src/|$root/usr/src/|" "$root/usr/src/linux-headers-$abi-amd64/Makefile"
