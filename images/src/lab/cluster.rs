@@ -10,24 +10,15 @@
 
 use super::{Lab, LabConfig, LabError, LabOutput};
 use crate::cpio::Archive;
-use crate::debs::{apt_depends, Deb, DebCache};
+use crate::packages;
 use crate::progress::step;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// Packages whose programs the cluster runs; their library dependencies come along
-/// (zlib1g is munge's, the one library whose name does not start with lib).
-pub const SLURM_ROOTS: [&str; 7] = [
-    "zlib1g",
-    "munge",
-    "libmunge2",
-    "slurmctld",
-    "slurmd",
-    "slurm-client",
-    "slurm-wlm-basic-plugins",
-];
+/// Packages whose programs the cluster runs; apt's closure of them comes along (the image
+/// builder's `--packages` fetcher: shared cache, alternatives links, docs trimmed).
+pub const SLURM_PACKAGES: &str = "munge,slurmctld,slurmd,slurm-client";
 /// Where L1 finds the node script and the SPANK pieces.
 const NODE_SCRIPT: &str = "lab/cluster/node.sh";
 pub const SPANK_SO: &str = "usr/lib/x86_64-linux-gnu/slurm-wlm/spank_hpmmap.so";
@@ -73,14 +64,15 @@ impl Cluster {
             return Err(LabError::Nodes(cfg.nodes));
         }
         let mut lab = Lab::prepare(cfg.node.clone())?;
-        let tree = slurm_tree(&cfg.node.cache)?;
-        add_tree(lab.base_mut(), &tree, &tree)?;
+        let tree = packages::install(&cfg.node.cache, &[SLURM_PACKAGES.to_string()])?;
+        step(format!(
+            "lab cluster: {} packages for munge and slurm-wlm",
+            tree.versions.len()
+        ));
+        // Busybox and the lab's files come first: the closure's own pidof, tar and the like
+        // do not replace them.
+        add_tree(lab.base_mut(), &tree.root, &tree.root)?;
         let a = lab.base_mut();
-        // Debian installs the daemons as NAME-wlm and links NAME with update-alternatives
-        // in postinst, which the lab does not run; slurmd execs /usr/sbin/slurmstepd.
-        for d in ["slurmd", "slurmctld", "slurmstepd"] {
-            a.symlink(&format!("usr/sbin/{d}"), &format!("{d}-wlm"));
-        }
         a.file(
             NODE_SCRIPT,
             0o644,
@@ -185,53 +177,7 @@ impl Cluster {
     }
 }
 
-/// Slurm, munge and the libraries they need from Debian's archive, unpacked into one tree
-/// in the lab's package cache.
-fn slurm_tree(cache: &DebCache) -> Result<PathBuf, LabError> {
-    let names = closure(&SLURM_ROOTS, apt_depends);
-    let mut debs: Vec<Deb> = Vec::new();
-    for name in &names {
-        if !SLURM_ROOTS.contains(&name.as_str()) && !cache.knows(name) {
-            // A virtual package or an alternative apt lists but cannot download.
-            continue;
-        }
-        debs.push(
-            cache
-                .get(name, None)
-                .map_err(crate::rootfs::RootfsError::from)?,
-        );
-    }
-    let refs: Vec<&Deb> = debs.iter().collect();
-    step(format!(
-        "lab cluster: {} packages for munge and slurm-wlm",
-        refs.len()
-    ));
-    Ok(cache
-        .unpack("slurm", &refs, |_, _| Ok(()))
-        .map_err(crate::rootfs::RootfsError::from)?)
-}
-
-/// The packages `roots` need: the roots and, transitively, the libraries they depend on
-/// (`lib*`, e.g. libc6, libhwloc15). Maintainer-script tools (adduser, ucf, debconf) and
-/// other programs are left out: the lab runs the daemons without installing packages.
-pub fn closure(roots: &[&str], depends: impl Fn(&str) -> Vec<String>) -> Vec<String> {
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut todo: Vec<String> = roots.iter().map(|s| s.to_string()).collect();
-    while let Some(p) = todo.pop() {
-        if !seen.insert(p.clone()) {
-            continue;
-        }
-        for d in depends(&p) {
-            let wanted = d.starts_with("lib") || roots.contains(&d.as_str());
-            if wanted && !seen.contains(&d) {
-                todo.push(d);
-            }
-        }
-    }
-    seen.into_iter().collect()
-}
-
-/// Adds an unpacked package tree, keeping its symlinks, leaving out documentation.
+/// Adds an unpacked package tree, keeping its symlinks; paths already there stay.
 fn add_tree(a: &mut Archive, root: &Path, dir: &Path) -> Result<(), LabError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -246,16 +192,7 @@ fn add_tree(a: &mut Archive, root: &Path, dir: &Path) -> Result<(), LabError> {
             .expect("under root")
             .to_string_lossy()
             .into_owned();
-        if rel.starts_with('.')
-            || [
-                "usr/share/doc",
-                "usr/share/man",
-                "usr/share/locale",
-                "usr/share/lintian",
-            ]
-            .iter()
-            .any(|d| rel.starts_with(d))
-        {
+        if rel.starts_with('.') {
             continue;
         }
         let meta = std::fs::symlink_metadata(&path).map_err(io(&path))?;
@@ -364,33 +301,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn closure_takes_libraries_and_leaves_tools() {
-        let deps = |p: &str| -> Vec<String> {
-            match p {
-                "slurmd" => vec!["libc6", "ucf", "munge", "libhwloc15"],
-                "munge" => vec!["libmunge2", "adduser"],
-                "libhwloc15" => vec!["libudev1", "libc6"],
-                _ => vec![],
-            }
-            .into_iter()
-            .map(String::from)
-            .collect()
-        };
-        let c = closure(&["slurmd", "munge"], deps);
-        assert_eq!(
-            c,
-            [
-                "libc6",
-                "libhwloc15",
-                "libmunge2",
-                "libudev1",
-                "munge",
-                "slurmd"
-            ]
-        );
-    }
 
     #[test]
     fn slurm_conf_names_every_node_with_its_address() {
