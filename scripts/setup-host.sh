@@ -50,4 +50,6 @@ $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
 qemu-system-x86_64 --version | head -1 >&2
 # mksquashfs: hpmmap-image's read-only root images (images/src/rootdisk.rs).
 $SUDO apt-get install -y -qq --no-install-recommends squashfs-tools >/dev/null
+# libslurm-dev: slurm/spank.h for the SPANK plugin (slurm/spank, scripts/test.d/slurm-spank.sh).
+$SUDO apt-get install -y -qq --no-install-recommends libslurm-dev >/dev/null
 log "done"
