@@ -160,6 +160,30 @@ fn cli_runs_a_command_and_refuses_bad_input() {
             "needs L1 RAM up to 7 GiB",
         ),
         (
+            vec!["run", "--pmem", "3G", "--pmem-ranges", "2", "--", "true"],
+            "--pmem-ranges 2: --pmem 3072M does not split into 2 ranges of whole GiB",
+        ),
+        (
+            vec!["run", "--pmem-ranges", "2", "--", "true"],
+            "--pmem-ranges 2: needs --pmem",
+        ),
+        (
+            vec![
+                "run",
+                "--mem",
+                "6G",
+                "--hugepages",
+                "0",
+                "--pmem",
+                "4G",
+                "--pmem-ranges",
+                "2",
+                "--",
+                "true",
+            ],
+            "needs L1 RAM up to 9 GiB (--mem 7G or more)",
+        ),
+        (
             vec!["run", "--add", "/no/such:/x", "--", "true"],
             "--add /no/such:/x",
         ),

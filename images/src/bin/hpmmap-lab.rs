@@ -40,6 +40,10 @@ enum Cmd {
         /// whole GiB); L1 sees namespace0.0 (/dev/pmem0) and has the device-dax drivers.
         #[arg(long, default_value = "0")]
         pmem: String,
+        /// Split --pmem into this many equal ranges (whole GiB each), 1 GiB of RAM apart
+        /// (memmap=aG!4G memmap=aG!(5+a)G ...): L1 sees namespace0.0, namespace1.0, ...
+        #[arg(long, default_value_t = 1)]
+        pmem_ranges: u32,
         /// Give L1 this many NUMA nodes (QEMU -numa): RAM and vCPUs split evenly, --hugepages
         /// 1 GiB pages on each node, distance 21 between nodes. 0 or 1: no NUMA.
         #[arg(long, default_value_t = 0)]
@@ -190,6 +194,7 @@ fn main() -> ExitCode {
         cpus,
         hugepages,
         pmem,
+        pmem_ranges,
         numa_nodes,
         timeout,
         adds,
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
             cpus,
             hugepages_1g: hugepages,
             pmem: parse_size(&pmem).map_err(|e| LabError::Pmem(pmem.clone(), e))?,
+            pmem_ranges,
             numa_nodes,
             timeout: Duration::from_secs(timeout),
             stall: Duration::from_secs(stall_secs),

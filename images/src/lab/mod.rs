@@ -9,6 +9,7 @@
 
 mod args;
 pub mod cluster;
+pub mod pmem;
 pub use args::{parse_add, parse_mem, parse_size, Add};
 
 use crate::cpio::Archive;
@@ -84,6 +85,8 @@ pub enum LabError {
     Mem(String, String),
     #[error("--pmem {0}: {1}")]
     Pmem(String, String),
+    #[error("--pmem-ranges {0}: {1}")]
+    PmemRanges(u32, String),
     #[error("--cpus {0}: must be between 1 and 16")]
     Cpus(u32),
     #[error("--numa-nodes {0}: {1}")]
@@ -137,6 +140,7 @@ impl LabError {
             self,
             LabError::Mem(..)
                 | LabError::Pmem(..)
+                | LabError::PmemRanges(..)
                 | LabError::Cpus(_)
                 | LabError::NumaNodes(..)
                 | LabError::Nodes(_)
@@ -158,6 +162,9 @@ pub struct LabConfig {
     /// Bytes of L1 RAM set aside as a legacy pmem range (`memmap=SIZE!4G`, as a host that
     /// keeps memory from its kernel at boot); 0 for none. L1 sees it as namespace0.0.
     pub pmem: u64,
+    /// Split `pmem` into this many ranges, 1 GiB of RAM apart (`pmem::memmap_args`): L1 sees
+    /// namespace0.0, namespace1.0, ... (one nvdimm region, hence one dax device, each).
+    pub pmem_ranges: u32,
     /// L1's NUMA nodes (QEMU `-numa`): 0 or 1 for none; N splits L1's RAM and vCPUs into N
     /// nodes in contiguous blocks, with `hugepages_1g` pages on each node and distance 21
     /// between nodes (a two-socket host in miniature). Node 0 gets 1 GiB more than the others
@@ -189,6 +196,7 @@ impl Default for LabConfig {
             cpus: 2,
             hugepages_1g: 2,
             pmem: 0,
+            pmem_ranges: 1,
             numa_nodes: 0,
             timeout: Duration::from_secs(600),
             stall: L1_STALL,
@@ -267,14 +275,19 @@ impl LabConfig {
                 ),
             ));
         }
-        if self.pmem > 0 && self.mem < Q35_LOW_RAM + self.pmem {
+        if let Some(why) = pmem::split_problem(self.pmem, self.pmem_ranges) {
+            return Err(LabError::PmemRanges(self.pmem_ranges, why));
+        }
+        let top = pmem::end(self.pmem, self.pmem_ranges);
+        if self.pmem > 0 && self.mem < Q35_LOW_RAM + top - PMEM_BASE {
             return Err(LabError::Mem(
                 mem,
                 format!(
-                    "--pmem {}G starts at 4 GiB and needs L1 RAM up to {} GiB (--mem {}G or more)",
+                    "--pmem {}G in {} range(s) starts at 4 GiB and needs L1 RAM up to {} GiB (--mem {}G or more)",
                     self.pmem >> 30,
-                    (PMEM_BASE + self.pmem) >> 30,
-                    (Q35_LOW_RAM + self.pmem) >> 30
+                    self.pmem_ranges,
+                    top >> 30,
+                    (Q35_LOW_RAM + top - PMEM_BASE) >> 30
                 ),
             ));
         }
@@ -501,7 +514,11 @@ impl Lab {
                 String::new()
             },
             if self.cfg.pmem > 0 {
-                format!(", {} GiB pmem at 4 GiB", self.cfg.pmem >> 30)
+                format!(
+                    ", {} GiB pmem at 4 GiB in {} range(s)",
+                    self.cfg.pmem >> 30,
+                    self.cfg.pmem_ranges
+                )
             } else {
                 String::new()
             },
@@ -590,7 +607,7 @@ impl Lab {
             "console=ttyS0 intel_iommu=on hugepagesz=1G hugepages={pages} no_timer_check panic=-1 quiet"
         );
         if c.pmem > 0 {
-            append.push_str(&format!(" memmap={}G!{}G", c.pmem >> 30, PMEM_BASE >> 30));
+            append.push_str(&pmem::memmap_args(c.pmem, c.pmem_ranges));
         }
         let mut v: Vec<OsString> = Vec::new();
         let mut push = |s: &str| v.push(s.into());
