@@ -98,7 +98,7 @@ if [ "$full" = full ]; then
     running=0
     t=0
     # The VMs boot in about 10 s here; a job that failed to start them stops the wait.
-    while [ $t -lt 120 ] && squeue -h -j "$jid" -t R 2>/dev/null | grep -q .; do
+    while [ $t -lt 120 ] && squeue -h -j "$jid" 2>/dev/null | grep -q .; do
         # By process name, then argv: a pattern on argv would also match this sh.
         # shellcheck disable=SC2016 # expanded on each node
         running=$(srun --jobid="$jid" --overlap -N"$nodes" sh -c '
