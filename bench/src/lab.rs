@@ -27,10 +27,11 @@
 //! ```
 //!
 //! A run whose guest never reached its init — it triple-faulted (hpmmap-vmm exit 72) or hung
-//! in its boot until the run's time limit (busybox `timeout`: 124, or the VMM's orderly stop
+//! in its boot until the run's time limit (124 from an outer timeout, or the VMM's orderly stop
 //! on SIGTERM: 143; seen as RCU stalls with a timer that never fires on an L2 vCPU) — is
-//! booted once more, after `HPMMAP-BENCH-RETRY rc=N`: the intermittent nested-boot failures
-//! under TCG that the VMM's lab tests also retry. The job had not started, so nothing of it
+//! booted once more, after `L1-VMM-RETRY attempt 1 status N` (tests/lab/retry.sh, the lab's
+//! one retry policy, embedded in the script): the intermittent nested-boot failures under TCG
+//! that every lab scenario retries. The job had not started, so nothing of it
 //! is lost or counted twice. The rest of the protocol:
 //!
 //! ```text
@@ -67,7 +68,7 @@ pub struct LabPlan {
     pub ranks: usize,
     pub shape: VmShape,
     pub warmup_secs: u32,
-    /// Per-L2-run limit inside L1 (busybox `timeout`).
+    /// Per-L2-run limit inside L1 (the retry policy's watchdog, VMM_LIMIT).
     pub run_timeout_secs: u32,
     pub l1_cpus: u32,
 }
@@ -85,6 +86,9 @@ pub fn image_path(c: Config) -> String {
     format!("{L1_DIR}/{}", c.name())
 }
 
+/// The lab's retry policy for nested guests, `vmm_retrying` (tests/lab/retry.sh).
+const RETRY_SH: &str = include_str!("../../tests/lab/retry.sh");
+
 impl LabPlan {
     /// The script L1 runs (sh, busybox).
     pub fn script(&self) -> Result<String, vm::VmError> {
@@ -100,8 +104,11 @@ impl LabPlan {
         // hpmmap-vmm pinned to one L1 CPU: two L1 vCPUs in guest mode at once is what breaks
         // QEMU/TCG's nested SVM (vmm/README.md, Known issue). The L2's vCPUs share that CPU;
         // the cells measure faults here, not speed.
+        // The lab's one retry policy (tests/lab/retry.sh, shared with every lab scenario): a
+        // boot that failed before the guest's init announced the job runs once more.
+        s += RETRY_SH;
         s += &format!(
-            "run_one() {{\n    echo \"HPMMAP-BENCH-RUN-BEGIN rep=$1 profile=$2 workload=$3 config=$4\"\n    try=1\n    while :; do\n        rm -f /tmp/serial.log /tmp/report.json /tmp/vmm.err\n        t0=$(date +%s)\n        timeout {t} taskset -c $(($(nproc) - 1)) hpmmap-vmm $5 2>/tmp/vmm.err\n        rc=$?\n        case $rc in 72|124|143) boot_failed=1 ;; *) boot_failed=0 ;; esac\n        if [ $boot_failed = 1 ] && [ $try = 1 ] && ! grep -q 'job runs' /tmp/serial.log 2>/dev/null; then\n            echo HPMMAP-BENCH-RETRY rc=$rc; try=2; continue\n        fi\n        break\n    done\n    echo HPMMAP-BENCH-SERIAL-BEGIN; cat /tmp/serial.log 2>/dev/null; echo; echo HPMMAP-BENCH-SERIAL-END\n    echo HPMMAP-BENCH-REPORT-BEGIN; cat /tmp/report.json 2>/dev/null; echo; echo HPMMAP-BENCH-REPORT-END\n    if [ $rc != 0 ]; then echo HPMMAP-BENCH-VMM-STDERR-BEGIN; tail -n 15 /tmp/vmm.err; echo HPMMAP-BENCH-VMM-STDERR-END; fi\n    echo \"HPMMAP-BENCH-RUN-END rc=$rc secs=$(( $(date +%s) - t0 ))\"\n}}\n",
+            "run_one() {{\n    echo \"HPMMAP-BENCH-RUN-BEGIN rep=$1 profile=$2 workload=$3 config=$4\"\n    rm -f /tmp/report.json\n    t0=$(date +%s)\n    VMM_LOG=/tmp/vmm.err VMM_SERIAL=/tmp/serial.log VMM_LIMIT={t} VMM_BOOTS=2 VMM_QUIET=1\n    vmm_retrying $5\n    rc=$?\n    echo HPMMAP-BENCH-SERIAL-BEGIN; cat /tmp/serial.log 2>/dev/null; echo; echo HPMMAP-BENCH-SERIAL-END\n    echo HPMMAP-BENCH-REPORT-BEGIN; cat /tmp/report.json 2>/dev/null; echo; echo HPMMAP-BENCH-REPORT-END\n    if [ $rc != 0 ]; then echo HPMMAP-BENCH-VMM-STDERR-BEGIN; tail -n 15 /tmp/vmm.err; echo HPMMAP-BENCH-VMM-STDERR-END; fi\n    echo \"HPMMAP-BENCH-RUN-END rc=$rc secs=$(( $(date +%s) - t0 ))\"\n}}\n",
             t = self.run_timeout_secs
         );
         let mut current: Option<Profile> = None;
@@ -344,7 +351,7 @@ pub fn parse_output(text: &str) -> Result<LabOutput, LabParseError> {
                     retries: 0,
                 });
             }
-            l if sect == Sect::None && l.starts_with("HPMMAP-BENCH-RETRY ") => {
+            l if sect == Sect::None && l.starts_with("L1-VMM-RETRY ") => {
                 if let Some(r) = cur.as_mut() {
                     r.retries += 1;
                     // What the failed boot printed is not this run's output.
@@ -434,7 +441,8 @@ mod tests {
     #[test]
     fn a_retried_boot_counts_and_keeps_only_the_second_boot() {
         let text = "HPMMAP-BENCH-RUN-BEGIN rep=1 profile=A workload=gups config=vm-thp\n\
-            HPMMAP-BENCH-RETRY rc=143\n\
+            L1-VMM-RETRY attempt 1 status 143\n\
+            attempt1: [    5.1] rcu: INFO: rcu_sched detected stalls\n\
             HPMMAP-BENCH-SERIAL-BEGIN\nsecond boot\nHPMMAP-BENCH-SERIAL-END\n\
             HPMMAP-BENCH-REPORT-BEGIN\n{\"exit_code\": 0}\nHPMMAP-BENCH-REPORT-END\n\
             HPMMAP-BENCH-RUN-END rc=0 secs=30\nHPMMAP-BENCH-LAB-DONE\n";
@@ -448,10 +456,9 @@ mod tests {
         );
         assert_eq!(r.serial, "second boot\n");
         assert_eq!(r.report.as_ref().unwrap()["exit_code"], 0);
-        assert!(plan()
-            .script()
-            .unwrap()
-            .contains("72|124|143) boot_failed=1"));
+        let script = plan().script().unwrap();
+        assert!(script.contains("vmm_retrying() {"), "{script}");
+        assert!(script.contains("VMM_BOOTS=2"), "{script}");
     }
 
     #[test]

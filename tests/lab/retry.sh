@@ -1,7 +1,7 @@
 # shellcheck shell=dash
-# The nested lab's one retry policy, sourced by every L1 scenario (tests/lab/*.sh, the vmm lab
-# tests prepend it to their L1 scripts, scripts/run-job.sh and the bench lab add it as
-# /root/retry.sh).
+# The nested lab's one retry policy, sourced by every L1 scenario: tests/lab/*.sh and
+# scripts/run-job.sh add it as /root/retry.sh, the vmm lab tests and the bench's lab script
+# embed it (include_str!).
 #
 # vmm_retrying ARGS...: runs `hpmmap-vmm ARGS` pinned to L1's last CPU, stopped after
 # $VMM_LIMIT seconds (default 150; a good 2-vCPU boot takes about 10 s in the lab). A
