@@ -436,6 +436,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
                 hpmmap,
                 tree: tree_wanted,
                 root_disk: root_disk.is_some(),
+                workdir: workdir.clone(),
             })
             .into_bytes(),
         },

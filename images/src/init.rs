@@ -76,6 +76,9 @@ pub struct JobInit {
     /// That tree is on the read-only disk with serial `rootdisk::SERIAL`, not in the
     /// initramfs.
     pub root_disk: bool,
+    /// The job's working directory in the tree: made the job user's, so a program that
+    /// writes beside its input (LAMMPS's log.lammps) can.
+    pub workdir: Option<String>,
 }
 
 /// Shell function `disk_by_serial SERIAL [wait]`: the /dev node of the virtio-blk disk
@@ -267,6 +270,7 @@ if [ -z "$status" ]; then
     if [ {tree} = 1 ]; then
         mkdir -p $ROOT/home/{user}
         chown {uid}:{uid} $ROOT{out} $ROOT/home/{user}
+        [ -n {workdir} ] && [ -d $ROOT{workdir} ] && chown {uid}:{uid} $ROOT{workdir}
         [ -e /dev/hpmmap ] && chgrp {uid} /dev/hpmmap
         ulimit -l unlimited
         HPMMAP_WRAP="$wrap" chroot $ROOT $SYS/bin/su -p -s $SYS/bin/sh {user} -c "$SYS/bin/sh /job/run"
@@ -320,6 +324,7 @@ while :; do sleep 60; done
         uid = crate::jobtree::JOB_UID,
         ko = HPMMAP_KO,
         ib_check = ib_check(),
+        workdir = sh_quote(cfg.workdir.as_deref().unwrap_or("")),
         pv_magic = pv::define("PV_MAGIC_VAL"),
         pv_version = pv::define("PV_VERSION_VAL"),
         pv_guest_version = pv::define("PV_GUEST_VERSION"),
@@ -516,6 +521,7 @@ mod tests {
                 hpmmap: hp,
                 tree: hp,
                 root_disk: hp,
+                workdir: hp.then(|| "/job/in put".to_string()),
             });
             let out = Command::new("sh").args(["-n", "-c", &s]).output().unwrap();
             assert!(
@@ -536,6 +542,7 @@ mod tests {
             hpmmap: true,
             tree: false,
             root_disk: false,
+            workdir: None,
         });
         assert_eq!(pv::define("PV_EXIT"), 0x34);
         assert_eq!(pv::define("PV_GUEST_VERSION"), 0x8);
