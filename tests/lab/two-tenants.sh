@@ -7,7 +7,6 @@
 #   args: none. L1: 4 boot-time 1 GiB pages, an igb PF.
 hp=/sys/devices/system/node/node0/hugepages/hugepages-1048576kB
 pool() { echo "$(cat $hp/nr_hugepages),$(cat $hp/free_hugepages)"; }
-pin=$(($(nproc) - 1))
 A=0xa1a1a1a1a1a1a1a1
 B=0xb2b2b2b2b2b2b2b2
 # The lab's igb PF: SR-IOV with two VFs, as an admin would enable them.
@@ -18,24 +17,8 @@ echo "pf=$pf"
 echo "vf_drivers_start=$(vf_drivers)"
 echo "pool_start=$(pool)"
 
-# vm NAME MEM TENANT [VMM ARGS...]: one job, pinned to L1's last CPU (QEMU/TCG's nested SVM
-# fails with two L1 CPUs in guest mode at once; both tenants share the CPU), booted once more
-# after a nested-SVM failure signature (72 triple fault, 124 limit).
-up() { cut -d' ' -f1 /proc/uptime; }
-vm() {
-    name=$1 mem=$2 tenant=$3
-    shift 3
-    echo "${name}_start=$(up)"
-    for attempt in 1 2; do
-        timeout 300 taskset -c $pin hpmmap-vmm --mem "$mem" --vcpus 1 --kernel /img/vmlinux \
-            --initrd /l2/l2.cpio.gz --cmdline "console=ttyS0 quiet tenant=$tenant" \
-            --report "/tmp/$name.json" "$@" > "/tmp/$name.log" 2>&1
-        rc=$?
-        case $rc in 72 | 124) [ $attempt = 1 ] && { echo "${name}_retry=$rc"; continue; } ;; esac
-        echo "${name}_end=$(up)"
-        return $rc
-    done
-}
+# shellcheck source=tests/lab/two-tenants-vm.sh
+. /root/two-tenants-vm.sh
 vm a 2G "fill:$A" --vf "$pf" --jail /run/jail-a --uid 65534 --gid 65534 &
 pa=$!
 vm b 2G "fill:$B" --vf "$pf" --jail /run/jail-b --uid 65533 --gid 65533 &
