@@ -6,7 +6,7 @@
 //! job's output and exit status are the step's; afterwards nothing of the job is left on
 //! any node; a VM larger than the node's free 1 GiB pages fails its step with one line and
 //! drains nothing; sbatch's two steps share one VM per node; scancel while the VMs run
-//! leaves nothing. CI runs the two-node scenario (92 s here); the one-node variant is
+//! leaves nothing. CI runs the two-node scenario (92-137 s here); the one-node variant is
 //! `-- --ignored` (figures in slurm/README.md). Figures printed are emulation figures
 //! (nested lab under QEMU/TCG).
 
