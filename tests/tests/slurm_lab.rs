@@ -88,6 +88,10 @@ fn scenario(name: &str, nodes: u32, full: bool) -> String {
         if full { "full" } else { "short" }
     );
     let out = cluster.run(&cmd).expect("cluster ran");
+    // The images (about 140 MiB) are rebuilt every run; the nodes' logs stay.
+    for img in ["ok", "sleep"] {
+        let _ = std::fs::remove_dir_all(base.join(img));
+    }
     for (i, o) in out.others.iter().enumerate() {
         match o {
             Ok(o) => eprintln!("--- node{} ---\n{}", i + 2, o.output),
