@@ -105,7 +105,8 @@ pub const WAIT_LEFTOVERS: &str = r#"wait_leftovers() {
     while :; do
         left=
         for p in /proc/[0-9]*; do
-            c=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)
+            # A process may be gone between the glob and the read.
+            c=$({ tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null)
             [ -n "$c" ] && [ "$c" != "$me" ] && left="$left ${p#/proc/}"
         done
         [ -z "$left" ] && return 0
