@@ -697,10 +697,7 @@ fn hpcc_passes_its_checks_under_hpmmap() {
         o.contains("||Ax-b||_oo/(eps*(||A||_oo*||x||_oo+||b||_oo)*N)="),
         "{o}"
     );
-    let residual = o
-        .lines()
-        .find(|l| l.contains("||Ax-b||_oo/(eps"))
-        .unwrap();
+    let residual = o.lines().find(|l| l.contains("||Ax-b||_oo/(eps")).unwrap();
     assert!(residual.ends_with("PASSED"), "HPL: {residual}");
     assert!(!o.contains("FAILED"), "{o}");
     assert!(o.contains("Solution Validates"), "STREAM: {o}");
