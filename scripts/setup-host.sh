@@ -44,7 +44,10 @@ log "installing build and lab packages"
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential cpio zstd xz-utils gzip kmod busybox-static dpkg-dev \
     numactl libnuma-dev python3 ca-certificates \
-    stress-ng flex bison libelf-dev bc >/dev/null
+    stress-ng flex bison libelf-dev bc shellcheck >/dev/null
+# opensm's man page holds the partitions.conf examples vmm/vf's parser is tested against; the
+# daemon is not started (no subnet here).
+$SUDO apt-get install -y -qq --no-install-recommends opensm >/dev/null
 $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
     qemu-system-x86 >/dev/null
 qemu-system-x86_64 --version | head -1 >&2
