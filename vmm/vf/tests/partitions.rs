@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -195,7 +196,18 @@ fn opensm_is_found_in_proc_and_sighup_reaches_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join("opensm");
     std::fs::copy("/bin/sleep", &bin).unwrap();
-    let mut child = Command::new(&bin).arg("30").spawn().unwrap();
+    let mut cmd = Command::new(&bin);
+    cmd.arg("30");
+    // A test run under nohup hands SIGHUP down ignored; the stand-in must take the default
+    // action, as the real opensm's handler would act on it.
+    // SAFETY: signal() is async-signal-safe and touches only the child's dispositions.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     let pid = child.id();
     let host = hpmmap_vf::Sysfs::host();
     let mut found = false;
