@@ -75,15 +75,28 @@ pub fn is_required(tier: Tier) -> bool {
     std::env::var("HPMMAP_REQUIRE").is_ok_and(|s| required_tiers(&s).contains(&tier))
 }
 
+/// Longest reason the ledger keeps (the test's own output keeps all of it).
+const MAX_REASON: usize = 240;
+
 /// One ledger line: `ran|skip <tier> <test>[ <reason>]`, newlines flattened so that one event
 /// stays one line even when several test threads append at once.
 fn ledger_line(event: &str, tier: Tier, test: &str, reason: &str) -> String {
     let flat = |s: &str| s.replace(['\n', '\r'], " ");
     let test = flat(test).replace(' ', "_");
+    // The table shows one line per reason: a tool's whole output is cut at a char boundary.
+    let mut reason = flat(reason);
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str(" ...");
+    }
     if reason.is_empty() {
         format!("{event} {} {test}\n", tier.name())
     } else {
-        format!("{event} {} {test} {}\n", tier.name(), flat(reason))
+        format!("{event} {} {test} {reason}\n", tier.name())
     }
 }
 
@@ -170,5 +183,7 @@ mod tests {
             "skip qemu boot_test no qemu\n"
         );
         assert_eq!(ledger_line("ran", Tier::Lab, "x", ""), "ran lab x\n");
+        let long = ledger_line("n/a", Tier::Hugetlb, "t", &"é".repeat(400));
+        assert!(long.ends_with(" ...\n") && long.len() < 300, "{long}");
     }
 }
