@@ -36,6 +36,28 @@ pub struct Deb {
 }
 
 impl Deb {
+    /// One file of the package's data, e.g. `./usr/share/lammps/examples/melt/in.melt` (the
+    /// path as `dpkg-deb --fsys-tarfile` lists it).
+    pub fn read_member(&self, member: &str) -> Result<Vec<u8>, DebError> {
+        let unpack = |detail: String| DebError::Unpack {
+            deb: self.path.clone(),
+            detail,
+        };
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xO \"$2\"")
+            .arg("sh")
+            .arg(&self.path)
+            .arg(member)
+            .output()
+            .map_err(|e| unpack(format!("dpkg-deb | tar: {e}")))?;
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            return Err(unpack(format!("{member}: {}", err.trim())));
+        }
+        Ok(o.stdout)
+    }
+
     fn file_stem(&self) -> String {
         self.path
             .file_stem()
@@ -297,6 +319,49 @@ pub fn short_hash(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real .deb made with dpkg-deb: a member comes back byte for byte; a missing one is
+    /// an Unpack error naming it.
+    #[test]
+    fn read_member_reads_one_file_of_a_real_deb() {
+        let dir = std::env::temp_dir().join(format!("hpmmap-deb-member-{}", std::process::id()));
+        let root = dir.join("pkg");
+        std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+        std::fs::create_dir_all(root.join("usr/share/x")).unwrap();
+        std::fs::write(
+            root.join("DEBIAN/control"),
+            "Package: x\nVersion: 1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("usr/share/x/in.melt"), b"units lj\n").unwrap();
+        let path = dir.join("x_1_all.deb");
+        let st = Command::new("dpkg-deb")
+            .args(["--build", "--root-owner-group"])
+            .arg(&root)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let deb = Deb {
+            name: "x".into(),
+            version: "1".into(),
+            path,
+        };
+        assert_eq!(
+            deb.read_member("./usr/share/x/in.melt").unwrap(),
+            b"units lj\n"
+        );
+        let e = deb
+            .read_member("./usr/share/x/nope")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("./usr/share/x/nope"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn deb_file_names() {

@@ -465,16 +465,10 @@ fn melt_deck(dir: &Path) -> PathBuf {
     let deb = cache.get("lammps-examples", None).expect("lammps-examples");
     let deck = dir.join("melt");
     std::fs::create_dir_all(&deck).unwrap();
-    let o = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "dpkg-deb --fsys-tarfile {} | tar -xO ./usr/share/lammps/examples/melt/in.melt > {}/in.melt",
-            deb.path.display(),
-            deck.display()
-        ))
-        .status()
+    let melt = deb
+        .read_member("./usr/share/lammps/examples/melt/in.melt")
         .unwrap();
-    assert!(o.success());
+    std::fs::write(deck.join("in.melt"), melt).unwrap();
     deck
 }
 
