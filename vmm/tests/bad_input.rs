@@ -400,16 +400,10 @@ fn refused_by_the_vmm() {
 
 #[test]
 fn no_dev_kvm_or_no_permission() {
-    if !kvm_or_skip("no_dev_kvm_or_no_permission") {
-        return;
-    }
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } != 0 {
-        hpmmap_testkit::skip(
-            Tier::Root,
-            "no_dev_kvm_or_no_permission",
-            "needs root to hide /dev/kvm in a mount namespace",
-        );
+    if !root_kvm_or_skip(
+        "no_dev_kvm_or_no_permission",
+        "needs root to hide /dev/kvm in a mount namespace",
+    ) {
         return;
     }
     let dir = TempDir::new("nokvm");

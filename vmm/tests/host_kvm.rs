@@ -739,16 +739,10 @@ fn a_forbidden_system_call_kills_the_vmm_with_sigsys() {
 #[test]
 fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
     use std::io::BufRead;
-    if !kvm_or_skip("a_jailed_vmm_runs_unprivileged_in_its_own_namespaces") {
-        return;
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        hpmmap_testkit::skip(
-            Tier::Root,
-            "a_jailed_vmm_runs_unprivileged_in_its_own_namespaces",
-            "--jail needs root",
-        );
+    if !root_kvm_or_skip(
+        "a_jailed_vmm_runs_unprivileged_in_its_own_namespaces",
+        "--jail needs root",
+    ) {
         return;
     }
     let dir = TempDir::new("jail");
@@ -869,16 +863,10 @@ fn a_jailed_vmm_runs_unprivileged_in_its_own_namespaces() {
 #[test]
 fn a_jailed_job_killed_with_its_keeper_leaves_what_recover_removes() {
     use std::io::BufRead;
-    if !kvm_or_skip("a_jailed_job_killed_with_its_keeper_leaves_what_recover_removes") {
-        return;
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        hpmmap_testkit::skip(
-            Tier::Root,
-            "a_jailed_job_killed_with_its_keeper_leaves_what_recover_removes",
-            "--jail needs root",
-        );
+    if !root_kvm_or_skip(
+        "a_jailed_job_killed_with_its_keeper_leaves_what_recover_removes",
+        "--jail needs root",
+    ) {
         return;
     }
     let offline = std::path::Path::new(vmm_bin()).with_file_name("hpmmap-offline");

@@ -263,12 +263,7 @@ fn guest_reads_writes_flushes_and_gets_ids_under_seccomp_kill() {
 #[test]
 fn jailed_vmm_keeps_its_disks_and_unpacks_the_output() {
     let name = "jailed_vmm_keeps_its_disks_and_unpacks_the_output";
-    if !kvm_or_skip(name) {
-        panic!("needs /dev/kvm");
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        hpmmap_testkit::skip(hpmmap_testkit::Tier::Root, name, "--jail needs root");
+    if !root_kvm_or_skip(name, "--jail needs root") {
         return;
     }
     guest_drives_three_disks(true);

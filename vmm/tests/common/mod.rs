@@ -41,6 +41,20 @@ pub fn kvm_or_skip(test: &str) -> bool {
     hpmmap_testkit::enter(Tier::Kvm, test, usable)
 }
 
+/// True when /dev/kvm can be used and the test runs as root (`why` says what needs root);
+/// otherwise a kvm- or root-tier skip.
+pub fn root_kvm_or_skip(test: &str, why: &str) -> bool {
+    if !kvm_or_skip(test) {
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        hpmmap_testkit::skip(Tier::Root, test, why);
+        return false;
+    }
+    true
+}
+
 pub fn is_kvm_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
