@@ -9,6 +9,7 @@
 
 mod args;
 pub mod cluster;
+pub mod extras;
 pub mod pmem;
 pub use args::{parse_add, parse_mem, parse_size, Add};
 
@@ -93,6 +94,14 @@ pub enum LabError {
     NumaNodes(u32, String),
     #[error("--add {0}: {1}")]
     Add(String, String),
+    #[error("--append {0}: {1}")]
+    Append(String, String),
+    #[error("--modules {0}: {1}")]
+    Module(String, String),
+    #[error("--kernel-at {0}: {1}")]
+    KernelAt(String, String),
+    #[error("--hpmmap-ko: {0}")]
+    HpmmapKo(String),
     #[error("command {0:?} does not exist in the lab (not a busybox applet, a lab binary, a shell builtin or an --add'ed file); lab binaries: {1}")]
     UnknownCommand(String, String),
     #[error("empty command")]
@@ -145,6 +154,9 @@ impl LabError {
                 | LabError::NumaNodes(..)
                 | LabError::Nodes(_)
                 | LabError::Add(..)
+                | LabError::Append(..)
+                | LabError::Module(..)
+                | LabError::KernelAt(..)
                 | LabError::Stall(..)
                 | LabError::UnknownCommand(..)
                 | LabError::EmptyCommand
@@ -187,6 +199,16 @@ pub struct LabConfig {
     pub netdev: Option<String>,
     /// The igb NIC's MAC address (None: QEMU's default); L1s on one network need their own.
     pub mac: Option<String>,
+    /// More words for L1's kernel command line, after the lab's (`extras::check_append`).
+    pub append: Vec<String>,
+    /// More modules of L1's kernel, loaded at boot after `LAB_MODULES` (with what they
+    /// depend on).
+    pub modules: Vec<String>,
+    /// Build the hpmmap guest module for L1's kernel and place it in L1, not loaded
+    /// (`extras::add_hpmmap_ko`).
+    pub hpmmap_ko: bool,
+    /// Place L1's own bzImage at this path in L1 (an L2 booting Debian's kernel).
+    pub kernel_at: Option<String>,
 }
 
 impl Default for LabConfig {
@@ -207,6 +229,10 @@ impl Default for LabConfig {
             work: None,
             netdev: None,
             mac: None,
+            append: vec![],
+            modules: vec![],
+            hpmmap_ko: false,
+            kernel_at: None,
         }
     }
 }
@@ -228,6 +254,15 @@ impl LabConfig {
     pub fn validate(&self) -> Result<(), LabError> {
         if !(1..=16).contains(&self.cpus) {
             return Err(LabError::Cpus(self.cpus));
+        }
+        for w in &self.append {
+            extras::check_append(w)?;
+        }
+        for m in &self.modules {
+            extras::check_module(m)?;
+        }
+        if let Some(k) = &self.kernel_at {
+            extras::check_kernel_at(k)?;
         }
         // Shorter than two beats would take a healthy L1 for a stopped one.
         if self.stall < 2 * L1_BEAT {
@@ -365,7 +400,18 @@ impl Lab {
         let kernel = fetch_kernel(&cfg.cache, &abi)?;
         let bb = rootfs::busybox(&cfg.cache)?;
         let mut a = rootfs::base(&bb)?;
-        rootfs::add_modules(&mut a, &kernel, &LAB_MODULES)?;
+        let modules: Vec<&str> = LAB_MODULES
+            .iter()
+            .copied()
+            .chain(cfg.modules.iter().map(String::as_str))
+            .collect();
+        rootfs::add_modules(&mut a, &kernel, &modules).map_err(extras::module_error)?;
+        if cfg.hpmmap_ko {
+            extras::add_hpmmap_ko(&mut a, &cfg.cache, &kernel, &cfg.workspace)?;
+        }
+        if let Some(k) = &cfg.kernel_at {
+            extras::add_kernel_copy(&mut a, &kernel, k)?;
+        }
         let mut lab_bins = Vec::new();
         let probe = workspace::cargo_static(
             &cfg.workspace,
@@ -595,6 +641,10 @@ impl Lab {
         // no_timer_check: under TCG on a loaded host the IO-APIC timer check can miss its
         // ticks and panic ("timer doesn't work through Interrupt-remapped IO-APIC").
         // With NUMA nodes, `hugepages=N0:k,N1:k` puts k pages on every node.
+        // nokaslr: a randomly placed L1 kernel can sit in any GiB range of a node and take
+        // one of its 1 GiB pages (clean-clone CI, 2026-12-06: node 0 of a 10 GiB two-node L1
+        // got 1 of its 2 pages, the kernel fell back to node 1 for the other); L1 is the lab's
+        // host, so a fixed placement costs nothing and makes its page layout repeatable.
         let pages = if c.numa_nodes > 1 {
             (0..c.numa_nodes)
                 .map(|n| format!("{n}:{}", c.hugepages_1g))
@@ -604,7 +654,7 @@ impl Lab {
             c.hugepages_1g.to_string()
         };
         let mut append = format!(
-            "console=ttyS0 intel_iommu=on hugepagesz=1G hugepages={pages} no_timer_check panic=-1 quiet"
+            "console=ttyS0 intel_iommu=on hugepagesz=1G hugepages={pages} nokaslr no_timer_check panic=-1 quiet"
         );
         if c.pmem > 0 {
             append.push_str(&pmem::memmap_args(c.pmem, c.pmem_ranges));
@@ -674,7 +724,7 @@ impl Lab {
         v.push("-initrd".into());
         v.push(initrd.into());
         v.push("-append".into());
-        v.push(append.into());
+        v.push(extras::command_line(&append, &c.append).into());
         v
     }
 }
@@ -787,5 +837,87 @@ mod numa_config_tests {
         assert!(e.contains("whole GiB per node"), "{e}");
         let e = cfg(6, 2, 2, 3).validate().unwrap_err().to_string();
         assert!(e.contains("too small for 3 reserved"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod qemu_args_tests {
+    use super::*;
+    use crate::debs::Deb;
+
+    fn lab(cfg: LabConfig) -> Lab {
+        Lab {
+            cfg,
+            kernel: Kernel {
+                abi: "6.1.0-57-amd64".into(),
+                image: Deb {
+                    name: "linux-image-6.1.0-57-amd64".into(),
+                    version: "6.1.158-1".into(),
+                    path: "/c/k.deb".into(),
+                },
+                tree: "/c/kernel".into(),
+            },
+            base: Archive::new(),
+            commands: BTreeSet::new(),
+            lab_bins: vec![],
+        }
+    }
+
+    fn append_of(l: &Lab) -> String {
+        let p = Path::new("/w/x");
+        let args = l.qemu_args(p, p, p, p);
+        let i = args.iter().position(|a| a == "-append").unwrap();
+        args[i + 1].to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn appended_words_come_last_on_l1s_command_line() {
+        let plain = append_of(&lab(LabConfig::default()));
+        assert!(plain.starts_with("console=ttyS0 "), "{plain}");
+        let cfg = LabConfig {
+            hugepages_1g: 0,
+            mem: 4 << 30,
+            append: vec![
+                "memmap=2G$0x100000000 hpmmap_pool=2G@0x100000000".into(),
+                "oops=panic".into(),
+            ],
+            ..LabConfig::default()
+        };
+        cfg.validate().unwrap();
+        let line = append_of(&lab(cfg));
+        assert!(line.contains("hugepages=0 "), "{line}");
+        assert!(
+            line.ends_with(" memmap=2G$0x100000000 hpmmap_pool=2G@0x100000000 oops=panic"),
+            "{line}"
+        );
+        let pmem = LabConfig {
+            mem: 8 << 30,
+            hugepages_1g: 0,
+            pmem: 3 << 30,
+            append: vec!["movablecore=5G".into()],
+            ..LabConfig::default()
+        };
+        let line = append_of(&lab(pmem));
+        assert!(line.ends_with(" memmap=3G!4G movablecore=5G"), "{line}");
+    }
+
+    #[test]
+    fn scenario_options_are_checked_before_boot() {
+        for cfg in [
+            LabConfig {
+                append: vec!["console=tty0".into()],
+                ..LabConfig::default()
+            },
+            LabConfig {
+                modules: vec!["../loop".into()],
+                ..LabConfig::default()
+            },
+            LabConfig {
+                kernel_at: Some("bzImage".into()),
+                ..LabConfig::default()
+            },
+        ] {
+            assert!(cfg.validate().unwrap_err().is_input());
+        }
     }
 }
