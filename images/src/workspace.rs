@@ -139,6 +139,14 @@ fn module_files(src: &Path) -> Result<Vec<PathBuf>, PartError> {
     Ok(v)
 }
 
+/// Whether a module build also makes `hpmmap_test.ko`, the guest suite's test hooks
+/// (`make HPMMAP_TEST=m`). Job images never carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleHooks {
+    None,
+    Test,
+}
+
 /// Builds hpmmap.ko against `kdir` in a copy of the sources under the cache (the
 /// engineer's own tree is left alone), keyed by ABI and source hash, so a rebuild with
 /// unchanged sources reuses the same .ko bytes.
@@ -147,6 +155,20 @@ pub fn build_module(
     kdir: &Path,
     abi: &str,
     cache_root: &Path,
+) -> Result<PathBuf, PartError> {
+    build_module_with(src, kdir, abi, cache_root, ModuleHooks::None)
+}
+
+/// `build_module`, with the test hooks beside hpmmap.ko when asked (their own cache
+/// directory, so an image build never picks up a tree that has them). This is the one
+/// place the project builds the module: job images and the lab's `--hpmmap-ko` (the guest
+/// suite) both come here.
+pub fn build_module_with(
+    src: &Path,
+    kdir: &Path,
+    abi: &str,
+    cache_root: &Path,
+    hooks: ModuleHooks,
 ) -> Result<PathBuf, PartError> {
     use sha2::{Digest, Sha256};
     let files = module_files(src)?;
@@ -159,9 +181,17 @@ pub fn build_module(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let dir = cache_root.join("kmod").join(format!("{abi}-{key}"));
+    let suffix = match hooks {
+        ModuleHooks::None => "",
+        ModuleHooks::Test => "-test",
+    };
+    let dir = cache_root.join("kmod").join(format!("{abi}-{key}{suffix}"));
     let ko = dir.join("hpmmap.ko");
-    if ko.is_file() {
+    let built = |d: &Path| {
+        d.join("hpmmap.ko").is_file()
+            && (hooks == ModuleHooks::None || d.join("hpmmap_test.ko").is_file())
+    };
+    if built(&dir) {
         return Ok(ko);
     }
     let tmp = cache_root
@@ -181,14 +211,23 @@ pub fn build_module(
     cmd.arg("-C")
         .arg(&tmp)
         .arg(format!("KDIR={}", kdir.display()));
+    if hooks == ModuleHooks::Test {
+        cmd.arg("HPMMAP_TEST=m");
+    }
     let r = run(cmd, "the hpmmap module (guest-kmod/module)").and_then(|_| {
-        if tmp.join("hpmmap.ko").is_file() {
+        if built(&tmp) {
             Ok(())
         } else {
             Err(PartError::Build {
                 what: "the hpmmap module".into(),
                 cmd: "make".into(),
-                detail: "make succeeded but wrote no hpmmap.ko".into(),
+                detail: format!(
+                    "make succeeded but wrote no {}",
+                    match hooks {
+                        ModuleHooks::None => "hpmmap.ko",
+                        ModuleHooks::Test => "hpmmap.ko and hpmmap_test.ko",
+                    }
+                ),
             })
         }
     });

@@ -74,6 +74,22 @@ enum Cmd {
         /// Also print L1's console on stderr.
         #[arg(long)]
         console: bool,
+        /// More words for L1's kernel command line, after the lab's own (repeatable; e.g.
+        /// 'memmap=2G$0x100000000 hpmmap_pool=2G@0x100000000'); console=, panic= and init=
+        /// are the lab's.
+        #[arg(long = "append", value_name = "ARGS")]
+        append: Vec<String>,
+        /// More modules of L1's kernel, loaded at boot after the lab's (comma-separated,
+        /// repeatable; e.g. loop,kmem); their dependencies come along.
+        #[arg(long = "modules", value_name = "NAME,...", value_delimiter = ',')]
+        modules: Vec<String>,
+        /// Build guest-kmod/module for L1's kernel (hpmmap.ko and its test hooks,
+        /// hpmmap_test.ko) and place both in /lib/hpmmap, not loaded.
+        #[arg(long)]
+        hpmmap_ko: bool,
+        /// Place L1's own kernel (bzImage) at this path in L1, for an L2 that boots it.
+        #[arg(long, value_name = "GUESTPATH")]
+        kernel_at: Option<String>,
         /// The command: one argument is a shell command line; several are quoted words.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -203,6 +219,10 @@ fn main() -> ExitCode {
         boots,
         stall_secs,
         console,
+        append,
+        modules,
+        hpmmap_ko,
+        kernel_at,
         cmd,
     } = cmd
     else {
@@ -220,6 +240,10 @@ fn main() -> ExitCode {
             stall: Duration::from_secs(stall_secs),
             bin_dirs,
             work,
+            append,
+            modules,
+            hpmmap_ko,
+            kernel_at,
             ..LabConfig::default()
         };
         cfg.adds = adds
@@ -250,5 +274,71 @@ fn main() -> ExitCode {
             eprintln!("hpmmap-lab: {e}");
             ExitCode::from(if e.is_input() { 2 } else { 1 })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_takes_the_scenario_options() {
+        let cli = Cli::try_parse_from([
+            "hpmmap-lab",
+            "run",
+            "--append",
+            "memmap=2G$0x100000000 hpmmap_pool=2G@0x100000000",
+            "--append",
+            "oops=panic",
+            "--modules",
+            "loop,kmem",
+            "--modules",
+            "nd_btt",
+            "--hpmmap-ko",
+            "--kernel-at",
+            "/lab/bzImage",
+            "--",
+            "sh",
+            "/root/suite.sh",
+        ])
+        .unwrap();
+        let Cmd::Run {
+            append,
+            modules,
+            hpmmap_ko,
+            kernel_at,
+            cmd,
+            ..
+        } = cli.cmd
+        else {
+            panic!("not a run")
+        };
+        assert_eq!(
+            append,
+            [
+                "memmap=2G$0x100000000 hpmmap_pool=2G@0x100000000",
+                "oops=panic"
+            ]
+        );
+        assert_eq!(modules, ["loop", "kmem", "nd_btt"]);
+        assert!(hpmmap_ko);
+        assert_eq!(kernel_at.as_deref(), Some("/lab/bzImage"));
+        assert_eq!(command_line(&cmd), "sh /root/suite.sh");
+    }
+
+    #[test]
+    fn without_them_the_run_is_as_before() {
+        let cli = Cli::try_parse_from(["hpmmap-lab", "run", "--", "true"]).unwrap();
+        let Cmd::Run {
+            append,
+            modules,
+            hpmmap_ko,
+            kernel_at,
+            ..
+        } = cli.cmd
+        else {
+            panic!("not a run")
+        };
+        assert!(append.is_empty() && modules.is_empty() && !hpmmap_ko && kernel_at.is_none());
     }
 }
