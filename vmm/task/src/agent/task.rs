@@ -1,0 +1,400 @@
+//! One connection, one task: handshake, Spawn, then the task's streams, signals and status.
+//!
+//! Threads per task: this one waits for the task; one reads the host's frames (stdin,
+//! signals, the host going away); one writes stdin to the task; one each relays stdout and
+//! stderr. Frames from several threads go out through one lock, whole frames at a time.
+
+use super::Config;
+use crate::envlist;
+use crate::protocol::{self, ExitStatus, Frame, Spawn, MAX_DATA, STDIN_WINDOW, VERSION};
+use crate::sys;
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How long the task's stdout and stderr may stay open after its group is gone (a process
+/// that left the group with setsid can hold them): the Exit frame is not held back longer.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Highest signal number Linux delivers (SIGRTMAX).
+const MAX_SIGNAL: u8 = 64;
+
+type Writer = Arc<Mutex<UnixStream>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A thread that panicked holding the lock left the data usable (a stream, a flag).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends one frame; false once the host cannot be written to.
+fn send(w: &Writer, f: &Frame) -> bool {
+    protocol::write_frame(&mut *lock(w), f).is_ok()
+}
+
+/// Why no task runs: a protocol failure (Error, then the channel closes, so the client
+/// reports a channel failure) or a task that could not start (Error, then Exit with the
+/// status a shell gives: 127 not found, 126 cannot execute).
+enum Refusal {
+    Protocol(String),
+    Exec(String, u8),
+}
+
+pub fn serve(conn: UnixStream, cfg: &Config) {
+    if let Err(e) = run(conn, cfg) {
+        eprintln!("hpmmap-agent: {e}");
+    }
+}
+
+fn run(conn: UnixStream, cfg: &Config) -> io::Result<()> {
+    let mut rd = conn.try_clone()?;
+    let w: Writer = Arc::new(Mutex::new(conn.try_clone()?));
+    let started = handshake(&mut rd, &w).and_then(|s| start(&s, cfg).map(|c| (s, c)));
+    let (spawn, child) = match started {
+        Ok(x) => x,
+        Err(r) => {
+            let (text, code) = match r {
+                Refusal::Protocol(t) => (t, None),
+                Refusal::Exec(t, c) => (t, Some(c)),
+            };
+            eprintln!("hpmmap-agent: {text}");
+            send(&w, &Frame::Error(text));
+            if let Some(c) = code {
+                send(&w, &Frame::Exit(ExitStatus::Code(c)));
+            }
+            let _ = conn.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    };
+    supervise(conn, rd, w, &spawn, child, cfg.grace)
+}
+
+fn handshake(rd: &mut UnixStream, w: &Writer) -> Result<Spawn, Refusal> {
+    let next = |rd: &mut UnixStream, want: &str| match protocol::read_frame(rd) {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(Refusal::Protocol(format!(
+            "the host closed the channel before {want}"
+        ))),
+        Err(e) => Err(Refusal::Protocol(e.to_string())),
+    };
+    match next(rd, "Hello")? {
+        Frame::Hello { version } if version == VERSION => {}
+        Frame::Hello { version } => {
+            return Err(Refusal::Protocol(format!(
+                "the host speaks task protocol version {version}, this agent {VERSION}"
+            )))
+        }
+        f => {
+            return Err(Refusal::Protocol(format!(
+                "expected Hello, got {}",
+                f.name()
+            )))
+        }
+    }
+    if !send(w, &Frame::Hello { version: VERSION }) {
+        return Err(Refusal::Protocol("the host went away after Hello".into()));
+    }
+    match next(rd, "Spawn")? {
+        Frame::Spawn(s) => Ok(s),
+        f => Err(Refusal::Protocol(format!(
+            "expected Spawn, got {}",
+            f.name()
+        ))),
+    }
+}
+
+fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
+
+/// Starts the task in a process group of its own, as the job user, with exactly the asked
+/// argv, cwd and (allow-listed) environment plus the fixed PATH, HOME and LANG.
+fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
+    // The client filters too; a name off the list here means a client that does not.
+    if let Some((k, _)) = s.env.iter().find(|(k, _)| !envlist::allowed(k)) {
+        return Err(Refusal::Exec(
+            format!(
+                "variable {} is not on the allow-list ({})",
+                String::from_utf8_lossy(k),
+                envlist::describe()
+            ),
+            126,
+        ));
+    }
+    let cwd = Path::new(os(&s.cwd));
+    match std::fs::metadata(cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Refusal::Exec(
+                format!("cannot change to {}: not a directory", cwd.display()),
+                126,
+            ))
+        }
+        Err(e) => {
+            return Err(Refusal::Exec(
+                format!("cannot change to {}: {e}", cwd.display()),
+                126,
+            ))
+        }
+    }
+    let program: PathBuf = if s.wrap {
+        cfg.hpmmap_run.clone()
+    } else {
+        PathBuf::from(os(&s.argv[0]))
+    };
+    let mut cmd = Command::new(&program);
+    if s.wrap {
+        cmd.arg("--").args(s.argv.iter().map(|a| os(a)));
+    } else {
+        cmd.args(s.argv[1..].iter().map(|a| os(a)));
+    }
+    let home = match &cfg.user {
+        Some(u) => u.home.clone().into_os_string(),
+        None => std::env::var_os("HOME").unwrap_or_else(|| envlist::FALLBACK_HOME.into()),
+    };
+    cmd.env_clear()
+        .envs(s.env.iter().map(|(k, v)| (os(k), os(v))))
+        .env("PATH", envlist::FIXED_PATH)
+        .env("HOME", home)
+        .env("LANG", envlist::FIXED_LANG)
+        .current_dir(cwd)
+        // Its own group: the host's signals reach the task and its children, nothing else.
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(u) = &cfg.user {
+        // std drops supplementary groups when root sets a uid, then setgid, then setuid.
+        cmd.uid(u.uid).gid(u.gid);
+    }
+    cmd.spawn().map_err(|e| {
+        let code = if e.kind() == io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        let what = if s.wrap {
+            format!("the launcher {} (--hpmmap-run)", program.display())
+        } else {
+            program.display().to_string()
+        };
+        Refusal::Exec(
+            format!(
+                "cannot execute {what} (task {}, in {}): {e}",
+                s.task,
+                cwd.display()
+            ),
+            code,
+        )
+    })
+}
+
+/// The task's process group, and whether its leader has been reaped: until then the leader's
+/// zombie keeps the group id taken, so signals to the group cannot reach anyone else.
+struct Group {
+    pgid: u32,
+    reaped: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Group {
+    fn signal(&self, sig: libc::c_int) {
+        let reaped = lock(&self.reaped);
+        if !*reaped {
+            // ESRCH: the whole group has exited and the leader waits to be reaped.
+            let _ = sys::killpg(self.pgid, sig);
+        }
+    }
+
+    fn is_reaped(&self) -> bool {
+        *lock(&self.reaped)
+    }
+
+    /// Waits for the leader, kills what it left in its group (slurmstepd ends a step's
+    /// processes with the step the same way), then reaps it.
+    fn reap(&self, child: &mut Child) -> io::Result<std::process::ExitStatus> {
+        sys::wait_exit_keep_zombie(self.pgid)?;
+        let mut reaped = lock(&self.reaped);
+        let _ = sys::killpg(self.pgid, libc::SIGKILL);
+        let status = child.wait()?;
+        *reaped = true;
+        self.cv.notify_all();
+        Ok(status)
+    }
+
+    /// True when the leader was reaped within `d`.
+    fn wait_reaped(&self, d: Duration) -> bool {
+        let g = lock(&self.reaped);
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |reaped| !*reaped)
+            .unwrap_or_else(|e| e.into_inner());
+        *g
+    }
+}
+
+fn supervise(
+    conn: UnixStream,
+    rd: UnixStream,
+    w: Writer,
+    s: &Spawn,
+    mut child: Child,
+    grace: Duration,
+) -> io::Result<()> {
+    let pid = child.id();
+    let group = Arc::new(Group {
+        pgid: pid,
+        reaped: Mutex::new(false),
+        cv: Condvar::new(),
+    });
+    eprintln!(
+        "hpmmap-agent: task {} pid {pid}: {}",
+        s.task,
+        String::from_utf8_lossy(&s.argv[0])
+    );
+    send(&w, &Frame::Started { pid });
+    let (stdin, stdout, stderr) = (
+        child.stdin.take().expect("piped"),
+        child.stdout.take().expect("piped"),
+        child.stderr.take().expect("piped"),
+    );
+    let relays = [
+        spawn_thread("stdout", {
+            let w = Arc::clone(&w);
+            move || relay(stdout, &w, Frame::Stdout)
+        })?,
+        spawn_thread("stderr", {
+            let w = Arc::clone(&w);
+            move || relay(stderr, &w, Frame::Stderr)
+        })?,
+    ];
+    let (tx, rx) = mpsc::channel();
+    let inflight = Arc::new(AtomicUsize::new(0));
+    spawn_thread("stdin", {
+        let (w, inflight) = (Arc::clone(&w), Arc::clone(&inflight));
+        move || write_stdin(stdin, rx, &w, &inflight)
+    })?;
+    let host = spawn_thread("host", {
+        let group = Arc::clone(&group);
+        move || read_host(rd, tx, &group, &inflight, grace)
+    })?;
+
+    let status = group.reap(&mut child)?;
+    let deadline = Instant::now() + DRAIN;
+    while relays.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let exit = match (status.code(), status.signal()) {
+        (Some(c), _) => ExitStatus::Code(c as u8),
+        (None, Some(sig)) => ExitStatus::Signal(sig as u8),
+        // Neither code nor signal happens only for stopped/continued children, which wait
+        // does not return; a shell would call an unknown end a failure.
+        (None, None) => ExitStatus::Code(255),
+    };
+    eprintln!("hpmmap-agent: task {} pid {pid}: {exit:?}", s.task);
+    send(&w, &Frame::Exit(exit));
+    // Ends the host reader (and with it the stdin writer); frames already sent still arrive.
+    let _ = conn.shutdown(Shutdown::Both);
+    let _ = host.join();
+    Ok(())
+}
+
+fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(name.into()).spawn(f)
+}
+
+/// Copies one of the task's output pipes to the host as frames. When the host is gone the
+/// pipe is still drained, so the task does not block on a full pipe during its grace period.
+fn relay(mut from: impl Read, w: &Writer, frame: fn(Vec<u8>) -> Frame) {
+    let mut buf = vec![0u8; MAX_DATA];
+    let mut host = true;
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if host {
+                    host = send(w, &frame(buf[..n].to_vec()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Writes the host's stdin to the task and acknowledges each piece once written, which is
+/// what lets the host send more (the window). A task that closed its stdin gets no more;
+/// the host's bytes are still acknowledged so that it does not wait forever.
+fn write_stdin(mut stdin: ChildStdin, rx: Receiver<Vec<u8>>, w: &Writer, inflight: &AtomicUsize) {
+    let mut open = true;
+    for d in rx {
+        if open && stdin.write_all(&d).is_err() {
+            open = false;
+        }
+        inflight.fetch_sub(d.len(), Ordering::SeqCst);
+        if !send(w, &Frame::StdinAck(d.len() as u32)) {
+            break;
+        }
+    }
+    // Dropping stdin here is the task's end of input.
+}
+
+/// Reads the host's frames until the channel ends. The host going away (or breaking the
+/// protocol) while the task runs hangs the task up: SIGHUP to its group, SIGKILL after the
+/// grace period.
+fn read_host(
+    mut rd: UnixStream,
+    tx: Sender<Vec<u8>>,
+    group: &Group,
+    inflight: &AtomicUsize,
+    grace: Duration,
+) {
+    let mut tx = Some(tx);
+    let why = loop {
+        match protocol::read_frame(&mut rd) {
+            Ok(Some(Frame::Stdin(d))) => {
+                let now = inflight.fetch_add(d.len(), Ordering::SeqCst) + d.len();
+                if now > STDIN_WINDOW {
+                    break format!(
+                        "the host sent {now} bytes of stdin, past the window of {STDIN_WINDOW}"
+                    );
+                }
+                match &tx {
+                    Some(t) => {
+                        let _ = t.send(d);
+                    }
+                    None => break "the host sent stdin after its end".to_string(),
+                }
+            }
+            Ok(Some(Frame::StdinEof)) => tx = None,
+            Ok(Some(Frame::Signal(n))) if (1..=MAX_SIGNAL).contains(&n) => {
+                group.signal(libc::c_int::from(n))
+            }
+            Ok(Some(Frame::Signal(n))) => break format!("the host sent signal {n}"),
+            Ok(Some(f)) => break format!("unexpected {} frame from the host", f.name()),
+            Ok(None) => break "the host closed the channel".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    drop(tx);
+    if group.is_reaped() {
+        return;
+    }
+    eprintln!(
+        "hpmmap-agent: pid {}: {why}: SIGHUP to its group, SIGKILL after {} ms",
+        group.pgid,
+        grace.as_millis()
+    );
+    group.signal(libc::SIGHUP);
+    if !group.wait_reaped(grace) {
+        group.signal(libc::SIGKILL);
+    }
+}

@@ -1,0 +1,146 @@
+//! One task from the host's side: Hello and Spawn out, then the agent's frames in until the
+//! task's Exit, with this process's stdin going out in a thread of its own.
+
+use super::connect::{self, Target};
+use super::signals::Sink;
+use super::ChannelError;
+use crate::protocol::{self, Frame, Spawn, MAX_DATA, STDIN_WINDOW, VERSION};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Condvar, Mutex};
+
+type Writer = Arc<Mutex<UnixStream>>;
+
+fn send(w: &Writer, f: &Frame) -> Result<(), ChannelError> {
+    let mut s = w.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(protocol::write_frame(&mut *s, f)?)
+}
+
+/// Bytes of stdin the agent will take now: the window less what it has not acknowledged.
+struct Credit {
+    bytes: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Credit {
+    fn add(&self, n: usize) {
+        let mut b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        *b = (*b + n).min(STDIN_WINDOW);
+        self.cv.notify_all();
+    }
+
+    /// Waits for some credit and takes up to `max` of it.
+    fn take(&self, max: usize) -> usize {
+        let b = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self
+            .cv
+            .wait_while(b, |b| *b == 0)
+            .unwrap_or_else(|e| e.into_inner());
+        let n = (*b).min(max);
+        *b -= n;
+        n
+    }
+
+    /// Gives back what was taken but not used.
+    fn put_back(&self, n: usize) {
+        self.add(n);
+    }
+}
+
+/// Runs `spawn` through the agent at `target`; the task's status as a shell reports it.
+pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelError> {
+    let stream = connect::connect(target)?;
+    let mut rd = stream
+        .try_clone()
+        .map_err(|e| ChannelError(format!("channel: {e}")))?;
+    let w: Writer = Arc::new(Mutex::new(stream));
+    send(&w, &Frame::Hello { version: VERSION })?;
+    send(&w, &Frame::Spawn(spawn))?;
+    match protocol::read_frame(&mut rd)? {
+        Some(Frame::Hello { version }) if version == VERSION => {}
+        Some(Frame::Hello { version }) => {
+            return Err(ChannelError(format!(
+                "the agent speaks task protocol version {version}, this client {VERSION}"
+            )))
+        }
+        Some(Frame::Error(t)) => return Err(ChannelError(format!("agent: {t}"))),
+        Some(f) => {
+            return Err(ChannelError(format!(
+                "expected the agent's Hello, got {}",
+                f.name()
+            )))
+        }
+        None => {
+            return Err(ChannelError(
+                "the channel closed before the agent's Hello".into(),
+            ))
+        }
+    }
+    *signals.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&w));
+
+    let credit = Arc::new(Credit {
+        bytes: Mutex::new(STDIN_WINDOW),
+        cv: Condvar::new(),
+    });
+    let mut stdin_started = false;
+    let mut last_error = None;
+    let (mut out, mut err) = (io::stdout(), io::stderr());
+    loop {
+        match protocol::read_frame(&mut rd)? {
+            Some(Frame::Started { .. }) if !stdin_started => {
+                stdin_started = true;
+                let (w, credit) = (Arc::clone(&w), Arc::clone(&credit));
+                std::thread::Builder::new()
+                    .name("stdin".into())
+                    .spawn(move || forward_stdin(&w, &credit))
+                    .map_err(|e| ChannelError(format!("cannot start the stdin thread: {e}")))?;
+            }
+            // A reader that went away (EPIPE) loses the output, as it would from the task.
+            Some(Frame::Stdout(d)) => {
+                let _ = out.write_all(&d).and_then(|_| out.flush());
+            }
+            Some(Frame::Stderr(d)) => {
+                let _ = err.write_all(&d).and_then(|_| err.flush());
+            }
+            Some(Frame::StdinAck(n)) => credit.add(n as usize),
+            Some(Frame::Error(t)) => {
+                eprintln!("hpmmap-task: {t}");
+                last_error = Some(t);
+            }
+            Some(Frame::Exit(s)) => return Ok(s.shell_code()),
+            Some(f) => {
+                return Err(ChannelError(format!(
+                    "unexpected {} frame from the agent",
+                    f.name()
+                )))
+            }
+            None => {
+                return Err(ChannelError(match last_error {
+                    Some(_) => "the agent closed the channel after that error".into(),
+                    None => "the channel closed before the task's exit status".into(),
+                }))
+            }
+        }
+    }
+}
+
+/// This process's stdin to the task, never more than the agent's window ahead of it, then
+/// StdinEof. A read error counts as the end of input.
+fn forward_stdin(w: &Writer, credit: &Credit) {
+    let mut stdin = io::stdin().lock();
+    let mut buf = vec![0u8; MAX_DATA];
+    loop {
+        let n = credit.take(MAX_DATA);
+        match stdin.read(&mut buf[..n]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => credit.put_back(n),
+            Ok(0) | Err(_) => break,
+            Ok(got) => {
+                credit.put_back(n - got);
+                if send(w, &Frame::Stdin(buf[..got].to_vec())).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = send(w, &Frame::StdinEof);
+}
