@@ -288,6 +288,13 @@ pub struct Args {
     /// Size of --output's disk (sparse on the host), with K/M/G suffixes.
     #[arg(long, value_name = "SIZE", value_parser = size_arg, requires = "output")]
     pub output_size: Option<u64>,
+
+    /// A virtio-vsock device (guest CID 3) whose host side is the Unix socket PATH (made
+    /// by the VMM, removed when it ends): a client writes `CONNECT <port>` and a newline,
+    /// reads `OK <host_port>` and a newline, then talks to the guest's listener on <port>;
+    /// the guest's connections to host port P go to the Unix socket PATH_P.
+    #[arg(long, value_name = "PATH")]
+    pub vsock: Option<PathBuf>,
 }
 
 /// `hpmmap-vmm selftest --vf NAME [--mem SIZE]`: checks this host's VF passthrough
@@ -358,6 +365,8 @@ pub struct VmConfig {
     /// virtio-blk disks: the image's rootfs, then `--disk` in order.
     pub disks: Vec<crate::devices::virtio::block::DiskSpec>,
     pub output: Option<crate::devices::virtio::plan::OutputSpec>,
+    /// `--vsock PATH`: checked here, bound when the VM is built.
+    pub vsock: Option<PathBuf>,
     /// `--image`: its initramfs and rootfs sizes, for the report.
     pub image_bytes: Option<(Option<u64>, Option<u64>)>,
 }
@@ -441,7 +450,19 @@ impl VmConfig {
         let image_bytes = img
             .as_ref()
             .map(|b| (b.initramfs_bytes, rootfs.map(|r| r.bytes)));
-        let wants_pci = a.vf.is_some() || !disks.is_empty() || output.is_some();
+        if let Some(p) = &a.vsock {
+            crate::devices::virtio::vsock::unix::check(p)
+                .map_err(|e| ConfigError(e.to_string()))?;
+            if a.jail.is_some() {
+                // The jailed VMM sees neither PATH_P nor PATH (for its removal).
+                return Err(ConfigError(format!(
+                    "--vsock {}: not available with --jail yet",
+                    p.display()
+                )));
+            }
+        }
+        let wants_pci =
+            a.vf.is_some() || !disks.is_empty() || output.is_some() || a.vsock.is_some();
         let vmm_default = |s: &str| match wants_pci {
             true => without_pci_off(s),
             false => s.to_string(),
@@ -591,6 +612,7 @@ impl VmConfig {
             vf_ib,
             disks,
             output,
+            vsock: a.vsock,
             image_bytes,
         })
     }

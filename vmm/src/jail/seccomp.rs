@@ -59,6 +59,8 @@ pub enum ThreadKind {
     Signals,
     /// Feeds stdin to the serial port.
     Console,
+    /// virtio-vsock's event thread: the Unix sockets and the rx queue's MSI-X.
+    Vsock,
 }
 
 impl ThreadKind {
@@ -68,6 +70,7 @@ impl ThreadKind {
             ThreadKind::Main => "main",
             ThreadKind::Signals => "signal",
             ThreadKind::Console => "console",
+            ThreadKind::Vsock => "vsock",
         }
     }
 }
@@ -258,6 +261,25 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
         }
         ThreadKind::Signals => {
             r.insert(libc::SYS_rt_sigtimedwait, vec![]);
+        }
+        ThreadKind::Vsock => {
+            // Accepting clients, connecting to PATH_<port> (socket + connect, non-blocking
+            // from the start), peeking at a client's command, reading and writing streams,
+            // half-closing them; MSI-X for the rx queue; FIONBIO for accepted sockets.
+            for s in [
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                libc::SYS_accept4,
+                libc::SYS_socket,
+                libc::SYS_connect,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_shutdown,
+            ] {
+                r.insert(s, vec![]);
+            }
+            r.insert(libc::SYS_ioctl, ioctls(&[KVM_SIGNAL_MSI, libc::FIONBIO])?);
         }
         ThreadKind::Console => {
             for s in [

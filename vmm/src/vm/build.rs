@@ -78,6 +78,9 @@ pub(super) struct Built {
     pub output_disk: Option<crate::devices::virtio::output::OutputDisk>,
     pub vf_report: Option<crate::report::VfReport>,
     pub disks_report: Vec<crate::devices::virtio::attach::DiskReport>,
+    /// `--vsock`: the device and its muxer, for the event thread started with the vCPUs.
+    pub vsock: Option<crate::devices::virtio::vsock::Vsock>,
+    pub vsock_file: Option<crate::devices::virtio::vsock::unix::SocketFile>,
     pub phases: Phases,
     pub started: Instant,
 }
@@ -99,6 +102,15 @@ pub(super) fn build(cfg: &VmConfig, started: Instant) -> Result<Built, VmmError>
     let (block_devs, output_disk) =
         crate::devices::virtio::attach::open(cfg).map_err(VmmError::Storage)?;
     let disks_report = crate::devices::virtio::attach::report(cfg);
+    // PATH is made here, with the disks, and removed by `vsock_file` on every return.
+    let (vsock_listener, vsock_file) = match &cfg.vsock {
+        Some(p) => {
+            let (l, f) = crate::devices::virtio::vsock::unix::Listener::bind(p)
+                .map_err(|e| VmmError::Storage(e.into()))?;
+            (Some(l), Some(f))
+        }
+        None => (None, None),
+    };
     let mut phases = Phases::new(started);
     phases.mark("start_and_checks");
     // After the checks, so that refused input stays a one-line error.
@@ -141,6 +153,13 @@ pub(super) fn build(cfg: &VmConfig, started: Instant) -> Result<Built, VmmError>
     }
     crate::devices::virtio::attach::add_to_bus(block_devs, &mem, &vm, &root)
         .map_err(VmmError::Storage)?;
+    let vsock = match vsock_listener {
+        Some(l) => Some(
+            crate::devices::virtio::attach::add_vsock(l, &mem, &vm, &root)
+                .map_err(VmmError::Storage)?,
+        ),
+        None => None,
+    };
     let pci = Some(root);
     let kernel = loader::load_kernel(&mem, &layout, &cfg.kernel)?;
     let initrd = match &cfg.initrd {
@@ -211,6 +230,8 @@ pub(super) fn build(cfg: &VmConfig, started: Instant) -> Result<Built, VmmError>
         output_disk,
         vf_report,
         disks_report,
+        vsock,
+        vsock_file,
         phases,
         started,
     })

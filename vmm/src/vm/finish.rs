@@ -32,7 +32,10 @@ pub(super) fn finish(cfg: &VmConfig, stopped: Stopped) -> Outcome {
         started,
         pins,
         host_page,
+        vsock_file,
     } = stopped;
+    // The guest is gone: no client may find PATH any more.
+    drop(vsock_file);
     let kvm_pages = kvm_stats::read_stats(&vm)
         .ok()
         .and_then(|s| KvmPages::from_stats(&s));

@@ -63,6 +63,8 @@ pub(super) struct Stopped {
     pub started: Instant,
     pub pins: Vec<Option<usize>>,
     pub host_page: Option<u64>,
+    /// `--vsock`'s socket file, removed at teardown.
+    pub vsock_file: Option<crate::devices::virtio::vsock::unix::SocketFile>,
 }
 
 /// Confines the VMM (`--jail`) and starts the signal thread and the vCPU threads.
@@ -124,6 +126,13 @@ pub(super) fn start(cfg: &VmConfig, built: Built) -> Result<Running, VmmError> {
         threads.push(t);
     }
     let input = crate::console::spawn_input(built.bus.serial.clone(), stop.clone(), cfg.seccomp);
+    if let Some(v) = built.vsock.take() {
+        let sink = built.bus.clone();
+        crate::devices::virtio::vsock::worker::spawn(v.transport, v.muxer, cfg.seccomp, move |e| {
+            sink.sink.event(VmEvent::VmmFailure(e))
+        })
+        .map_err(host("spawning the virtio-vsock thread"))?;
+    }
     // Every thread exists now; the main thread's own filter last, since threads inherit it.
     if let Err(e) = seccomp::install(ThreadKind::Main, cfg.seccomp) {
         built.bus.sink.event(VmEvent::VmmFailure(e.to_string()));
@@ -199,6 +208,7 @@ impl Running {
             started: built.started,
             pins,
             host_page,
+            vsock_file: built.vsock_file,
         }
     }
 }

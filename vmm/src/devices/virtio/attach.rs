@@ -18,6 +18,14 @@ pub enum AttachError {
     Disk(#[from] DiskError),
     #[error("{0}")]
     Output(#[from] OutputError),
+    #[error("{0}")]
+    Vsock(#[from] super::vsock::unix::VsockError),
+    #[error("--vsock {}: {source}", path.display())]
+    VsockBus {
+        path: std::path::PathBuf,
+        #[source]
+        source: hpmmap_pci::PciError,
+    },
     #[error("virtio-blk {serial}: {source}")]
     Bus {
         serial: String,
@@ -31,7 +39,8 @@ impl AttachError {
         match self {
             AttachError::Disk(_) => true,
             AttachError::Output(o) => o.is_input(),
-            AttachError::Bus { .. } => false,
+            AttachError::Vsock(v) => v.is_input(),
+            AttachError::Bus { .. } | AttachError::VsockBus { .. } => false,
         }
     }
 }
@@ -74,6 +83,32 @@ pub fn add_to_bus(
             .map_err(|source| AttachError::Bus { serial, source })?;
     }
     Ok(())
+}
+
+/// `--vsock`: the device on `root`, its muxer holding the bound listener. The event
+/// thread starts with the vCPUs ([`super::vsock::worker::spawn`]).
+pub fn add_vsock(
+    listener: super::vsock::unix::Listener,
+    mem: &GuestMemoryMmap,
+    vm: &Arc<VmFd>,
+    root: &hpmmap_pci::PciRoot,
+) -> Result<super::vsock::Vsock, AttachError> {
+    use super::vsock::{device::VsockDevice, muxer::Muxer, GUEST_CID};
+    let path = listener.path.clone();
+    let wake = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|e| super::vsock::unix::VsockError::Host(path.clone(), e))?;
+    let muxer = Arc::new(std::sync::Mutex::new(Muxer::new(GUEST_CID, listener, wake)));
+    let router: Arc<dyn hpmmap_pci::IrqRouter> =
+        Arc::new(hpmmap_pci::KvmIrqRouting::new(vm.clone()));
+    let dev = VsockDevice::new(muxer.clone());
+    let transport = Arc::new(std::sync::Mutex::new(VirtioPci::new(
+        Box::new(dev),
+        mem.clone(),
+        router,
+    )));
+    root.add_device(Box::new(super::pci::SharedPci(transport.clone())))
+        .map_err(|source| AttachError::VsockBus { path, source })?;
+    Ok(super::vsock::Vsock { transport, muxer })
 }
 
 /// The report's line per disk.

@@ -18,7 +18,7 @@ use hpmmap_pci::device::{BarEvent, BarInfo, BarKind, PciDevice};
 use hpmmap_pci::IrqRouter;
 use hpmmap_vf::config::{BarWindows, ConfigEvent, ConfigIo, VfConfig};
 use hpmmap_vf::msix::{MsixEvent, PCI_CAP_ID_MSIX};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_bindings::virtio_config::*;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -314,7 +314,7 @@ impl VirtioPci {
         }
         let mem = self.mem.clone();
         let mut used = false;
-        loop {
+        while self.dev.ready_for(i) {
             let q = &mut self.queues[i];
             let chain = match q.iter(&mem) {
                 Ok(mut it) => it.next(),
@@ -594,5 +594,43 @@ impl PciDevice for VirtioPci {
             // Device configuration is read-only for block; ISR and PBA are read-only.
             _ => {}
         }
+    }
+}
+
+/// A transport on the bus that another thread also drives (virtio-vsock's event thread
+/// fills the rx queue): the bus reaches it through this lock, taken after the bus lock;
+/// the other thread takes only this one.
+pub struct SharedPci(pub Arc<Mutex<VirtioPci>>);
+
+impl SharedPci {
+    fn t(&self) -> MutexGuard<'_, VirtioPci> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl PciDevice for SharedPci {
+    fn name(&self) -> String {
+        self.t().name()
+    }
+    fn bar_requests(&self) -> Vec<BarInfo> {
+        self.t().bar_requests()
+    }
+    fn set_windows(&mut self, w: &hpmmap_pci::PciWindows) {
+        self.t().set_windows(w)
+    }
+    fn place_bar(&mut self, bar: u8, addr: u64) {
+        self.t().place_bar(bar, addr)
+    }
+    fn config_read(&mut self, offset: u16, len: usize) -> u32 {
+        self.t().config_read(offset, len)
+    }
+    fn config_write(&mut self, offset: u16, len: usize, value: u32) -> Vec<BarEvent> {
+        self.t().config_write(offset, len, value)
+    }
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        self.t().bar_read(bar, offset, data)
+    }
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        self.t().bar_write(bar, offset, data)
     }
 }
