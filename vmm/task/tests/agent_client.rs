@@ -42,9 +42,14 @@ struct Agent {
 
 impl Agent {
     fn start(extra: &[&str]) -> Agent {
+        Agent::start_by(Command::new(AGENT), extra)
+    }
+
+    /// `cmd` execs the agent with its arguments appended.
+    fn start_by(mut cmd: Command, extra: &[&str]) -> Agent {
         let dir = scratch("agent");
         let sock = dir.join("agent.sock");
-        let mut child = Command::new(AGENT)
+        let mut child = cmd
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .args(extra)
@@ -346,6 +351,28 @@ fn processes_a_task_leaves_in_its_group_end_with_it() {
     assert!(
         gone_within(&[bg], Duration::from_secs(5)),
         "{bg} left running"
+    );
+}
+
+/// An agent started with signals ignored (nohup, a shell's `&`) still gives its tasks the
+/// default actions: otherwise srun's Ctrl-C would not end them.
+#[test]
+fn tasks_start_with_default_signal_actions_whatever_the_agent_inherited() {
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        "trap '' HUP INT QUIT TERM USR1 USR2; exec \"$0\" \"$@\"",
+        AGENT,
+    ]);
+    let a = Agent::start_by(sh, &[]);
+    let mut c = a.client();
+    c.args(["--no-wrap", "--cwd", "/", "--", "sh", "-c"])
+        .arg("grep -E '^Sig(Ign|Blk)' /proc/self/status");
+    let out = run(c, vec![]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        text(&out.stdout),
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
     );
 }
 

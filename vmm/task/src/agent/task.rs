@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 /// How long the task's stdout and stderr may stay open after its group is gone (a process
 /// that left the group with setsid can hold them): the Exit frame is not held back longer.
 const DRAIN: Duration = Duration::from_secs(5);
+/// How long a new connection may take to send Hello and Spawn.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Highest signal number Linux delivers (SIGRTMAX).
 const MAX_SIGNAL: u8 = 64;
 
@@ -57,7 +59,11 @@ pub fn serve(conn: UnixStream, cfg: &Config) {
 fn run(conn: UnixStream, cfg: &Config) -> io::Result<()> {
     let mut rd = conn.try_clone()?;
     let w: Writer = Arc::new(Mutex::new(conn.try_clone()?));
-    let started = handshake(&mut rd, &w).and_then(|s| start(&s, cfg).map(|c| (s, c)));
+    // A host that connects and says nothing must not hold a thread forever.
+    rd.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let spawn = handshake(&mut rd, &w);
+    rd.set_read_timeout(None)?;
+    let started = spawn.and_then(|s| start(&s, cfg).map(|c| (s, c)));
     let (spawn, child) = match started {
         Ok(x) => x,
         Err(r) => {
@@ -171,6 +177,11 @@ fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // SAFETY: the closure runs in the child between fork and exec and calls only sigaction,
+    // which is async-signal-safe, on a stack-local struct.
+    unsafe {
+        cmd.pre_exec(default_signals);
+    }
     if let Some(u) = &cfg.user {
         // std drops supplementary groups when root sets a uid, then setgid, then setuid.
         cmd.uid(u.uid).gid(u.gid);
@@ -195,6 +206,34 @@ fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
             code,
         )
     })
+}
+
+/// Gives the task every signal's default action. The agent may have been started with some
+/// ignored (nohup, a shell's `&` ignores SIGINT and SIGQUIT; glibc's posix_spawn leaves its
+/// internal signals 32 and 33 ignored), and ignored signals stay ignored across exec: a task
+/// would then shrug off srun's Ctrl-C. std resets SIGPIPE and the signal mask itself.
+fn default_signals() -> io::Result<()> {
+    // The kernel's struct sigaction on x86_64 (handler, flags, restorer, mask): all zero is
+    // SIG_DFL with no flags and an empty mask. The raw call, because glibc's sigaction
+    // refuses its internal signals.
+    let act = [0u64; 4];
+    for sig in 1..=libc::c_long::from(MAX_SIGNAL) {
+        if sig == libc::c_long::from(libc::SIGKILL) || sig == libc::c_long::from(libc::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: `act` is a valid kernel sigaction for the call's duration, the old action
+        // is not wanted (null), and 8 is the kernel's sigset size on x86_64.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                act.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The task's process group, and whether its leader has been reaped: until then the leader's
