@@ -146,6 +146,7 @@ static struct hpm_ctx *ctx_alloc(struct mm_struct *mm)
 	xa_init(&ctx->blocks);
 	ctx->page_shift = 30;
 	ctx->node = NUMA_NO_NODE;
+	hpm_acct_init(&ctx->acct, true);
 	/* Core dumps: hpmmap VMAs are DAX shared file mappings to fs/coredump.c, left out
 	 * by the default filter; they stand for private anonymous memory, so they follow
 	 * that bit (coredump_filter bit 10 governs them afterwards). */
@@ -205,6 +206,7 @@ void hpm_ctx_put(struct hpm_ctx *ctx)
 		if (idx == b->off >> HPM_UNIT_SHIFT)
 			blk_free(ctx, b);
 	xa_destroy(&ctx->blocks);
+	put_pid(ctx->acct.pid);
 	kfree_rcu(ctx, rcu);
 	module_put(THIS_MODULE);
 }
@@ -403,7 +405,7 @@ static int blk_alloc(struct hpm_ctx *ctx, u64 off, unsigned int order, bool zero
 			goto free_pa;
 		}
 	}
-	atomic64_add((u64)HPM_UNIT << order, &ctx->held_bytes);
+	hpm_acct_peak(&ctx->acct, atomic64_add_return((u64)HPM_UNIT << order, &ctx->held_bytes));
 	return 0;
 free_pa:
 	hpm_pool_free(pa, order);
@@ -811,6 +813,7 @@ static vm_fault_t hpm_fault(struct vm_fault *vmf)
 	atomic64_inc(&hpm_st.faults);
 	if (!ctx)
 		return VM_FAULT_SIGBUS;
+	atomic64_inc(&ctx->acct.faults);
 	off = vma_off(vma, addr);
 	b = blk_at(ctx, off);
 	if (!b)
@@ -840,6 +843,7 @@ static vm_fault_t hpm_huge_fault(struct vm_fault *vmf, enum page_entry_size pe)
 		if (!b || b->order != HPM_NORD - 1 || b->off != off)
 			return VM_FAULT_FALLBACK;
 		atomic64_inc(&hpm_st.faults);
+		atomic64_inc(&ctx->acct.faults);
 		return vmf_insert_pfn_pud(vmf, blk_pfn(b, off), write);
 	case PE_SIZE_PMD:
 		addr = vmf->address & HPAGE_PMD_MASK;
@@ -850,6 +854,7 @@ static vm_fault_t hpm_huge_fault(struct vm_fault *vmf, enum page_entry_size pe)
 		if (!b || !IS_ALIGNED(off, HPM_UNIT))
 			return VM_FAULT_FALLBACK;
 		atomic64_inc(&hpm_st.faults);
+		atomic64_inc(&ctx->acct.faults);
 		return vmf_insert_pfn_pmd(vmf, blk_pfn(b, off), write);
 	default:
 		return hpm_fault(vmf);
@@ -863,6 +868,8 @@ static struct hpm_ctx *fork_ctx(struct hpm_ctx *parent, struct mm_struct *mm)
 	if (!ctx)
 		return NULL;
 	ctx->serving = false; /* set_serving() below counts it */
+	put_pid(ctx->acct.pid); /* the child's pid does not exist yet: taken at its end */
+	ctx->acct.pid = NULL;
 	ctx->brk_served = parent->brk_served;
 	ctx->flags = parent->flags;
 	ctx->page_shift = parent->page_shift;
@@ -917,6 +924,7 @@ static void hpm_data_open(struct vm_area_struct *vma)
 	vma->vm_private_data = ctx;
 	if (!ctx) {
 		atomic64_inc(&hpm_st.fork_failures);
+		atomic64_inc(&parent->acct.fork_failures);
 		return;
 	}
 	o1 = vma_off(vma, vma->vm_start);
@@ -948,6 +956,7 @@ static void hpm_data_open(struct vm_area_struct *vma)
 	mutex_unlock(&ctx->obj_lock);
 	mutex_unlock(&parent->obj_lock);
 	atomic64_inc(failed ? &hpm_st.fork_failures : &hpm_st.fork_copies);
+	atomic64_inc(failed ? &parent->acct.fork_failures : &parent->acct.fork_copies);
 	populate_vma(vma, vma->vm_start, vma->vm_end);
 }
 
@@ -988,6 +997,8 @@ static void hpm_anchor_close(struct vm_area_struct *vma)
 
 	if (!ctx)
 		return;
+	if (ctx->region_start) /* a served address space, not a launcher's pending one */
+		hpm_rank_record(ctx);
 	ctx_unhash(ctx);
 	hpm_ctx_put(ctx);
 }
@@ -1383,6 +1394,7 @@ static long map_at(struct hpm_ctx *ctx, unsigned long va, unsigned long len,
 	}
 	hpm_repopulate(ctx, va, va + len);
 	atomic64_inc(&hpm_st.mappings);
+	atomic64_inc(&ctx->acct.mappings);
 	return va;
 }
 
@@ -1738,9 +1750,19 @@ out:
  * with get_user_pages_fast() before any VMA walk: a page that is not mapped answers
  * EFAULT (not ENOMEM), stopping there. Soft offline of hpmmap memory keeps the data in
  * place (Linux migrates it to another page: the program sees the same bytes, 0).
+ *
+ * MADV_HWPOISON on hpmmap memory is refused with EBUSY, the answer Linux's
+ * memory_failure() gives for memory it cannot retire (kernel, reserved and device-dax
+ * pages, these ZONE_DEVICE pages among them), and hpmmap does not hand it to Linux at
+ * all. Linux would retire one 4 KiB page; here the page is part of a 2 MiB..1 GiB pool
+ * block, and retiring it for good would take the whole block from the pool (a test
+ * ioctl must not cost a GiB), while retiring it only until munmap would give the
+ * poisoned page to the next process. So nothing is poisoned: the data stays, no signal
+ * follows, the block goes back to the pool as usual. Linux memory before the first
+ * hpmmap page of the range is still poisoned by Linux, as its page-by-page walk would.
  */
-static long soft_offline(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
-			 long (*orig)(unsigned long, unsigned long, int))
+static long inject_error(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
+			 int advice, long (*orig)(unsigned long, unsigned long, int))
 {
 	unsigned long at, next;
 	long ret = 0;
@@ -1754,9 +1776,14 @@ static long soft_offline(struct hpm_ctx *ctx, unsigned long start, unsigned long
 			ret = -EFAULT;
 			break;
 		case SEG_DATA:
+			if (advice == MADV_HWPOISON) {
+				pr_info_ratelimited("hpmmap: MADV_HWPOISON at %#lx (pid %d) refused: pool memory is not poisoned (EBUSY)\n",
+						    at, task_tgid_nr(current));
+				ret = -EBUSY;
+			}
 			break;
 		case SEG_LINUX:
-			ret = orig(at, next - at, MADV_SOFT_OFFLINE);
+			ret = orig(at, next - at, advice);
 			break;
 		}
 	}
@@ -1774,15 +1801,15 @@ static long soft_offline(struct hpm_ctx *ctx, unsigned long start, unsigned long
  * is done, and the first other error stops the walk. Advice that only sets VMA flags or
  * populates goes to Linux stretch by stretch, holes left out; unknown advice to Linux
  * whole. WIPEONFORK, KEEPONFORK and DODUMP set hpmmap's own VMA flags (data_vma_flags);
- * COLLAPSE has nothing to collapse (already 2 MiB / 1 GiB pages): 0. Not emulated:
- * MADV_HWPOISON (Linux's memory_failure() answers EBUSY for these device pages).
+ * COLLAPSE has nothing to collapse (already 2 MiB / 1 GiB pages): 0. MADV_HWPOISON:
+ * EBUSY, nothing poisoned (inject_error).
  */
 long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		    int advice, long (*orig)(unsigned long, unsigned long, int))
 {
 	unsigned long end, at, next;
 	long ret = 0, hole = 0;
-	bool zero = false, linux_too = false, offline = false;
+	bool zero = false, linux_too = false, inject = false;
 
 	switch (advice) {
 	case MADV_NORMAL:
@@ -1806,7 +1833,8 @@ long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		zero = true; /* private anonymous memory reads zero afterwards */
 		break;
 	case MADV_SOFT_OFFLINE:
-		offline = true;
+	case MADV_HWPOISON:
+		inject = true;
 		break;
 	case MADV_FREE:
 	case MADV_COLD:
@@ -1828,8 +1856,8 @@ long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 		return -EINVAL;
 	if (end == start)
 		return 0;
-	if (offline) /* Linux's order: alignment, then capability, then pages to len */
-		return soft_offline(ctx, start, start + len, orig);
+	if (inject) /* Linux's order: alignment, then capability, then pages to len */
+		return inject_error(ctx, start, start + len, advice, orig);
 	mutex_lock(&ctx->op_lock);
 	for (at = start; at < end && !ret; at = next) {
 		switch (segment_at(ctx, at, end, &next)) {
@@ -1887,8 +1915,10 @@ unsigned long hpm_do_brk(struct hpm_ctx *ctx, unsigned long brk, bool *handled)
 		r = map_at(ctx, top_old, top_new - top_old, PROT_READ | PROT_WRITE,
 			   OFF_HEAP + (top_old - ctx->heap_base));
 		if (r < 0) {
-			if (r == -ENOMEM)
-				atomic64_inc(&hpm_st.fallbacks); /* malloc falls back to mmap */
+			if (r == -ENOMEM) { /* malloc falls back to mmap */
+				atomic64_inc(&hpm_st.fallbacks);
+				atomic64_inc(&ctx->acct.fallbacks);
+			}
 			goto out;
 		}
 	} else if (top_new < top_old) {

@@ -116,6 +116,7 @@ static long hpm_sys_mmap(const struct pt_regs *regs)
 	ret = hpm_do_mmap(ctx, addr, plen, prot, flags);
 	if (ret == -ENOMEM && hpm_fallback_allowed(ctx)) {
 		atomic64_inc(&hpm_st.fallbacks);
+		atomic64_inc(&ctx->acct.fallbacks);
 		goto to_linux;
 	}
 	goto out;

@@ -8,6 +8,8 @@
 #include <linux/xarray.h>
 #include <linux/refcount.h>
 #include <linux/hashtable.h>
+#include <linux/pid.h>
+#include <linux/uidgid.h>
 #include "hpmmap_uapi.h"
 
 #define HPM_UNIT_SHIFT 21 /* smallest block: 2 MiB */
@@ -54,6 +56,18 @@ extern struct hpm_stats hpm_st;
 extern bool hpm_fallback;
 bool hpm_should_fail(void); /* failure injection, main.c */ /* global policy: serve from Linux when the pool is empty */
 
+/* ---- rank.c: counters of one address space, kept after it ends ---- */
+struct hpm_acct {
+	atomic64_t faults, mappings, fallbacks, fork_copies, fork_failures, peak_bytes;
+	struct pid *pid; /* its process (tgid); NULL until known (a fork child's) */
+	kuid_t uid;	 /* real uid */
+};
+
+void hpm_acct_init(struct hpm_acct *a, bool known_pid);
+void hpm_acct_peak(struct hpm_acct *a, u64 held);
+void hpm_rank_exit(void);
+long hpm_ioc_rank(void __user *up);
+
 /* ---- ctx.c: per address space state ---- */
 enum hpm_req_kind { HPM_REQ_HOLD, HPM_REQ_ANCHOR, HPM_REQ_DATA };
 
@@ -76,6 +90,7 @@ struct hpm_ctx {
 	u64 next_slot, small_cursor;
 	bool big_wrapped, small_wrapped; /* offsets now come from a first-fit search */
 	atomic64_t held_bytes;
+	struct hpm_acct acct;
 };
 
 int hpm_ctx_init(void);
@@ -109,6 +124,7 @@ unsigned long hpm_do_brk(struct hpm_ctx *ctx, unsigned long brk, bool *handled);
 bool hpm_fallback_allowed(struct hpm_ctx *ctx);
 void hpm_ctx_count_blocks(struct hpm_ctx *ctx, u64 out[HPM_NORD]);
 bool hpm_in_region(struct hpm_ctx *ctx, unsigned long start, unsigned long end);
+void hpm_rank_record(struct hpm_ctx *ctx);
 
 /* ---- hooks.c ---- */
 int hpm_hooks_init(void);

@@ -73,9 +73,44 @@ struct hpmmap_stats {
 	__u64 self_blocks[HPMMAP_NR_ORDERS]; /* blocks held by the caller's mm, by order */
 };
 
+/*
+ * Counters of one address space (issue 15: counters per rank). pid 0 reads the caller's
+ * own registered address space while it lives; pid > 0 reads the newest record of an
+ * address space of that process which has ended (exit, or exec into a new one): the
+ * module keeps the last `rank_records` (module parameter, default 256) such records and
+ * drops the oldest beyond that. HPMMAP_RANK_TAKE removes the record read (hpmmap-run
+ * does, so that records of launched ranks do not pile up). A record is readable by
+ * processes whose real or effective uid is the real uid the address space had, and by
+ * CAP_SYS_ADMIN. Errors: EINVAL (size, flags, reserved, pid < 0, TAKE with pid 0),
+ * EPROTO (version), ENOENT (no such record, or the caller is not registered), EPERM
+ * (another user's record). A module older than this command answers ENOTTY.
+ */
+#define HPMMAP_RANK_TAKE (1u << 0)
+#define HPMMAP_RANK_LIVE 1u  /* state: the caller's own address space, still running */
+#define HPMMAP_RANK_ENDED 2u /* state: a kept record */
+
+struct hpmmap_rank_stats {
+	__u32 size;
+	__u32 version;
+	__s32 pid;            /* in: 0 (the caller) or the pid whose ended record to read */
+	__u32 flags;          /* in: HPMMAP_RANK_TAKE */
+	__u32 state;          /* out: HPMMAP_RANK_LIVE or HPMMAP_RANK_ENDED */
+	__u32 uid;            /* out: the address space's real uid */
+	__u64 faults;         /* page faults taken inside its hpmmap mappings */
+	__u64 mappings;       /* mmap requests served from the pool */
+	__u64 fallbacks;      /* requests served by Linux because the pool was exhausted */
+	__u64 fork_copies;    /* its mappings copied into forked children */
+	__u64 fork_failures;  /* child mappings left unbacked at fork */
+	__u64 bytes_mapped;   /* pool bytes held now (live) or when it ended */
+	__u64 bytes_peak;     /* most pool bytes held at once */
+	__u64 reserved[2];    /* in: 0 */
+};
+
 #define HPMMAP_IOC_MAGIC 'H'
 #define HPMMAP_IOC_REGISTER _IOW(HPMMAP_IOC_MAGIC, 1, struct hpmmap_register)
 #define HPMMAP_IOC_DEREGISTER _IOW(HPMMAP_IOC_MAGIC, 2, struct hpmmap_deregister)
 #define HPMMAP_IOC_STATS _IOWR(HPMMAP_IOC_MAGIC, 3, struct hpmmap_stats)
+/* 4 was the test-only pin ioctl, now in hpmmap_test.ko: it stays ENOTTY here */
+#define HPMMAP_IOC_RANK_STATS _IOWR(HPMMAP_IOC_MAGIC, 5, struct hpmmap_rank_stats)
 
 #endif /* HPMMAP_UAPI_H */

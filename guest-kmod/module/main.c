@@ -162,13 +162,14 @@ static long hpm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		[1] = sizeof(struct hpmmap_register),
 		[2] = sizeof(struct hpmmap_deregister),
 		[3] = sizeof(struct hpmmap_stats),
+		[5] = sizeof(struct hpmmap_rank_stats),
 	};
 	u32 hdr[2];
 	unsigned int nr = _IOC_NR(cmd);
 
 	/* The size is checked from the struct's own field, not the command number, so
 	 * that a wrong size gets EINVAL rather than ENOTTY. */
-	if (_IOC_TYPE(cmd) != HPMMAP_IOC_MAGIC || nr < 1 || nr >= ARRAY_SIZE(sizes))
+	if (_IOC_TYPE(cmd) != HPMMAP_IOC_MAGIC || nr < 1 || nr >= ARRAY_SIZE(sizes) || !sizes[nr])
 		return -ENOTTY;
 	if (copy_from_user(hdr, up, sizeof(hdr)))
 		return -EFAULT;
@@ -181,6 +182,8 @@ static long hpm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		return ioc_register(up);
 	case 2:
 		return ioc_deregister(up);
+	case 5:
+		return hpm_ioc_rank(up);
 	default:
 		return ioc_stats(up);
 	}
@@ -329,6 +332,7 @@ static void __exit hpm_exit(void)
 	misc_deregister(&hpm_dev);
 	kobject_put(hpm_kobj);
 	hpm_ctx_exit();
+	hpm_rank_exit();
 	hpm_pool_exit();
 	pr_info("hpmmap: unloaded\n");
 }

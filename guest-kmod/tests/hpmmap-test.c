@@ -8,6 +8,7 @@
  *   hpmmap-run -- hpmmap-test bench hpmmap   map + first-touch 1 GiB, one "BENCH" line
  *   hpmmap-test bench thp|4k              the same on Linux memory
  *   hpmmap-test report-brk                exit 0 if this process's heap is hpmmap's
+ *   hpmmap-run -- hpmmap-test rank-pattern N|wait   the launcher case's rank
  *
  * The suite checks after every case that the pool is back where it was before the case
  * (read from /sys/kernel/hpmmap/free_bytes).
@@ -2029,6 +2030,391 @@ static int t_odirect(void)
 	return 0;
 }
 
+/* ---- issue 15.3: counters per rank; issue 12: MADV_HWPOISON ---- */
+
+static int rank_read_fd(int fd, pid_t pid, unsigned int flags, struct hpmmap_rank_stats *out)
+{
+	struct hpmmap_rank_stats s = { .size = sizeof(s), .version = HPMMAP_UAPI_VERSION,
+				       .pid = pid, .flags = flags };
+
+	if (ioctl(fd, HPMMAP_IOC_RANK_STATS, &s))
+		return -errno;
+	if (out)
+		*out = s;
+	return 0;
+}
+
+/* 0 or -errno */
+static int rank_read(pid_t pid, unsigned int flags, struct hpmmap_rank_stats *out)
+{
+	int fd = open(HPMMAP_DEVICE, O_RDWR), r;
+
+	if (fd < 0)
+		return -errno;
+	r = rank_read_fd(fd, pid, flags, out);
+	close(fd);
+	return r;
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+	size_t got = 0;
+	ssize_t n;
+
+	while (got < len) {
+		n = read(fd, (char *)buf + got, len - got);
+		if (n <= 0)
+			return -1;
+		got += n;
+	}
+	return 0;
+}
+
+static pid_t fork_and_exit(void)
+{
+	pid_t pid = fork();
+	int st;
+
+	if (pid == 0)
+		_exit(0);
+	if (pid > 0)
+		waitpid(pid, &st, 0);
+	return pid;
+}
+
+/*
+ * A forked child (its own address space, registered through its parent) maps three
+ * 4 MiB regions and unmaps one: its live counters move by exactly that, its record after
+ * exit equals its last live read, TAKE removes the record, bad requests are refused;
+ * the parent counts the fork copies it made. A second child maps 1 GiB and reads
+ * /proc/self/smaps, whose page walk clears the 1 GiB entry on 6.1: its next access is a
+ * fault in hpmmap memory, and its record shows it.
+ */
+static int t_rank_counters(void)
+{
+	struct hpmmap_rank_stats a, b, c[2], e;
+	int pfd[2], st;
+	pid_t pid;
+	uint64_t peak;
+
+	CHECK(rank_read(0, 0, &a) == 0 && a.state == HPMMAP_RANK_LIVE && a.uid == 0,
+	      "live read of the caller failed");
+	CHECK(pipe(pfd) == 0, "pipe");
+	pid = fork();
+	if (pid == 0) {
+		char *m[3];
+		int i;
+
+		close(pfd[0]);
+		if (rank_read(0, 0, &c[0]))
+			_exit(2);
+		for (i = 0; i < 3; i++) {
+			m[i] = map(4 * MiB);
+			if (m[i] == MAP_FAILED)
+				_exit(3);
+			m[i][0] = 1;
+		}
+		munmap(m[1], 4 * MiB);
+		if (rank_read(0, 0, &c[1]))
+			_exit(4);
+		_exit(write(pfd[1], c, sizeof(c)) == sizeof(c) ? 0 : 5);
+	}
+	close(pfd[1]);
+	st = read_full(pfd[0], c, sizeof(c));
+	close(pfd[0]);
+	CHECK(pid > 0 && st == 0, "child's counters not received");
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);
+	CHECK(c[1].mappings - c[0].mappings == 3, "3 mappings counted as %llu",
+	      (unsigned long long)(c[1].mappings - c[0].mappings));
+	CHECK(c[1].bytes_mapped - c[0].bytes_mapped == 8 * MiB, "bytes mapped grew by %llu, want 8 MiB",
+	      (unsigned long long)(c[1].bytes_mapped - c[0].bytes_mapped));
+	peak = c[0].bytes_mapped + 12 * MiB;
+	if (c[0].bytes_peak > peak)
+		peak = c[0].bytes_peak;
+	CHECK(c[1].bytes_peak == peak, "peak %llu, want %llu", (unsigned long long)c[1].bytes_peak,
+	      (unsigned long long)peak);
+	CHECK(c[1].faults == c[0].faults && c[1].fallbacks == c[0].fallbacks &&
+	      c[1].fork_copies == 0, "faults %llu->%llu fallbacks %llu->%llu fork_copies %llu",
+	      (unsigned long long)c[0].faults, (unsigned long long)c[1].faults,
+	      (unsigned long long)c[0].fallbacks, (unsigned long long)c[1].fallbacks,
+	      (unsigned long long)c[1].fork_copies);
+	CHECK(rank_read(pid, 0, &e) == 0, "no record of the exited child %d", pid);
+	CHECK(e.state == HPMMAP_RANK_ENDED && e.uid == 0 && e.faults == c[1].faults &&
+	      e.mappings == c[1].mappings && e.fallbacks == c[1].fallbacks &&
+	      e.fork_copies == c[1].fork_copies && e.bytes_peak == c[1].bytes_peak &&
+	      e.bytes_mapped == c[1].bytes_mapped,
+	      "record differs from the last live read: mappings %llu/%llu peak %llu/%llu bytes %llu/%llu",
+	      (unsigned long long)e.mappings, (unsigned long long)c[1].mappings,
+	      (unsigned long long)e.bytes_peak, (unsigned long long)c[1].bytes_peak,
+	      (unsigned long long)e.bytes_mapped, (unsigned long long)c[1].bytes_mapped);
+	CHECK(rank_read(pid, HPMMAP_RANK_TAKE, NULL) == 0 && rank_read(pid, 0, NULL) == -ENOENT,
+	      "TAKE did not remove the record");
+	CHECK(rank_read(0, 0, &b) == 0 && b.fork_copies > a.fork_copies,
+	      "the parent's fork copies did not count (%llu -> %llu)",
+	      (unsigned long long)a.fork_copies, (unsigned long long)b.fork_copies);
+	CHECK(rank_read(0, HPMMAP_RANK_TAKE, NULL) == -EINVAL && rank_read(0, 2, NULL) == -EINVAL &&
+	      rank_read(-1, 0, NULL) == -EINVAL && rank_read(1, 0, NULL) == -ENOENT,
+	      "bad requests: TAKE of self %d, flags %d, pid -1 %d, init %d",
+	      rank_read(0, HPMMAP_RANK_TAKE, NULL), rank_read(0, 2, NULL), rank_read(-1, 0, NULL),
+	      rank_read(1, 0, NULL));
+	{
+		struct hpmmap_rank_stats s = { .size = sizeof(s), .version = HPMMAP_UAPI_VERSION,
+					       .reserved = { 1, 0 } };
+		int fd = open(HPMMAP_DEVICE, O_RDWR), r1, r2;
+
+		r1 = ioctl(fd, HPMMAP_IOC_RANK_STATS, &s) ? errno : 0;
+		s.reserved[0] = 0;
+		s.size--;
+		r2 = ioctl(fd, HPMMAP_IOC_RANK_STATS, &s) ? errno : 0;
+		close(fd);
+		CHECK(r1 == EINVAL && r2 == EINVAL, "reserved: %d, short size: %d", r1, r2);
+	}
+	CHECK(free_blocks(1024) >= 1, "no free 1 GiB block for the fault path");
+	pid = fork();
+	if (pid == 0) {
+		char buf[4096], *p = map(GiB);
+		int fd;
+
+		if (p == MAP_FAILED || !is_hpmmap(p))
+			_exit(2);
+		p[0] = 1;
+		fd = open("/proc/self/smaps", O_RDONLY);
+		while (fd >= 0 && read(fd, buf, sizeof(buf)) > 0)
+			;
+		if (fd >= 0)
+			close(fd);
+		_exit(((volatile char *)p)[0] == 1 ? 0 : 3);
+	}
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "1 GiB child status %#x", st);
+	CHECK(rank_read(pid, HPMMAP_RANK_TAKE, &e) == 0, "no record of the 1 GiB child");
+	CHECK(e.faults > 0 && e.bytes_peak >= GiB, "1 GiB child: faults=%llu peak=%llu after a smaps walk",
+	      (unsigned long long)e.faults, (unsigned long long)e.bytes_peak);
+	printf("# rank-counters: child faults=%llu mapped_peak=%llu after 1 GiB + smaps\n",
+	       (unsigned long long)e.faults, (unsigned long long)e.bytes_peak);
+	return 0;
+}
+
+/*
+ * The record table keeps the last rank_records records: with 2, three exits leave the
+ * last two. A record is not readable (nor removable) by an unrelated user: a child that
+ * became nobody, holding an open /dev/hpmmap, gets EPERM for root's record, still reads
+ * its own live counters, and is refused MADV_HWPOISON without CAP_SYS_ADMIN (EPERM, as
+ * Linux). With rank_records=0 nothing is kept.
+ */
+static int t_rank_records(void)
+{
+	pid_t p[3], n, z;
+	int i, st, r1, r2, r3, r4;
+	char old[32] = "256";
+	FILE *f = fopen("/sys/module/hpmmap/parameters/rank_records", "r");
+
+	if (f) {
+		if (!fgets(old, sizeof(old), f))
+			strcpy(old, "256");
+		fclose(f);
+	}
+	old[strcspn(old, "\n")] = 0;
+	CHECK(!param_write("rank_records", "2"), "rank_records not writable");
+	for (i = 0; i < 3; i++)
+		p[i] = fork_and_exit();
+	st = rank_read(p[0], 0, NULL);
+	if (st != -ENOENT || rank_read(p[1], 0, NULL) || rank_read(p[2], 0, NULL)) {
+		param_write("rank_records", old);
+		CHECK(0, "bound 2: oldest %d, then %d, %d", st, rank_read(p[1], 0, NULL),
+		      rank_read(p[2], 0, NULL));
+	}
+	n = fork();
+	if (n == 0) {
+		int fd = open(HPMMAP_DEVICE, O_RDWR), bad = 0;
+		gid_t none[1] = { 65534 };
+		struct hpmmap_rank_stats s;
+		char *m = map(2 * MiB);
+
+		if (fd < 0 || m == MAP_FAILED || setgroups(1, none) || setgid(65534) ||
+		    setuid(65534))
+			_exit(10);
+		if (rank_read_fd(fd, p[2], 0, NULL) != -EPERM)
+			bad |= 1;
+		if (rank_read_fd(fd, p[2], HPMMAP_RANK_TAKE, NULL) != -EPERM)
+			bad |= 2;
+		if (rank_read_fd(fd, 0, 0, &s) || s.state != HPMMAP_RANK_LIVE)
+			bad |= 4;
+		errno = 0;
+		if (madvise(m, PG, MADV_HWPOISON) != -1 || errno != EPERM)
+			bad |= 8;
+		_exit(bad);
+	}
+	waitpid(n, &st, 0);
+	/* n's record (root's: its address space began as its root parent's copy) pushed
+	 * p[1] out; p[2] is still there, nobody could not take it */
+	r1 = rank_read(p[1], 0, NULL);
+	r2 = rank_read(p[2], HPMMAP_RANK_TAKE, NULL);
+	r3 = rank_read(n, HPMMAP_RANK_TAKE, NULL);
+	param_write("rank_records", "0");
+	z = fork_and_exit();
+	r4 = rank_read(z, 0, NULL);
+	param_write("rank_records", old);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	      "nobody child status %#x (1 read, 2 take, 4 own live read, 8 HWPOISON not EPERM, 10 setup)",
+	      st);
+	CHECK(r1 == -ENOENT && r2 == 0 && r3 == 0,
+	      "bound 2 after a fourth exit: second %d (want -ENOENT), third %d, fourth %d", r1, r2, r3);
+	CHECK(r4 == -ENOENT, "rank_records=0 kept a record (%d)", r4);
+	return 0;
+}
+
+/*
+ * Issue 12: MADV_HWPOISON on hpmmap memory is refused with EBUSY (what Linux's
+ * memory_failure() answers for memory it cannot retire, device-dax pages among them),
+ * and nothing is poisoned: the page and its neighbours keep their data, no SIGBUS, no
+ * block is kept from the pool or quarantined (the suite checks the pool after the case).
+ * Over a range that starts on an unmapped page: EFAULT, as Linux's page-by-page walk.
+ */
+static int t_hwpoison(void)
+{
+	char *p = map(4 * MiB), *bad = p + 2 * MiB + 3 * PG;
+	uint64_t q0 = sysfs_u64("quarantined_bytes");
+	int r, e;
+
+	CHECK(p != MAP_FAILED && is_hpmmap(p), "4 MiB mapping not served");
+	mark(p, 4 * MiB, 41);
+	errno = 0;
+	r = madvise(bad, PG, MADV_HWPOISON);
+	e = errno;
+	CHECK(r == -1 && e == EBUSY, "MADV_HWPOISON returned %d errno %d, want EBUSY", r, e);
+	CHECK(probe(bad, 1) == 0 && probe(bad, 0) == 0, "the refused page faults");
+	CHECK(marked(p, 4 * MiB, 41), "data changed after the refused MADV_HWPOISON");
+	munmap(p + 3 * MiB, MiB);
+	errno = 0;
+	r = madvise(p + 3 * MiB, PG, MADV_HWPOISON);
+	e = errno;
+	munmap(p, 3 * MiB);
+	CHECK(r == -1 && e == EFAULT, "MADV_HWPOISON on an unmapped page: %d errno %d, want EFAULT",
+	      r, e);
+	CHECK(sysfs_u64("quarantined_bytes") == q0, "MADV_HWPOISON quarantined %llu bytes",
+	      (unsigned long long)(sysfs_u64("quarantined_bytes") - q0));
+	return 0;
+}
+
+/*
+ * hpmmap-run prints the rank's counters when it ends and exits as the rank did: a rank
+ * with OMPI_COMM_WORLD_RANK=7 mapping three 4 MiB regions (one unmapped) and exiting 3
+ * gives "hpmmap-run: rank pid=P mpi_rank=7 faults=0 ... mappings>=3 fallbacks=0",
+ * status 3, and its record was taken; a rank waiting for a signal, when hpmmap-run gets
+ * SIGTERM from kill(), gets it too, and hpmmap-run dies of SIGTERM after its line.
+ */
+static int launch(const char *exe, const char *arg, const char *mpi, int out[2], pid_t *pid)
+{
+	if (pipe(out))
+		return -1;
+	*pid = fork();
+	if (*pid == 0) {
+		close(out[0]);
+		dup2(out[1], 1);
+		dup2(out[1], 2);
+		if (deregister_self()) /* the launcher's process must not be registered */
+			_exit(120);
+		if (mpi)
+			setenv("OMPI_COMM_WORLD_RANK", mpi, 1);
+		else
+			unsetenv("OMPI_COMM_WORLD_RANK");
+		unsetenv("PMI_RANK");
+		unsetenv("HPMMAP_RANK");
+		unsetenv("HPMMAP_RANK_LOG");
+		execlp("hpmmap-run", "hpmmap-run", "--", exe, "rank-pattern", arg, (char *)NULL);
+		_exit(121);
+	}
+	close(out[1]);
+	return *pid > 0 ? 0 : -1;
+}
+
+static ssize_t read_all(int fd, char *buf, size_t len)
+{
+	size_t got = 0;
+	ssize_t n;
+
+	while (got + 1 < len && (n = read(fd, buf + got, len - 1 - got)) > 0)
+		got += n;
+	buf[got] = 0;
+	return got;
+}
+
+static unsigned long long field(const char *line, const char *key)
+{
+	char k[32];
+	const char *at;
+
+	snprintf(k, sizeof(k), " %s=", key);
+	at = strstr(line, k);
+	return at ? strtoull(at + strlen(k), NULL, 10) : ~0ull;
+}
+
+static int t_launcher_rank_line(void)
+{
+	char exe[256], out[4096], *line;
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	int fds[2], st;
+	pid_t pid, rank;
+
+	CHECK(n > 0, "readlink /proc/self/exe");
+	exe[n] = 0;
+	CHECK(launch(exe, "3", "7", fds, &pid) == 0, "fork");
+	read_all(fds[0], out, sizeof(out));
+	close(fds[0]);
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 3, "hpmmap-run status %#x, want exit 3; output: %.300s",
+	      st, out);
+	line = strstr(out, "hpmmap-run: rank pid=");
+	CHECK(line, "no rank line in: %.300s", out);
+	line[strcspn(line, "\n")] = 0;
+	rank = (pid_t)field(line, "pid");
+	CHECK(strstr(line, " mpi_rank=7 ") && field(line, "faults") == 0 &&
+	      field(line, "fallbacks") == 0 && field(line, "mappings") >= 3 &&
+	      field(line, "mappings") != ~0ull && field(line, "mapped_peak") >= 12 * MiB &&
+	      field(line, "mapped_peak") != ~0ull && field(line, "fork_copies") == 0,
+	      "rank line: %.300s", line);
+	CHECK(rank > 0 && rank != pid && rank_read(rank, 0, NULL) == -ENOENT,
+	      "the record of rank %d was not taken by hpmmap-run", rank);
+	printf("# launcher: %s\n", line);
+
+	CHECK(launch(exe, "wait", NULL, fds, &pid) == 0, "fork");
+	n = read(fds[0], out, sizeof(out) - 1); /* "ready" once the rank runs */
+	CHECK(n > 0, "the waiting rank said nothing");
+	kill(pid, SIGTERM);
+	read_all(fds[0], out, sizeof(out));
+	close(fds[0]);
+	waitpid(pid, &st, 0);
+	CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM,
+	      "hpmmap-run status %#x after SIGTERM, want SIGTERM; output: %.300s", st, out);
+	CHECK(strstr(out, "hpmmap-run: rank pid=") && !strstr(out, "mpi_rank="),
+	      "no rank line (or an MPI rank) after SIGTERM: %.300s", out);
+	return 0;
+}
+
+/* The rank of t_launcher_rank_line: three 4 MiB mappings, one unmapped, then exit with
+ * the given code, or say "ready" and wait for a signal. */
+static int run_rank_pattern(const char *arg)
+{
+	char *m[3];
+	int i;
+
+	for (i = 0; i < 3; i++) {
+		m[i] = map(4 * MiB);
+		if (m[i] == MAP_FAILED)
+			return 100;
+		m[i][0] = 1;
+	}
+	munmap(m[1], 4 * MiB);
+	if (strcmp(arg, "wait"))
+		return atoi(arg);
+	if (write(1, "ready\n", 6) != 6)
+		return 101;
+	for (;;)
+		pause();
+}
+
 struct tcase {
 	const char *name;
 	int (*fn)(void);
@@ -2065,6 +2451,10 @@ static const struct tcase suite_cases[] = {
 	{ "interfaces", t_interfaces },
 	{ "pool-exhausted", t_exhaust },
 	{ "bad-input", t_bad_input },
+	{ "rank-counters", t_rank_counters },
+	{ "rank-records-bounded-and-private", t_rank_records },
+	{ "madvise-hwpoison-refused", t_hwpoison },
+	{ "launcher-rank-line", t_launcher_rank_line },
 	{ "zero-faults-1g", t_zero_faults },
 };
 
@@ -2302,6 +2692,8 @@ int main(int argc, char **argv)
 			printf("# offsets-recycled: %s\n", why);
 		return r;
 	}
+	if (argc >= 3 && !strcmp(argv[1], "rank-pattern"))
+		return run_rank_pattern(argv[2]);
 	if (argc >= 2 && !strcmp(argv[1], "bad-ioctl"))
 		return run_bad_ioctl();
 	if (argc >= 3 && !strcmp(argv[1], "numa"))

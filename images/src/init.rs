@@ -267,17 +267,23 @@ if [ "$run" = hpmmap ] && [ -r /sys/kernel/hpmmap/registered ]; then
 fi
 if [ -z "$status" ]; then
     wrap=
-    [ "$run" = hpmmap ] && wrap="$SYS/bin/hpmmap-run --"
+    ranks=
+    if [ "$run" = hpmmap ]; then
+        wrap="$SYS/bin/hpmmap-run --"
+        # hpmmap-run appends each rank's counters here when the rank ends (the job user's)
+        ranks=/tmp/hpmmap-ranks.log
+        mkdir -p $ROOT/tmp && : > $ROOT$ranks && chmod 666 $ROOT$ranks
+    fi
     if [ {tree} = 1 ]; then
         mkdir -p $ROOT/home/{user}
         chown {uid}:{uid} $ROOT{out} $ROOT/home/{user}
         [ -n {workdir} ] && [ -d $ROOT{workdir} ] && chown {uid}:{uid} $ROOT{workdir}
         [ -e /dev/hpmmap ] && chgrp {uid} /dev/hpmmap
         ulimit -l unlimited
-        HPMMAP_WRAP="$wrap" chroot $ROOT $SYS/bin/su -p -s $SYS/bin/sh {user} -c "$SYS/bin/sh /job/run"
+        HPMMAP_RANK_LOG="$ranks" HPMMAP_WRAP="$wrap" chroot $ROOT $SYS/bin/su -p -s $SYS/bin/sh {user} -c "$SYS/bin/sh /job/run"
     else
         cd /root
-        HPMMAP_WRAP="$wrap" /job/run
+        HPMMAP_RANK_LOG="$ranks" HPMMAP_WRAP="$wrap" /job/run
     fi
     status=$?
 fi
@@ -286,6 +292,8 @@ cd /
 [ -n "$sampler" ] && {{ kill $sampler; wait $sampler 2>/dev/null; }}
 wait_leftovers
 [ -n "$sampler" ] && say "hpmmap peak registered processes: $(cat /run/hpmmap-peak)"
+# One line per rank: "hpmmap-run: rank pid=.. [mpi_rank=..] faults=.. mapped_peak=.. ..."
+[ -n "$ranks" ] && [ -f $ROOT$ranks ] && while IFS= read -r l; do say "$l"; done < $ROOT$ranks
 if [ -d /sys/kernel/hpmmap ]; then
     c=
     for f in /sys/kernel/hpmmap/*; do [ -f "$f" ] && c="$c ${{f##*/}}=$(tr '\n' ' ' < "$f" | sed 's/ *$//; s/ /,/g')"; done
@@ -532,6 +540,31 @@ mod tests {
             );
             assert!(s.contains("HPMMAP-JOB-EXIT $status"));
         }
+    }
+
+    /// Each rank's hpmmap-run appends its counters line to HPMMAP_RANK_LOG (issue 15.3);
+    /// the init hands the job that file, writable by the job user, and prints its lines
+    /// after the job.
+    #[test]
+    fn rank_lines_are_collected_after_the_job() {
+        let s = job_init(&JobInit {
+            abi: "6.1.0-1-amd64".into(),
+            hpmmap: true,
+            tree: true,
+            root_disk: true,
+            workdir: None,
+        });
+        assert!(
+            s.contains(": > $ROOT$ranks && chmod 666 $ROOT$ranks"),
+            "{s}"
+        );
+        assert!(
+            s.contains("HPMMAP_RANK_LOG=\"$ranks\" HPMMAP_WRAP=\"$wrap\" chroot"),
+            "{s}"
+        );
+        let job = s.find("/job/run\"").unwrap();
+        let print = s.find("do say \"$l\"; done < $ROOT$ranks").unwrap();
+        assert!(print > job, "rank lines printed before the job ran");
     }
 
     /// The exit status reaches the PV device at the header's offsets, the ones the VMM's

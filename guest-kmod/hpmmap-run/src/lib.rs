@@ -1,5 +1,9 @@
 //! `hpmmap-run`'s library: the `/dev/hpmmap` user interface (mirrors
-//! `guest-kmod/module/hpmmap_uapi.h`) and registration of the calling process.
+//! `guest-kmod/module/hpmmap_uapi.h`), registration of the calling process, the
+//! counters of a rank (`rank`) and running the rank as a child (`supervise`).
+
+pub mod rank;
+pub mod supervise;
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -28,7 +32,7 @@ pub struct Register {
 }
 
 const IOC_WRITE: u64 = 1;
-const IOC_MAGIC: u64 = b'H' as u64;
+pub(crate) const IOC_MAGIC: u64 = b'H' as u64;
 
 const fn iow(nr: u64, size: usize) -> u64 {
     (IOC_WRITE << 30) | ((size as u64) << 16) | (IOC_MAGIC << 8) | nr
@@ -108,7 +112,8 @@ pub enum RegisterError {
 }
 
 /// Registers the calling process; the registration applies from its next execve on,
-/// and is inherited by its children and threads.
+/// and is inherited by its children and threads (hpmmap-run never execs itself: the
+/// child it forks inherits the registration and execs the program).
 pub fn register_on_exec(opts: &Options) -> Result<(), RegisterError> {
     let dev = OpenOptions::new()
         .read(true)
