@@ -145,6 +145,17 @@ fn gone_within(pids: &[u32], d: Duration) -> bool {
     false
 }
 
+/// A child of `parent` running `comm`.
+fn child_named(parent: u32, comm: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == parent && head.ends_with(&format!("({comm}"))).then_some(pid)
+    })
+}
+
 fn read_line(r: &mut impl BufRead) -> String {
     let mut l = String::new();
     r.read_line(&mut l).unwrap();
@@ -319,15 +330,19 @@ fn a_signal_reaches_every_process_of_the_task_not_only_the_first() {
     let a = Agent::start(&[]);
     let mut c = a.client();
     c.args(["--no-wrap", "--cwd", "/", "--", "sh", "-c"])
-        .arg("trap 'echo sh got TERM' TERM; echo up; sleep 30; echo \"sleep: $?\"")
+        .arg("trap 'echo sh got TERM' TERM; echo $$; sleep 30; echo \"sleep: $?\"")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    assert_eq!(read_line(&mut out), "up");
-    // Let sh start sleep (a signal before that would only hit sh).
-    thread::sleep(Duration::from_millis(300));
+    let sh: u32 = read_line(&mut out).parse().unwrap();
+    // A signal before sh has started sleep would only hit sh.
+    let end = Instant::now() + Duration::from_secs(10);
+    while child_named(sh, "sleep").is_none() {
+        assert!(Instant::now() < end, "sh {sh} never started sleep");
+        thread::sleep(Duration::from_millis(10));
+    }
     // SAFETY: kill takes plain integers; the pid is our own child's.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let st = wait_timeout(&mut child, Duration::from_secs(20)).expect("client did not end");
@@ -457,6 +472,47 @@ fn two_tasks_at_once_one_dies_and_the_other_finishes() {
     b.stdout.take().unwrap().read_to_string(&mut s).unwrap();
     assert!(st.success(), "{st:?}");
     assert_eq!(s, "b done\n");
+}
+
+#[test]
+fn sixteen_tasks_at_once_each_get_their_own_output_and_status() {
+    let a = Agent::start(&[]);
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let mut c = a.client();
+            c.args(["--no-wrap", "--cwd", "/", "--task"])
+                .arg(i.to_string())
+                .args(["--env"])
+                .arg(format!("SLURM_PROCID={i}"))
+                .args(["--", "sh", "-c"])
+                .arg("sleep 0.5; echo rank $SLURM_PROCID; echo e$SLURM_PROCID >&2; exit $((SLURM_PROCID % 8))");
+            thread::spawn(move || run(c, vec![]))
+        })
+        .collect();
+    for (i, t) in clients.into_iter().enumerate() {
+        let out = t.join().unwrap();
+        assert_eq!(out.status.code(), Some(i as i32 % 8), "{out:?}");
+        assert_eq!(text(&out.stdout), format!("rank {i}\n"));
+        assert_eq!(text(&out.stderr), format!("e{i}\n"));
+    }
+}
+
+/// `hpmmap-task -- yes | head -1`: the reader of the client's output goes away, and the
+/// task gets SIGPIPE as it would writing to that pipe itself, instead of running on unread.
+#[test]
+fn a_closed_output_gives_the_task_sigpipe() {
+    let a = Agent::start(&[]);
+    let mut c = a.client();
+    c.args(["--no-wrap", "--cwd", "/", "--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    assert_eq!(read_line(&mut out), "y");
+    drop(out);
+    let st = wait_timeout(&mut child, Duration::from_secs(20)).expect("client did not end");
+    assert_eq!(st.code(), Some(128 + libc::SIGPIPE));
 }
 
 /// The launcher here is a stand-in script: the real hpmmap-run needs the guest's hpmmap

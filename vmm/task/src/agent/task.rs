@@ -338,7 +338,7 @@ fn supervise(
         // does not return; a shell would call an unknown end a failure.
         (None, None) => ExitStatus::Code(255),
     };
-    eprintln!("hpmmap-agent: task {} pid {pid}: {exit:?}", s.task);
+    eprintln!("hpmmap-agent: task {} pid {pid}: {exit}", s.task);
     send(&w, &Frame::Exit(exit));
     // Ends the host reader (and with it the stdin writer); frames already sent still arrive.
     let _ = conn.shutdown(Shutdown::Both);

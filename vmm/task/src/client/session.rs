@@ -85,6 +85,7 @@ pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelE
     let mut stdin_started = false;
     let mut last_error = None;
     let (mut out, mut err) = (io::stdout(), io::stderr());
+    let (mut out_open, mut err_open) = (true, true);
     loop {
         match protocol::read_frame(&mut rd)? {
             Some(Frame::Started { .. }) if !stdin_started => {
@@ -95,12 +96,17 @@ pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelE
                     .spawn(move || forward_stdin(&w, &credit))
                     .map_err(|e| ChannelError(format!("cannot start the stdin thread: {e}")))?;
             }
-            // A reader that went away (EPIPE) loses the output, as it would from the task.
             Some(Frame::Stdout(d)) => {
-                let _ = out.write_all(&d).and_then(|_| out.flush());
+                if out_open && out.write_all(&d).and_then(|_| out.flush()).is_err() {
+                    out_open = false;
+                    broken_pipe(&w)?;
+                }
             }
             Some(Frame::Stderr(d)) => {
-                let _ = err.write_all(&d).and_then(|_| err.flush());
+                if err_open && err.write_all(&d).and_then(|_| err.flush()).is_err() {
+                    err_open = false;
+                    broken_pipe(&w)?;
+                }
             }
             Some(Frame::StdinAck(n)) => credit.add(n as usize),
             Some(Frame::Error(t)) => {
@@ -122,6 +128,13 @@ pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelE
             }
         }
     }
+}
+
+/// Where the client's output cannot be written (its reader went away: `hpmmap-task -- yes |
+/// head -1`), the task gets SIGPIPE, as it would have writing to that pipe itself; otherwise
+/// it would run on in the guest with nobody reading.
+fn broken_pipe(w: &Writer) -> Result<(), ChannelError> {
+    send(w, &Frame::Signal(libc::SIGPIPE as u8))
 }
 
 /// This process's stdin to the task, never more than the agent's window ahead of it, then
