@@ -89,6 +89,17 @@ fn handshake(rd: &mut UnixStream, w: &Writer) -> Result<Spawn, Refusal> {
         Ok(None) => Err(Refusal::Protocol(format!(
             "the host closed the channel before {want}"
         ))),
+        Err(protocol::FrameError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(Refusal::Protocol(format!(
+                "no {want} from the host within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            )))
+        }
         Err(e) => Err(Refusal::Protocol(e.to_string())),
     };
     match next(rd, "Hello")? {
