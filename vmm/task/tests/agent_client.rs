@@ -515,6 +515,47 @@ fn a_closed_output_gives_the_task_sigpipe() {
     assert_eq!(st.code(), Some(128 + libc::SIGPIPE));
 }
 
+/// The guest side gone mid-task (the agent killed, the VM down): no status exists, and the
+/// client says so in one line with 255, never a made-up task status.
+#[test]
+fn an_agent_gone_mid_task_is_a_channel_failure_255() {
+    let mut a = Agent::start(&[]);
+    let mut c = a.client();
+    c.args([
+        "--no-wrap",
+        "--cwd",
+        "/",
+        "--",
+        "sh",
+        "-c",
+        "echo up; exec sleep 30",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    assert_eq!(read_line(&mut out), "up");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let st = wait_timeout(&mut child, Duration::from_secs(20)).expect("client did not end");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(st.code(), Some(255), "{err}");
+    // Closed or reset, depending on what the agent had left unread.
+    assert!(
+        err.starts_with("hpmmap-task: the channel")
+            && err.contains("before the task's exit status")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
 /// The launcher here is a stand-in script: the real hpmmap-run needs the guest's hpmmap
 /// module (its own tests run it in a guest). What is checked is the agent's part: the
 /// program runs as `LAUNCHER -- ARGV` unless --no-wrap.

@@ -87,7 +87,12 @@ pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelE
     let (mut out, mut err) = (io::stdout(), io::stderr());
     let (mut out_open, mut err_open) = (true, true);
     loop {
-        match protocol::read_frame(&mut rd)? {
+        let frame = protocol::read_frame(&mut rd).map_err(|e| {
+            ChannelError(format!(
+                "the channel failed before the task's exit status: {e}"
+            ))
+        })?;
+        match frame {
             Some(Frame::Started { .. }) if !stdin_started => {
                 stdin_started = true;
                 let (w, credit) = (Arc::clone(&w), Arc::clone(&credit));
