@@ -736,6 +736,17 @@ fn bad_usage_is_2_and_an_unreachable_agent_255_each_with_one_line() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
+    // Past the 1 MiB a Spawn may carry (each argument under Linux's 128 KiB per string).
+    let mut c = Command::new(CLIENT);
+    c.args(["--unix", "/x", "--", "echo"])
+        .args((0..10).map(|_| "x".repeat(120 << 10)));
+    let out = run(c, vec![]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("exceeds its limit") && err.lines().count() == 1,
+        "{err}"
+    );
     let mut c = Command::new(CLIENT);
     c.args(["--unix", "/x", "true"]);
     assert_eq!(run(c, vec![]).status.code(), Some(2), "argv without --");

@@ -5,7 +5,7 @@
 use clap::Parser;
 use hpmmap_task::client::{self, connect::Target, connect::DEFAULT_PORT, signals};
 use hpmmap_task::envlist;
-use hpmmap_task::protocol::Spawn;
+use hpmmap_task::protocol::{Frame, Spawn};
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
@@ -101,6 +101,10 @@ fn spawn_of(cli: Cli) -> Result<(Target, Spawn), String> {
         wrap: !cli.no_wrap,
     };
     spawn.check()?;
+    // Refused here as bad input (2), not later as a channel failure (255).
+    if let Err(e) = Frame::Spawn(spawn.clone()).encode() {
+        return Err(format!("the command line and environment: {e}"));
+    }
     Ok((target, spawn))
 }
 
