@@ -316,26 +316,44 @@ fn supervise(
         child.stdout.take().expect("piped"),
         child.stderr.take().expect("piped"),
     );
-    let relays = [
-        spawn_thread("stdout", {
-            let w = Arc::clone(&w);
-            move || relay(stdout, &w, Frame::Stdout)
-        })?,
-        spawn_thread("stderr", {
-            let w = Arc::clone(&w);
-            move || relay(stderr, &w, Frame::Stderr)
-        })?,
-    ];
-    let (tx, rx) = mpsc::channel();
-    let inflight = Arc::new(AtomicUsize::new(0));
-    spawn_thread("stdin", {
-        let (w, inflight) = (Arc::clone(&w), Arc::clone(&inflight));
-        move || write_stdin(stdin, rx, &w, &inflight)
-    })?;
-    let host = spawn_thread("host", {
-        let group = Arc::clone(&group);
-        move || read_host(rd, tx, &group, &inflight, grace)
-    })?;
+    let threads = (|| -> io::Result<_> {
+        let relays = [
+            spawn_thread("stdout", {
+                let w = Arc::clone(&w);
+                move || relay(stdout, &w, Frame::Stdout)
+            })?,
+            spawn_thread("stderr", {
+                let w = Arc::clone(&w);
+                move || relay(stderr, &w, Frame::Stderr)
+            })?,
+        ];
+        let (tx, rx) = mpsc::channel();
+        let inflight = Arc::new(AtomicUsize::new(0));
+        spawn_thread("stdin", {
+            let (w, inflight) = (Arc::clone(&w), Arc::clone(&inflight));
+            move || write_stdin(stdin, rx, &w, &inflight)
+        })?;
+        let host = spawn_thread("host", {
+            let group = Arc::clone(&group);
+            move || read_host(rd, tx, &group, &inflight, grace)
+        })?;
+        Ok((relays, host))
+    })();
+    let (relays, host) = match threads {
+        Ok(t) => t,
+        Err(e) => {
+            // A task nobody can talk to must not run on: end it, and the channel with it
+            // (no Exit: the client reports a channel failure).
+            group.signal(libc::SIGKILL);
+            let _ = group.reap(&mut child);
+            send(
+                &w,
+                &Frame::Error(format!("cannot start the task's threads: {e}")),
+            );
+            let _ = conn.shutdown(Shutdown::Both);
+            return Err(e);
+        }
+    };
 
     let status = group.reap(&mut child)?;
     let deadline = Instant::now() + DRAIN;
