@@ -2302,8 +2302,10 @@ static int t_hwpoison(void)
  * hpmmap-run prints the rank's counters when it ends and exits as the rank did: a rank
  * with OMPI_COMM_WORLD_RANK=7 mapping three 4 MiB regions (one unmapped) and exiting 3
  * gives "hpmmap-run: rank pid=P mpi_rank=7 faults=0 ... mappings>=3 fallbacks=0",
- * status 3, and its record was taken; a rank waiting for a signal, when hpmmap-run gets
- * SIGTERM from kill(), gets it too, and hpmmap-run dies of SIGTERM after its line.
+ * status 3, and its record was taken. Signals: hpmmap-run and the rank share a process
+ * group; a SIGTERM to hpmmap-run alone leaves both running (hpmmap-run does not pass
+ * signals on: group senders reach the rank themselves), a SIGTERM to the group ends the
+ * rank, and hpmmap-run prints its line and dies of SIGTERM too.
  */
 static int launch(const char *exe, const char *arg, const char *mpi, int out[2], pid_t *pid)
 {
@@ -2314,6 +2316,7 @@ static int launch(const char *exe, const char *arg, const char *mpi, int out[2],
 		close(out[0]);
 		dup2(out[1], 1);
 		dup2(out[1], 2);
+		setpgid(0, 0); /* a group of hpmmap-run and its rank only */
 		if (deregister_self()) /* the launcher's process must not be registered */
 			_exit(120);
 		if (mpi)
@@ -2383,11 +2386,18 @@ static int t_launcher_rank_line(void)
 	n = read(fds[0], out, sizeof(out) - 1); /* "ready" once the rank runs */
 	CHECK(n > 0, "the waiting rank said nothing");
 	kill(pid, SIGTERM);
+	usleep(300000);
+	if (waitpid(pid, &st, WNOHANG) != 0) {
+		close(fds[0]);
+		CHECK(0, "hpmmap-run ended (status %#x) on a SIGTERM to itself alone", st);
+	}
+	kill(-pid, SIGTERM);
 	read_all(fds[0], out, sizeof(out));
 	close(fds[0]);
 	waitpid(pid, &st, 0);
 	CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM,
-	      "hpmmap-run status %#x after SIGTERM, want SIGTERM; output: %.300s", st, out);
+	      "hpmmap-run status %#x after the group's SIGTERM, want SIGTERM; output: %.300s", st,
+	      out);
 	CHECK(strstr(out, "hpmmap-run: rank pid=") && !strstr(out, "mpi_rank="),
 	      "no rank line (or an MPI rank) after SIGTERM: %.300s", out);
 	return 0;

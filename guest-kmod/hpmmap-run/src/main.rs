@@ -6,6 +6,7 @@
 //! PROG did.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -84,10 +85,12 @@ fn main() -> ExitCode {
         mpi_rank(|k| std::env::var(k).ok()),
         &read_after_exit(pid as i32),
     );
-    eprintln!("{line}");
+    // A closed stderr must not change how hpmmap-run ends: no eprintln! (it panics).
+    let _ = writeln!(std::io::stderr(), "{line}");
     if let Some(path) = std::env::var_os("HPMMAP_RANK_LOG").filter(|p| !p.is_empty()) {
         if let Err(e) = append_line(std::path::Path::new(&path), &line) {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "hpmmap-run: cannot append to {}: {e}",
                 std::path::Path::new(&path).display()
             );

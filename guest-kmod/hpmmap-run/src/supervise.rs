@@ -1,17 +1,21 @@
 //! Runs the rank as hpmmap-run's child, so that hpmmap-run is still there to read the
-//! rank's counters after it ended: signals a batch system or MPI launcher sends to
-//! hpmmap-run go on to the rank, the rank dies with hpmmap-run (PR_SET_PDEATHSIG), and
-//! hpmmap-run ends the way the rank ended (its exit status, or the same signal).
+//! rank's counters after it ended; hpmmap-run ends the way the rank ended (its exit
+//! status, or the same signal), and the rank dies with hpmmap-run (PR_SET_PDEATHSIG).
+//!
+//! Signals: the rank stays in hpmmap-run's process group, and the senders that stop
+//! ranks signal the whole group (a terminal's ^C, Open MPI's daemon with kill(-pid),
+//! hpmmap-agent with killpg) or every process of the job (Slurm), so the rank gets each
+//! of them itself, once. hpmmap-run therefore does not pass them on (that would deliver
+//! them twice) and ignores them while the rank runs, to be there when it ends. A signal
+//! sent to hpmmap-run's pid alone does not reach the rank; SIGKILL of hpmmap-run kills
+//! it (PR_SET_PDEATHSIG).
 
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicI32, Ordering};
 
-/// Signals passed on to the rank when a process sent them (kill, sigqueue). The same
-/// signal from the kernel (a terminal's ^C or ^\\ goes to the whole foreground group)
-/// already reached the rank and is not sent twice.
-const FORWARDED: [libc::c_int; 6] = [
+/// What hpmmap-run ignores while the rank runs: the signals that stop or poke a rank.
+const IGNORED: [libc::c_int; 6] = [
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGHUP,
@@ -19,18 +23,6 @@ const FORWARDED: [libc::c_int; 6] = [
     libc::SIGUSR1,
     libc::SIGUSR2,
 ];
-
-static CHILD: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let code = unsafe { (*info).si_code };
-    let pid = CHILD.load(Ordering::Relaxed);
-    if pid > 0 && code <= 0 {
-        // SAFETY: kill is async-signal-safe; pid is our own child's.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
 
 /// Starts `command` (it inherits the registration hpmmap-run made for its next exec).
 pub fn spawn(command: &[OsString]) -> std::io::Result<Child> {
@@ -46,22 +38,16 @@ pub fn spawn(command: &[OsString]) -> std::io::Result<Child> {
         });
     }
     let child = cmd.spawn()?;
-    CHILD.store(child.id() as i32, Ordering::Relaxed);
-    for sig in FORWARDED {
-        // SAFETY: a zeroed sigaction with an SA_SIGINFO handler whose body is
-        // async-signal-safe (an atomic load and kill).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = forward as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+    // Only now: the child has exec'd (spawn returns after its exec), so it keeps the
+    // dispositions it was started with.
+    for sig in IGNORED {
+        // SAFETY: setting a disposition to SIG_IGN has no memory-safety preconditions.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
     Ok(child)
 }
 
-/// Waits for the rank (a wait interrupted by a forwarded signal is retried by std).
+/// Waits for the rank.
 pub fn wait(child: &mut Child) -> std::io::Result<ExitStatus> {
     child.wait()
 }
