@@ -85,6 +85,18 @@ impl Agent {
     fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// Whether the agent logs `s` within a few seconds (its stderr is read by a thread).
+    fn logs(&self, s: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !self.log().contains(s) {
+            if Instant::now() > end {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
 }
 
 impl Drop for Agent {
@@ -437,7 +449,7 @@ fn a_client_killed_mid_task_leaves_no_task_process_behind() {
         "{:?}",
         t.elapsed()
     );
-    assert!(a.log().contains("SIGHUP to its group"), "{}", a.log());
+    assert!(a.logs("SIGHUP to its group"), "{}", a.log());
 }
 
 #[test]
@@ -636,6 +648,35 @@ fn the_agent_refuses_off_list_variables_and_other_versions() {
     let mut c = a.client();
     c.args(["--no-wrap", "--cwd", "/", "--", "true"]);
     assert!(run(c, vec![]).status.success());
+}
+
+/// The stdin window is the agent's bound, not only the client's courtesy: a host that sends
+/// past it to a task that does not read is a broken host, and the task is hung up.
+#[test]
+fn stdin_past_the_window_hangs_the_task_up() {
+    let a = Agent::start(&["--grace", "500"]);
+    let mut s = raw(&a);
+    protocol::write_frame(&mut s, &Frame::Hello { version: VERSION }).unwrap();
+    let spawn = Spawn {
+        argv: vec![b"sleep".to_vec(), b"30".to_vec()],
+        cwd: b"/".to_vec(),
+        env: vec![],
+        task: 0,
+        wrap: false,
+    };
+    protocol::write_frame(&mut s, &Frame::Spawn(spawn)).unwrap();
+    // Six 64 KiB frames: the 64 KiB pipe takes one, the window (256 KiB) four more.
+    let chunk = vec![b'x'; protocol::MAX_DATA];
+    for _ in 0..6 {
+        protocol::write_frame(&mut s, &Frame::Stdin(chunk.clone())).unwrap();
+    }
+    let got = frames(&mut s);
+    assert!(matches!(got[1], Frame::Started { .. }), "{got:?}");
+    assert_eq!(
+        got.last(),
+        Some(&Frame::Exit(ExitStatus::Signal(libc::SIGHUP as u8)))
+    );
+    assert!(a.logs("past the window"), "{}", a.log());
 }
 
 /// A stand-in for hpmmap-vmm's hybrid vsock socket: answers CONNECT with `answer`, then (on
