@@ -3,8 +3,9 @@
 # emulated VT-d IOMMU, an igb SR-IOV NIC and KVM on TCG's SVM+NPT; a nested guest reaches
 # an igbvf VF through the PCI root bus (conf1, BAR0 in a KVM slot, MSI-X via irqfd).
 # About 1 minute of TCG once built (vmm/pci/lab/vf-in-kvm-under-qemu.sh).
-# Then end to end through the VMM (vmm/pci/lab/vmm-vf-end-to-end.sh, one L1 boot, about
-# 4 minutes of TCG plus a static release build): `hpmmap-vmm --vf` boots Debian as L2,
+# Then end to end through the VMM (vmm/pci/lab/vmm-vf-end-to-end.sh, one L1 run of the
+# lab with the workspace's debug hpmmap-vmm, about 1 minute of TCG on this host):
+# `hpmmap-vmm --vf` boots Debian as L2,
 # igbvf binds the VF, its MSI-X vectors count, L2 pings L1's PF with 0% loss, and the VF
 # is back on igbvf after the VMM exits.
 set -euo pipefail
