@@ -8,3 +8,4 @@ pub mod client;
 pub mod envlist;
 pub mod protocol;
 mod sys;
+pub mod usage;

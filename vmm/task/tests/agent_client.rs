@@ -788,9 +788,26 @@ fn bad_usage_is_2_and_an_unreachable_agent_255_each_with_one_line() {
         err.contains("exceeds its limit") && err.lines().count() == 1,
         "{err}"
     );
-    let mut c = Command::new(CLIENT);
-    c.args(["--unix", "/x", "true"]);
-    assert_eq!(run(c, vec![]).status.code(), Some(2), "argv without --");
+    let clap_usage: &[&[&str]] = &[&["--unix", "/x", "true"], &["--", "true"], &["--bogus"]];
+    for args in clap_usage {
+        let mut c = Command::new(CLIENT);
+        c.args(*args);
+        let out = run(c, vec![]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("hpmmap-task: ") && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    let out = Command::new(AGENT)
+        .arg("--listen")
+        .arg("tcp:1")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("tcp:1") && err.lines().count() == 1, "{err}");
     let mut c = Command::new(CLIENT);
     c.arg("--unix").arg(&sock).args(["--", "true"]);
     let out = run(c, vec![]);

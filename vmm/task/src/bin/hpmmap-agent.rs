@@ -29,7 +29,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match hpmmap_task::usage::parse::<Cli>("hpmmap-agent") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let user = match cli.user.as_deref() {
         None => None,
         Some(name) => match user::lookup(name, std::path::Path::new("/etc/passwd")) {

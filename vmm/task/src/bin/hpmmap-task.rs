@@ -117,7 +117,11 @@ fn main() -> ExitCode {
             return ExitCode::from(255);
         }
     };
-    let (target, spawn) = match spawn_of(Cli::parse()) {
+    let cli = match hpmmap_task::usage::parse::<Cli>("hpmmap-task") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (target, spawn) = match spawn_of(cli) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("hpmmap-task: {e}");
