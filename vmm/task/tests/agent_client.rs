@@ -568,6 +568,43 @@ fn an_agent_gone_mid_task_is_a_channel_failure_255() {
     );
 }
 
+/// Tasks leave nothing in the agent: after fifty, one thread (the accept loop), the same
+/// descriptors as before, no child.
+#[test]
+fn fifty_tasks_leave_no_thread_descriptor_or_child_in_the_agent() {
+    let a = Agent::start(&[]);
+    let pid = a.child.id();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let threads = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Threads:")
+                    .map(|n| n.trim().parse::<u32>().unwrap())
+            })
+            .unwrap()
+    };
+    let before = fds();
+    for _ in 0..50 {
+        let mut c = a.client();
+        c.args(["--no-wrap", "--cwd", "/", "--", "cat"]);
+        let out = run(c, b"hi\n".to_vec());
+        assert_eq!(text(&out.stdout), "hi\n", "{out:?}");
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while (threads() != 1 || fds() != before) && Instant::now() < end {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(threads(), 1);
+    assert_eq!(fds(), before);
+    assert!(child_named(pid, "cat").is_none() && child_named(pid, "sh").is_none());
+}
+
 /// The launcher here is a stand-in script: the real hpmmap-run needs the guest's hpmmap
 /// module (its own tests run it in a guest). What is checked is the agent's part: the
 /// program runs as `LAUNCHER -- ARGV` unless --no-wrap.
