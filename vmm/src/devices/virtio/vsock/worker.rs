@@ -25,11 +25,16 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("vsock".into())
         .spawn(move || {
+            // Made before the filter, which has no epoll_create1.
+            let epoll = match Epoll::new() {
+                Ok(e) => e,
+                Err(e) => return failed(format!("virtio-vsock event thread: epoll: {e}")),
+            };
             if let Err(e) = seccomp::install(ThreadKind::Vsock, level) {
                 failed(e.to_string());
                 return;
             }
-            if let Err(e) = run(&transport, &muxer) {
+            if let Err(e) = run(&epoll, &transport, &muxer) {
                 failed(format!("virtio-vsock event thread: {e}"));
             }
         })
@@ -46,8 +51,7 @@ fn events(read: bool, write: bool) -> EventSet {
     e
 }
 
-fn run(transport: &Mutex<VirtioPci>, muxer: &Mutex<Muxer>) -> std::io::Result<()> {
-    let epoll = Epoll::new()?;
+fn run(epoll: &Epoll, transport: &Mutex<VirtioPci>, muxer: &Mutex<Muxer>) -> std::io::Result<()> {
     {
         let m = lock(muxer);
         for (fd, token) in [(m.listener_fd(), TOKEN_LISTENER), (m.wake_fd(), TOKEN_WAKE)] {
