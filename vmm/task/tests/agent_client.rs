@@ -674,6 +674,16 @@ fn the_agent_refuses_off_list_variables_and_other_versions() {
     );
     assert_eq!(got[2], Frame::Exit(ExitStatus::Code(126)));
 
+    // A protocol failure after Hello: a Signal where Spawn belongs.
+    let mut s = raw(&a);
+    protocol::write_frame(&mut s, &Frame::Hello { version: VERSION }).unwrap();
+    protocol::write_frame(&mut s, &Frame::Signal(15)).unwrap();
+    let got = frames(&mut s);
+    assert!(
+        matches!(&got[..], [Frame::Hello { .. }, Frame::Error(t)] if t.contains("expected Spawn, got Signal")),
+        "{got:?}"
+    );
+
     let mut s = raw(&a);
     protocol::write_frame(&mut s, &Frame::Hello { version: 99 }).unwrap();
     let got = frames(&mut s);
@@ -714,6 +724,35 @@ fn stdin_past_the_window_hangs_the_task_up() {
         Some(&Frame::Exit(ExitStatus::Signal(libc::SIGHUP as u8)))
     );
     assert!(a.logs("past the window"), "{}", a.log());
+}
+
+/// How the client shows an agent's protocol failure (Error, then the channel closes): one
+/// line, 255. The real agent only does that for a broken host, so a stand-in plays it.
+#[test]
+fn an_agent_error_without_exit_is_one_line_and_255() {
+    let dir = scratch("bad-agent");
+    let sock = dir.join("bad.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let standin = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        assert!(matches!(
+            protocol::read_frame(&mut s),
+            Ok(Some(Frame::Hello { .. }))
+        ));
+        assert!(matches!(
+            protocol::read_frame(&mut s),
+            Ok(Some(Frame::Spawn(_)))
+        ));
+        protocol::write_frame(&mut s, &Frame::Hello { version: VERSION }).unwrap();
+        protocol::write_frame(&mut s, &Frame::Error("boom".into())).unwrap();
+    });
+    let mut c = Command::new(CLIENT);
+    c.arg("--unix").arg(&sock).args(["--", "true"]);
+    let out = run(c, vec![]);
+    standin.join().unwrap();
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    assert_eq!(text(&out.stderr), "hpmmap-task: agent: boom\n");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A stand-in for hpmmap-vmm's hybrid vsock socket: answers CONNECT with `answer`, then (on

@@ -114,11 +114,15 @@ pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelE
                 }
             }
             Some(Frame::StdinAck(n)) => credit.add(n as usize),
-            Some(Frame::Error(t)) => {
-                eprintln!("hpmmap-task: {t}");
-                last_error = Some(t);
+            // The agent's reason comes right before an Exit (the task could not start) or the
+            // channel's end (a protocol failure): printed then, so the user reads one line.
+            Some(Frame::Error(t)) => last_error = Some(t),
+            Some(Frame::Exit(s)) => {
+                if let Some(t) = last_error {
+                    eprintln!("hpmmap-task: {t}");
+                }
+                return Ok(s.shell_code());
             }
-            Some(Frame::Exit(s)) => return Ok(s.shell_code()),
             Some(f) => {
                 return Err(ChannelError(format!(
                     "unexpected {} frame from the agent",
@@ -127,7 +131,7 @@ pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelE
             }
             None => {
                 return Err(ChannelError(match last_error {
-                    Some(_) => "the agent closed the channel after that error".into(),
+                    Some(t) => format!("agent: {t}"),
                     None => "the channel closed before the task's exit status".into(),
                 }))
             }
