@@ -1,13 +1,13 @@
 # shellcheck shell=bash
-# Sourced by the shell labs: Debian bookworm's guest kernel from the shared package cache
-# (${HPMMAP_CACHE:-~/.cache/hpmmap}/debs, the same cache images/src/debs.rs fills), so that
-# every lab boots the same kernel and none keeps its own fetcher.
+# Sourced by scripts that need Debian bookworm's kernel packages from the shared package
+# cache (${HPMMAP_CACHE:-~/.cache/hpmmap}/debs, the same cache images/src/debs.rs fills):
+# the lab scenarios ask whether a kernel can be had before they start `hpmmap-lab` (which
+# fetches it itself), habits.sh fetches linux-source for checkpatch.
 #
 #   debian_kernel_abi       prints the 6.1 ABI (6.1.0-NN) that linux-image-amd64 points at,
 #                           or the newest one cached when apt has no metadata
 #   debian_deb PKG          prints the path of PKG's newest .deb in the cache, downloading it
 #                           with apt-get when absent
-#   debian_kernel_deb       debian_deb linux-image-<abi>-amd64
 # Each returns 77 (the labs' "cannot run here") with the reason on stderr when the package
 # cannot be had.
 
@@ -51,10 +51,4 @@ debian_deb() {
     fi
     # Several versions may be cached: -V picks the newest.
     printf '%s\n' "$cache/${pkg}_"*.deb | sort -V | tail -1
-}
-
-debian_kernel_deb() {
-    local abi
-    abi=$(debian_kernel_abi) || return 77
-    debian_deb "linux-image-$abi-amd64"
 }
