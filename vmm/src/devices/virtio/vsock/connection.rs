@@ -231,6 +231,12 @@ impl Connection {
             && self.peer_credit() > 0
     }
 
+    /// A hung-up socket (out of epoll) that still has bytes the guest can take: only the
+    /// event thread's next round reads them.
+    pub fn more_to_read(&self) -> bool {
+        self.hup && self.readable && self.may_read()
+    }
+
     /// Reads one packet's worth of host bytes for the guest, within its credit.
     pub fn fill(&mut self) -> std::io::Result<()> {
         if !self.readable || !self.may_read() {

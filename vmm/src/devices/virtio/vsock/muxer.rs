@@ -340,6 +340,12 @@ impl Muxer {
         None
     }
 
+    /// Another round is due at once (a hung-up socket with bytes left, the rx queue not
+    /// starved).
+    pub fn more_to_read(&self) -> bool {
+        !self.rx_starved && self.conns.values().any(|c| c.more_to_read())
+    }
+
     /// The earliest deadline (a CONNECT awaiting the guest, a client's command).
     pub fn next_deadline(&self) -> Option<Instant> {
         let conns = self.conns.values().filter_map(|c| c.deadline());

@@ -65,10 +65,17 @@ fn run(epoll: &Epoll, transport: &Mutex<VirtioPci>, muxer: &Mutex<Muxer>) -> std
     let mut armed: HashMap<u64, (RawFd, EventSet)> = HashMap::new();
     let mut evs = vec![EpollEvent::default(); 64];
     loop {
-        let timeout = lock(muxer).next_deadline().map_or(-1, |d| {
-            let ms = d.saturating_duration_since(Instant::now()).as_millis();
-            ms.min(60_000) as i32 + 1
-        });
+        let timeout = {
+            let m = lock(muxer);
+            match m.next_deadline() {
+                _ if m.more_to_read() => 0,
+                Some(d) => {
+                    let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                    ms.min(60_000) as i32 + 1
+                }
+                None => -1,
+            }
+        };
         let n = match epoll.wait(timeout, &mut evs) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
