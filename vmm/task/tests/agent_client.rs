@@ -635,6 +635,73 @@ fn wrap_runs_the_task_under_the_launcher() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A VM without hpmmap (`--no-hpmmap`): a task that asks for it runs directly, and the
+/// launcher is never started.
+#[test]
+fn without_hpmmap_wrapped_tasks_run_directly() {
+    let dir = scratch("nowrap");
+    let a = Agent::start(&["--no-hpmmap"]);
+    let mut c = a.client();
+    c.args(["--cwd", "/", "--", "sh", "-c", "echo direct; exit 5"]);
+    let out = run(c, vec![]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(text(&out.stdout), "direct\n");
+    assert_eq!(text(&out.stderr), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The image's environment (`--env-file`) is every task's base: its PATH finds the image's
+/// programs, its own variables are there, and the host's allow-listed names still arrive;
+/// a malformed file stops the agent with one line and exit 2.
+#[test]
+fn the_image_environment_is_the_base_of_every_task() {
+    let dir = scratch("envfile");
+    let bin = dir.join("imgbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tool = bin.join("image-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho tool ran\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let env = dir.join("env");
+    std::fs::write(
+        &env,
+        format!(
+            "# the image's --env\nPATH={}:/usr/bin:/bin\nOMP_NUM_THREADS=1\nSPACED=a b  c\n\n",
+            bin.display()
+        ),
+    )
+    .unwrap();
+    let a = Agent::start(&["--no-hpmmap", "--env-file", env.to_str().unwrap()]);
+    let mut c = a.client();
+    c.env("SLURM_PROCID", "7").args([
+        "--pass-env",
+        "--cwd",
+        "/",
+        "--",
+        "sh",
+        "-c",
+        "image-tool; echo \"$OMP_NUM_THREADS|$SPACED|$SLURM_PROCID|$LANG\"",
+    ]);
+    let out = run(c, vec![]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(text(&out.stdout), "tool ran\n1|a b  c|7|C.UTF-8\n");
+    let bad = dir.join("bad-env");
+    std::fs::write(&bad, "PATH=/bin\nnot a variable\n").unwrap();
+    let out = Command::new(AGENT)
+        .args([
+            "--listen",
+            &format!("unix:{}", dir.join("x.sock").display()),
+        ])
+        .args(["--env-file", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("bad-env:2: not NAME=VALUE"), "{err}");
+    assert!(!dir.join("x.sock").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn raw(a: &Agent) -> UnixStream {
     UnixStream::connect(&a.sock).unwrap()
 }

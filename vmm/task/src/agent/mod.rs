@@ -5,17 +5,57 @@ pub mod listen;
 mod task;
 pub mod user;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Config {
-    /// The launcher a `wrap` task runs under (`hpmmap-run -- ARGV`).
-    pub hpmmap_run: PathBuf,
+    /// The launcher a `wrap` task runs under (`hpmmap-run -- ARGV`); None when the VM has no
+    /// hpmmap (its image was built with --no-hpmmap, or the module did not load): every
+    /// task then runs directly, as the image's own job would.
+    pub hpmmap_run: Option<PathBuf>,
+    /// The image's environment (`--env-file`): what its own job sees (PATH with its MPI,
+    /// LD_LIBRARY_PATH, --env K=V), under the host's allow-listed variables.
+    pub base_env: Vec<(OsString, OsString)>,
     /// Who tasks run as; None keeps the agent's own ids.
     pub user: Option<user::User>,
     /// After the host goes away: how long a task has between SIGHUP and SIGKILL.
     pub grace: Duration,
+}
+
+/// Reads an environment file: one `NAME=VALUE` per line (the value taken as is, to the end
+/// of the line), blank lines and lines starting with `#` skipped.
+pub fn read_env_file(p: &std::path::Path) -> Result<Vec<(OsString, OsString)>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let text = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() || line[0] == b'#' {
+            continue;
+        }
+        let eq = line.iter().position(|b| *b == b'=');
+        let name_ok = |k: &[u8]| {
+            !k.is_empty()
+                && !k[0].is_ascii_digit()
+                && k.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        };
+        match eq {
+            Some(i) if name_ok(&line[..i]) && !line.contains(&0) => out.push((
+                std::ffi::OsStr::from_bytes(&line[..i]).to_owned(),
+                std::ffi::OsStr::from_bytes(&line[i + 1..]).to_owned(),
+            )),
+            _ => {
+                return Err(format!(
+                    "{}:{}: not NAME=VALUE: {}",
+                    p.display(),
+                    n + 1,
+                    String::from_utf8_lossy(line)
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Accepts forever. A failed accept (descriptors exhausted, an aborted connection) is logged

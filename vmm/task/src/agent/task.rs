@@ -162,13 +162,17 @@ fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
             ))
         }
     }
-    let program: PathBuf = if s.wrap {
-        cfg.hpmmap_run.clone()
+    let launcher = if s.wrap {
+        cfg.hpmmap_run.as_ref()
     } else {
-        PathBuf::from(os(&s.argv[0]))
+        None
+    };
+    let program: PathBuf = match launcher {
+        Some(l) => l.clone(),
+        None => PathBuf::from(os(&s.argv[0])),
     };
     let mut cmd = Command::new(&program);
-    if s.wrap {
+    if launcher.is_some() {
         cmd.arg("--").args(s.argv.iter().map(|a| os(a)));
     } else {
         cmd.args(s.argv[1..].iter().map(|a| os(a)));
@@ -178,10 +182,13 @@ fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
         None => std::env::var_os("HOME").unwrap_or_else(|| envlist::FALLBACK_HOME.into()),
     };
     cmd.env_clear()
-        .envs(s.env.iter().map(|(k, v)| (os(k), os(v))))
         .env("PATH", envlist::FIXED_PATH)
         .env("HOME", home)
         .env("LANG", envlist::FIXED_LANG)
+        // The image's own environment may set PATH and LANG for its software; the host's
+        // allow-listed names (never PATH, HOME or LANG) come last.
+        .envs(cfg.base_env.iter().map(|(k, v)| (k, v)))
+        .envs(s.env.iter().map(|(k, v)| (os(k), os(v))))
         .current_dir(cwd)
         // Its own group: the host's signals reach the task and its children, nothing else.
         .process_group(0)
@@ -203,7 +210,7 @@ fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
         } else {
             126
         };
-        let what = if s.wrap {
+        let what = if launcher.is_some() {
             format!("the launcher {} (--hpmmap-run)", program.display())
         } else {
             program.display().to_string()

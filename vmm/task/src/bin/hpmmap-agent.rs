@@ -1,4 +1,5 @@
-//! `hpmmap-agent --listen vsock:52|unix:PATH [--user NAME] [--hpmmap-run PATH] [--grace MS]`:
+//! `hpmmap-agent --listen vsock:52|unix:PATH [--user NAME] [--hpmmap-run PATH | --no-hpmmap]
+//! [--env-file FILE] [--grace MS]`:
 //! runs the tasks the host's `hpmmap-task` asks for, one per connection (vmm/task/README.md).
 
 use clap::Parser;
@@ -23,6 +24,14 @@ struct Cli {
     /// The launcher of tasks that ask for hpmmap.
     #[arg(long, value_name = "PATH", default_value = "/bin/hpmmap-run")]
     hpmmap_run: PathBuf,
+    /// This VM has no hpmmap (no module, or an image built with --no-hpmmap): tasks that
+    /// ask for it run directly.
+    #[arg(long, conflicts_with = "hpmmap_run")]
+    no_hpmmap: bool,
+    /// The image's environment, NAME=VALUE lines: every task starts from it (PATH, library
+    /// paths), under the host's allow-listed variables.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
     /// Milliseconds between SIGHUP and SIGKILL for a task whose host went away.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     grace: u64,
@@ -43,6 +52,14 @@ fn main() -> ExitCode {
             }
         },
     };
+    let base_env = match cli.env_file.as_deref().map(agent::read_env_file) {
+        None => Vec::new(),
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            eprintln!("hpmmap-agent: --env-file {e}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match Listener::bind(&cli.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -54,7 +71,8 @@ fn main() -> ExitCode {
     let e = agent::serve(
         listener,
         agent::Config {
-            hpmmap_run: cli.hpmmap_run,
+            hpmmap_run: (!cli.no_hpmmap).then_some(cli.hpmmap_run),
+            base_env,
             user,
             grace: Duration::from_millis(cli.grace),
         },
