@@ -55,4 +55,6 @@ qemu-system-x86_64 --version | head -1 >&2
 $SUDO apt-get install -y -qq --no-install-recommends squashfs-tools >/dev/null
 # libslurm-dev: slurm/spank.h for the SPANK plugin (slurm/spank, scripts/test.d/slurm-spank.sh).
 $SUDO apt-get install -y -qq --no-install-recommends libslurm-dev >/dev/null
+# socat: the host side of vmm/tests/virtio_vsock.rs in the lab (UNIX-CONNECT to --vsock).
+$SUDO apt-get install -y -qq --no-install-recommends socat >/dev/null
 log "done"

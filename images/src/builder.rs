@@ -23,9 +23,17 @@ use thiserror::Error;
 /// ticks and panic.
 pub const CMDLINE: &str = "console=ttyS0 no_timer_check panic=-1 quiet";
 
-/// Modules every job image loads: the lab's VF driver (an igb VF passed to L2), and
-/// virtio-blk on PCI or MMIO for the `hpmmap-out` results disk.
-pub const JOB_MODULES: [&str; 4] = ["igbvf", "virtio_pci", "virtio_mmio", "virtio_blk"];
+/// Modules every job image loads: the lab's VF driver (an igb VF passed to L2),
+/// virtio-blk on PCI or MMIO for the `hpmmap-out` results disk, and virtio-vsock for
+/// `hpmmap-vmm --vsock` (vsock and vmw_vsock_virtio_transport_common follow as
+/// dependencies; without the device the driver loads and binds nothing).
+pub const JOB_MODULES: [&str; 5] = [
+    "igbvf",
+    "virtio_pci",
+    "virtio_mmio",
+    "virtio_blk",
+    "vmw_vsock_virtio_transport",
+];
 
 /// A job tree larger than this goes on the read-only root disk under `--root-on auto`.
 pub const ROOT_DISK_THRESHOLD: u64 = 64 << 20;
@@ -337,6 +345,20 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         }
     }
     let hpmmap = hpmmap_ko.is_some() && hpmmap_run.is_some();
+    // The task agent serves Slurm's tasks in the VM (`hpmmap.serve=1`, `--vsock`), with or
+    // without hpmmap.
+    let agent = match workspace::agent_source(&opts.workspace) {
+        Some(_) => Some(workspace::cargo_static(
+            &opts.workspace,
+            "hpmmap-task",
+            jobtree::AGENT_NAME,
+            None,
+        )?),
+        None => {
+            notes.push("hpmmap-agent not in this workspace: the image cannot serve tasks".into());
+            None
+        }
+    };
 
     step("assembling the initramfs");
     let mut wanted: Vec<&str> = JOB_MODULES.to_vec();
@@ -365,7 +387,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
             let launch = launch.as_ref().unwrap();
             let runner = tree_runner(&argv, opts.ranks, &t.exports(), &t.workdir, launch);
             let run = if hpmmap { hpmmap_run.as_deref() } else { None };
-            t.add_system(&bb, run, runner)?;
+            t.add_system(&bb, run, agent.as_deref(), runner)?;
             notes.append(&mut t.notes);
             tree_files = crate::tree::hashes(&t.archive);
             env = t.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -426,6 +448,9 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         if !tree_wanted {
             a.file("bin/hpmmap-run", 0o755, read(hpmmap_run.as_ref().unwrap())?);
         }
+    }
+    if let (Some(ag), false) = (&agent, tree_wanted) {
+        a.file(&format!("bin/{}", jobtree::AGENT_NAME), 0o755, read(ag)?);
     }
     a.insert(
         "init",
@@ -509,6 +534,14 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
             Launch::Mpirun(m) => m,
         }),
         user: tree_wanted.then(|| jobtree::JOB_USER.to_string()),
+        agent: agent.as_ref().map(|_| {
+            let dir = if tree_wanted {
+                format!("/{}/bin", jobtree::SYS)
+            } else {
+                "/bin".to_string()
+            };
+            format!("{dir}/{}", jobtree::AGENT_NAME)
+        }),
     };
     let mp = dir.join(manifest::FILE_NAME);
     std::fs::write(&mp, m.to_json()).map_err(|e| BuildError::Io(mp, e))?;
