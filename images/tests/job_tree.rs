@@ -534,10 +534,22 @@ fn lammps_melt_two_ranks_same_thermo_with_and_without_hpmmap() {
     assert!(c.contains("job runs hpmmap"), "{c}");
     assert!(c.contains(" faults=0 "), "{c}");
     assert!(c.contains("hpmmap peak registered processes: 2"), "{c}");
+    // counters per rank (issue 15.3): one line for each MPI rank, no faults in either
+    let mut ranks: Vec<&str> = c
+        .lines()
+        .filter(|l| l.starts_with("hpmmap-init: hpmmap-run: rank pid="))
+        .collect();
+    ranks.sort_by_key(|l| l.contains("mpi_rank=1"));
+    assert_eq!(ranks.len(), 2, "{c}");
+    for (r, l) in ranks.iter().enumerate() {
+        eprintln!("{l}");
+        assert!(l.contains(&format!(" mpi_rank={r} faults=0 ")), "{l}");
+    }
     assert!(output_files(&out).contains_key("log.lammps"));
     let (without, _) = boot(&img, "", 3072);
     assert_eq!(without.status, 0, "{}", without.console);
     assert!(without.console.contains("job runs direct"));
+    assert!(!without.console.contains("hpmmap-run: rank"));
     let (a, b) = (thermo(c), thermo(&without.console));
     assert_eq!(a.len(), 6, "steps 0..250 every 50: {c}");
     assert_eq!(a, b, "thermo with hpmmap vs without");
