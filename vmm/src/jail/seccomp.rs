@@ -360,6 +360,7 @@ mod tests {
             ThreadKind::Main,
             ThreadKind::Signals,
             ThreadKind::Console,
+            ThreadKind::Vsock,
         ] {
             assert_eq!(programs(kind, SeccompLevel::Kill).unwrap().len(), 2);
             assert!(programs(kind, SeccompLevel::Off).unwrap().is_empty());
