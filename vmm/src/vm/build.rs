@@ -67,6 +67,8 @@ pub(super) struct Built {
     pub platform: Platform,
     pub layout: GuestLayout,
     pub numa: Option<GuestNuma>,
+    /// `--vsock`'s event thread, kept off guest memory when this drops (before `ram`).
+    pub vsock_stop: Option<crate::devices::virtio::vsock::worker::Stop>,
     pub ram: Arc<GuestRam>,
     pub prefault: crate::memory::PrefaultStats,
     pub vm: Arc<VmFd>,
@@ -219,6 +221,7 @@ pub(super) fn build(cfg: &VmConfig, started: Instant) -> Result<Built, VmmError>
         platform,
         layout,
         numa,
+        vsock_stop: None,
         ram,
         prefault,
         vm,

@@ -32,9 +32,12 @@ pub(super) fn finish(cfg: &VmConfig, stopped: Stopped) -> Outcome {
         started,
         pins,
         host_page,
+        vsock_stop,
         vsock_file,
     } = stopped;
-    // The guest is gone: no client may find PATH any more.
+    // The guest is gone: its event thread leaves guest memory alone, and no client may
+    // find PATH any more.
+    drop(vsock_stop);
     drop(vsock_file);
     let kvm_pages = kvm_stats::read_stats(&vm)
         .ok()

@@ -63,7 +63,8 @@ pub(super) struct Stopped {
     pub started: Instant,
     pub pins: Vec<Option<usize>>,
     pub host_page: Option<u64>,
-    /// `--vsock`'s socket file, removed at teardown.
+    /// `--vsock`'s event thread stop and socket file, both before guest RAM goes.
+    pub vsock_stop: Option<crate::devices::virtio::vsock::worker::Stop>,
     pub vsock_file: Option<crate::devices::virtio::vsock::unix::SocketFile>,
 }
 
@@ -128,10 +129,14 @@ pub(super) fn start(cfg: &VmConfig, built: Built) -> Result<Running, VmmError> {
     let input = crate::console::spawn_input(built.bus.serial.clone(), stop.clone(), cfg.seccomp);
     if let Some(v) = built.vsock.take() {
         let sink = built.bus.clone();
-        crate::devices::virtio::vsock::worker::spawn(v.transport, v.muxer, cfg.seccomp, move |e| {
-            sink.sink.event(VmEvent::VmmFailure(e))
-        })
+        let vsock_stop = crate::devices::virtio::vsock::worker::spawn(
+            v.transport,
+            v.muxer,
+            cfg.seccomp,
+            move |e| sink.sink.event(VmEvent::VmmFailure(e)),
+        )
         .map_err(host("spawning the virtio-vsock thread"))?;
+        built.vsock_stop = Some(vsock_stop);
     }
     // Every thread exists now; the main thread's own filter last, since threads inherit it.
     if let Err(e) = seccomp::install(ThreadKind::Main, cfg.seccomp) {
@@ -208,6 +213,7 @@ impl Running {
             started: built.started,
             pins,
             host_page,
+            vsock_stop: built.vsock_stop,
             vsock_file: built.vsock_file,
         }
     }

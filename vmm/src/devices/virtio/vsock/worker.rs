@@ -10,18 +10,40 @@ use crate::devices::virtio::pci::VirtioPci;
 use crate::jail::seccomp::{self, SeccompLevel, ThreadKind};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-/// Starts the thread; it runs until the process ends (it holds the listener, whose file
-/// the run removes at teardown). `failed` hears a seccomp or epoll failure.
+/// Keeps the event thread off guest memory once dropped: the run drops it before guest
+/// RAM is unmapped (the transport's view of RAM does not own the mapping). Taking the
+/// transport's lock waits out a round that is filling the rx queue.
+pub struct Stop {
+    transport: Arc<Mutex<VirtioPci>>,
+    flag: Arc<AtomicBool>,
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _t = self.transport.lock().unwrap_or_else(|p| p.into_inner());
+        self.flag.store(true, Ordering::Release);
+    }
+}
+
+/// Starts the thread; it runs until [`Stop`] is dropped or the process ends (it holds the
+/// listener, whose file the run removes at teardown). `failed` hears a seccomp or epoll
+/// failure.
 pub fn spawn(
     transport: Arc<Mutex<VirtioPci>>,
     muxer: Arc<Mutex<Muxer>>,
     level: SeccompLevel,
     failed: impl Fn(String) + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> std::io::Result<Stop> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let stop = Stop {
+        transport: transport.clone(),
+        flag: flag.clone(),
+    };
     std::thread::Builder::new()
         .name("vsock".into())
         .spawn(move || {
@@ -34,10 +56,11 @@ pub fn spawn(
                 failed(e.to_string());
                 return;
             }
-            if let Err(e) = run(&epoll, &transport, &muxer) {
+            if let Err(e) = run(&epoll, &transport, &muxer, &flag) {
                 failed(format!("virtio-vsock event thread: {e}"));
             }
-        })
+        })?;
+    Ok(stop)
 }
 
 fn events(read: bool, write: bool) -> EventSet {
@@ -51,7 +74,12 @@ fn events(read: bool, write: bool) -> EventSet {
     e
 }
 
-fn run(epoll: &Epoll, transport: &Mutex<VirtioPci>, muxer: &Mutex<Muxer>) -> std::io::Result<()> {
+fn run(
+    epoll: &Epoll,
+    transport: &Mutex<VirtioPci>,
+    muxer: &Mutex<Muxer>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     {
         let m = lock(muxer);
         for (fd, token) in [(m.listener_fd(), TOKEN_LISTENER), (m.wake_fd(), TOKEN_WAKE)] {
@@ -95,6 +123,9 @@ fn run(epoll: &Epoll, transport: &Mutex<VirtioPci>, muxer: &Mutex<Muxer>) -> std
         }
         let wants = {
             let mut t = transport.lock().unwrap_or_else(|p| p.into_inner());
+            if stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
             t.notify(RX);
             let mut m = lock(muxer);
             m.rx_starved = m.has_rx();
