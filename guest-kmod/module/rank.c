@@ -99,10 +99,10 @@ void hpm_rank_record(struct hpm_ctx *ctx)
 		rec_free(old);
 }
 
-static bool may_read(kuid_t owner)
+/* admin: CAP_SYS_ADMIN, asked before rec_lock is taken (the check may audit) */
+static bool may_read(kuid_t owner, bool admin)
 {
-	return uid_eq(owner, current_uid()) || uid_eq(owner, current_euid()) ||
-	       capable(CAP_SYS_ADMIN);
+	return admin || uid_eq(owner, current_uid()) || uid_eq(owner, current_euid());
 }
 
 static long rank_live(struct hpmmap_rank_stats *s)
@@ -135,6 +135,7 @@ static long rank_ended(struct hpmmap_rank_stats *s, bool take)
 {
 	struct pid_namespace *ns = task_active_pid_ns(current);
 	struct hpm_rank_rec *r, *found = NULL;
+	bool admin = ns_capable_noaudit(&init_user_ns, CAP_SYS_ADMIN);
 	long err = -ENOENT;
 
 	spin_lock(&rec_lock);
@@ -145,7 +146,7 @@ static long rank_ended(struct hpmmap_rank_stats *s, bool take)
 		}
 	}
 	if (found) {
-		err = may_read(found->uid) ? 0 : -EPERM;
+		err = may_read(found->uid, admin) ? 0 : -EPERM;
 		if (!err && take) {
 			list_del(&found->l);
 			nr_recs--;
