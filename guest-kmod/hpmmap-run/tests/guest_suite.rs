@@ -43,6 +43,11 @@ const SUITE_CASES: &[&str] = &[
     "syscall-fuzz",
     "pool-exhausted",
     "bad-input",
+    // issue 15.3 (counters per rank) and issue 12 (MADV_HWPOISON refused)
+    "rank-counters",
+    "rank-records-bounded-and-private",
+    "madvise-hwpoison-refused",
+    "launcher-rank-line",
     "zero-faults-1g",
     "page-size-2M",
     "launcher-bad-flag",
