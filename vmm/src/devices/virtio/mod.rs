@@ -1,5 +1,5 @@
-//! virtio 1.x devices on the guest's PCI bus (issue 15): the PCI transport ([`pci`]) apart
-//! from each device ([`block`]), so that virtio-vsock can join later on the same transport.
+//! virtio 1.x devices on the guest's PCI bus (issues 15 and 16.4): the PCI transport
+//! ([`pci`]) apart from each device ([`block`], [`vsock`]).
 //!
 //! The guest is untrusted. Everything it hands a device (queue sizes and addresses,
 //! descriptors, lengths) is checked against guest RAM before use ([`chain`]); a malformed
