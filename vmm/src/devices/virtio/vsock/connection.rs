@@ -250,7 +250,12 @@ impl Connection {
                 Ok(0) => {
                     self.staged.clear();
                     self.host_eof = true;
+                    // A client that closed outright (hung up, not half-closed) reads
+                    // nothing more either: the guest learns both at once.
                     self.want_shutdown |= SHUTDOWN_SEND;
+                    if self.hup {
+                        self.want_shutdown |= SHUTDOWN_RCV;
+                    }
                     return Ok(());
                 }
                 Ok(got) => {

@@ -319,6 +319,29 @@ fn half_close_both_ways_then_the_stream_ends() {
 }
 
 #[test]
+fn a_client_that_goes_away_is_both_shutdowns_to_the_guest() {
+    let mut r = Rig::new("hangup");
+    let (mut c, req) = r.client(52);
+    r.guest(reply(&req, Op::Response, 0, 65536, 0), &[]);
+    r.pump();
+    let mut ok = [0u8; 32];
+    let _ = c.read(&mut ok).unwrap();
+    drop(c);
+    // What epoll reports for a peer that closed: hung up.
+    r.m.ready(2, true);
+    r.pump();
+    let rx = r.rx(4096);
+    assert_eq!(rx.len(), 1, "{rx:?}");
+    assert_eq!(rx[0].0.op, Op::Shutdown as u16);
+    assert_eq!(rx[0].0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    // The guest resets (as Linux does once both are shut down): the connection goes.
+    r.guest(reply(&req, Op::Rst, 0, 65536, 0), &[]);
+    r.pump();
+    assert_eq!(r.m.connections(), 0);
+    assert!(r.rx(4096).is_empty());
+}
+
+#[test]
 fn malformed_packets_get_rst_or_nothing_and_never_unbounded_state() {
     let mut r = Rig::new("malformed");
     let base = Header {
