@@ -345,6 +345,20 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         }
     }
     let hpmmap = hpmmap_ko.is_some() && hpmmap_run.is_some();
+    // The task agent serves Slurm's tasks in the VM (`hpmmap.serve=1`, `--vsock`), with or
+    // without hpmmap.
+    let agent = match workspace::agent_source(&opts.workspace) {
+        Some(_) => Some(workspace::cargo_static(
+            &opts.workspace,
+            "hpmmap-task",
+            jobtree::AGENT_NAME,
+            None,
+        )?),
+        None => {
+            notes.push("hpmmap-agent not in this workspace: the image cannot serve tasks".into());
+            None
+        }
+    };
 
     step("assembling the initramfs");
     let mut wanted: Vec<&str> = JOB_MODULES.to_vec();
@@ -373,7 +387,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
             let launch = launch.as_ref().unwrap();
             let runner = tree_runner(&argv, opts.ranks, &t.exports(), &t.workdir, launch);
             let run = if hpmmap { hpmmap_run.as_deref() } else { None };
-            t.add_system(&bb, run, runner)?;
+            t.add_system(&bb, run, agent.as_deref(), runner)?;
             notes.append(&mut t.notes);
             tree_files = crate::tree::hashes(&t.archive);
             env = t.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -434,6 +448,9 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         if !tree_wanted {
             a.file("bin/hpmmap-run", 0o755, read(hpmmap_run.as_ref().unwrap())?);
         }
+    }
+    if let (Some(ag), false) = (&agent, tree_wanted) {
+        a.file(&format!("bin/{}", jobtree::AGENT_NAME), 0o755, read(ag)?);
     }
     a.insert(
         "init",
@@ -517,6 +534,14 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
             Launch::Mpirun(m) => m,
         }),
         user: tree_wanted.then(|| jobtree::JOB_USER.to_string()),
+        agent: agent.as_ref().map(|_| {
+            let dir = if tree_wanted {
+                format!("/{}/bin", jobtree::SYS)
+            } else {
+                "/bin".to_string()
+            };
+            format!("{dir}/{}", jobtree::AGENT_NAME)
+        }),
     };
     let mp = dir.join(manifest::FILE_NAME);
     std::fs::write(&mp, m.to_json()).map_err(|e| BuildError::Io(mp, e))?;

@@ -190,6 +190,9 @@ pub fn ib_check() -> &'static str {
 "#
 }
 
+/// The guest's vsock port of the task agent (vmm/task; hpmmap-task's default `--port`).
+pub const AGENT_PORT: u32 = 52;
+
 /// The job image's init: load hpmmap when there is a pool to give it, set up the job's
 /// environment (loopback, hostname, /dev/shm, the root tree from the disk), run /job/run
 /// (each rank through hpmmap-run when hpmmap is on), wait for leftovers, print the
@@ -280,12 +283,38 @@ if [ -z "$status" ]; then
         [ -n {workdir} ] && [ -d $ROOT{workdir} ] && chown {uid}:{uid} $ROOT{workdir}
         [ -e /dev/hpmmap ] && chgrp {uid} /dev/hpmmap
         ulimit -l unlimited
+    fi
+    # hpmmap.serve=1 (the Slurm node helper boots the VM so, with --vsock): the task agent
+    # runs the host's tasks, one per connection, until the VM is stopped; the image's own
+    # job does not run.
+    if [ "$(cmdline_arg hpmmap.serve)" = 1 ]; then
+        agent=$SYS/bin/{agent}
+        aw=--no-hpmmap
+        [ "$run" = hpmmap ] && aw="--hpmmap-run $SYS/bin/hpmmap-run"
+        if [ ! -x $ROOT$agent ]; then
+            say "FAIL: hpmmap.serve=1 but this image has no task agent ($agent): rebuild it with this hpmmap-image"
+            status=125
+        elif [ {tree} = 1 ]; then
+            say "serving tasks on vsock port {port} as {user} (job runs $run)"
+            echo HPMMAP-SERVING
+            # shellcheck disable=SC2086
+            chroot $ROOT $agent --listen vsock:{port} --user {user} $aw --env-file {env_file}
+            status=$?
+        else
+            say "serving tasks on vsock port {port} as root (job runs $run)"
+            echo HPMMAP-SERVING
+            # shellcheck disable=SC2086
+            $agent --listen vsock:{port} $aw
+            status=$?
+        fi
+    elif [ {tree} = 1 ]; then
         HPMMAP_RANK_LOG="$ranks" HPMMAP_WRAP="$wrap" chroot $ROOT $SYS/bin/su -p -s $SYS/bin/sh {user} -c "$SYS/bin/sh /job/run"
+        status=$?
     else
         cd /root
         HPMMAP_RANK_LOG="$ranks" HPMMAP_WRAP="$wrap" /job/run
+        status=$?
     fi
-    status=$?
 fi
 cd /
 # The sampler first: its sleep would count as a leftover.
@@ -324,6 +353,9 @@ poweroff -f
 while :; do sleep 60; done
 "#,
         hpmmap = u8::from(cfg.hpmmap),
+        agent = crate::jobtree::AGENT_NAME,
+        port = AGENT_PORT,
+        env_file = crate::jobtree::ENV_FILE,
         tree = u8::from(cfg.tree),
         root_disk = u8::from(cfg.root_disk),
         serial = crate::rootdisk::SERIAL,

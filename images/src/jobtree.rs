@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// The task agent's file name (in `/{SYS}/bin`, or `/bin` of an initramfs-only image).
+pub const AGENT_NAME: &str = "hpmmap-agent";
+/// The job's environment for the task agent (`NAME=VALUE` lines).
+pub const ENV_FILE: &str = "/job/env";
 /// The guest's own tools inside a job tree.
 pub const SYS: &str = ".hpmmap";
 /// The unprivileged user jobs run as (Open MPI refuses root), and its ids.
@@ -321,6 +325,7 @@ impl JobTree {
         &mut self,
         bb: &Busybox,
         hpmmap_run: Option<&Path>,
+        agent: Option<&Path>,
         runner: String,
     ) -> Result<(), SpecError> {
         let missing: Vec<&str> = ["proc", "sys", "dev", "tmp", "run", "out", "home"]
@@ -348,14 +353,16 @@ impl JobTree {
                 },
             );
         }
-        if let Some(r) = hpmmap_run {
-            a.insert(
-                &format!("{SYS}/bin/hpmmap-run"),
-                Node::File {
-                    mode: 0o755,
-                    data: read(r)?,
-                },
-            );
+        for (name, bin) in [("hpmmap-run", hpmmap_run), (AGENT_NAME, agent)] {
+            if let Some(b) = bin {
+                a.insert(
+                    &format!("{SYS}/bin/{name}"),
+                    Node::File {
+                        mode: 0o755,
+                        data: read(b)?,
+                    },
+                );
+            }
         }
         tree::put(a, "tmp", Node::Dir { mode: 0o1777 })?;
         append_line(
@@ -387,7 +394,34 @@ impl JobTree {
                 data: runner.into_bytes(),
             },
         )?;
+        let env = self.env_file();
+        tree::put(
+            &mut self.archive,
+            ENV_FILE.trim_start_matches('/'),
+            Node::File {
+                mode: 0o644,
+                data: env.into_bytes(),
+            },
+        )?;
         Ok(())
+    }
+
+    /// The job's environment as `NAME=VALUE` lines, as the runner exports it: what the task
+    /// agent gives every task (its `--env-file`).
+    pub fn env_file(&self) -> String {
+        // A value with a newline (possible in an OCI config) cannot be one line: the
+        // runner's export still gives it to the image's own job, the agent's tasks go without.
+        self.env
+            .iter()
+            .filter(|(_, v)| !v.contains(['\n', '\0']))
+            .map(|(k, v)| {
+                if k == "PATH" {
+                    format!("{k}={v}:/{SYS}/bin\n")
+                } else {
+                    format!("{k}={v}\n")
+                }
+            })
+            .collect()
     }
 
     /// `export K=V` lines for the runner.

@@ -72,6 +72,10 @@ pub struct Manifest {
     /// The user the job runs as (job-tree images); root otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The task agent's path in the image (vmm/task): booted with `hpmmap.serve=1` and
+    /// `hpmmap-vmm --vsock`, the VM runs the host's tasks (Slurm steps) instead of its job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -120,6 +120,12 @@ pub fn hpmmap_run_source(ws: &Path) -> Option<PathBuf> {
     d.join("Cargo.toml").is_file().then_some(d)
 }
 
+/// The task agent's crate (vmm/task), if this workspace has it.
+pub fn agent_source(ws: &Path) -> Option<PathBuf> {
+    let d = ws.join("vmm/task");
+    d.join("Cargo.toml").is_file().then_some(d)
+}
+
 /// Source files of an out-of-tree module (not its build products), sorted.
 fn module_files(src: &Path) -> Result<Vec<PathBuf>, PartError> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(src)

@@ -229,6 +229,8 @@ fn manifest_hashes_match_and_builds_are_reproducible() {
         assert!(a.files.contains_key(f), "{f} missing from {:?}", a.files);
     }
     assert_eq!(a.files, b.files, "two builds differ");
+    // Every image carries the task agent (served steps under Slurm, vmm/task).
+    assert_eq!(a.agent.as_deref(), Some("/bin/hpmmap-agent"));
     assert_eq!(
         std::fs::read(d.join("a/manifest.json")).unwrap(),
         std::fs::read(d.join("b/manifest.json")).unwrap()

@@ -4,7 +4,7 @@
 # --hpmmap-image, one VM per node per job, output and exit status, scancel mid-job leaving
 # nothing behind. One `key=value` line per fact; command output prefixed with its name.
 #   $1: nodes in the cluster   $2: "full" for the sbatch and scancel parts too
-# Images: /images/ok (prints hpmmap-lab-job-ran, exits 3), /images/sleep (sleeps 600 s).
+# Image: /images/ok (its own job prints hpmmap-lab-job-ran; served steps never run it).
 nodes=${1:-2}
 full=${2:-}
 log() { sed "s/^/$1: /"; }
@@ -59,13 +59,22 @@ log bad_sbatch </tmp/bad4
 echo "queue_after_bad=$(squeue -h | wc -l)"
 facts after_bad
 
-echo "== srun with --hpmmap-image on every node"
+echo "== srun with --hpmmap-image on every node: the tasks run in the VMs"
 start=$(date +%s)
-srun -N"$nodes" --hpmmap-image=/images/ok --hpmmap-mem=1G --hpmmap-vcpus=1 -o /tmp/srun.out sh -c 'echo not in the VM' 2>/tmp/srun.err
+# In the VM: its hostname is the image's (job), its kernel command line has hpmmap.serve=1,
+# Slurm's variables arrived, stdin came through; task 1 exits 3, so srun's status is 3.
+# shellcheck disable=SC2016 # expanded in the VM
+echo piped-in | srun -N"$nodes" --hpmmap-image=/images/ok --hpmmap-mem=1G --hpmmap-vcpus=1 -o /tmp/srun.out -e /tmp/srun.task-err sh -c '
+    read -r line
+    echo "in-vm host=$(hostname) serve=$(grep -c hpmmap.serve=1 /proc/cmdline) task=$SLURM_PROCID of=$SLURM_NTASKS stdin=$line"
+    echo "in-vm-stderr task=$SLURM_PROCID" >&2
+    [ "$SLURM_PROCID" = 1 ] && exit 3
+    exit 0' 2>/tmp/srun.err
 echo "srun_rc=$?"
 echo "srun_secs=$(($(date +%s) - start))"
 log srun_out </tmp/srun.out
 log srun_err </tmp/srun.err
+log srun_task_err </tmp/srun.task-err
 srun_job=$(scontrol show jobs 2>/dev/null | sed -n 's/^JobId=\([0-9]*\) .*/\1/p' | sort -n | tail -n 1)
 echo "srun_job=$srun_job"
 wait_gone "$srun_job"
@@ -84,7 +93,7 @@ if [ "$full" = full ]; then
 
     echo "== sbatch: two steps, one VM per node"
     jid=$(sbatch --parsable -N"$nodes" --hpmmap-image=/images/ok --hpmmap-mem=1G -o /tmp/sbatch.out \
-        --wrap 'srun -N'"$nodes"' true; echo step1_rc=$?; srun -N'"$nodes"' true; echo step2_rc=$?')
+        --wrap 'srun -N'"$nodes"' sh -c "exit 4"; echo step1_rc=$?; srun -N'"$nodes"' true; echo step2_rc=$?')
     echo "sbatch_job=$jid"
     wait_gone "$jid"
     log sbatch_out </tmp/sbatch.out
@@ -92,8 +101,8 @@ if [ "$full" = full ]; then
     facts after_sbatch
 
     echo "== scancel while the VMs run"
-    jid=$(sbatch --parsable -N"$nodes" --hpmmap-image=/images/sleep --hpmmap-mem=1G -o /tmp/cancel.out \
-        --wrap 'srun -N'"$nodes"' true')
+    jid=$(sbatch --parsable -N"$nodes" --hpmmap-image=/images/ok --hpmmap-mem=1G -o /tmp/cancel.out \
+        --wrap 'srun -N'"$nodes"' sleep 600')
     echo "cancel_job=$jid"
     running=0
     t=0

@@ -15,9 +15,9 @@
  * --job, hpmmap-vmm --job in the background); later steps find it running. Sizes default
  * from the job's allocation on the node and are checked against it again. A failure
  * there is recorded and reported by every task of the step on its stderr (the step fails,
- * the node stays up). Each task then becomes `hpmmap-slurm-node attach`, which reports the
- * VM's job output and exit status: until the virtio-vsock task channel exists, the VM runs
- * its image's own job (slurm/README.md).
+ * the node stays up). Each task then becomes `hpmmap-slurm-node attach JOB TASK -- ARGV`,
+ * which runs the task's command in the VM through the task channel (virtio-vsock, the guest
+ * agent; slurm/README.md) and exits with its status.
  *
  * Job epilog (every node of every job): hpmmap-slurm-node stop, which ends the VM and runs
  * `hpmmap-offline recover --job ID`. It never fails the epilog: a failing epilog would
@@ -326,7 +326,12 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
 {
 	uint32_t job = 0;
 	int task = 0;
+	int targc = 0;
+	char **targv = NULL;
+	char **tenv = NULL;
 	char sjob[16], stask[16];
+	char **args;
+	int i;
 	(void)ac;
 	(void)av;
 	if (opts.image[0] == '\0')
@@ -337,16 +342,31 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
 		_exit(1);
 	}
 	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS ||
-	    spank_get_item(sp, S_TASK_ID, &task) != ESPANK_SUCCESS) {
-		fprintf(stderr, "hpmmap: cannot read the job and task id\n");
+	    spank_get_item(sp, S_TASK_ID, &task) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_ARGV, &targc, &targv) != ESPANK_SUCCESS ||
+	    targc < 1 ||
+	    spank_get_item(sp, S_JOB_ENV, &tenv) != ESPANK_SUCCESS) {
+		fprintf(stderr, "hpmmap: cannot read the job, task id, command and environment\n");
 		_exit(1);
 	}
 	snprintf(sjob, sizeof(sjob), "%" PRIu32, job);
 	snprintf(stask, sizeof(stask), "%d", task);
-	{
-		char *args[] = { "hpmmap-slurm-node", "attach", sjob, stask, NULL };
-		execv(helper, args);
+	/* The task becomes `attach JOB TASK -- ARGV...`: the command runs in the VM. */
+	args = calloc((size_t)targc + 6, sizeof(*args));
+	if (!args) {
+		fprintf(stderr, "hpmmap: out of memory\n");
+		_exit(1);
 	}
+	args[0] = "hpmmap-slurm-node";
+	args[1] = "attach";
+	args[2] = sjob;
+	args[3] = stask;
+	args[4] = "--";
+	for (i = 0; i < targc; i++)
+		args[5 + i] = targv[i];
+	/* The task's environment (SLURM_*, PMI*) is slurmstepd's array for the task's execve,
+	 * not this process's environ yet. */
+	execve(helper, args, tenv);
 	fprintf(stderr, "hpmmap: cannot run %s: %s\n", helper, strerror(errno));
 	_exit(1);
 }

@@ -2,10 +2,12 @@
 //! SVM+NPT, igb, 1 GiB pages) joined by one QEMU socket network, with Debian's munge and
 //! slurm-wlm 22.05 and the SPANK plugin of slurm/; slurm/lab/scenario.sh then submits on
 //! node1. The scenario, read top to bottom: bad options are refused at submit time and
-//! leave no job and no drained node; srun with --hpmmap-image boots one VM per node, whose
-//! job's output and exit status are the step's; afterwards nothing of the job is left on
-//! any node; a VM larger than the node's free 1 GiB pages fails its step with one line and
-//! drains nothing; sbatch's two steps share one VM per node; scancel while the VMs run
+//! leave no job and no drained node; srun with --hpmmap-image boots one VM per node and
+//! runs each task's command inside it through the task channel (virtio-vsock, the guest's
+//! hpmmap-agent): Slurm's variables, stdin, stdout and stderr apart, and the tasks' exit
+//! status; afterwards nothing of the job is left on any node; a VM larger than the node's
+//! free 1 GiB pages fails its step with one line and drains nothing; sbatch's two steps run
+//! in the same VM per node with their own statuses; scancel while tasks run in the VMs
 //! leaves nothing. CI runs the two-node scenario (92-137 s here); the one-node variant is
 //! `-- --ignored` (figures in slurm/README.md). Figures printed are emulation figures
 //! (nested lab under QEMU/TCG).
@@ -52,7 +54,7 @@ fn scenario(name: &str, nodes: u32, full: bool) -> String {
             why_not.unwrap_or_default()
         );
     }
-    for bin in ["hpmmap-vmm", "hpmmap-offline"] {
+    for bin in ["hpmmap-vmm", "hpmmap-offline", "hpmmap-task"] {
         built_host_binary(bin).unwrap_or_else(|e| panic!("{e}"));
     }
     let base = work_dir(name);
@@ -61,11 +63,6 @@ fn scenario(name: &str, nodes: u32, full: bool) -> String {
             &base,
             "ok",
             "/bin/busybox sh -c 'echo hpmmap-lab-job-ran; exit 3'",
-        ),
-        image(
-            &base,
-            "sleep",
-            "/bin/busybox sh -c 'echo sleeping; sleep 600'",
         ),
         format!("{SCENARIO}:/lab/slurm-scenario.sh"),
     ]
@@ -88,10 +85,8 @@ fn scenario(name: &str, nodes: u32, full: bool) -> String {
         if full { "full" } else { "short" }
     );
     let out = cluster.run(&cmd).expect("cluster ran");
-    // The images (about 140 MiB) are rebuilt every run; the nodes' logs stay.
-    for img in ["ok", "sleep"] {
-        let _ = std::fs::remove_dir_all(base.join(img));
-    }
+    // The image (about 70 MiB) is rebuilt every run; the nodes' logs stay.
+    let _ = std::fs::remove_dir_all(base.join("ok"));
     for (i, o) in out.others.iter().enumerate() {
         match o {
             Ok(o) => eprintln!("--- node{} ---\n{}", i + 2, o.output),
@@ -167,21 +162,28 @@ fn assert_bad_options_refused(o: &str, nodes: u32) {
 fn assert_srun_ran_one_vm_per_node(o: &str, nodes: u32) {
     assert_eq!(
         value(o, "srun_rc"),
-        Some("3"),
-        "srun's status is the VM job's"
+        Some(if nodes > 1 { "3" } else { "0" }),
+        "srun's status is its tasks' (task 1 exits 3)"
     );
     let out = prefixed(o, "srun_out: ");
-    assert_eq!(
-        out.iter()
-            .filter(|l| l.contains("hpmmap-lab-job-ran"))
-            .count(),
-        nodes as usize,
-        "the job's output once per node: {out:?}"
-    );
+    for t in 0..nodes {
+        let want = format!("in-vm host=job serve=1 task={t} of={nodes} stdin=piped-in");
+        assert!(
+            out.iter().any(|l| *l == want),
+            "task {t} ran in its node's VM with Slurm's variables and srun's stdin: {want:?} not in {out:?}"
+        );
+    }
     assert!(
-        !out.iter().any(|l| l.contains("not in the VM")),
-        "the step's command ran in no VM on the node: {out:?}"
+        !out.iter().any(|l| l.contains("hpmmap-lab-job-ran")),
+        "the image's own job does not run in a VM that serves tasks: {out:?}"
     );
+    let err = prefixed(o, "srun_task_err: ");
+    for t in 0..nodes {
+        assert!(
+            err.iter().any(|l| *l == format!("in-vm-stderr task={t}")),
+            "task {t}'s stderr came back apart: {err:?}"
+        );
+    }
     let starts = value(o, "srun_vm_starts").expect("srun_vm_starts");
     for k in 1..=nodes {
         assert!(
@@ -216,8 +218,14 @@ fn two_nodes_srun_sbatch_and_scancel() {
     assert!(np.contains(&"step_rc=1"), "the step failed: {np:?}");
     assert_clean(&o, "after_nopages", 2);
     let sb = prefixed(&o, "sbatch_out: ");
-    assert!(sb.contains(&"step1_rc=3"), "step 1: {sb:?}");
-    assert!(sb.contains(&"step2_rc=3"), "step 2: {sb:?}");
+    assert!(
+        sb.contains(&"step1_rc=4"),
+        "step 1 ran `exit 4` in the VMs: {sb:?}"
+    );
+    assert!(
+        sb.contains(&"step2_rc=0"),
+        "step 2 ran `true` in the same VMs: {sb:?}"
+    );
     let starts = value(&o, "sbatch_vm_starts").expect("sbatch_vm_starts");
     assert!(
         starts.contains("node1=1") && starts.contains("node2=1"),

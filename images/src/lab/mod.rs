@@ -58,7 +58,7 @@ pub const MAX_BOOTS: u32 = 5;
 const Q35_LOW_RAM: u64 = 2 << 30;
 
 /// Host binaries of the workspace the lab carries when they have been built.
-pub const WORKSPACE_BINS: [&str; 2] = ["hpmmap-vmm", "hpmmap-offline"];
+pub const WORKSPACE_BINS: [&str; 3] = ["hpmmap-vmm", "hpmmap-offline", "hpmmap-task"];
 
 pub const LAB_BEGIN: &str = "HPMMAP-LAB-BEGIN";
 pub const LAB_END: &str = "HPMMAP-LAB-END";
