@@ -50,7 +50,10 @@ enum Step {
         line: Vec<u8>,
         data: Vec<u8>,
     },
-    Pump,
+    /// The event thread's round; `hup`: epoll said the sockets hung up.
+    Pump {
+        hup: bool,
+    },
 }
 
 fn cid(c: &Cid) -> u64 {
@@ -124,9 +127,9 @@ fuzz_target!(|steps: Vec<Step>| {
                     }
                 }
             }
-            Step::Pump => {
+            Step::Pump { hup } => {
                 for i in 0..600 {
-                    m.ready(i, false);
+                    m.ready(i, *hup);
                 }
                 m.pump(Instant::now());
             }
