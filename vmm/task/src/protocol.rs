@@ -6,14 +6,15 @@
 //! a length costs the other side at most that limit. Both sides open with [`Frame::Hello`]
 //! carrying [`MAGIC`] and [`VERSION`]; a different version is refused, never guessed at.
 //!
-//! Host to guest: Hello, Spawn, Stdin, StdinEof, Signal. Guest to host: Hello, Started,
-//! Stdout, Stderr, StdinAck, Exit, Error.
+//! Host to guest: Hello, Spawn, Stdin, StdinEof, Signal, PmiData, PmiEof, PmiAck. Guest to
+//! host: Hello, Started, Stdout, Stderr, StdinAck, Exit, Error, PmiData, PmiEof, PmiAck.
 
 use std::io::{self, Read, Write};
 use thiserror::Error;
 
 /// Protocol version; bump on any change a peer of the previous version would misread.
-pub const VERSION: u16 = 1;
+/// 2: the Spawn's flags byte (wrap, PMI relay) and the PMI frames.
+pub const VERSION: u16 = 2;
 /// First bytes of a Hello payload: a stray client (or the wrong port) is told apart at once.
 pub const MAGIC: [u8; 4] = *b"HPMT";
 /// Type byte + u32 length.
@@ -29,18 +30,30 @@ pub const MAX_TEXT: usize = 4096;
 /// with [`Frame::StdinAck`]): a task that does not read its stdin holds at most this much in
 /// the agent, and the host stops reading its own stdin until the task catches up.
 pub const STDIN_WINDOW: usize = 256 * 1024;
+/// PMI bytes either side may have sent and the other not yet written to its end of the PMI
+/// socket (acknowledged with PmiAck): the same bound as stdin, in each direction.
+pub const PMI_WINDOW: usize = 256 * 1024;
 
 const T_HELLO: u8 = 0x01;
 const T_SPAWN: u8 = 0x02;
 const T_STDIN: u8 = 0x03;
 const T_STDIN_EOF: u8 = 0x04;
 const T_SIGNAL: u8 = 0x05;
+const T_HOST_PMI_DATA: u8 = 0x06;
+const T_HOST_PMI_EOF: u8 = 0x07;
+const T_HOST_PMI_ACK: u8 = 0x08;
 const T_STARTED: u8 = 0x81;
 const T_STDOUT: u8 = 0x82;
 const T_STDERR: u8 = 0x83;
 const T_STDIN_ACK: u8 = 0x84;
 const T_EXIT: u8 = 0x85;
 const T_ERROR: u8 = 0x86;
+const T_AGENT_PMI_DATA: u8 = 0x87;
+const T_AGENT_PMI_EOF: u8 = 0x88;
+const T_AGENT_PMI_ACK: u8 = 0x89;
+
+const FLAG_WRAP: u8 = 1;
+const FLAG_PMI: u8 = 2;
 
 /// What the host asks the agent to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +68,9 @@ pub struct Spawn {
     pub task: u32,
     /// Run under `hpmmap-run --`.
     pub wrap: bool,
+    /// The host relays a PMI descriptor: the agent gives the task one end of a socketpair
+    /// as `PMI_FD`, and PMI frames carry its bytes.
+    pub pmi: bool,
 }
 
 /// How a task ended, as a shell sees it.
@@ -87,17 +103,36 @@ impl std::fmt::Display for ExitStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Hello { version: u16 },
+    Hello {
+        version: u16,
+    },
     Spawn(Spawn),
     Stdin(Vec<u8>),
     StdinEof,
     Signal(u8),
-    Started { pid: u32 },
+    Started {
+        pid: u32,
+    },
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     StdinAck(u32),
     Exit(ExitStatus),
     Error(String),
+    /// PMI bytes from the host's PMI descriptor (host to agent) or from the task's end of
+    /// the guest's socketpair (agent to host).
+    PmiData(Side, Vec<u8>),
+    /// That side's PMI end reached end of file.
+    PmiEof(Side),
+    /// This many of the other side's PmiData bytes were written to the sender's PMI end.
+    PmiAck(Side, u32),
+}
+
+/// Who sends a PMI frame: each direction has its own type byte, so a frame sent the wrong
+/// way is refused by its type like any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Host,
+    Agent,
 }
 
 #[derive(Debug, Error)]
@@ -131,6 +166,9 @@ fn name_of(ty: u8) -> Option<&'static str> {
         T_STDIN_ACK => "StdinAck",
         T_EXIT => "Exit",
         T_ERROR => "Error",
+        T_HOST_PMI_DATA | T_AGENT_PMI_DATA => "PmiData",
+        T_HOST_PMI_EOF | T_AGENT_PMI_EOF => "PmiEof",
+        T_HOST_PMI_ACK | T_AGENT_PMI_ACK => "PmiAck",
         _ => return None,
     })
 }
@@ -140,8 +178,9 @@ fn max_len(ty: u8) -> usize {
     match ty {
         T_HELLO => MAGIC.len() + 2,
         T_SPAWN => MAX_SPAWN,
-        T_STDIN | T_STDOUT | T_STDERR => MAX_DATA,
-        T_STDIN_EOF => 0,
+        T_STDIN | T_STDOUT | T_STDERR | T_HOST_PMI_DATA | T_AGENT_PMI_DATA => MAX_DATA,
+        T_STDIN_EOF | T_HOST_PMI_EOF | T_AGENT_PMI_EOF => 0,
+        T_HOST_PMI_ACK | T_AGENT_PMI_ACK => 4,
         T_SIGNAL => 1,
         T_STARTED | T_STDIN_ACK => 4,
         T_EXIT => 2,
@@ -164,6 +203,12 @@ impl Frame {
             Frame::StdinAck(_) => T_STDIN_ACK,
             Frame::Exit(_) => T_EXIT,
             Frame::Error(_) => T_ERROR,
+            Frame::PmiData(Side::Host, _) => T_HOST_PMI_DATA,
+            Frame::PmiData(Side::Agent, _) => T_AGENT_PMI_DATA,
+            Frame::PmiEof(Side::Host) => T_HOST_PMI_EOF,
+            Frame::PmiEof(Side::Agent) => T_AGENT_PMI_EOF,
+            Frame::PmiAck(Side::Host, _) => T_HOST_PMI_ACK,
+            Frame::PmiAck(Side::Agent, _) => T_AGENT_PMI_ACK,
         }
     }
 
@@ -183,8 +228,11 @@ impl Frame {
                 p.extend_from_slice(&version.to_le_bytes());
             }
             Frame::Spawn(s) => encode_spawn(s, &mut p),
-            Frame::Stdin(d) | Frame::Stdout(d) | Frame::Stderr(d) => p.extend_from_slice(d),
-            Frame::StdinEof => {}
+            Frame::Stdin(d) | Frame::Stdout(d) | Frame::Stderr(d) | Frame::PmiData(_, d) => {
+                p.extend_from_slice(d)
+            }
+            Frame::StdinEof | Frame::PmiEof(_) => {}
+            Frame::PmiAck(_, n) => p.extend_from_slice(&n.to_le_bytes()),
             Frame::Signal(n) => p.push(*n),
             Frame::Started { pid } => p.extend_from_slice(&pid.to_le_bytes()),
             Frame::StdinAck(n) => p.extend_from_slice(&n.to_le_bytes()),
@@ -220,7 +268,14 @@ fn put_bytes(p: &mut Vec<u8>, b: &[u8]) {
 }
 
 fn encode_spawn(s: &Spawn, p: &mut Vec<u8>) {
-    p.push(u8::from(s.wrap));
+    let mut flags = 0;
+    if s.wrap {
+        flags |= FLAG_WRAP;
+    }
+    if s.pmi {
+        flags |= FLAG_PMI;
+    }
+    p.push(flags);
     p.extend_from_slice(&s.task.to_le_bytes());
     put_bytes(p, &s.cwd);
     p.extend_from_slice(&(s.argv.len() as u32).to_le_bytes());
@@ -295,11 +350,11 @@ impl<'a> Cursor<'a> {
 
 fn decode_spawn(buf: &[u8]) -> Result<Spawn, FrameError> {
     let mut c = Cursor { buf, name: "Spawn" };
-    let wrap = match c.u8("flags")? {
-        0 => false,
-        1 => true,
-        f => return Err(c.bad(format!("wrap flag {f} (0 or 1)"))),
-    };
+    let flags = c.u8("flags")?;
+    if flags & !(FLAG_WRAP | FLAG_PMI) != 0 {
+        return Err(c.bad(format!("flags 0x{flags:02x} (known: 1 wrap, 2 PMI relay)")));
+    }
+    let (wrap, pmi) = (flags & FLAG_WRAP != 0, flags & FLAG_PMI != 0);
     let task = c.u32("task")?;
     let cwd = c.bytes("cwd")?;
     let argc = c.count("arguments", 4)?;
@@ -321,6 +376,7 @@ fn decode_spawn(buf: &[u8]) -> Result<Spawn, FrameError> {
         env,
         task,
         wrap,
+        pmi,
     };
     s.check().map_err(|what| c.bad(what))?;
     Ok(s)
@@ -417,6 +473,25 @@ fn decode_payload(ty: u8, p: &[u8]) -> Result<Frame, FrameError> {
             }
         }
         T_ERROR => Frame::Error(String::from_utf8_lossy(p).into_owned()),
+        T_HOST_PMI_DATA => Frame::PmiData(Side::Host, p.to_vec()),
+        T_AGENT_PMI_DATA => Frame::PmiData(Side::Agent, p.to_vec()),
+        T_HOST_PMI_EOF | T_AGENT_PMI_EOF => {
+            fixed(0)?;
+            Frame::PmiEof(if ty == T_HOST_PMI_EOF {
+                Side::Host
+            } else {
+                Side::Agent
+            })
+        }
+        T_HOST_PMI_ACK | T_AGENT_PMI_ACK => {
+            fixed(4)?;
+            let side = if ty == T_HOST_PMI_ACK {
+                Side::Host
+            } else {
+                Side::Agent
+            };
+            Frame::PmiAck(side, le32(p))
+        }
         _ => return Err(FrameError::UnknownType(ty)),
     })
 }
@@ -522,6 +597,7 @@ mod tests {
             ],
             task: 3,
             wrap: true,
+            pmi: true,
         }
     }
 
@@ -540,6 +616,15 @@ mod tests {
             Frame::Exit(ExitStatus::Code(3)),
             Frame::Exit(ExitStatus::Signal(9)),
             Frame::Error("cannot execute 'x': No such file or directory".into()),
+            Frame::PmiData(
+                Side::Host,
+                b"cmd=init pmi_version=1 pmi_subversion=1\n".to_vec(),
+            ),
+            Frame::PmiData(Side::Agent, vec![9; MAX_DATA]),
+            Frame::PmiEof(Side::Host),
+            Frame::PmiEof(Side::Agent),
+            Frame::PmiAck(Side::Host, 1),
+            Frame::PmiAck(Side::Agent, 65536),
         ]
     }
 
@@ -596,6 +681,8 @@ mod tests {
             (T_SPAWN, MAX_SPAWN),
             (T_ERROR, MAX_TEXT),
             (T_SIGNAL, 1),
+            (T_HOST_PMI_DATA, MAX_DATA),
+            (T_AGENT_PMI_ACK, 4),
         ] {
             for len in [max as u32 + 1, u32::MAX] {
                 let mut h = vec![ty];
@@ -708,6 +795,23 @@ mod tests {
             let e = decode(&b).unwrap_err().to_string();
             assert!(e.contains(want), "{e} (wanted {want})");
         }
+    }
+
+    #[test]
+    fn spawn_flags_carry_wrap_and_pmi_and_unknown_flags_are_malformed() {
+        for (wrap, pmi) in [(false, false), (true, false), (false, true), (true, true)] {
+            let s = Spawn {
+                wrap,
+                pmi,
+                ..spawn()
+            };
+            let b = Frame::Spawn(s.clone()).encode().unwrap();
+            assert_eq!(decode(&b).unwrap().0, Frame::Spawn(s));
+        }
+        let mut b = Frame::Spawn(spawn()).encode().unwrap();
+        b[HEADER_LEN] = 4;
+        let e = decode(&b).unwrap_err().to_string();
+        assert!(e.contains("flags 0x04"), "{e}");
     }
 
     #[test]

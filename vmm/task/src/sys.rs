@@ -124,3 +124,27 @@ pub fn accept(listener: &OwnedFd) -> io::Result<OwnedFd> {
         }
     }
 }
+
+/// What an open descriptor is, as far as relaying it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    Socket,
+    Pipe,
+    Other(&'static str),
+}
+
+/// The kind of descriptor `fd`; an error when it is not open.
+pub fn fd_kind(fd: std::os::fd::RawFd) -> io::Result<FdKind> {
+    // SAFETY: stat is plain data; zeroed is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat for the call; a closed fd only makes it fail.
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(match st.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => FdKind::Socket,
+        libc::S_IFIFO => FdKind::Pipe,
+        libc::S_IFREG => FdKind::Other("a regular file"),
+        libc::S_IFCHR => FdKind::Other("a character device"),
+        libc::S_IFDIR => FdKind::Other("a directory"),
+        _ => FdKind::Other("neither a socket nor a pipe"),
+    })
+}

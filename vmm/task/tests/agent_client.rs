@@ -730,6 +730,7 @@ fn the_agent_refuses_off_list_variables_and_other_versions() {
         ],
         task: 0,
         wrap: false,
+        pmi: false,
     };
     protocol::write_frame(&mut s, &Frame::Spawn(spawn)).unwrap();
     let got = frames(&mut s);
@@ -777,6 +778,7 @@ fn stdin_past_the_window_hangs_the_task_up() {
         env: vec![],
         task: 0,
         wrap: false,
+        pmi: false,
     };
     protocol::write_frame(&mut s, &Frame::Spawn(spawn)).unwrap();
     // Six 64 KiB frames: the 64 KiB pipe takes one, the window (256 KiB) four more.

@@ -6,11 +6,13 @@
 
 use super::Config;
 use crate::envlist;
-use crate::protocol::{self, ExitStatus, Frame, Spawn, MAX_DATA, STDIN_WINDOW, VERSION};
+use crate::pmi::Relay;
+use crate::protocol::{self, ExitStatus, Frame, Side, Spawn, MAX_DATA, STDIN_WINDOW, VERSION};
 use crate::sys;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -64,7 +66,7 @@ fn run(conn: UnixStream, cfg: &Config) -> io::Result<()> {
     let spawn = handshake(&mut rd, &w);
     rd.set_read_timeout(None)?;
     let started = spawn.and_then(|s| start(&s, cfg).map(|c| (s, c)));
-    let (spawn, child) = match started {
+    let (spawn, (child, pmi)) = match started {
         Ok(x) => x,
         Err(r) => {
             let (text, code) = match r {
@@ -80,7 +82,7 @@ fn run(conn: UnixStream, cfg: &Config) -> io::Result<()> {
             return Ok(());
         }
     };
-    supervise(conn, rd, w, &spawn, child, cfg.grace)
+    supervise(conn, rd, w, &spawn, child, pmi, cfg.grace)
 }
 
 fn handshake(rd: &mut UnixStream, w: &Writer) -> Result<Spawn, Refusal> {
@@ -133,8 +135,10 @@ fn os(b: &[u8]) -> &OsStr {
 }
 
 /// Starts the task in a process group of its own, as the job user, with exactly the asked
-/// argv, cwd and (allow-listed) environment plus the fixed PATH, HOME and LANG.
-fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
+/// argv, cwd and (allow-listed) environment plus the fixed PATH, HOME and LANG; with the
+/// task's end of the PMI socketpair as `PMI_FD` when the host relays one (the agent's end
+/// is returned with the child).
+fn start(s: &Spawn, cfg: &Config) -> Result<(Child, Option<OwnedFd>), Refusal> {
     // The client filters too; a name off the list here means a client that does not.
     if let Some((k, _)) = s.env.iter().find(|(k, _)| !envlist::allowed(k)) {
         return Err(Refusal::Exec(
@@ -162,6 +166,13 @@ fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
             ))
         }
     }
+    let pmi = if s.pmi {
+        Some(pmi_pair().map_err(|e| {
+            Refusal::Exec(format!("cannot make the task's PMI socketpair: {e}"), 126)
+        })?)
+    } else {
+        None
+    };
     let launcher = if s.wrap {
         cfg.hpmmap_run.as_ref()
     } else {
@@ -200,11 +211,21 @@ fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
     unsafe {
         cmd.pre_exec(default_signals);
     }
+    if let Some((_, task_end)) = &pmi {
+        // The host's PMI_FD names a descriptor of the host's: the task's is this one.
+        let fd = task_end.as_raw_fd();
+        cmd.env("PMI_FD", fd.to_string());
+        // SAFETY: the closure runs in the child between fork and exec and calls only fcntl,
+        // which is async-signal-safe, on a descriptor the parent keeps open across spawn.
+        unsafe {
+            cmd.pre_exec(move || inherit(fd));
+        }
+    }
     if let Some(u) = &cfg.user {
         // std drops supplementary groups when root sets a uid, then setgid, then setuid.
         cmd.uid(u.uid).gid(u.gid);
     }
-    cmd.spawn().map_err(|e| {
+    let child = cmd.spawn().map_err(|e| {
         let code = if e.kind() == io::ErrorKind::NotFound {
             127
         } else {
@@ -223,7 +244,39 @@ fn start(s: &Spawn, cfg: &Config) -> Result<Child, Refusal> {
             ),
             code,
         )
-    })
+    })?;
+    // The task's end is the task's now (dropped here): the agent keeps only its own, so the
+    // agent's reader sees end of file once every process holding the task's end is gone.
+    Ok((child, pmi.map(|(agent_end, _)| agent_end)))
+}
+
+/// A socketpair for the task's PMI: (the agent's end, the task's end), both close-on-exec
+/// (the task's is made inheritable in the task alone) and numbered 3 or more, so that the
+/// child's stdio setup, which comes before, cannot overwrite the task's end.
+fn pmi_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, t) = UnixStream::pair()?;
+    let t = OwnedFd::from(t);
+    let t = if t.as_raw_fd() < 3 {
+        // SAFETY: fcntl duplicates a descriptor we own; the new one is checked, then owned.
+        let r = unsafe { libc::fcntl(t.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: r is a new descriptor nobody else owns.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) }
+    } else {
+        t
+    };
+    Ok((OwnedFd::from(a), t))
+}
+
+/// In the child: clears close-on-exec on `fd`, so the task inherits it.
+fn inherit(fd: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the child inherited from the parent's open copy.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Gives the task every signal's default action. The agent may have been started with some
@@ -304,6 +357,7 @@ fn supervise(
     w: Writer,
     s: &Spawn,
     mut child: Child,
+    pmi: Option<OwnedFd>,
     grace: Duration,
 ) -> io::Result<()> {
     let pid = child.id();
@@ -324,6 +378,10 @@ fn supervise(
         child.stderr.take().expect("piped"),
     );
     let threads = (|| -> io::Result<_> {
+        let pmi = match pmi {
+            Some(fd) => Some(Arc::new(Relay::start(Side::Agent, fd, Arc::clone(&w))?)),
+            None => None,
+        };
         let relays = [
             spawn_thread("stdout", {
                 let w = Arc::clone(&w);
@@ -341,12 +399,12 @@ fn supervise(
             move || write_stdin(stdin, rx, &w, &inflight)
         })?;
         let host = spawn_thread("host", {
-            let group = Arc::clone(&group);
-            move || read_host(rd, tx, &group, &inflight, grace)
+            let (group, pmi) = (Arc::clone(&group), pmi.clone());
+            move || read_host(rd, tx, &group, &inflight, pmi.as_deref(), grace)
         })?;
-        Ok((relays, host))
+        Ok((relays, host, pmi))
     })();
-    let (relays, host) = match threads {
+    let (relays, host, pmi) = match threads {
         Ok(t) => t,
         Err(e) => {
             // A task nobody can talk to must not run on: end it, and the channel with it
@@ -364,7 +422,10 @@ fn supervise(
 
     let status = group.reap(&mut child)?;
     let deadline = Instant::now() + DRAIN;
-    while relays.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+    // What the task wrote to its PMI end before it ended goes out before its Exit, like its
+    // output.
+    let pmi_pending = || pmi.as_ref().is_some_and(|p| !p.sent_all());
+    while (relays.iter().any(|t| !t.is_finished()) || pmi_pending()) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
     let exit = match (status.code(), status.signal()) {
@@ -378,6 +439,11 @@ fn supervise(
     send(&w, &Frame::Exit(exit));
     // Ends the host reader (and with it the stdin writer); frames already sent still arrive.
     let _ = conn.shutdown(Shutdown::Both);
+    // A process that left the group may still hold the task's PMI end: the relay's threads
+    // do not wait for it.
+    if let Some(p) = &pmi {
+        p.close();
+    }
     let _ = host.join();
     Ok(())
 }
@@ -430,6 +496,7 @@ fn read_host(
     tx: Sender<Vec<u8>>,
     group: &Group,
     inflight: &AtomicUsize,
+    pmi: Option<&Relay>,
     grace: Duration,
 ) {
     let mut tx = Some(tx);
@@ -454,12 +521,22 @@ fn read_host(
                 group.signal(libc::c_int::from(n))
             }
             Ok(Some(Frame::Signal(n))) => break format!("the host sent signal {n}"),
+            Ok(Some(Frame::PmiData(Side::Host, d))) if pmi.is_some() => {
+                if let Err(e) = pmi.map_or(Ok(()), |p| p.data(d)) {
+                    break e;
+                }
+            }
+            Ok(Some(Frame::PmiEof(Side::Host))) if pmi.is_some() => pmi.map_or((), Relay::eof),
+            Ok(Some(Frame::PmiAck(Side::Host, n))) if pmi.is_some() => pmi.map_or((), |p| p.ack(n)),
             Ok(Some(f)) => break format!("unexpected {} frame from the host", f.name()),
             Ok(None) => break "the host closed the channel".to_string(),
             Err(e) => break e.to_string(),
         }
     };
     drop(tx);
+    if let Some(p) = pmi {
+        p.close();
+    }
     if group.is_reaped() {
         return;
     }

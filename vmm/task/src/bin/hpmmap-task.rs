@@ -3,10 +3,11 @@
 //! (vmm/task/README.md). Exit 2: bad usage; 255: the channel failed.
 
 use clap::Parser;
-use hpmmap_task::client::{self, connect::Target, connect::DEFAULT_PORT, signals};
+use hpmmap_task::client::{self, connect::Target, connect::DEFAULT_PORT, pmifd, signals};
 use hpmmap_task::envlist;
 use hpmmap_task::protocol::{Frame, Spawn};
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +39,8 @@ struct Cli {
     /// A variable for the task (its name on the allow-list); wins over --pass-env.
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<OsString>,
-    /// Pass this process's allow-listed variables (SLURM_*, PMI*, OMPI_*).
+    /// Pass this process's allow-listed variables (SLURM_*, PMI*, OMPI_*); with PMI_FD set,
+    /// relay that descriptor to the task (which gets its own PMI_FD in the guest).
     #[arg(long)]
     pass_env: bool,
     /// Run the program directly instead of under hpmmap-run.
@@ -52,7 +54,7 @@ struct Cli {
     argv: Vec<OsString>,
 }
 
-fn spawn_of(cli: Cli) -> Result<(Target, Spawn), String> {
+fn spawn_of(cli: Cli) -> Result<(Target, Spawn, Option<OwnedFd>), String> {
     let target = match (cli.vsock, cli.unix) {
         (Some(path), _) => Target::Vsock {
             path,
@@ -65,6 +67,12 @@ fn spawn_of(cli: Cli) -> Result<(Target, Spawn), String> {
         Some(d) if d.is_absolute() => d,
         Some(d) => return Err(format!("--cwd {}: must be an absolute path", d.display())),
         None => std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?,
+    };
+    // slurmstepd's PMI socket (srun --mpi=pmi2), relayed to the task; only with --pass-env,
+    // which is what carries the PMI variables that tell a rank to use it.
+    let pmi = match std::env::var_os("PMI_FD") {
+        Some(v) if cli.pass_env => Some(pmifd::take(&v.to_string_lossy())?),
+        _ => None,
     };
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = if cli.pass_env {
         envlist::filter(std::env::vars_os().map(|(k, v)| (k.into_vec(), v.into_vec())))
@@ -99,13 +107,14 @@ fn spawn_of(cli: Cli) -> Result<(Target, Spawn), String> {
         env,
         task,
         wrap: !cli.no_wrap,
+        pmi: pmi.is_some(),
     };
     spawn.check()?;
     // Refused here as bad input (2), not later as a channel failure (255).
     if let Err(e) = Frame::Spawn(spawn.clone()).encode() {
         return Err(format!("the command line and environment: {e}"));
     }
-    Ok((target, spawn))
+    Ok((target, spawn, pmi))
 }
 
 fn main() -> ExitCode {
@@ -121,14 +130,14 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let (target, spawn) = match spawn_of(cli) {
+    let (target, spawn, pmi) = match spawn_of(cli) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("hpmmap-task: {e}");
             return ExitCode::from(2);
         }
     };
-    match client::run(&target, spawn, &sink) {
+    match client::run(&target, spawn, &sink, pmi) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("hpmmap-task: {e}");

@@ -3,6 +3,7 @@
 //! exit status are the task's.
 
 pub mod connect;
+pub mod pmifd;
 mod session;
 pub mod signals;
 

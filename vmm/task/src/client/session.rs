@@ -4,12 +4,18 @@
 use super::connect::{self, Target};
 use super::signals::Sink;
 use super::ChannelError;
-use crate::protocol::{self, Frame, Spawn, MAX_DATA, STDIN_WINDOW, VERSION};
+use crate::pmi::Relay;
+use crate::protocol::{self, Frame, Side, Spawn, MAX_DATA, STDIN_WINDOW, VERSION};
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 
 type Writer = Arc<Mutex<UnixStream>>;
+
+/// How long the task's last PMI bytes may take to be written to the host's PMI socket after
+/// its Exit (the same bound the agent gives the task's output after it ends).
+const PMI_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn send(w: &Writer, f: &Frame) -> Result<(), ChannelError> {
     let mut s = w.lock().unwrap_or_else(|e| e.into_inner());
@@ -48,7 +54,14 @@ impl Credit {
 }
 
 /// Runs `spawn` through the agent at `target`; the task's status as a shell reports it.
-pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelError> {
+/// `pmi`: the task's PMI descriptor (the Spawn asks for a relay), relayed once the task runs.
+pub fn run(
+    target: &Target,
+    spawn: Spawn,
+    signals: &Sink,
+    mut pmi: Option<OwnedFd>,
+) -> Result<u8, ChannelError> {
+    debug_assert_eq!(spawn.pmi, pmi.is_some());
     let stream = connect::connect(target)?;
     let mut rd = stream
         .try_clone()
@@ -83,6 +96,7 @@ pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelE
         cv: Condvar::new(),
     });
     let mut stdin_started = false;
+    let mut relay: Option<Relay> = None;
     let mut last_error = None;
     let (mut out, mut err) = (io::stdout(), io::stderr());
     let (mut out_open, mut err_open) = (true, true);
@@ -95,11 +109,28 @@ pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelE
         match frame {
             Some(Frame::Started { .. }) if !stdin_started => {
                 stdin_started = true;
-                let (w, credit) = (Arc::clone(&w), Arc::clone(&credit));
+                let (sw, credit) = (Arc::clone(&w), Arc::clone(&credit));
                 std::thread::Builder::new()
                     .name("stdin".into())
-                    .spawn(move || forward_stdin(&w, &credit))
+                    .spawn(move || forward_stdin(&sw, &credit))
                     .map_err(|e| ChannelError(format!("cannot start the stdin thread: {e}")))?;
+                if let Some(fd) = pmi.take() {
+                    relay =
+                        Some(Relay::start(Side::Host, fd, Arc::clone(&w)).map_err(|e| {
+                            ChannelError(format!("cannot start the PMI relay: {e}"))
+                        })?);
+                }
+            }
+            Some(Frame::PmiData(Side::Agent, d)) if relay.is_some() => {
+                if let Some(Err(e)) = relay.as_ref().map(|r| r.data(d)) {
+                    return Err(ChannelError(e));
+                }
+            }
+            Some(Frame::PmiEof(Side::Agent)) if relay.is_some() => {
+                relay.as_ref().map_or((), Relay::eof)
+            }
+            Some(Frame::PmiAck(Side::Agent, n)) if relay.is_some() => {
+                relay.as_ref().map_or((), |r| r.ack(n))
             }
             Some(Frame::Stdout(d)) => {
                 if out_open && out.write_all(&d).and_then(|_| out.flush()).is_err() {
@@ -120,6 +151,11 @@ pub fn run(target: &Target, spawn: Spawn, signals: &Sink) -> Result<u8, ChannelE
             Some(Frame::Exit(s)) => {
                 if let Some(t) = last_error {
                     eprintln!("hpmmap-task: {t}");
+                }
+                // The agent sent the task's last PMI bytes before its Exit: they reach the
+                // host's PMI socket before this process ends (unless nobody reads it).
+                if let Some(r) = &relay {
+                    r.flush(PMI_FLUSH);
                 }
                 return Ok(s.shell_code());
             }
