@@ -1,8 +1,9 @@
-//! The hpmmap semantics suite in a real guest: builds hpmmap.ko against Debian's 6.1
-//! kernel, boots it under QEMU/TCG with a `memmap=` pool and runs `hpmmap-test suite`
-//! through a static `hpmmap-run` (guest-kmod/lab/run.sh), then a two-node NUMA guest.
-//! A qemu-tier skip (hpmmap-testkit: a failure where HPMMAP_REQUIRE lists qemu) where QEMU,
-//! the compiler or the kernel packages are missing.
+//! The hpmmap semantics suite in a real guest: guest-kmod/lab/run.sh boots the nested lab's
+//! L1 (`hpmmap-lab run --hpmmap-ko`: Debian's 6.1 kernel under QEMU/TCG, hpmmap.ko built
+//! for it, a `memmap=` pool on its command line) and runs `hpmmap-test suite` through a
+//! static `hpmmap-run` in it (guest-kmod/lab/suite.sh), then a two-node NUMA L1.
+//! A qemu-tier skip (hpmmap-testkit: a failure where HPMMAP_REQUIRE lists qemu) where QEMU
+//! with igb, the compiler or the kernel packages are missing.
 
 use std::path::PathBuf;
 use std::process::Command;
