@@ -16,10 +16,6 @@ if ! command -v qemu-system-x86_64 >/dev/null || ! qemu-system-x86_64 -device he
     tier_skip lab pci-lab "qemu-system-x86_64 with the igb device (QEMU >= 8.0) is not installed"
     exit $?
 fi
-if ! command -v busybox >/dev/null; then
-    tier_skip lab pci-lab "busybox-static is not installed"
-    exit $?
-fi
 set +e
 nice bash vmm/pci/lab/vf-in-kvm-under-qemu.sh > >(grep -E '^(kvm_amd|VF |\[[0-9]/5\]|      |vf_lab|VF-PCI-LAB)')
 rc=$?
