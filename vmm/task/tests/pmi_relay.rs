@@ -6,7 +6,7 @@
 //! Slurm lab (images/, tests/lab), not here; what is checked here is that the bytes cross
 //! byte-exact both ways, in pieces past one frame, with end of file both ways.
 
-use hpmmap_task::protocol::{self, Frame, VERSION};
+use hpmmap_task::protocol::{self, ExitStatus, Frame, Side, Spawn, MAX_DATA, VERSION};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
@@ -15,9 +15,9 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_hpmmap-agent");
 const CLIENT: &str = env!("CARGO_BIN_EXE_hpmmap-task");
@@ -42,16 +42,22 @@ struct Agent {
     child: Child,
     dir: PathBuf,
     sock: PathBuf,
+    log: Arc<Mutex<String>>,
 }
 
 impl Agent {
     fn start() -> Agent {
+        Agent::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Agent {
         let dir = scratch("agent");
         let sock = dir.join("agent.sock");
         let mut child = Command::new(AGENT)
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .arg("--no-hpmmap")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -60,9 +66,33 @@ impl Agent {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let first = lines.next().expect("agent said nothing").unwrap();
         assert!(first.contains("listening on unix:"), "{first}");
-        // The agent's log is not asserted on here; drained so it never blocks on a full pipe.
-        thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        Agent { child, dir, sock }
+        let log = Arc::new(Mutex::new(String::new()));
+        let l = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut l = l.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Agent {
+            child,
+            dir,
+            sock,
+            log,
+        }
+    }
+
+    /// Whether the agent logs `s` within a few seconds (its stderr is read by a thread).
+    fn logs(&self, s: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !self.log.lock().unwrap().contains(s) {
+            if Instant::now() > end {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// The client with `PMI_FD` set (and --pass-env, which is what relays it), running
@@ -358,4 +388,168 @@ fn an_agent_of_another_protocol_version_fails_clearly() {
     );
     standin.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A raw host: Hello and a Spawn of `argv` (with or without a PMI relay), then `frames`
+/// written by a thread (the agent stops reading once it gives up); the agent's frames.
+fn raw_host(a: &Agent, argv: &[&str], pmi: bool, frames: Vec<Frame>) -> Vec<Frame> {
+    let mut s = UnixStream::connect(&a.sock).unwrap();
+    protocol::write_frame(&mut s, &Frame::Hello { version: VERSION }).unwrap();
+    let spawn = Spawn {
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        cwd: b"/".to_vec(),
+        env: vec![],
+        task: 0,
+        wrap: false,
+        pmi,
+    };
+    protocol::write_frame(&mut s, &Frame::Spawn(spawn)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    thread::spawn(move || {
+        for f in frames {
+            if protocol::write_frame(&mut w, &f).is_err() {
+                return;
+            }
+        }
+    });
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = vec![];
+    while let Some(f) = protocol::read_frame(&mut s).unwrap() {
+        got.push(f);
+    }
+    got
+}
+
+/// The PMI window is the agent's bound: a host that sends a task that does not read its
+/// PMI_FD more than the window (past what the socketpair itself holds) is a broken host,
+/// and the task is hung up, long before its `sleep 30` ends.
+#[test]
+fn pmi_bytes_past_the_window_hang_the_task_up() {
+    let a = Agent::start_with(&["--grace", "500"]);
+    let t = Instant::now();
+    let flood = vec![Frame::PmiData(Side::Host, vec![b'x'; MAX_DATA]); 64];
+    let got = raw_host(&a, &["sleep", "30"], true, flood);
+    assert!(matches!(got[1], Frame::Started { .. }), "{got:?}");
+    assert_eq!(
+        got.last(),
+        Some(&Frame::Exit(ExitStatus::Signal(libc::SIGHUP as u8)))
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(
+        a.logs("PMI bytes, past the window of 262144"),
+        "{}",
+        a.log.lock().unwrap()
+    );
+}
+
+/// PMI frames for a task without a relay, or in the agent's direction, are protocol
+/// failures: the task is hung up.
+#[test]
+fn pmi_frames_without_a_relay_or_the_wrong_way_hang_the_task_up() {
+    let a = Agent::start_with(&["--grace", "500"]);
+    for (pmi, f, why) in [
+        (
+            false,
+            Frame::PmiData(Side::Host, b"cmd=init\n".to_vec()),
+            "unexpected PmiData frame from the host",
+        ),
+        (
+            false,
+            Frame::PmiEof(Side::Host),
+            "unexpected PmiEof frame from the host",
+        ),
+        (
+            true,
+            Frame::PmiData(Side::Agent, b"cmd=init\n".to_vec()),
+            "unexpected PmiData frame from the host",
+        ),
+        (
+            true,
+            Frame::PmiAck(Side::Agent, 1),
+            "unexpected PmiAck frame from the host",
+        ),
+    ] {
+        let got = raw_host(&a, &["sleep", "30"], pmi, vec![f.clone()]);
+        assert_eq!(
+            got.last(),
+            Some(&Frame::Exit(ExitStatus::Signal(libc::SIGHUP as u8))),
+            "{f:?}: {got:?}"
+        );
+        assert!(a.logs(why), "{}", a.log.lock().unwrap());
+    }
+}
+
+/// Twenty PMI tasks in a row leave the agent as they found it: one thread (the relay's two
+/// end with each task) and the same descriptors (both socketpair ends closed).
+#[test]
+fn pmi_tasks_leave_no_thread_or_descriptor_in_the_agent() {
+    let a = Agent::start();
+    let pid = a.child.id();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let threads = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Threads:")
+                    .map(|n| n.trim().parse::<u32>().unwrap())
+            })
+            .unwrap()
+    };
+    let before = fds();
+    for i in 0..20 {
+        let (harness, client_end) = UnixStream::pair().unwrap();
+        let mut c = a.client(
+            &CLIENT_PMI_FD.to_string(),
+            "printf 'cmd=finalize\\n' >&$PMI_FD",
+        );
+        inherit_as_pmi_fd(&mut c, &client_end);
+        let (pid, rx) = spawn(c);
+        drop(client_end);
+        harness
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut got = Vec::new();
+        (&harness).read_to_end(&mut got).unwrap();
+        assert_eq!(text(&got), "cmd=finalize\n", "task {i}");
+        let out = finish(pid, rx);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while (threads() != 1 || fds() != before) && Instant::now() < end {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(threads(), 1);
+    assert_eq!(fds(), before);
+}
+
+/// A task that writes 1 MiB to its PMI_FD and exits at once, to a host side that starts
+/// reading only a second later: every byte arrives before the client ends (the agent sends
+/// the task's PMI bytes before its Exit, the client writes them out before it exits), and
+/// the window holds both sides back meanwhile.
+#[test]
+fn pmi_bytes_written_just_before_the_task_exits_all_arrive() {
+    let agent = Agent::start();
+    let (harness, client_end) = UnixStream::pair().unwrap();
+    let mut c = agent.client(
+        &CLIENT_PMI_FD.to_string(),
+        "yes | head -c 1048576 >&$PMI_FD",
+    );
+    inherit_as_pmi_fd(&mut c, &client_end);
+    let (pid, rx) = spawn(c);
+    drop(client_end);
+    thread::sleep(Duration::from_secs(1));
+    harness
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut got = Vec::new();
+    (&harness).read_to_end(&mut got).unwrap();
+    let out = finish(pid, rx);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(got.len(), 1 << 20);
+    assert!(got.chunks(2).all(|c| c == b"y\n"));
 }

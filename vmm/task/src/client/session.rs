@@ -68,8 +68,21 @@ pub fn run(
         .map_err(|e| ChannelError(format!("channel: {e}")))?;
     let w: Writer = Arc::new(Mutex::new(stream));
     send(&w, &Frame::Hello { version: VERSION })?;
-    send(&w, &Frame::Spawn(spawn))?;
-    match protocol::read_frame(&mut rd)? {
+    // An agent that refuses the Hello (another protocol version) says why and closes, maybe
+    // before the Spawn is written: its answer is read first, it is the better explanation.
+    let spawn_sent = send(&w, &Frame::Spawn(spawn));
+    let answer = match (protocol::read_frame(&mut rd), spawn_sent) {
+        (Err(_), Err(e)) => return Err(e),
+        (answer, sent) => {
+            if !matches!(answer, Ok(Some(Frame::Hello { version })) if version != VERSION)
+                && !matches!(answer, Ok(Some(Frame::Error(_))))
+            {
+                sent?;
+            }
+            answer?
+        }
+    };
+    match answer {
         Some(Frame::Hello { version }) if version == VERSION => {}
         Some(Frame::Hello { version }) => {
             return Err(ChannelError(format!(
