@@ -553,3 +553,79 @@ fn pmi_bytes_written_just_before_the_task_exits_all_arrive() {
     assert_eq!(got.len(), 1 << 20);
     assert!(got.chunks(2).all(|c| c == b"y\n"));
 }
+
+/// A real MPI wire-up through the relay: MPICH's Hydra (`mpiexec.hydra`) runs a PMI-1
+/// server and hands each process its end as `PMI_FD`, the same wire protocol and the same
+/// hand-over as `srun --mpi=pmi2` (Slurm's own server is the Slurm lab's part). Each process
+/// here is `hpmmap-task`, whose rank runs in the agent: three ranks find each other through
+/// the relay and sum 1 + 2 + 3 with MPI_Allreduce. Without --pass-env (no relay) the same
+/// ranks come up as three singletons, which shows it is the relay that wires them.
+#[test]
+fn mpich_ranks_wire_up_through_the_relay() {
+    const TEST: &str = "pmi_relay::mpich_ranks_wire_up_through_the_relay";
+    let have = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("mpicc") || !have("mpiexec.hydra") {
+        hpmmap_testkit::skip(
+            hpmmap_testkit::Tier::Tools,
+            TEST,
+            "MPICH (mpicc, mpiexec.hydra: Debian's mpich) is not installed",
+        );
+        return;
+    }
+    let dir = scratch("mpich");
+    let src = dir.join("allreduce.c");
+    std::fs::write(
+        &src,
+        "#include <mpi.h>\n#include <stdio.h>\n\
+         int main(int argc, char **argv) {\n\
+         int rank, size; long mine, sum = 0;\n\
+         MPI_Init(&argc, &argv);\n\
+         MPI_Comm_rank(MPI_COMM_WORLD, &rank);\n\
+         MPI_Comm_size(MPI_COMM_WORLD, &size);\n\
+         mine = rank + 1;\n\
+         MPI_Allreduce(&mine, &sum, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);\n\
+         printf(\"rank=%d size=%d sum=%ld\\n\", rank, size, sum);\n\
+         MPI_Finalize();\n\
+         return 0;\n}\n",
+    )
+    .unwrap();
+    let bin = dir.join("allreduce");
+    let cc = Command::new("mpicc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{cc:?}");
+    let agent = Agent::start();
+    let ranks = |relay: bool| {
+        let mut c = Command::new("mpiexec.hydra");
+        c.args(["-n", "3", CLIENT, "--unix"]).arg(&agent.sock);
+        if relay {
+            c.arg("--pass-env");
+        }
+        c.args(["--no-wrap", "--"]).arg(&bin);
+        let (pid, rx) = spawn(c);
+        let out = finish(pid, rx);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let mut lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(
+        ranks(true),
+        [
+            "rank=0 size=3 sum=6",
+            "rank=1 size=3 sum=6",
+            "rank=2 size=3 sum=6"
+        ]
+    );
+    assert_eq!(ranks(false), ["rank=0 size=1 sum=1"; 3]);
+    hpmmap_testkit::ran(hpmmap_testkit::Tier::Tools, TEST);
+    let _ = std::fs::remove_dir_all(&dir);
+}
