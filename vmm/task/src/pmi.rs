@@ -125,8 +125,29 @@ impl Relay {
         })
     }
 
+    /// One of the peer's PMI frames; an error is a protocol failure (past the window, data
+    /// after its end, or a frame that is not the peer's).
+    pub fn receive(&self, f: Frame) -> Result<(), String> {
+        match f {
+            Frame::PmiData(s, d) if s != self.side => self.data(d),
+            Frame::PmiEof(s) if s != self.side => {
+                self.eof();
+                Ok(())
+            }
+            Frame::PmiAck(s, n) if s != self.side => {
+                self.ack(n);
+                Ok(())
+            }
+            f => Err(format!(
+                "unexpected {} frame from the {}",
+                f.name(),
+                peer(self.side)
+            )),
+        }
+    }
+
     /// The peer's PMI bytes, to be written to the local end. An error is a protocol failure.
-    pub fn data(&self, d: Vec<u8>) -> Result<(), String> {
+    fn data(&self, d: Vec<u8>) -> Result<(), String> {
         let now = self.inflight.fetch_add(d.len(), Ordering::SeqCst) + d.len();
         if now > PMI_WINDOW {
             return Err(format!(
@@ -148,12 +169,12 @@ impl Relay {
 
     /// The peer's PMI end reached end of file: once what came before is written, the local
     /// end is shut down for writing, so whoever reads it sees end of file too.
-    pub fn eof(&self) {
+    fn eof(&self) {
         lock(&self.to_local).take();
     }
 
     /// The peer wrote `n` of this side's bytes to its end.
-    pub fn ack(&self, n: u32) {
+    fn ack(&self, n: u32) {
         self.credit.add(n as usize);
     }
 

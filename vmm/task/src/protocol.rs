@@ -212,6 +212,14 @@ impl Frame {
         }
     }
 
+    /// Who sent it, for a PMI frame; None for any other.
+    pub fn pmi_sender(&self) -> Option<Side> {
+        match self {
+            Frame::PmiData(s, _) | Frame::PmiEof(s) | Frame::PmiAck(s, _) => Some(*s),
+            _ => None,
+        }
+    }
+
     /// The frame's name, for errors ("expected Spawn, got Stdin").
     pub fn name(&self) -> &'static str {
         name_of(self.type_byte()).unwrap_or("?")

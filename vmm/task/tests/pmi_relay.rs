@@ -414,8 +414,17 @@ fn raw_host(a: &Agent, argv: &[&str], pmi: bool, frames: Vec<Frame>) -> Vec<Fram
     });
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut got = vec![];
-    while let Some(f) = protocol::read_frame(&mut s).unwrap() {
-        got.push(f);
+    loop {
+        match protocol::read_frame(&mut s) {
+            Ok(Some(f)) => got.push(f),
+            Ok(None) => break,
+            // The agent closed with our flood unread: Linux ends the stream with a reset
+            // instead of end of file, after every frame it sent.
+            Err(protocol::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                break
+            }
+            Err(e) => panic!("{e} after {got:?}"),
+        }
     }
     got
 }
@@ -451,12 +460,12 @@ fn pmi_frames_without_a_relay_or_the_wrong_way_hang_the_task_up() {
         (
             false,
             Frame::PmiData(Side::Host, b"cmd=init\n".to_vec()),
-            "unexpected PmiData frame from the host",
+            "a PmiData frame from the host, and no PMI relay",
         ),
         (
             false,
             Frame::PmiEof(Side::Host),
-            "unexpected PmiEof frame from the host",
+            "a PmiEof frame from the host, and no PMI relay",
         ),
         (
             true,
@@ -628,4 +637,62 @@ fn mpich_ranks_wire_up_through_the_relay() {
     assert_eq!(ranks(false), ["rank=0 size=1 sum=1"; 3]);
     hpmmap_testkit::ran(hpmmap_testkit::Tier::Tools, TEST);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The client's side of the same bounds, against a stand-in agent: PMI bytes for a client
+/// without a relay, or past the window to one whose PMI socket nobody reads, are channel
+/// failures (255, one line), never buffered without bound.
+#[test]
+fn the_client_refuses_pmi_frames_without_a_relay_or_past_the_window() {
+    let dir = scratch("pmi-standin");
+    let sock = dir.join("agent.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let standin = thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = l.accept().unwrap();
+            let _ = protocol::read_frame(&mut s);
+            let _ = protocol::read_frame(&mut s);
+            protocol::write_frame(&mut s, &Frame::Hello { version: VERSION }).unwrap();
+            protocol::write_frame(&mut s, &Frame::Started { pid: 1 }).unwrap();
+            for _ in 0..64 {
+                let f = Frame::PmiData(Side::Agent, vec![b'y'; MAX_DATA]);
+                if protocol::write_frame(&mut s, &f).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let client = |relay: bool| {
+        let mut c = Command::new(CLIENT);
+        c.arg("--unix").arg(&sock).env_clear();
+        if relay {
+            c.env("PMI_FD", CLIENT_PMI_FD.to_string()).arg("--pass-env");
+        }
+        c.args(["--no-wrap", "--", "true"]);
+        c
+    };
+    let out = finish_pair(spawn(client(false)));
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    assert_eq!(
+        text(&out.stderr),
+        "hpmmap-task: a PmiData frame from the agent, and no PMI relay\n"
+    );
+    // The harness holds its end open and never reads it.
+    let (_harness, client_end) = UnixStream::pair().unwrap();
+    let mut c = client(true);
+    inherit_as_pmi_fd(&mut c, &client_end);
+    let out = finish_pair(spawn(c));
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("PMI bytes, past the window of 262144"),
+        "{err}"
+    );
+    standin.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn finish_pair((pid, rx): (u32, mpsc::Receiver<Output>)) -> Output {
+    finish(pid, rx)
 }

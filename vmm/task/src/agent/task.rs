@@ -521,13 +521,14 @@ fn read_host(
                 group.signal(libc::c_int::from(n))
             }
             Ok(Some(Frame::Signal(n))) => break format!("the host sent signal {n}"),
-            Ok(Some(Frame::PmiData(Side::Host, d))) if pmi.is_some() => {
-                if let Err(e) = pmi.map_or(Ok(()), |p| p.data(d)) {
-                    break e;
+            Ok(Some(f)) if f.pmi_sender() == Some(Side::Host) => {
+                let name = f.name();
+                match pmi.map(|p| p.receive(f)) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => break e,
+                    None => break format!("a {name} frame from the host, and no PMI relay"),
                 }
             }
-            Ok(Some(Frame::PmiEof(Side::Host))) if pmi.is_some() => pmi.map_or((), Relay::eof),
-            Ok(Some(Frame::PmiAck(Side::Host, n))) if pmi.is_some() => pmi.map_or((), |p| p.ack(n)),
             Ok(Some(f)) => break format!("unexpected {} frame from the host", f.name()),
             Ok(None) => break "the host closed the channel".to_string(),
             Err(e) => break e.to_string(),

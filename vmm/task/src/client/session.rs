@@ -134,16 +134,17 @@ pub fn run(
                         })?);
                 }
             }
-            Some(Frame::PmiData(Side::Agent, d)) if relay.is_some() => {
-                if let Some(Err(e)) = relay.as_ref().map(|r| r.data(d)) {
-                    return Err(ChannelError(e));
+            Some(f) if f.pmi_sender() == Some(Side::Agent) => {
+                let name = f.name();
+                match relay.as_ref().map(|r| r.receive(f)) {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => return Err(ChannelError(e)),
+                    None => {
+                        return Err(ChannelError(format!(
+                            "a {name} frame from the agent, and no PMI relay"
+                        )))
+                    }
                 }
-            }
-            Some(Frame::PmiEof(Side::Agent)) if relay.is_some() => {
-                relay.as_ref().map_or((), Relay::eof)
-            }
-            Some(Frame::PmiAck(Side::Agent, n)) if relay.is_some() => {
-                relay.as_ref().map_or((), |r| r.ack(n))
             }
             Some(Frame::Stdout(d)) => {
                 if out_open && out.write_all(&d).and_then(|_| out.flush()).is_err() {
