@@ -110,7 +110,8 @@ impl Relay {
                         break;
                     }
                 }
-                // The peer's end of file (or the relay's end): the local reader learns it.
+                // The peer's end of file (or the relay's end): whoever reads the other end of
+                // the local socket (slurmstepd, or the task) sees end of file in turn.
                 shutdown(&local, libc::SHUT_WR);
             }
         })?;
