@@ -57,4 +57,6 @@ $SUDO apt-get install -y -qq --no-install-recommends squashfs-tools >/dev/null
 $SUDO apt-get install -y -qq --no-install-recommends libslurm-dev >/dev/null
 # socat: the host side of vmm/tests/virtio_vsock.rs in the lab (UNIX-CONNECT to --vsock).
 $SUDO apt-get install -y -qq --no-install-recommends socat >/dev/null
+# libmpich-dev: mpicc.mpich builds the Slurm lab's MPI check (slurm/lab/allreduce.c).
+$SUDO apt-get install -y -qq --no-install-recommends libmpich-dev >/dev/null
 log "done"

@@ -286,7 +286,8 @@ if [ -z "$status" ]; then
     fi
     # hpmmap.serve=1 (the Slurm node helper boots the VM so, with --vsock): the task agent
     # runs the host's tasks, one per connection, until the VM is stopped; the image's own
-    # job does not run.
+    # job does not run. The agent's own "hpmmap-agent: listening on vsock:PORT" line, printed
+    # once it listens, is what the host waits for.
     if [ "$(cmdline_arg hpmmap.serve)" = 1 ]; then
         agent=$SYS/bin/{agent}
         aw=--no-hpmmap
@@ -296,13 +297,11 @@ if [ -z "$status" ]; then
             status=125
         elif [ {tree} = 1 ]; then
             say "serving tasks on vsock port {port} as {user} (job runs $run)"
-            echo HPMMAP-SERVING
             # shellcheck disable=SC2086
             chroot $ROOT $agent --listen vsock:{port} --user {user} $aw --env-file {env_file}
             status=$?
         else
             say "serving tasks on vsock port {port} as root (job runs $run)"
-            echo HPMMAP-SERVING
             # shellcheck disable=SC2086
             $agent --listen vsock:{port} $aw
             status=$?

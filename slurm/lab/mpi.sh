@@ -19,4 +19,4 @@ log mpi_srun </tmp/mpi.srun
 t=0
 while [ $t -lt 60 ] && pidof hpmmap-vmm >/dev/null; do sleep 1; t=$((t + 1)); done
 echo "mpi_vmms_left=$(pidof hpmmap-vmm | wc -w)"
-echo "scenario=done"
+echo "mpi_scenario=done"
