@@ -451,15 +451,11 @@ impl VmConfig {
             .as_ref()
             .map(|b| (b.initramfs_bytes, rootfs.map(|r| r.bytes)));
         if let Some(p) = &a.vsock {
+            // With --jail, PATH is bound before the VMM enters the jail and its keeper
+            // removes it; the guest's own connections (PATH_P) are refused there, since the
+            // jailed VMM cannot see the host's paths.
             crate::devices::virtio::vsock::unix::check(p)
                 .map_err(|e| ConfigError(e.to_string()))?;
-            if a.jail.is_some() {
-                // The jailed VMM sees neither PATH_P nor PATH (for its removal).
-                return Err(ConfigError(format!(
-                    "--vsock {}: not available with --jail yet",
-                    p.display()
-                )));
-            }
         }
         let wants_pci =
             a.vf.is_some() || !disks.is_empty() || output.is_some() || a.vsock.is_some();

@@ -31,6 +31,7 @@ fn main() {
             opts: j.clone(),
             report: report_path.clone(),
             has_vf: cfg.vf.is_some(),
+            vsock: cfg.vsock.clone(),
         }) {
             Ok(child) => Some(std::fs::File::from(child.report_fd)),
             Err(e) => {

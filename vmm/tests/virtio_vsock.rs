@@ -61,25 +61,6 @@ fn unusable_vsock_paths_are_refused_with_one_line() {
         ],
         &["--vsock", "too long"],
     );
-    let ok = dir.path("v.sock");
-    let jail = dir.path("jail");
-    refused(
-        &[
-            "--kernel",
-            &k,
-            "--mem",
-            "64M",
-            "--vsock",
-            ok.to_str().unwrap(),
-            "--jail",
-            jail.to_str().unwrap(),
-            "--uid",
-            "65534",
-            "--gid",
-            "65534",
-        ],
-        &["--vsock", "--jail"],
-    );
     let left: Vec<_> = std::fs::read_dir(&dir.0)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -98,6 +79,24 @@ fn vmm_serves_the_socket_under_seccomp_and_removes_it() {
     if !kvm_or_skip(name) {
         return;
     }
+    serves_the_socket_and_removes_it(&[]);
+}
+
+/// A jailed VMM (the Slurm node helper's VMM_JAIL=1) binds PATH before it drops root and
+/// enters its jail, serves it from there, and its keeper removes PATH after it.
+#[test]
+fn a_jailed_vmm_serves_the_socket_and_its_keeper_removes_it() {
+    let name = "a_jailed_vmm_serves_the_socket_and_its_keeper_removes_it";
+    if !root_kvm_or_skip(name, "--jail needs root") {
+        return;
+    }
+    let jail = std::env::temp_dir().join(format!("hpmmap-vsock-jail-{}", std::process::id()));
+    let j = jail.to_str().unwrap().to_string();
+    serves_the_socket_and_removes_it(&["--jail", &j, "--uid", "65534", "--gid", "65534"]);
+    assert!(!jail.exists(), "the keeper removed the jail");
+}
+
+fn serves_the_socket_and_removes_it(extra: &[&str]) {
     let dir = TempDir::new("vsock-host");
     let k = ready_payload(&dir);
     let sock = dir.path("v.sock");
@@ -115,6 +114,7 @@ fn vmm_serves_the_socket_under_seccomp_and_removes_it() {
         .arg(&sock)
         .arg("--serial")
         .arg(&serial)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -166,7 +166,7 @@ fn vmm_serves_the_socket_under_seccomp_and_removes_it() {
     vmm.stderr.take().unwrap().read_to_string(&mut e).unwrap();
     assert_eq!(status.code(), Some(128 + 15), "{status}: {e}");
     assert!(!sock.exists(), "PATH removed at teardown");
-    println!("vsock host KVM: unanswered CONNECT closed after {waited:.1?}");
+    println!("vsock host KVM {extra:?}: unanswered CONNECT closed after {waited:.1?}");
 }
 
 /// The guest's job: an echo service on vsock port 1234, a connection to host port 5000,

@@ -27,6 +27,9 @@ pub struct KeeperJob {
     pub opts: JailOptions,
     pub report: Option<PathBuf>,
     pub has_vf: bool,
+    /// `--vsock PATH`: the VMM binds it before it enters the jail, where it can no longer
+    /// see it to remove it; the keeper does.
+    pub vsock: Option<PathBuf>,
 }
 
 /// In the child: the write end of the report pipe.
@@ -202,6 +205,15 @@ fn cleanup(job: &KeeperJob) {
     }
     if let Some(cg) = &job.opts.cgroup {
         let _ = std::fs::remove_dir(cg);
+    }
+    if let Some(p) = &job.vsock {
+        // Only the socket: config refused a PATH that existed before the VMM started.
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+            if let Err(e) = std::fs::remove_file(p) {
+                eprintln!("hpmmap-vmm: --vsock {}: not removed: {e}", p.display());
+            }
+        }
     }
 }
 
