@@ -3,7 +3,10 @@
 //! `blobs/sha256/...`) as a directory or as a tar archive. Layers are applied in order,
 //! with whiteouts (`.wh.NAME` removes NAME of the layers below, `.wh..wh..opq` empties the
 //! directory of what the layers below put there); the image config gives the default
-//! environment and working directory.
+//! environment and working directory. Layers may be plain, gzip or zstd tars
+//! (`compression`).
+
+mod compression;
 
 use crate::cpio::{Archive, Node};
 use crate::manifest::sha256_hex;
@@ -24,6 +27,13 @@ pub enum OciError {
     Bad { path: PathBuf, detail: String },
     #[error("--rootfs {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("--rootfs {path}: layer {layer}: {source}")]
+    Layer {
+        path: PathBuf,
+        /// The digest (OCI layout) or the member name (`docker save`).
+        layer: String,
+        source: compression::LayerError,
+    },
 }
 
 const INDEX_TYPES: [&str; 2] = [
@@ -149,22 +159,19 @@ fn tar_members(data: &[u8]) -> Option<BTreeMap<String, Vec<u8>>> {
     Some(out)
 }
 
-/// Uncompressed layer bytes (gzip is undone; plain tar passes).
-fn layer_tar(origin: &Path, data: Vec<u8>) -> Result<Vec<u8>, OciError> {
-    if data.starts_with(&[0x1f, 0x8b]) {
-        let mut v = Vec::new();
-        flate2::read::GzDecoder::new(&data[..])
-            .read_to_end(&mut v)
-            .map_err(|e| bad(origin, format!("a gzip layer does not decompress: {e}")))?;
-        return Ok(v);
-    }
-    if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(bad(
-            origin,
-            "a zstd-compressed layer: export the image with gzip or uncompressed layers".into(),
-        ));
-    }
-    Ok(data)
+/// Uncompressed layer bytes; `layer` names it in errors, `media_type` is empty where the
+/// image gives none.
+fn layer_tar(
+    origin: &Path,
+    layer: &str,
+    media_type: &str,
+    data: Vec<u8>,
+) -> Result<Vec<u8>, OciError> {
+    compression::decompress(media_type, data).map_err(|source| OciError::Layer {
+        path: origin.to_path_buf(),
+        layer: layer.to_string(),
+        source,
+    })
 }
 
 fn blob(src: &Source, origin: &Path, digest: &str) -> Result<Vec<u8>, OciError> {
@@ -208,11 +215,9 @@ pub fn open(path: &Path) -> Result<Option<Image>, OciError> {
         Source::Dir(path.to_path_buf())
     } else {
         let data = std::fs::read(path).map_err(|e| OciError::Io(path.to_path_buf(), e))?;
-        let data = if data.starts_with(&[0x1f, 0x8b]) {
-            layer_tar(path, data)?
-        } else {
-            data
-        };
+        // `docker save | gzip` or `| zstd`: the archive itself may be compressed.
+        let data = compression::decompress("", data)
+            .map_err(|e| bad(path, format!("the archive itself: {e}")))?;
         Source::Tar(tar_members(&data).ok_or_else(|| OciError::NotAnImage(path.to_path_buf()))?)
     };
     if src.has("index.json") {
@@ -248,7 +253,8 @@ fn oci_layout(src: &Source, origin: &Path) -> Result<Image, OciError> {
         let cfg = config(origin, &blob(src, origin, &m.config.digest)?)?;
         let mut layers = Vec::new();
         for l in &m.layers {
-            layers.push(layer_tar(origin, blob(src, origin, &l.digest)?)?);
+            let data = blob(src, origin, &l.digest)?;
+            layers.push(layer_tar(origin, &l.digest, &l.media_type, data)?);
         }
         return Ok(Image {
             description: format!(
@@ -274,7 +280,7 @@ fn docker(src: &Source, origin: &Path) -> Result<Image, OciError> {
     let cfg = config(origin, &src.get(origin, &e.config)?)?;
     let mut layers = Vec::new();
     for l in &e.layers {
-        layers.push(layer_tar(origin, src.get(origin, l)?)?);
+        layers.push(layer_tar(origin, l, "", src.get(origin, l)?)?);
     }
     Ok(Image {
         description: format!(
