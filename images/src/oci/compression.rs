@@ -5,7 +5,7 @@
 //! claims zstd but is not cannot reach the tar reader and fail there with a puzzling message.
 
 use std::fmt;
-use std::io::{Read, Write};
+use std::io::Read;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -101,38 +101,55 @@ pub fn decompress(media_type: &str, data: Vec<u8>) -> Result<Vec<u8>, LayerError
 
 /// Every frame of a zstd stream, concatenated: `zstd:chunked` layers and concatenated
 /// `.zst` files hold many frames, and skippable frames (metadata) are stepped over.
-fn zstd_frames(mut input: &[u8]) -> Result<Vec<u8>, String> {
+fn zstd_frames(data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut input = data;
+    let mut out = Vec::new();
+    frames_into(&mut input, &mut out)?;
+    Ok(out)
+}
+
+/// ruzstd's messages nest Debug output: one line, and a slice reader that ran dry
+/// mid-frame (it is left empty) says that the stream was cut short.
+fn decode_error(rest: &[u8], e: impl fmt::Display) -> String {
+    let msg = e
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if rest.is_empty() {
+        format!("the stream ends inside a frame ({msg})")
+    } else {
+        msg
+    }
+}
+
+fn frames_into(input: &mut &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
     use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
     let mut dec = FrameDecoder::new();
     dec.set_max_window_size(MAX_ZSTD_WINDOW);
-    let mut out = Vec::new();
-    let one_line = |e: &dyn fmt::Display| {
-        e.to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     while !input.is_empty() {
-        match dec.init(&mut input) {
+        match dec.init(&mut *input) {
             Ok(()) => {}
             Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
                 length,
                 ..
             })) => {
-                input = input
+                *input = input
                     .get(length as usize..)
                     .ok_or("a skippable frame runs past the end")?;
                 continue;
             }
-            Err(e) => return Err(one_line(&e)),
+            Err(e) => return Err(decode_error(input, e)),
         }
         while !dec.is_finished() {
-            dec.decode_blocks(&mut input, BlockDecodingStrategy::UptoBytes(1 << 20))
-                .map_err(|e| one_line(&e))?;
-            dec.collect_to_writer(&mut out).map_err(|e| one_line(&e))?;
+            dec.decode_blocks(&mut *input, BlockDecodingStrategy::UptoBytes(1 << 20))
+                .map_err(|e| decode_error(input, e))?;
+            dec.collect_to_writer(&mut *out)
+                .map_err(|e| decode_error(input, e))?;
         }
-        dec.collect_to_writer(&mut out).map_err(|e| one_line(&e))?;
+        dec.collect_to_writer(&mut *out)
+            .map_err(|e| decode_error(input, e))?;
         if let (Some(want), Some(got)) =
             (dec.get_checksum_from_data(), dec.get_calculated_checksum())
         {
@@ -143,8 +160,7 @@ fn zstd_frames(mut input: &[u8]) -> Result<Vec<u8>, String> {
             }
         }
     }
-    out.flush().map_err(|e| e.to_string())?;
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
