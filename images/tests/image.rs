@@ -2,6 +2,8 @@
 //! `-machine microvm` (no KVM): exit statuses come back, manifests match, builds are
 //! reproducible, and every bad input is a clear error that leaves nothing behind.
 
+mod common;
+
 use hpmmap_image::debs::DebCache;
 use hpmmap_image::kernel::default_abi;
 use hpmmap_image::manifest::Manifest;
@@ -307,14 +309,7 @@ fn refused(out: &Path, args: &[&str], envs: &[(&str, &str)], expect: &[&str]) {
     for e in expect {
         assert!(line.contains(e), "{args:?}: expected {e:?} in {err}");
     }
-    assert!(!out.exists(), "{args:?} left {} behind", out.display());
-    let parent = out.parent().unwrap();
-    let stray: Vec<_> = std::fs::read_dir(parent)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
-        .collect();
-    assert!(stray.is_empty(), "{args:?} left temporaries: {stray:?}");
+    common::assert_nothing_left(out, &format!("{args:?}"));
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! under QEMU/TCG (`qemu::boot_microvm_disks`: q35 with the disks as virtio-blk on PCI, as the
 //! VMM attaches them). Nothing here skips: without Debian's kernel or QEMU these tests fail.
 
+mod common;
+
 use hpmmap_image::manifest::{sha256_hex, Manifest};
 use hpmmap_image::qemu::{boot_microvm_disks, Disk, JobRun};
 use std::io::Read;
@@ -391,20 +393,7 @@ fn refused(out: &Path, args: &[&str], expect: &[&str]) {
         .args(args)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: one line: {err}");
-    for e in expect {
-        assert!(lines[0].contains(e), "{args:?}: expected {e:?} in {err}");
-    }
-    assert!(!out.exists(), "{args:?} left {} behind", out.display());
-    let stray: Vec<_> = std::fs::read_dir(out.parent().unwrap())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
-        .collect();
-    assert!(stray.is_empty(), "{args:?} left temporaries: {stray:?}");
+    common::assert_refused(&o, out, &format!("{args:?}"), expect);
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //! image's tree comes from the manifest's `tree_files`; nothing boots. Without the `zstd`
 //! tool or Debian's kernel these tests fail; they do not skip.
 
+mod common;
+
 use hpmmap_image::manifest::{sha256_hex, Manifest};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -208,21 +210,8 @@ fn build_ok(out: &Path, rootfs: &Path) -> Manifest {
 /// The build is refused: exit 2, one line holding each of `expect`, nothing in --out.
 fn refused(out: &Path, rootfs: &Path, expect: &[&str]) {
     let o = build(out, rootfs);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {err}");
-    eprintln!("refused: {}", lines[0]);
-    for e in expect {
-        assert!(lines[0].contains(e), "expected {e:?} in {err}");
-    }
-    assert!(!out.exists(), "left {} behind", out.display());
-    let stray: Vec<_> = std::fs::read_dir(out.parent().unwrap())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
-        .collect();
-    assert!(stray.is_empty(), "left temporaries: {stray:?}");
+    let line = common::assert_refused(&o, out, &rootfs.display().to_string(), expect);
+    eprintln!("refused: {line}");
 }
 
 fn assert_tree(m: &Manifest, top: &[u8]) {
