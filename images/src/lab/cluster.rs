@@ -137,6 +137,8 @@ impl Cluster {
                 "socket,id=n0,mcast={group}:{port},localaddr=127.0.0.1"
             ));
             c.mac = Some(format!("52:54:00:16:00:{k:02x}"));
+            // A node's VF (`--hpmmap-vf`) must answer in its 4 GiB L1.
+            c.phys_bits = Some(super::VF_PHYS_BITS);
             c.work = Some(work.join(format!("node{k}")));
             labs.push(self.lab.with_config(c)?);
         }

@@ -209,7 +209,19 @@ pub struct LabConfig {
     pub hpmmap_ko: bool,
     /// Place L1's own bzImage at this path in L1 (an L2 booting Debian's kernel).
     pub kernel_at: Option<String>,
+    /// L1's CPU physical address bits (QEMU `phys-bits`); None: the CPU model's (40).
+    /// Below 40 SeaBIOS keeps 64-bit prefetchable windows below 4 GiB even when L1 has RAM
+    /// above it, so the igb VF BARs stay where QEMU's VF registers answer (`VF_PHYS_BITS`).
+    pub phys_bits: Option<u8>,
 }
+
+/// `LabConfig::phys_bits` for an L1 with more than 2560M whose VFs must carry traffic:
+/// with 40 bits (and RAM above 4 GiB) SeaBIOS puts the root port's 64-bit prefetchable
+/// window at 0xc000000000, where the VF registers read 0 (igbvf: "PF still in reset");
+/// with 36 it is 0xfea00000 and they answer as in a 2560M L1 (VF STATUS 0x800c8483 in
+/// both; nested lab, 2026-12-06). 36 bits is 64 GiB: RAM plus QEMU's 32 GiB 64-bit PCI
+/// hole must fit, so at most ~30 GiB of L1 RAM.
+pub const VF_PHYS_BITS: u8 = 36;
 
 impl Default for LabConfig {
     fn default() -> Self {
@@ -233,6 +245,7 @@ impl Default for LabConfig {
             modules: vec![],
             hpmmap_ko: false,
             kernel_at: None,
+            phys_bits: None,
         }
     }
 }
@@ -661,11 +674,14 @@ impl Lab {
         }
         let mut v: Vec<OsString> = Vec::new();
         let mut push = |s: &str| v.push(s.into());
+        let cpu = match c.phys_bits {
+            Some(bits) => format!("EPYC,+svm,+npt,+pdpe1gb,phys-bits={bits}"),
+            None => "EPYC,+svm,+npt,+pdpe1gb".to_string(),
+        };
+        for s in ["-accel", "tcg", "-cpu", &cpu] {
+            push(s);
+        }
         for s in [
-            "-accel",
-            "tcg",
-            "-cpu",
-            "EPYC,+svm,+npt,+pdpe1gb",
             "-machine",
             "q35,kernel-irqchip=split",
             "-device",
@@ -868,6 +884,22 @@ mod qemu_args_tests {
         let args = l.qemu_args(p, p, p, p);
         let i = args.iter().position(|a| a == "-append").unwrap();
         args[i + 1].to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn phys_bits_reach_l1s_cpu_only_when_asked() {
+        let cpu_of = |cfg: LabConfig| {
+            let p = Path::new("/w/x");
+            let args = lab(cfg).qemu_args(p, p, p, p);
+            let i = args.iter().position(|a| a == "-cpu").unwrap();
+            args[i + 1].to_string_lossy().into_owned()
+        };
+        assert_eq!(cpu_of(LabConfig::default()), "EPYC,+svm,+npt,+pdpe1gb");
+        let vf = LabConfig {
+            phys_bits: Some(VF_PHYS_BITS),
+            ..LabConfig::default()
+        };
+        assert_eq!(cpu_of(vf), "EPYC,+svm,+npt,+pdpe1gb,phys-bits=36");
     }
 
     #[test]
