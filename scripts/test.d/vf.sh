@@ -11,10 +11,6 @@ if ! command -v qemu-system-x86_64 >/dev/null || ! qemu-system-x86_64 -device he
     tier_skip lab vf-lab "qemu-system-x86_64 with the igb device (QEMU >= 8.0) is not installed"
     exit $?
 fi
-if ! command -v busybox >/dev/null; then
-    tier_skip lab vf-lab "busybox-static is not installed"
-    exit $?
-fi
 set +e
 nice bash vmm/vf/lab/vfio-under-qemu.sh > >(grep -E '^(###|\[[0-9]/6\]|\[( ok |warn|FAIL)\]|      |hpmmap-vf|probe passed|exit|VF-LAB-RESULT)')
 rc=$?
