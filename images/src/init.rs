@@ -237,6 +237,23 @@ for d in /sys/bus/pci/devices/*; do
     pci="$pci ${{d##*/}}=$(cat "$d/vendor"):$(cat "$d/device")(${{drv:-no driver}})"
 done
 [ -n "$pci" ] && say "pci:$pci"
+# hpmmap.ip=ADDR/LEN: the address of the job's Ethernet VF (the first PCI netdev; the Slurm
+# node helper's VF_IP), so ranks in other nodes' VMs reach this one.
+vfip=$(cmdline_arg hpmmap.ip)
+if [ -n "$vfip" ]; then
+    ifc=
+    for nd in /sys/class/net/*; do
+        [ "$(cat "$nd/type" 2>/dev/null)" = 1 ] && [ -e "$nd/device" ] && {{ ifc=${{nd##*/}}; break; }}
+    done
+    if [ -z "$ifc" ]; then
+        say "net: FAIL hpmmap.ip=$vfip but no Ethernet PCI device (the VF's driver?)"
+    else
+        ip link set "$ifc" up; ip addr add "$vfip" dev "$ifc"
+        n=0
+        while [ "$(cat /sys/class/net/$ifc/carrier 2>/dev/null)" != 1 ] && [ $n -lt 20 ]; do sleep 1; n=$((n + 1)); done
+        say "net: $ifc address $vfip carrier $(cat /sys/class/net/$ifc/carrier 2>/dev/null) (after ${{n}}s)"
+    fi
+fi
 {ib_check}ib_check
 ROOT=/
 status=

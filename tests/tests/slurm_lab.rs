@@ -25,6 +25,7 @@ const NODE_MEM: u64 = 4 << 30;
 
 const SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../slurm/lab/scenario.sh");
 const MPI_SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../slurm/lab/mpi.sh");
+const MPI_VF_SCENARIO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../slurm/lab/mpi-vf.sh");
 const ALLREDUCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../slurm/lab/allreduce.c");
 
 fn work_dir(name: &str) -> PathBuf {
@@ -117,11 +118,18 @@ fn scenario(name: &str, nodes: u32, full: bool) -> String {
         format!("{SCENARIO}:/lab/slurm-scenario.sh"),
         mpi_image(&base),
         format!("{MPI_SCENARIO}:/lab/mpi.sh"),
+        format!("{MPI_VF_SCENARIO}:/lab/mpi-vf.sh"),
     ];
-    // The MPI part shares the cluster's boot: two ranks on node1, after the scenario.
+    // The MPI parts share the cluster's boot: two ranks on node1, after the scenario; with
+    // two nodes, then one rank in each node's VM over the VFs (last: it leaves VFs behind).
     let cmd = format!(
-        "sh /lab/slurm-scenario.sh {nodes} {} && sh /lab/mpi.sh 1 2",
-        if full { "full" } else { "short" }
+        "sh /lab/slurm-scenario.sh {nodes} {} && sh /lab/mpi.sh 1 2{}",
+        if full { "full" } else { "short" },
+        if nodes > 1 {
+            " && sh /lab/mpi-vf.sh"
+        } else {
+            ""
+        }
     );
     let limit = Duration::from_secs(if full { 1500 } else { 900 });
     boot_and_run(&base, nodes, &adds, &cmd, limit)
@@ -255,6 +263,7 @@ fn two_nodes_srun_sbatch_and_scancel() {
     assert_eq!(value(&o, "cancel_state"), Some("CANCELLED"));
     assert_clean(&o, "after_cancel", 2);
     assert_mpi_ranks_wired_up(&o);
+    assert_mpi_ranks_talk_over_the_vfs(&o);
 }
 
 /// The MPI image: the lab's allreduce.c built with Debian's mpicc.mpich, on Debian's
@@ -305,6 +314,52 @@ fn assert_mpi_ranks_wired_up(o: &str) {
         Some("0"),
         "the VM ended with the job"
     );
+}
+
+/// Issue 16.5, the other half: one rank in each node's VM, each VM with its node's igb VF
+/// (`--hpmmap-vf`) at 10.17.0.K (node.conf's VF_IP, the guest init's `hpmmap.ip=`): the
+/// allreduce needs both ranks, and the only path between the two VMs is the VFs, whose
+/// packet counters in each VM grew during it; the VMs ended and the VFs left vfio-pci.
+fn assert_mpi_ranks_talk_over_the_vfs(o: &str) {
+    assert_eq!(value(o, "mpivf_scenario"), Some("done"), "mpi-vf.sh ran");
+    assert_eq!(value(o, "mpivf_rc"), Some("0"), "the MPI step's status");
+    assert_eq!(value(o, "mpivf_salloc_rc"), Some("0"), "salloc's status");
+    let lines = prefixed(o, "mpivf_out: ");
+    for r in 0..2 {
+        let want = format!("allreduce rank={r} size=2 sum=3 host=job");
+        assert!(
+            lines.iter().any(|l| *l == want),
+            "rank {r} saw the rank in the other node's VM: {want:?} not in {lines:?}"
+        );
+    }
+    for node in 0..2 {
+        let counters = |when: &str| -> (String, u64, u64) {
+            let v = value(o, &format!("mpivf_{when}_node{node}"))
+                .unwrap_or_else(|| panic!("mpivf_{when}_node{node} in {o}"));
+            let f: Vec<&str> = v.split(',').collect();
+            assert_eq!(f.len(), 3, "address,rx,tx: {v}");
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        };
+        let (addr, rx0, tx0) = counters("before");
+        let (_, rx1, tx1) = counters("after");
+        assert_eq!(
+            addr,
+            format!("10.17.0.{}", node + 1),
+            "node{}'s VM",
+            node + 1
+        );
+        assert!(
+            rx1 > rx0 && tx1 > tx0,
+            "node{}'s VF carried the allreduce: rx {rx0}->{rx1}, tx {tx0}->{tx1}",
+            node + 1
+        );
+    }
+    assert_eq!(value(o, "mpivf_vmms_left"), Some("0"), "the VMs ended");
+    assert_eq!(value(o, "mpivf_vfio"), Some("0"), "the VFs left vfio-pci");
 }
 
 /// The MPI part alone on one node: two ranks in one VM (their data goes through the VM's

@@ -99,12 +99,13 @@ impl Cluster {
             a.file(SPANK_SO, 0o755, read(&so)?);
             a.file(NODE_HELPER, 0o755, read(&helper)?);
             // The lab's binaries live in /lab/bin; QEMU/TCG's nested SVM wants one L1 CPU
-            // running guests (DESIGN.md), so the VMM is pinned to the last one.
+            // running guests (DESIGN.md), so the VMM is pinned to the last one. VF_IP: node K's
+            // job VM gets 10.17.0.K on its --hpmmap-vf (slurm/lab/mpi.sh's ranks across nodes).
             a.file(
                 "etc/hpmmap-slurm/node.conf",
                 0o644,
                 format!(
-                    "PATH=$PATH:/lab/bin\nVMM_TASKSET={}\n",
+                    "PATH=$PATH:/lab/bin\nVMM_TASKSET={}\nVF_IP=10.17.0.$(hostname | tr -dc 0-9)/24\n",
                     cfg.node.cpus.saturating_sub(1)
                 )
                 .into_bytes(),
