@@ -8,7 +8,8 @@
 //! status; afterwards nothing of the job is left on any node; a VM larger than the node's
 //! free 1 GiB pages fails its step with one line and drains nothing; sbatch's two steps run
 //! in the same VM per node with their own statuses; scancel while tasks run in the VMs
-//! leaves nothing. CI runs the two-node scenario (92-137 s here); the one-node variant is
+//! leaves nothing; MPICH ranks wire up in one VM, then across both nodes' VMs over their
+//! igb VFs. CI runs the two-node scenario (92-200 s here); the one-node variant is
 //! `-- --ignored` (figures in slurm/README.md). Figures printed are emulation figures
 //! (nested lab under QEMU/TCG).
 
