@@ -320,47 +320,64 @@ fn assert_mpi_ranks_wired_up(o: &str) {
 /// Issue 16.5, the other half: one rank in each node's VM, each VM with its node's igb VF
 /// (`--hpmmap-vf`) at 10.17.0.K (node.conf's VF_IP, the guest init's `hpmmap.ip=`): the
 /// allreduce needs both ranks, and the only path between the two VMs is the VFs, whose
-/// packet counters in each VM grew during it; the VMs ended and the VFs left vfio-pci.
+/// packet counters in each VM grew during it; the VMs ended and the VFs left vfio-pci; and a
+/// second allocation got the same VFs and pages and did it again.
 fn assert_mpi_ranks_talk_over_the_vfs(o: &str) {
     assert_eq!(value(o, "mpivf_scenario"), Some("done"), "mpi-vf.sh ran");
-    assert_eq!(value(o, "mpivf_rc"), Some("0"), "the MPI step's status");
-    assert_eq!(value(o, "mpivf_salloc_rc"), Some("0"), "salloc's status");
-    let lines = prefixed(o, "mpivf_out: ");
-    for r in 0..2 {
-        let want = format!("allreduce rank={r} size=2 sum=3 host=job");
-        assert!(
-            lines.iter().any(|l| *l == want),
-            "rank {r} saw the rank in the other node's VM: {want:?} not in {lines:?}"
-        );
-    }
-    for node in 0..2 {
-        let counters = |when: &str| -> (String, u64, u64) {
-            let v = value(o, &format!("mpivf_{when}_node{node}"))
-                .unwrap_or_else(|| panic!("mpivf_{when}_node{node} in {o}"));
-            let f: Vec<&str> = v.split(',').collect();
-            assert_eq!(f.len(), 3, "address,rx,tx: {v}");
-            (
-                f[0].to_string(),
-                f[1].parse().unwrap(),
-                f[2].parse().unwrap(),
-            )
-        };
-        let (addr, rx0, tx0) = counters("before");
-        let (_, rx1, tx1) = counters("after");
+    // Two allocations one after the other: the second reuses the first's VFs and pages.
+    for round in 1..=2 {
+        let k = format!("mpivf_r{round}");
+        assert_eq!(value(o, &format!("{k}_rc")), Some("0"), "{k}: the MPI step");
         assert_eq!(
-            addr,
-            format!("10.17.0.{}", node + 1),
-            "node{}'s VM",
-            node + 1
+            value(o, &format!("{k}_salloc_rc")),
+            Some("0"),
+            "{k}: salloc"
         );
-        assert!(
-            rx1 > rx0 && tx1 > tx0,
-            "node{}'s VF carried the allreduce: rx {rx0}->{rx1}, tx {tx0}->{tx1}",
-            node + 1
+        let lines = prefixed(o, &format!("{k}_out: "));
+        for r in 0..2 {
+            let want = format!("allreduce rank={r} size=2 sum=3 host=job");
+            assert!(
+                lines.iter().any(|l| *l == want),
+                "{k}: rank {r} saw the rank in the other node's VM: {want:?} not in {lines:?}"
+            );
+        }
+        for node in 0..2 {
+            let counters = |when: &str| -> (String, u64, u64) {
+                let v = value(o, &format!("{k}_{when}_node{node}"))
+                    .unwrap_or_else(|| panic!("{k}_{when}_node{node} in {o}"));
+                let f: Vec<&str> = v.split(',').collect();
+                assert_eq!(f.len(), 3, "address,rx,tx: {v}");
+                (
+                    f[0].to_string(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                )
+            };
+            let (addr, rx0, tx0) = counters("before");
+            let (_, rx1, tx1) = counters("after");
+            assert_eq!(
+                addr,
+                format!("10.17.0.{}", node + 1),
+                "{k}: node{}'s VM",
+                node + 1
+            );
+            assert!(
+                rx1 > rx0 && tx1 > tx0,
+                "{k}: node{}'s VF carried the allreduce: rx {rx0}->{rx1}, tx {tx0}->{tx1}",
+                node + 1
+            );
+        }
+        assert_eq!(
+            value(o, &format!("{k}_vmms_left")),
+            Some("0"),
+            "{k}: the VMs ended"
+        );
+        assert_eq!(
+            value(o, &format!("{k}_vfio")),
+            Some("0"),
+            "{k}: the VFs left vfio-pci"
         );
     }
-    assert_eq!(value(o, "mpivf_vmms_left"), Some("0"), "the VMs ended");
-    assert_eq!(value(o, "mpivf_vfio"), Some("0"), "the VFs left vfio-pci");
 }
 
 /// The MPI part alone on one node: two ranks in one VM (their data goes through the VM's
