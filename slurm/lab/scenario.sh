@@ -59,6 +59,14 @@ log bad_sbatch </tmp/bad4
 echo "queue_after_bad=$(squeue -h | wc -l)"
 facts after_bad
 
+echo "== a VF the node lacks: the step fails at its start with the cause, nothing is left"
+srun -N1 --hpmmap-image=/images/ok --hpmmap-mem=1G --hpmmap-vcpus=1 --hpmmap-vf=0000:7f:1f.7 true >/tmp/badvf 2>&1
+echo "bad_vf_rc=$?"
+log bad_vf </tmp/badvf
+badvf_job=$(scontrol show jobs 2>/dev/null | sed -n 's/^JobId=\([0-9]*\) .*/\1/p' | sort -n | tail -n 1)
+wait_gone "$badvf_job"
+facts after_bad_vf
+
 echo "== srun with --hpmmap-image on every node: the tasks run in the VMs"
 start=$(date +%s)
 # In the VM: its hostname is the image's (job), its kernel command line has hpmmap.serve=1,

@@ -185,6 +185,20 @@ fn assert_bad_options_refused(o: &str, nodes: u32) {
     }
     assert_eq!(value(o, "queue_after_bad"), Some("0"), "no job was queued");
     assert_clean(o, "after_bad", nodes);
+    // Known only on the node: the step fails at its start with the VMM's own words.
+    assert_ne!(
+        value(o, "bad_vf_rc"),
+        Some("0"),
+        "a VF the node lacks fails the step"
+    );
+    let lines = prefixed(o, "bad_vf: ");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("'0000:7f:1f.7': no such device")),
+        "the cause reaches the user: {lines:?}"
+    );
+    assert_clean(o, "after_bad_vf", nodes);
 }
 
 fn assert_srun_ran_one_vm_per_node(o: &str, nodes: u32) {
