@@ -5,107 +5,17 @@
 //! its tests, not here. The CONNECT/OK handshake in front of it is checked here against a
 //! stand-in that relays to the agent's Unix socket.
 
+mod common;
+
+use common::*;
 use hpmmap_task::protocol::{self, ExitStatus, Frame, Spawn, VERSION};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
-
-const AGENT: &str = env!("CARGO_BIN_EXE_hpmmap-agent");
-const CLIENT: &str = env!("CARGO_BIN_EXE_hpmmap-task");
-/// Longest any one client run may take before the test calls it hung.
-const HUNG: Duration = Duration::from_secs(60);
-
-fn scratch(what: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "hpmmap-task-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A running agent on a socket of its own; its log lines are kept for assertions.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Agent {
-    fn start(extra: &[&str]) -> Agent {
-        Agent::start_by(Command::new(AGENT), extra)
-    }
-
-    /// `cmd` execs the agent with its arguments appended.
-    fn start_by(mut cmd: Command, extra: &[&str]) -> Agent {
-        let dir = scratch("agent");
-        let sock = dir.join("agent.sock");
-        let mut child = cmd
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let first = lines.next().expect("agent said nothing").unwrap();
-        assert!(first.contains("listening on unix:"), "{first}");
-        let log = Arc::new(Mutex::new(vec![first]));
-        let l = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-        Agent {
-            child,
-            dir,
-            sock,
-            log,
-        }
-    }
-
-    fn client(&self) -> Command {
-        let mut c = Command::new(CLIENT);
-        c.arg("--unix").arg(&self.sock).env_clear();
-        c
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    /// Whether the agent logs `s` within a few seconds (its stderr is read by a thread).
-    fn logs(&self, s: &str) -> bool {
-        let end = Instant::now() + Duration::from_secs(5);
-        while !self.log().contains(s) {
-            if Instant::now() > end {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        true
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Runs a client to its end, feeding it `input`; panics if it hangs.
 fn run(mut cmd: Command, input: Vec<u8>) -> Output {
@@ -130,10 +40,6 @@ fn run(mut cmd: Command, input: Vec<u8>) -> Output {
             panic!("hpmmap-task {cmd:?} hung");
         }
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A live (not zombie) process.
@@ -574,21 +480,8 @@ fn an_agent_gone_mid_task_is_a_channel_failure_255() {
 fn fifty_tasks_leave_no_thread_descriptor_or_child_in_the_agent() {
     let a = Agent::start(&[]);
     let pid = a.child.id();
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
-    let threads = || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("Threads:")
-                    .map(|n| n.trim().parse::<u32>().unwrap())
-            })
-            .unwrap()
-    };
+    let fds = || a.fds();
+    let threads = || a.threads();
     let before = fds();
     for _ in 0..50 {
         let mut c = a.client();
@@ -706,15 +599,6 @@ fn raw(a: &Agent) -> UnixStream {
     UnixStream::connect(&a.sock).unwrap()
 }
 
-fn frames(s: &mut UnixStream) -> Vec<Frame> {
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut v = vec![];
-    while let Some(f) = protocol::read_frame(s).unwrap() {
-        v.push(f);
-    }
-    v
-}
-
 /// The agent checks the allow-list itself, and refuses a protocol version it does not speak.
 #[test]
 fn the_agent_refuses_off_list_variables_and_other_versions() {
@@ -733,7 +617,7 @@ fn the_agent_refuses_off_list_variables_and_other_versions() {
         pmi: false,
     };
     protocol::write_frame(&mut s, &Frame::Spawn(spawn)).unwrap();
-    let got = frames(&mut s);
+    let got = frames_until_closed(&mut s);
     assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(got[0], Frame::Hello { version: VERSION });
     assert!(
@@ -746,7 +630,7 @@ fn the_agent_refuses_off_list_variables_and_other_versions() {
     let mut s = raw(&a);
     protocol::write_frame(&mut s, &Frame::Hello { version: VERSION }).unwrap();
     protocol::write_frame(&mut s, &Frame::Signal(15)).unwrap();
-    let got = frames(&mut s);
+    let got = frames_until_closed(&mut s);
     assert!(
         matches!(&got[..], [Frame::Hello { .. }, Frame::Error(t)] if t.contains("expected Spawn, got Signal")),
         "{got:?}"
@@ -754,7 +638,7 @@ fn the_agent_refuses_off_list_variables_and_other_versions() {
 
     let mut s = raw(&a);
     protocol::write_frame(&mut s, &Frame::Hello { version: 99 }).unwrap();
-    let got = frames(&mut s);
+    let got = frames_until_closed(&mut s);
     assert!(
         matches!(&got[..], [Frame::Error(t)] if t.contains("version 99")),
         "{got:?}"
@@ -786,7 +670,7 @@ fn stdin_past_the_window_hangs_the_task_up() {
     for _ in 0..6 {
         protocol::write_frame(&mut s, &Frame::Stdin(chunk.clone())).unwrap();
     }
-    let got = frames(&mut s);
+    let got = frames_until_closed(&mut s);
     assert!(matches!(got[1], Frame::Started { .. }), "{got:?}");
     assert_eq!(
         got.last(),

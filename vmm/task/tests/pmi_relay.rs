@@ -6,116 +6,39 @@
 //! Slurm lab (images/, tests/lab), not here; what is checked here is that the bytes cross
 //! byte-exact both ways, in pieces past one frame, with end of file both ways.
 
+mod common;
+
+use common::*;
 use hpmmap_task::protocol::{self, ExitStatus, Frame, Side, Spawn, MAX_DATA, VERSION};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_hpmmap-agent");
-const CLIENT: &str = env!("CARGO_BIN_EXE_hpmmap-task");
-/// Longest any one client run may take before the test calls it hung.
-const HUNG: Duration = Duration::from_secs(60);
 /// The descriptor number the client inherits its PMI socket as (slurmstepd picks its own).
 const CLIENT_PMI_FD: i32 = 10;
 
-fn scratch(what: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "hpmmap-pmi-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// An agent for PMI tasks: no hpmmap module behind it, tasks run directly.
+fn pmi_agent(extra: &[&str]) -> Agent {
+    let mut args = vec!["--no-hpmmap"];
+    args.extend_from_slice(extra);
+    Agent::start(&args)
 }
 
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-    log: Arc<Mutex<String>>,
-}
-
-impl Agent {
-    fn start() -> Agent {
-        Agent::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Agent {
-        let dir = scratch("agent");
-        let sock = dir.join("agent.sock");
-        let mut child = Command::new(AGENT)
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .arg("--no-hpmmap")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let first = lines.next().expect("agent said nothing").unwrap();
-        assert!(first.contains("listening on unix:"), "{first}");
-        let log = Arc::new(Mutex::new(String::new()));
-        let l = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let mut l = l.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Agent {
-            child,
-            dir,
-            sock,
-            log,
-        }
-    }
-
-    /// Whether the agent logs `s` within a few seconds (its stderr is read by a thread).
-    fn logs(&self, s: &str) -> bool {
-        let end = Instant::now() + Duration::from_secs(5);
-        while !self.log.lock().unwrap().contains(s) {
-            if Instant::now() > end {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        true
-    }
-
-    /// The client with `PMI_FD` set (and --pass-env, which is what relays it), running
-    /// `script` under sh in the agent.
-    fn client(&self, pmi_fd: &str, script: &str) -> Command {
-        let mut c = Command::new(CLIENT);
-        c.arg("--unix")
-            .arg(&self.sock)
-            .env_clear()
-            .env("PMI_FD", pmi_fd)
-            .env("PMI_RANK", "0")
-            .env("PMI_SIZE", "1")
-            .args(["--pass-env", "--no-wrap", "--", "sh", "-c", script]);
-        c
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The client with `PMI_FD` set (and --pass-env, which is what relays it), running
+/// `script` under sh in the agent.
+fn pmi_client(a: &Agent, pmi_fd: &str, script: &str) -> Command {
+    let mut c = a.client();
+    c.env("PMI_FD", pmi_fd)
+        .env("PMI_RANK", "0")
+        .env("PMI_SIZE", "1")
+        .args(["--pass-env", "--no-wrap", "--", "sh", "-c", script]);
+    c
 }
 
 /// Gives `c` `end` as descriptor [`CLIENT_PMI_FD`], as slurmstepd gives a task its PMI
@@ -160,10 +83,6 @@ fn finish(pid: u32, rx: mpsc::Receiver<Output>) -> Output {
     }
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 const INIT: &[u8] = b"cmd=init pmi_version=1 pmi_subversion=1\n";
 
 /// The rank's side of a PMI-1 exchange: init, then two more requests, each answered before
@@ -182,9 +101,9 @@ read -r a <&$PMI_FD; echo "$a"
 
 #[test]
 fn pmi_lines_cross_byte_exact_both_ways_for_several_round_trips() {
-    let agent = Agent::start();
+    let agent = pmi_agent(&[]);
     let (harness, client_end) = UnixStream::pair().unwrap();
-    let mut c = agent.client(&CLIENT_PMI_FD.to_string(), RANK);
+    let mut c = pmi_client(&agent, &CLIENT_PMI_FD.to_string(), RANK);
     inherit_as_pmi_fd(&mut c, &client_end);
     let (pid, rx) = spawn(c);
     drop(client_end);
@@ -230,9 +149,10 @@ fn pmi_lines_cross_byte_exact_both_ways_for_several_round_trips() {
 /// task, and the task's end of file (it exits) reaches the harness after every byte.
 #[test]
 fn large_payloads_cross_past_one_frame_and_end_of_file_crosses_both_ways() {
-    let agent = Agent::start();
+    let agent = pmi_agent(&[]);
     let (harness, client_end) = UnixStream::pair().unwrap();
-    let mut c = agent.client(
+    let mut c = pmi_client(
+        &agent,
         &CLIENT_PMI_FD.to_string(),
         "cat <&$PMI_FD >&$PMI_FD; echo done",
     );
@@ -265,9 +185,9 @@ fn large_payloads_cross_past_one_frame_and_end_of_file_crosses_both_ways() {
 /// the harness sees as end of file.
 #[test]
 fn a_task_that_never_touches_pmi_fd_runs_and_its_end_closes() {
-    let agent = Agent::start();
+    let agent = pmi_agent(&[]);
     let (harness, client_end) = UnixStream::pair().unwrap();
-    let mut c = agent.client(&CLIENT_PMI_FD.to_string(), "echo hi; exit 3");
+    let mut c = pmi_client(&agent, &CLIENT_PMI_FD.to_string(), "echo hi; exit 3");
     inherit_as_pmi_fd(&mut c, &client_end);
     let (pid, rx) = spawn(c);
     drop(client_end);
@@ -288,7 +208,7 @@ fn a_task_that_never_touches_pmi_fd_runs_and_its_end_closes() {
 /// Without --pass-env no PMI variable crosses and nothing is relayed.
 #[test]
 fn a_pmi_fd_naming_no_socket_or_pipe_is_refused_with_one_line() {
-    let agent = Agent::start();
+    let agent = pmi_agent(&[]);
     let file = std::fs::File::open("/dev/null").unwrap();
     let cases: Vec<(String, Option<i32>, &str)> = vec![
         // Nothing at 10 in the client (closed there: the test runner may hold a 10 of its
@@ -303,7 +223,7 @@ fn a_pmi_fd_naming_no_socket_or_pipe_is_refused_with_one_line() {
         ),
     ];
     for (value, fd, want) in cases {
-        let mut c = agent.client(&value, "echo ran");
+        let mut c = pmi_client(&agent, &value, "echo ran");
         if let Some(fd) = fd {
             // SAFETY: dup2 and close in the child only, async-signal-safe, on descriptors
             // the child inherited.
@@ -412,21 +332,7 @@ fn raw_host(a: &Agent, argv: &[&str], pmi: bool, frames: Vec<Frame>) -> Vec<Fram
             }
         }
     });
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut got = vec![];
-    loop {
-        match protocol::read_frame(&mut s) {
-            Ok(Some(f)) => got.push(f),
-            Ok(None) => break,
-            // The agent closed with our flood unread: Linux ends the stream with a reset
-            // instead of end of file, after every frame it sent.
-            Err(protocol::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                break
-            }
-            Err(e) => panic!("{e} after {got:?}"),
-        }
-    }
-    got
+    frames_until_closed(&mut s)
 }
 
 /// The PMI window is the agent's bound: a host that sends a task that does not read its
@@ -434,7 +340,7 @@ fn raw_host(a: &Agent, argv: &[&str], pmi: bool, frames: Vec<Frame>) -> Vec<Fram
 /// and the task is hung up, long before its `sleep 30` ends.
 #[test]
 fn pmi_bytes_past_the_window_hang_the_task_up() {
-    let a = Agent::start_with(&["--grace", "500"]);
+    let a = pmi_agent(&["--grace", "500"]);
     let t = Instant::now();
     let flood = vec![Frame::PmiData(Side::Host, vec![b'x'; MAX_DATA]); 64];
     let got = raw_host(&a, &["sleep", "30"], true, flood);
@@ -447,7 +353,7 @@ fn pmi_bytes_past_the_window_hang_the_task_up() {
     assert!(
         a.logs("PMI bytes, past the window of 262144"),
         "{}",
-        a.log.lock().unwrap()
+        a.log()
     );
 }
 
@@ -455,7 +361,7 @@ fn pmi_bytes_past_the_window_hang_the_task_up() {
 /// failures: the task is hung up.
 #[test]
 fn pmi_frames_without_a_relay_or_the_wrong_way_hang_the_task_up() {
-    let a = Agent::start_with(&["--grace", "500"]);
+    let a = pmi_agent(&["--grace", "500"]);
     for (pmi, f, why) in [
         (
             false,
@@ -484,7 +390,7 @@ fn pmi_frames_without_a_relay_or_the_wrong_way_hang_the_task_up() {
             Some(&Frame::Exit(ExitStatus::Signal(libc::SIGHUP as u8))),
             "{f:?}: {got:?}"
         );
-        assert!(a.logs(why), "{}", a.log.lock().unwrap());
+        assert!(a.logs(why), "{}", a.log());
     }
 }
 
@@ -492,27 +398,14 @@ fn pmi_frames_without_a_relay_or_the_wrong_way_hang_the_task_up() {
 /// end with each task) and the same descriptors (both socketpair ends closed).
 #[test]
 fn pmi_tasks_leave_no_thread_or_descriptor_in_the_agent() {
-    let a = Agent::start();
-    let pid = a.child.id();
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
-    let threads = || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("Threads:")
-                    .map(|n| n.trim().parse::<u32>().unwrap())
-            })
-            .unwrap()
-    };
+    let a = pmi_agent(&[]);
+    let fds = || a.fds();
+    let threads = || a.threads();
     let before = fds();
     for i in 0..20 {
         let (harness, client_end) = UnixStream::pair().unwrap();
-        let mut c = a.client(
+        let mut c = pmi_client(
+            &a,
             &CLIENT_PMI_FD.to_string(),
             "printf 'cmd=finalize\\n' >&$PMI_FD",
         );
@@ -542,9 +435,10 @@ fn pmi_tasks_leave_no_thread_or_descriptor_in_the_agent() {
 /// the window holds both sides back meanwhile.
 #[test]
 fn pmi_bytes_written_just_before_the_task_exits_all_arrive() {
-    let agent = Agent::start();
+    let agent = pmi_agent(&[]);
     let (harness, client_end) = UnixStream::pair().unwrap();
-    let mut c = agent.client(
+    let mut c = pmi_client(
+        &agent,
         &CLIENT_PMI_FD.to_string(),
         "yes | head -c 1048576 >&$PMI_FD",
     );
@@ -611,7 +505,7 @@ fn mpich_ranks_wire_up_through_the_relay() {
         .output()
         .unwrap();
     assert!(cc.status.success(), "{cc:?}");
-    let agent = Agent::start();
+    let agent = pmi_agent(&[]);
     let ranks = |relay: bool| {
         let mut c = Command::new("mpiexec.hydra");
         c.args(["-n", "3", CLIENT, "--unix"]).arg(&agent.sock);
