@@ -305,28 +305,14 @@ fn docker_archive(path: &Path) {
 /// OCI image layout directory: oci-layout, index.json, blobs/sha256/ (gzip layers).
 fn oci_layout(dir: &Path) {
     let (l1, l2) = layers();
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let h = sha256_hex(data);
-        std::fs::write(blobs.join(&h), data).unwrap();
-        (format!("sha256:{h}"), data.len())
-    };
-    let (c, cn) = put(CONFIG.as_bytes());
-    let (a, an) = put(&gzip(&l1));
-    let (b, bn) = put(&gzip(&l2));
-    let m = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{cn}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{a}","size":{an}}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{b}","size":{bn}}}]}}"#
+    common::oci_layout(
+        CONFIG.as_bytes(),
+        dir,
+        &[
+            ("application/vnd.oci.image.layer.v1.tar+gzip", gzip(&l1)),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", gzip(&l2)),
+        ],
     );
-    let (md, mn) = put(m.as_bytes());
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(
-        dir.join("index.json"),
-        format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{mn},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
-        ),
-    )
-    .unwrap();
 }
 
 /// A container image as the base: the docker-save archive boots and its job sees the

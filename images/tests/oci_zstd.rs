@@ -115,41 +115,6 @@ fn top_layer() -> Vec<u8> {
     ])
 }
 
-/// An OCI layout directory with the given (media type, blob) layers.
-fn oci_layout(dir: &Path, layers: &[(&str, Vec<u8>)]) -> Vec<String> {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| {
-        let h = sha256_hex(data);
-        std::fs::write(blobs.join(&h), data).unwrap();
-        (format!("sha256:{h}"), data.len())
-    };
-    let (c, cn) = put(CONFIG.as_bytes());
-    let mut digests = Vec::new();
-    let mut descs = Vec::new();
-    for (mt, data) in layers {
-        let (d, n) = put(data);
-        descs.push(format!(
-            r#"{{"mediaType":"{mt}","digest":"{d}","size":{n}}}"#
-        ));
-        digests.push(d);
-    }
-    let m = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{cn}}},"layers":[{}]}}"#,
-        descs.join(",")
-    );
-    let (md, mn) = put(m.as_bytes());
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(
-        dir.join("index.json"),
-        format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{mn},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
-        ),
-    )
-    .unwrap();
-    digests
-}
-
 /// A `docker save` archive: manifest.json names the layer files; no media types anywhere.
 fn docker_archive(path: &Path, layers: &[Vec<u8>]) {
     let names: Vec<String> = (0..layers.len())
@@ -249,7 +214,8 @@ fn zstd_layer_over_gzip_base_applies_files_and_whiteouts() {
     let top = top_layer();
     let zst = zstd_layer(&top);
     let layout = d.join("layout");
-    oci_layout(
+    common::oci_layout(
+        CONFIG.as_bytes(),
         &layout,
         &[(GZIP_TYPE, gzip(&base_layer())), (ZSTD_TYPE, zst.clone())],
     );
@@ -314,7 +280,11 @@ fn corrupt_or_truncated_zstd_layers_are_refused_with_one_line() {
     ];
     for (tag, blob, mt, why) in cases {
         let layout = d.join(tag);
-        let digests = oci_layout(&layout, &[(GZIP_TYPE, gzip(&base_layer())), (mt, blob)]);
+        let digests = common::oci_layout(
+            CONFIG.as_bytes(),
+            &layout,
+            &[(GZIP_TYPE, gzip(&base_layer())), (mt, blob)],
+        );
         eprintln!("{tag}");
         refused(&d.join("img"), &layout, &[&digests[1], why]);
     }
