@@ -129,13 +129,17 @@ fn serves_the_socket_and_removes_it(extra: &[&str]) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut garbage = UnixStream::connect(&sock).unwrap_or_else(|e| {
-        let _ = vmm.kill();
-        let st = vmm.wait().unwrap();
-        let mut err = String::new();
-        vmm.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        panic!("connect to PATH: {e}; the VMM: {st}: {err}")
-    });
+    // A client on PATH; the VMM's own words if it is not there to answer.
+    let mut connect = || {
+        UnixStream::connect(&sock).unwrap_or_else(|e| {
+            let _ = vmm.kill();
+            let st = vmm.wait().unwrap();
+            let mut err = String::new();
+            vmm.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("connect to PATH: {e}; the VMM: {st}: {err}")
+        })
+    };
+    let mut garbage = connect();
     garbage.write_all(b"HELLO\n").unwrap();
     garbage
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -145,13 +149,7 @@ fn serves_the_socket_and_removes_it(extra: &[&str]) {
         matches!(garbage.read(&mut b), Ok(0) | Err(_)),
         "a bad command is closed"
     );
-    let mut c = UnixStream::connect(&sock).unwrap_or_else(|e| {
-        let _ = vmm.kill();
-        let st = vmm.wait().unwrap();
-        let mut err = String::new();
-        vmm.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        panic!("connect to PATH: {e}; the VMM: {st}: {err}")
-    });
+    let mut c = connect();
     c.write_all(b"CONNECT 52\n").unwrap();
     c.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
     let asked = Instant::now();
