@@ -64,6 +64,8 @@ impl Cluster {
             return Err(LabError::Nodes(cfg.nodes));
         }
         let mut lab = Lab::prepare(cfg.node.clone())?;
+        // The node helper's task client (slurm/node): only the cluster's nodes run it.
+        super::carry_bin(lab.base_mut(), &cfg.node, "hpmmap-task")?;
         let tree = packages::install(&cfg.node.cache, &[SLURM_PACKAGES.to_string()])?;
         step(format!(
             "lab cluster: {} packages for munge and slurm-wlm",

@@ -58,7 +58,7 @@ pub const MAX_BOOTS: u32 = 5;
 const Q35_LOW_RAM: u64 = 2 << 30;
 
 /// Host binaries of the workspace the lab carries when they have been built.
-pub const WORKSPACE_BINS: [&str; 3] = ["hpmmap-vmm", "hpmmap-offline", "hpmmap-task"];
+pub const WORKSPACE_BINS: [&str; 2] = ["hpmmap-vmm", "hpmmap-offline"];
 
 pub const LAB_BEGIN: &str = "HPMMAP-LAB-BEGIN";
 pub const LAB_END: &str = "HPMMAP-LAB-END";
@@ -434,25 +434,9 @@ impl Lab {
         )?;
         rootfs::add_program(&mut a, "lab/bin/hpmmap-kvm-probe", &probe)?;
         lab_bins.push("hpmmap-kvm-probe".to_string());
-        let dirs = if cfg.bin_dirs.is_empty() {
-            default_bin_dirs(&cfg.workspace)
-        } else {
-            cfg.bin_dirs.clone()
-        };
         for name in WORKSPACE_BINS {
-            match dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
-                Some(p) => {
-                    step(format!("lab: carrying {}", p.display()));
-                    rootfs::add_program(&mut a, &format!("lab/bin/{name}"), &p)?;
-                    lab_bins.push(name.to_string());
-                }
-                None => step(format!(
-                    "lab: {name} not built (looked in {}); not in L1",
-                    dirs.iter()
-                        .map(|d| d.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
+            if carry_bin(&mut a, &cfg, name)? {
+                lab_bins.push(name.to_string());
             }
         }
         a.file("init", 0o755, lab_init(&abi).into_bytes());
@@ -747,6 +731,33 @@ impl Lab {
 
 /// Where the lab looks for the workspace's host binaries: $HPMMAP_LAB_BINS (a PATH-style
 /// list), $CARGO_TARGET_DIR/debug, <workspace>/target/debug.
+/// Puts the workspace binary `name` (from `cfg.bin_dirs`, else [`default_bin_dirs`]) at
+/// /lab/bin/NAME in `a`; false, said on the progress line, when it is not built.
+pub(crate) fn carry_bin(a: &mut Archive, cfg: &LabConfig, name: &str) -> Result<bool, LabError> {
+    let dirs = if cfg.bin_dirs.is_empty() {
+        default_bin_dirs(&cfg.workspace)
+    } else {
+        cfg.bin_dirs.clone()
+    };
+    match dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+        Some(p) => {
+            step(format!("lab: carrying {}", p.display()));
+            rootfs::add_program(a, &format!("lab/bin/{name}"), &p)?;
+            Ok(true)
+        }
+        None => {
+            step(format!(
+                "lab: {name} not built (looked in {}); not in L1",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            Ok(false)
+        }
+    }
+}
+
 pub fn default_bin_dirs(ws: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::env::var_os("HPMMAP_LAB_BINS")
         .map(|p| std::env::split_paths(&p).collect())
