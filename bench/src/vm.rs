@@ -291,16 +291,24 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
 }
 
 /// The `hpmmap-workload` that goes into the job images: `$HPMMAP_VM_WORKLOAD_BIN`, the
-/// static build (`x86_64-unknown-linux-gnu/release` beside this binary's target dir), else
-/// the harness's own workload binary (the image builder copies its shared libraries).
+/// static build (the guest binaries' `hpmmap-guest-static` dir beside this binary's target
+/// dir, where the image builder's built-in workload is built too, or plain
+/// `x86_64-unknown-linux-gnu/release`), else the harness's own workload binary (the image
+/// builder copies its shared libraries).
 pub fn image_workload_binary(fallback: &Path) -> PathBuf {
     if let Some(p) = std::env::var_os("HPMMAP_VM_WORKLOAD_BIN") {
         return p.into();
     }
     let static_build = std::env::current_exe().ok().and_then(|me| {
         let target = me.parent()?.parent()?;
-        let p = target.join("x86_64-unknown-linux-gnu/release/hpmmap-workload");
-        p.is_file().then_some(p)
+        ["hpmmap-guest-static/", ""]
+            .iter()
+            .map(|d| {
+                target.join(format!(
+                    "{d}x86_64-unknown-linux-gnu/release/hpmmap-workload"
+                ))
+            })
+            .find(|p| p.is_file())
     });
     static_build.unwrap_or_else(|| fallback.to_path_buf())
 }

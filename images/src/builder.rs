@@ -154,7 +154,7 @@ fn resolve_job(
     notes: &mut Vec<String>,
 ) -> Result<(String, JobProgram), BuildError> {
     let mut builtin = |args: Vec<String>| -> Result<JobProgram, BuildError> {
-        let w = workspace::builtin_workload(opts.cache.root())?;
+        let w = workspace::builtin_workload(&opts.workspace)?;
         let guest = format!("/job/bin/{}", w.name);
         let args = if args.is_empty() {
             w.args.clone()
@@ -171,7 +171,7 @@ fn resolve_job(
     match &opts.job {
         None => {
             let p = builtin(vec![])?;
-            let shown = std::iter::once(workspace::TRIAD_NAME.to_string())
+            let shown = std::iter::once(workspace::WORKLOAD_NAME.to_string())
                 .chain(p.argv[1..].iter().cloned())
                 .collect::<Vec<_>>()
                 .join(" ");
@@ -179,7 +179,7 @@ fn resolve_job(
         }
         Some(j) => {
             let words = split(j)?;
-            if words[0] == workspace::TRIAD_NAME {
+            if words[0] == workspace::WORKLOAD_NAME {
                 return Ok((j.clone(), builtin(words[1..].to_vec())?));
             }
             let host = find_program(&words[0])?;
@@ -202,7 +202,7 @@ fn tree_job(
     notes: &mut Vec<String>,
 ) -> Result<(String, Vec<String>, Launch), BuildError> {
     let (text, argv) = match &opts.job {
-        Some(j) if split(j)?[0] != workspace::TRIAD_NAME => {
+        Some(j) if split(j)?[0] != workspace::WORKLOAD_NAME => {
             let words = split(j)?;
             let host = find_program(&words[0]).ok();
             if let (Some(h), None) = (&host, jt.find(&words[0])) {

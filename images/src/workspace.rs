@@ -248,11 +248,10 @@ pub fn build_module_with(
     Ok(ko)
 }
 
-/// The built-in workload: a STREAM-style triad in C, compiled static once per source hash.
-/// Hook for bench/: when that crate ships its workloads as binaries, return the
-/// static `cg` here (cargo_static(ws, "hpmmap-bench", "cg", None)) with its default arguments.
-pub const TRIAD_SOURCE: &str = include_str!("../workload/triad.c");
-pub const TRIAD_NAME: &str = "hpmmap-triad";
+/// The built-in workload is bench's `hpmmap-workload` (the same STREAM, CG, GUPS and fault
+/// kernels the benchmark measures), built static like the other guest binaries, so an image
+/// and the benchmark run one program.
+pub const WORKLOAD_NAME: &str = "hpmmap-workload";
 
 pub struct Workload {
     pub name: &'static str,
@@ -261,33 +260,30 @@ pub struct Workload {
     pub description: &'static str,
 }
 
-pub fn builtin_workload(cache_root: &Path) -> Result<Workload, PartError> {
-    let key = crate::debs::short_hash(TRIAD_SOURCE);
-    let dir = cache_root.join("workload").join(format!("triad-{key}"));
-    let bin = dir.join(TRIAD_NAME);
-    if !bin.is_file() {
-        let tmp = cache_root
-            .join("workload")
-            .join(format!(".triad-{}", crate::progress::unique()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        std::fs::write(tmp.join("triad.c"), TRIAD_SOURCE).map_err(io(&tmp))?;
-        progress::step("compiling the built-in workload (gcc -static)");
-        let mut cmd = Command::new("gcc");
-        cmd.current_dir(&tmp)
-            .args(["-O2", "-static", "-o", TRIAD_NAME, "triad.c"]);
-        if let Err(e) = run(cmd, "the built-in workload (images/workload/triad.c)") {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        if std::fs::rename(&tmp, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
+/// bench/'s crate, if this workspace has it.
+pub fn workload_source(ws: &Path) -> Option<PathBuf> {
+    let d = ws.join("bench");
+    d.join("Cargo.toml").is_file().then_some(d)
+}
+
+pub fn builtin_workload(ws: &Path) -> Result<Workload, PartError> {
+    if workload_source(ws).is_none() {
+        return Err(PartError::Build {
+            what: "the built-in workload".into(),
+            cmd: format!("cargo build -p hpmmap-bench --bin {WORKLOAD_NAME}"),
+            detail: format!(
+                "{} has no bench/Cargo.toml (set HPMMAP_WORKSPACE to an hpmmap checkout, or pass --job)",
+                ws.display()
+            ),
+        });
     }
     Ok(Workload {
-        name: TRIAD_NAME,
-        binary: bin,
-        args: vec!["32".into(), "5".into()],
-        description: "built-in STREAM-style triad (images/workload/triad.c, static C)",
+        name: WORKLOAD_NAME,
+        binary: cargo_static(ws, "hpmmap-bench", WORKLOAD_NAME, None)?,
+        // Three 32 MiB arrays, five timed passes: small enough for a 1 GiB pool.
+        args: ["stream", "--mem-per-rank", "96M", "--iters", "5"]
+            .map(String::from)
+            .to_vec(),
+        description: "built-in hpmmap-workload (bench/, static Rust): STREAM by default",
     })
 }

@@ -143,20 +143,28 @@ fn default_image_runs_the_builtin_workload_with_ranks() {
     let img = d.join("img");
     let m = build_ok(
         &img,
-        &["--no-hpmmap", "--ranks", "2", "--job", "hpmmap-triad 4 2"],
+        &[
+            "--no-hpmmap",
+            "--ranks",
+            "2",
+            "--job",
+            "hpmmap-workload stream --mem-per-rank 12M --iters 2",
+        ],
     );
     assert_eq!(m.ranks, 2);
     let r = boot(&img, "");
     assert_eq!(r.status, 0, "{}", r.console);
-    for rank in 0..2 {
-        assert!(
-            r.console.contains(&format!(
-                "hpmmap-triad rank {rank}: 4 MiB x 3, 2 passes: best triad"
-            )),
-            "{}",
-            r.console
-        );
-    }
+    // One verified STREAM result per rank, with the arguments the job line gave.
+    let results = r
+        .console
+        .lines()
+        .filter(|l| {
+            l.contains("HPMMAP-RESULT v=1 workload=stream")
+                && l.contains(" mem_per_rank=12582912 iters=2 ")
+                && l.contains(" valid=1 ")
+        })
+        .count();
+    assert_eq!(results, 2, "{}", r.console);
     assert!(
         r.console.contains("hpmmap-init: platform:"),
         "{}",
@@ -178,7 +186,13 @@ fn hpmmap_image_loads_the_module_with_a_memmap_pool() {
     let ws = hpmmap_image::workspace::root();
     let d = scratch("hpmmap");
     let img = d.join("img");
-    let m = build_ok(&img, &["--job", "hpmmap-triad 8 2"]);
+    let m = build_ok(
+        &img,
+        &[
+            "--job",
+            "hpmmap-workload stream --mem-per-rank 24M --iters 2",
+        ],
+    );
     let have = hpmmap_image::workspace::module_source(&ws).is_some()
         && hpmmap_image::workspace::hpmmap_run_source(&ws).is_some();
     assert_eq!(m.hpmmap, have, "{:?}", m.notes);

@@ -285,7 +285,7 @@ fn job_image_boots_as_l2_under_hpmmap_vmm() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         parse_add(&format!("{}:/{name}", out.display())).unwrap()
     };
-    let ok = image("ok", "hpmmap-triad 8 2");
+    let ok = image("ok", "hpmmap-workload stream --mem-per-rank 24M --iters 2");
     let with_hpmmap = hpmmap_image::manifest::Manifest::read(&base.join("ok"))
         .unwrap()
         .hpmmap;
@@ -311,7 +311,11 @@ fn job_image_boots_as_l2_under_hpmmap_vmm() {
     assert_eq!(value(&o, "ok_status"), "0", "{}", o.output);
     assert_eq!(value(&o, "fail_status"), "3", "{}", o.output);
     assert!(
-        o.output.contains("hpmmap-triad rank 0: 8 MiB x 3"),
+        o.output
+            .lines()
+            .any(|l| l.contains("HPMMAP-RESULT v=1 workload=stream")
+                && l.contains(" mem_per_rank=25165824 iters=2 ")
+                && l.contains(" valid=1 ")),
         "{}",
         o.output
     );

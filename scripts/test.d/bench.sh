@@ -25,9 +25,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 target=x86_64-unknown-linux-gnu
-RUSTFLAGS='-C target-feature=+crt-static' nice cargo build --quiet --release \
+# The static guest binaries' target dir (images/src/workspace.rs guest_target_dir): the job
+# images' built-in workload is this same build.
+static_dir=${CARGO_TARGET_DIR:-target}/hpmmap-guest-static
+RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=$static_dir nice cargo build --quiet --release \
     --target "$target" -p hpmmap-bench --bin hpmmap-workload
-bin=${CARGO_TARGET_DIR:-target}/$target/release/hpmmap-workload
+bin=$static_dir/$target/release/hpmmap-workload
 if ldd "$bin" 2>&1 | grep -q '=>'; then
     echo "FAIL: bench: $bin is dynamically linked"
     ldd "$bin"
