@@ -24,7 +24,9 @@
  *    part raises SIGBUS on access and fork_failures counts it).
  * A private anonymous mapping must read zero and never share: offsets are never reused
  * by two live mappings, blocks are zeroed when allocated, and any part of a still held
- * block that is mapped again (mremap growth, brk, small mappings) is zeroed then.
+ * block that is mapped again (mremap growth, brk) is zeroed then, or, while a device or
+ * a pipe still references pages of it, left alone and replaced by new offsets (pool.c,
+ * quarantine of pieces).
  *
  * Address space: registration reserves a region (1 TiB, 1 GiB aligned) with real
  * placeholder VMAs (PROT_NONE, no VM_MAY* bits, mergeable), so Linux never places
@@ -428,7 +430,8 @@ static int obj_fill(struct hpm_ctx *ctx, u64 off, u64 len)
 
 		if (held) {
 			/* A block still held for other offsets: these ones no VMA maps (callers
-			 * guarantee it), but an earlier mapping may have left data there. */
+			 * guarantee it), but an earlier mapping may have left data there, and no
+			 * device or pipe references it any more (map_at() asked obj_reusable()). */
 			u64 s = max(u, off), e = min(u + HPM_UNIT, end);
 
 			hpm_zero_all(held->pa + (s - held->off), e - s);
@@ -448,6 +451,44 @@ static int obj_fill(struct hpm_ctx *ctx, u64 off, u64 len)
 		u += HPM_UNIT;
 	}
 	return 0;
+}
+
+/*
+ * [o1, o2) just left the last mapping of this mm that reached it, while the blocks behind
+ * it stay (their other parts are mapped): pages a device or a pipe still references there
+ * are watched by the pool (hpm_pool_retire) and counted as quarantined. Caller holds
+ * obj_lock.
+ */
+static void obj_retire(struct hpm_ctx *ctx, u64 o1, u64 o2)
+{
+	while (o1 < o2) {
+		struct hpm_blk *b = blk_at(ctx, o1);
+		u64 e = min(o2, b ? b->off + hpm_blk_size(b) : round_up(o1 + 1, HPM_UNIT));
+
+		if (b)
+			hpm_pool_retire(b->pa + (o1 - b->off), e - o1);
+		o1 = e;
+	}
+}
+
+/*
+ * May [off, off + len) be backed and mapped now? Offsets that parts of held blocks back
+ * are given to a new mapping only when no page there is still referenced (a pin or a
+ * pipe on memory this mm unmapped): zeroing them would hand the device the new
+ * mapping's memory. Caller holds obj_lock.
+ */
+static bool obj_reusable(struct hpm_ctx *ctx, u64 off, u64 len)
+{
+	u64 u = round_down(off, HPM_UNIT), end = off + len;
+
+	for (; u < end; u += HPM_UNIT) {
+		struct hpm_blk *b = blk_at(ctx, u);
+		u64 s = max(u, off), e = min(u + HPM_UNIT, end);
+
+		if (b && !hpm_pool_reusable(b->pa + (s - b->off), e - s))
+			return false;
+	}
+	return true;
 }
 
 struct ivl {
@@ -513,8 +554,10 @@ static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o
 	lo = b ? b->off : round_down(o1, HPM_UNIT);
 	b = blk_at(ctx, o2 - 1);
 	hi = b ? b->off + hpm_blk_size(b) : round_up(o2, HPM_UNIT);
-	if (skip && neighbours_cover(ctx, mm, skip, lo, hi))
-		return; /* every block stays: no walk over all VMAs per small munmap */
+	if (skip && neighbours_cover(ctx, mm, skip, lo, hi)) {
+		obj_retire(ctx, o1, o2); /* every block stays: no walk over all VMAs */
+		return;
+	}
 	{
 		VMA_ITERATOR(vmi, mm, 0);
 
@@ -532,6 +575,7 @@ static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o
 
 				if (!nv) { /* keep the blocks: leaking until exit beats corrupting */
 					kfree(iv);
+					obj_retire(ctx, o1, o2);
 					return;
 				}
 				iv = nv;
@@ -563,7 +607,9 @@ static void obj_release(struct hpm_ctx *ctx, struct mm_struct *mm, u64 o1, u64 o
 		}
 		/* Still covered elsewhere: the uncovered part keeps what it held, out of
 		 * everyone's reach; obj_fill() zeroes it if these offsets are mapped again
-		 * (issue 12.6: no 4 KiB clear per munmap of a small piece). */
+		 * (issue 12.6: no 4 KiB clear per munmap of a small piece), unless a device
+		 * still holds pages of it (issue 12.1). */
+		obj_retire(ctx, max(o1, bs), min(o2, be));
 	}
 	kfree(iv);
 }
@@ -1375,6 +1421,10 @@ static long map_at(struct hpm_ctx *ctx, unsigned long va, unsigned long len,
 	int err;
 
 	mutex_lock(&ctx->obj_lock);
+	if (!obj_reusable(ctx, off, len)) {
+		mutex_unlock(&ctx->obj_lock);
+		return -EBUSY; /* nothing taken yet */
+	}
 	err = obj_fill(ctx, off, len);
 	mutex_unlock(&ctx->obj_lock);
 	if (!err) {
@@ -1396,6 +1446,24 @@ static long map_at(struct hpm_ctx *ctx, unsigned long va, unsigned long len,
 	atomic64_inc(&hpm_st.mappings);
 	atomic64_inc(&ctx->acct.mappings);
 	return va;
+}
+
+/*
+ * map_at() at offsets the caller chose (mremap growing in place, brk: those following
+ * the mapping's own), or, where a device still holds pages of a piece unmapped there
+ * (map_at() says EBUSY), at new offsets: other memory, a VMA that does not merge with its
+ * neighbour, the same addresses and contents (zero) for the program. Caller holds op_lock.
+ */
+static long map_at_or_new_offsets(struct hpm_ctx *ctx, unsigned long va, unsigned long len,
+				  unsigned long prot, u64 off)
+{
+	long r = map_at(ctx, va, len, prot, off);
+	int err;
+
+	if (r != -EBUSY)
+		return r;
+	err = offset_for(ctx, va, len, &off);
+	return err ? err : map_at(ctx, va, len, prot, off);
 }
 
 static long map_new(struct hpm_ctx *ctx, unsigned long addr, unsigned long len,
@@ -1559,9 +1627,16 @@ long hpm_do_mremap(struct hpm_ctx *ctx, unsigned long old, unsigned long old_len
 	     (o_end + (new_len - old_len) - 1) >> SLOT_SHIFT == (o_end - 1) >> SLOT_SHIFT)) {
 		mmap_read_unlock(mm);
 		/* grow in place: the offsets after the mapping are its own */
-		ret = map_at(ctx, old + old_len, new_len - old_len, prot, o_end);
+		ret = map_at_or_new_offsets(ctx, old + old_len, new_len - old_len, prot, o_end);
 		if (ret >= 0)
 			ret = old;
+		/*
+		 * The small cursor hands out the offsets past it: never these again while
+		 * this mapping lives (they may lie past it when it was the last one).
+		 */
+		if (ret >= 0 && o_end >= OFF_SMALL && o_end < OFF_BIG)
+			ctx->small_cursor = max(ctx->small_cursor,
+						o_end + (new_len - old_len) - OFF_SMALL);
 		goto out;
 	}
 	prot = vma_prot(find_vma(mm, old));
@@ -1912,8 +1987,8 @@ unsigned long hpm_do_brk(struct hpm_ctx *ctx, unsigned long brk, bool *handled)
 			goto out;
 		}
 		mmap_read_unlock(mm);
-		r = map_at(ctx, top_old, top_new - top_old, PROT_READ | PROT_WRITE,
-			   OFF_HEAP + (top_old - ctx->heap_base));
+		r = map_at_or_new_offsets(ctx, top_old, top_new - top_old, PROT_READ | PROT_WRITE,
+					  OFF_HEAP + (top_old - ctx->heap_base));
 		if (r < 0) {
 			if (r == -ENOMEM) { /* malloc falls back to mmap */
 				atomic64_inc(&hpm_st.fallbacks);

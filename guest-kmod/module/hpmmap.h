@@ -36,6 +36,8 @@ void hpm_pool_exit(void);
 int hpm_pool_alloc(unsigned int order, int nid, phys_addr_t *pa);
 void hpm_pool_free(phys_addr_t pa, unsigned int order);
 void hpm_pool_release(phys_addr_t pa, unsigned int order);
+void hpm_pool_retire(phys_addr_t pa, u64 len);
+bool hpm_pool_reusable(phys_addr_t pa, u64 len);
 u64 hpm_pool_quarantined_bytes(void);
 void *hpm_pa_to_va(phys_addr_t pa);
 bool hpm_pa_in_pool(phys_addr_t pa);

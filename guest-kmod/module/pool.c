@@ -503,11 +503,24 @@ fail:
  * idle count (idle_ref: ZONE_DEVICE GENERIC pages are born at 1 and mapped without
  * refcount, pins add GUP_PIN_COUNTING_BIAS, gets add 1); a delayed work polls them, and readers of
  * the counters poll first. While blocks wait, the module holds a reference to itself.
+ *
+ * Pieces (issue 12.1): part of a block can leave its address space while the rest stays
+ * mapped there; the block stays with its address space, which would zero that part and
+ * map it again if the same object offsets are mapped later (mremap growth in place, brk).
+ * A referenced piece is watched here instead (hpm_pool_retire), counted in the same
+ * quarantined bytes, and its address space maps none of it again while any page of it is
+ * referenced (hpm_pool_reusable): it takes other offsets, hence other memory. Sound
+ * because an unmapped piece cannot gain references (GUP, vmsplice and O_DIRECT need a
+ * mapping; a pipe's tee only copies a reference that is already counted), so once its
+ * pages are idle no device or pipe can reach them any more, and zeroing then is final.
+ * Pieces never overlap one another nor mapped memory; a block that leaves entirely takes
+ * its pieces' place in the list (hpm_pool_release).
  */
 struct hpm_quar {
 	struct list_head l;
 	phys_addr_t pa;
-	unsigned int order;
+	u64 len;
+	bool piece; /* part of a block its address space still holds: watched, never freed */
 };
 static LIST_HEAD(quar_list);
 static DEFINE_MUTEX(quar_lock);
@@ -516,9 +529,9 @@ static bool quar_ref; /* the module reference the quarantine holds */
 static void quar_work_fn(struct work_struct *w);
 static DECLARE_DELAYED_WORK(quar_work, quar_work_fn);
 
-static bool block_referenced(phys_addr_t pa, unsigned int order)
+static bool range_referenced(phys_addr_t pa, u64 len)
 {
-	unsigned long pfn = PHYS_PFN(pa), n = (HPM_UNIT << order) >> PAGE_SHIFT, i;
+	unsigned long pfn = PHYS_PFN(pa), n = len >> PAGE_SHIFT, i;
 
 	for (i = 0; i < n; i++) {
 		if (page_ref_count(pfn_to_page(pfn + i)) != idle_ref)
@@ -529,7 +542,14 @@ static bool block_referenced(phys_addr_t pa, unsigned int order)
 	return false;
 }
 
-/* Frees the quarantined blocks nobody references any more; true if some remain. */
+static void quar_del(struct hpm_quar *q)
+{
+	list_del(&q->l);
+	quar_bytes -= q->len;
+	kfree(q);
+}
+
+/* Frees idle quarantined blocks and forgets idle pieces; true if entries remain. */
 static bool quar_scan(void)
 {
 	struct hpm_quar *q, *t;
@@ -537,12 +557,11 @@ static bool quar_scan(void)
 
 	mutex_lock(&quar_lock);
 	list_for_each_entry_safe(q, t, &quar_list, l) {
-		if (block_referenced(q->pa, q->order))
+		if (range_referenced(q->pa, q->len))
 			continue;
-		list_del(&q->l);
-		quar_bytes -= (u64)HPM_UNIT << q->order;
-		hpm_pool_free(q->pa, q->order);
-		kfree(q);
+		if (!q->piece)
+			hpm_pool_free(q->pa, ilog2(q->len >> HPM_UNIT_SHIFT));
+		quar_del(q);
 	}
 	left = !list_empty(&quar_list);
 	mutex_unlock(&quar_lock);
@@ -567,30 +586,98 @@ static void quar_work_fn(struct work_struct *w)
 		module_put(THIS_MODULE);
 }
 
+/* Adds an entry; caller holds quar_lock. */
+static void quar_add_locked(struct hpm_quar *q, phys_addr_t pa, u64 len, bool piece)
+{
+	q->pa = pa;
+	q->len = len;
+	q->piece = piece;
+	list_add_tail(&q->l, &quar_list);
+	quar_bytes += len;
+	if (!quar_ref) {
+		quar_ref = true;
+		__module_get(THIS_MODULE); /* no unload while a device holds pool memory */
+	}
+}
+
+static inline bool overlaps(const struct hpm_quar *q, phys_addr_t pa, u64 len)
+{
+	return q->pa < pa + len && pa < q->pa + q->len;
+}
+
 /*
  * A block leaves its address space (munmap, exit, exec): back to the pool, or into the
  * quarantine while its pages are still referenced. Zeroed when allocated again.
  */
 void hpm_pool_release(phys_addr_t pa, unsigned int order)
 {
-	struct hpm_quar *q;
+	u64 len = (u64)HPM_UNIT << order;
+	struct hpm_quar *q, *t;
 
-	if (!block_referenced(pa, order)) {
+	/* The block answers for its pieces from now on (its check covers their pages). */
+	mutex_lock(&quar_lock);
+	list_for_each_entry_safe(q, t, &quar_list, l)
+		if (q->piece && overlaps(q, pa, len))
+			quar_del(q);
+	mutex_unlock(&quar_lock);
+	if (!range_referenced(pa, len)) {
 		hpm_pool_free(pa, order);
 		return;
 	}
 	q = kmalloc(sizeof(*q), GFP_KERNEL | __GFP_NOFAIL);
-	q->pa = pa;
-	q->order = order;
 	mutex_lock(&quar_lock);
-	list_add_tail(&q->l, &quar_list);
-	quar_bytes += (u64)HPM_UNIT << order;
-	if (!quar_ref) {
-		quar_ref = true;
-		__module_get(THIS_MODULE); /* no unload while a device holds pool memory */
-	}
+	quar_add_locked(q, pa, len, false);
 	mutex_unlock(&quar_lock);
 	schedule_delayed_work(&quar_work, HZ / 10);
+}
+
+/*
+ * [pa, pa + len), part of a block its address space keeps, was just unmapped there (no
+ * mapping of any mm reaches it now). If a page of it is still referenced, watch it as a
+ * piece (merged with the pieces it touches, which are unmapped too) until none is.
+ */
+void hpm_pool_retire(phys_addr_t pa, u64 len)
+{
+	struct hpm_quar *n, *q, *t;
+	phys_addr_t lo = pa, hi = pa + len;
+
+	if (!len || !range_referenced(pa, len))
+		return;
+	n = kmalloc(sizeof(*n), GFP_KERNEL | __GFP_NOFAIL);
+	mutex_lock(&quar_lock);
+	list_for_each_entry_safe(q, t, &quar_list, l) {
+		if (!q->piece || !overlaps(q, pa, len))
+			continue;
+		lo = min(lo, q->pa);
+		hi = max_t(phys_addr_t, hi, q->pa + q->len);
+		quar_del(q);
+	}
+	quar_add_locked(n, lo, hi - lo, true);
+	mutex_unlock(&quar_lock);
+	schedule_delayed_work(&quar_work, HZ / 10);
+}
+
+/*
+ * May [pa, pa + len), unmapped part of a block its address space keeps, be zeroed and
+ * mapped again? Not while any page of it or of a piece it touches is referenced; idle
+ * pieces it touches are forgotten. Their address space serializes its own calls.
+ */
+bool hpm_pool_reusable(phys_addr_t pa, u64 len)
+{
+	struct hpm_quar *q, *t;
+	bool ok = true;
+
+	mutex_lock(&quar_lock);
+	list_for_each_entry_safe(q, t, &quar_list, l) {
+		if (!q->piece || !overlaps(q, pa, len))
+			continue;
+		if (range_referenced(q->pa, q->len))
+			ok = false;
+		else
+			quar_del(q);
+	}
+	mutex_unlock(&quar_lock);
+	return ok && !range_referenced(pa, len);
 }
 
 /* Bytes in quarantine now (after a scan, so a reader sees what is really held). */

@@ -1182,6 +1182,259 @@ static int t_vmsplice(void)
 }
 
 /*
+ * Every byte of [p, p + len) is v (all_bytes() samples; a device's 8-byte write at byte
+ * 16 of a page would slip between its samples).
+ */
+static int every_byte(const char *p, size_t len, int v)
+{
+	uint64_t w = 0x0101010101010101ull * (uint8_t)v;
+	size_t i;
+
+	for (i = 0; i < len; i += 8)
+		if (*(const uint64_t *)(p + i) != w)
+			return 0;
+	return 1;
+}
+
+static int pin_hold(int fd, void *addr, size_t len)
+{
+	struct hpmmap_pin_test t = { sizeof(t), HPMMAP_UAPI_VERSION, (uint64_t)addr, len, 0, 0, 0 };
+
+	return ioctl(fd, HPMMAP_IOC_PIN_HOLD, &t) == 0 && t.in_pool == len / PG ? 0 : -1;
+}
+
+/*
+ * Through the held pins: write v at byte 16 of every page (write), or count the pages
+ * where the device does not read v back (-1 on error).
+ */
+static long pin_dma(int fd, uint64_t v, int write)
+{
+	struct hpmmap_pin_test t = { sizeof(t), HPMMAP_UAPI_VERSION, 0, write, 0, 0, v };
+
+	if (ioctl(fd, HPMMAP_IOC_PIN_DMA, &t))
+		return -1;
+	return write ? 0 : (long)t.value;
+}
+
+static int pin_release(int fd)
+{
+	struct hpmmap_pin_test t = { sizeof(t), HPMMAP_UAPI_VERSION, 0, 0, 0, 0, 0 };
+
+	return ioctl(fd, HPMMAP_IOC_PIN_RELEASE, &t);
+}
+
+/*
+ * A child of this process maps 16 MiB, fills it, lets the device (the parent's held
+ * pins) write, and checks its memory is all its own: 0 if so.
+ */
+static int child_untouched(int fd, uint64_t v)
+{
+	int go[2], done[2], rc;
+	pid_t pid;
+	char c;
+
+	if (pipe(go) || pipe(done))
+		return -1;
+	pid = fork();
+	if (pid == 0) {
+		char *m = map(16 * MiB);
+
+		if (m == MAP_FAILED || !is_hpmmap(m) || !every_byte(m, 16 * MiB, 0))
+			_exit(1);
+		memset(m, 0x3c, 16 * MiB);
+		if (write(done[1], "m", 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(2);
+		_exit(every_byte(m, 16 * MiB, 0x3c) ? 0 : 3);
+	}
+	if (read(done[0], &c, 1) != 1 || pin_dma(fd, v, 1) || write(go[1], "g", 1) != 1)
+		kill(pid, SIGKILL);
+	waitpid(pid, &rc, 0);
+	close(go[0]);
+	close(go[1]);
+	close(done[0]);
+	close(done[1]);
+	return WIFEXITED(rc) ? WEXITSTATUS(rc) : 100 + WTERMSIG(rc);
+}
+
+/*
+ * Issue 12.1, a pin on part of a block whose rest stays mapped in the same address space:
+ * 64 KiB in the middle of the first 2 MiB block and the last 64 KiB of the second, pinned
+ * (FOLL_LONGTERM) and munmapped. The pieces count in quarantined_bytes while the rest of
+ * both blocks keeps its data. Mappings made meanwhile read zero and never share memory
+ * with the pins: a MAP_FIXED one at the first hole, new ones elsewhere, and the second
+ * part grown in place over the second hole (mremap without MAYMOVE: the same object
+ * offsets, which used to be zeroed in place and mapped again): the device's writes reach
+ * none of them, nor a child's memory, and the device reads back only its own writes.
+ * Unmapping the rest puts each whole block in quarantine (4 MiB, the pieces not counted
+ * twice); a child that exits with a pinned piece leaves its block there; releasing the
+ * pins brings every byte back to the pool.
+ */
+static int t_pin_partial(void)
+{
+	const size_t piece = 64 * 1024;
+	uint64_t free0 = sysfs_u64("free_bytes");
+	int fd = test_dev("pin-part-of-mapped-block"), fd2, rc;
+	char *p, *a, *b, *f, *n, *g;
+	pid_t pid;
+
+	if (fd == -2)
+		return 0;
+	fd2 = open(HPMMAP_TEST_DEVICE, O_RDWR);
+	CHECK(fd >= 0 && fd2 >= 0, "open %s: %s", HPMMAP_TEST_DEVICE, strerror(errno));
+	p = map(4 * MiB); /* two 2 MiB blocks */
+	CHECK(p != MAP_FAILED && is_hpmmap(p), "setup");
+	memset(p, 0x5a, 4 * MiB);
+	a = p + MiB;
+	b = p + 4 * MiB - piece;
+	CHECK(!pin_hold(fd, a, piece) && !pin_hold(fd2, b, piece), "pin: %s", strerror(errno));
+	CHECK(munmap(a, piece) == 0 && munmap(b, piece) == 0, "munmap pieces: %s", strerror(errno));
+	CHECK(sysfs_u64("quarantined_bytes") == 2 * piece, "quarantined_bytes %llu, want %zu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"), 2 * piece);
+	CHECK(sysfs_u64("free_bytes") == free0 - 4 * MiB, "the blocks left the address space");
+	f = mmap(a, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	CHECK(f == a && is_hpmmap(f) && every_byte(f, piece, 0), "MAP_FIXED at the hole: %p, not zero",
+	      f);
+	/* before new mappings, which could be placed in the second hole */
+	CHECK(mremap(a + piece, b - (a + piece), b + piece - (a + piece), 0) == a + piece,
+	      "mremap grow in place over the second hole: %s", strerror(errno));
+	CHECK(is_hpmmap(b) && every_byte(b, piece, 0), "the grown part does not read zero");
+	n = map(piece);
+	g = map(4 * MiB);
+	CHECK(n != MAP_FAILED && g != MAP_FAILED && every_byte(n, piece, 0) &&
+	      every_byte(g, 4 * MiB, 0), "new mappings not zero");
+	memset(f, 0x31, piece);
+	memset(n, 0x32, piece);
+	memset(g, 0x33, 4 * MiB);
+	memset(b, 0x34, piece);
+	CHECK(!pin_dma(fd, 0x5049454345303031ull, 1) && !pin_dma(fd2, 0x5049454345303032ull, 1),
+	      "device write");
+	CHECK(every_byte(f, piece, 0x31), "the device wrote into the MAP_FIXED mapping");
+	CHECK(every_byte(n, piece, 0x32) && every_byte(g, 4 * MiB, 0x33),
+	      "the device wrote into a new mapping");
+	CHECK(every_byte(b, piece, 0x34), "the device wrote into the part grown in place");
+	CHECK(every_byte(p, MiB, 0x5a) && every_byte(a + piece, b - (a + piece), 0x5a),
+	      "the mapped rest of the blocks changed");
+	CHECK(pin_dma(fd, 0x5049454345303031ull, 0) == 0 && pin_dma(fd2, 0x5049454345303032ull, 0) == 0,
+	      "the device does not read back its own writes (its pages are mapped again)");
+	rc = child_untouched(fd, 0x5049454345303033ull);
+	CHECK(rc == 0, "a child's memory was not its own (child status %d)", rc);
+	CHECK(munmap(n, piece) == 0 && munmap(g, 4 * MiB) == 0 && munmap(p, 4 * MiB) == 0, "munmap");
+	CHECK(sysfs_u64("quarantined_bytes") == 4 * MiB,
+	      "quarantined_bytes %llu after the blocks left, want the two blocks once",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"));
+	CHECK(sysfs_u64("free_bytes") == free0 - 4 * MiB, "pinned blocks went back to the pool");
+	rc = child_untouched(fd2, 0x5049454345303034ull);
+	CHECK(rc == 0, "a child got quarantined memory (child status %d)", rc);
+	CHECK(pin_dma(fd, 0x5049454345303033ull, 0) == 0, "the device lost its writes");
+	CHECK(!pin_release(fd) && !pin_release(fd2), "release");
+	CHECK(sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied: %llu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"));
+	CHECK(sysfs_u64("free_bytes") == free0, "pool not back after release");
+	/* exit with a pinned piece whose block is still mapped around it */
+	pid = fork();
+	if (pid == 0) {
+		char *c = map(4 * MiB);
+
+		if (c == MAP_FAILED || pin_hold(fd, c + MiB, piece) || munmap(c + MiB, piece))
+			_exit(2);
+		_exit(sysfs_u64("quarantined_bytes") == piece ? 0 : 3);
+	}
+	waitpid(pid, &rc, 0);
+	CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "child with a pinned piece: status %d", rc);
+	CHECK(sysfs_u64("quarantined_bytes") == 2 * MiB, "after its exit %llu quarantined, want its block",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"));
+	rc = child_untouched(fd, 0x5049454345303035ull);
+	CHECK(rc == 0, "another child got the exited one's pinned block (status %d)", rc);
+	CHECK(!pin_release(fd), "release");
+	close(fd);
+	close(fd2);
+	CHECK(sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied after the exit's pin");
+	CHECK(sysfs_u64("free_bytes") == free0, "pool not full after the child's exit and release");
+	return 0;
+}
+
+/*
+ * Issue 12.1, vmsplice of parts of blocks that stay mapped: the pipe holds 64 KiB of the
+ * first block and the last 64 KiB of the second; both are munmapped, a MAP_FIXED mapping
+ * takes the first hole, the rest grows in place over the second (same object offsets),
+ * and a new mapping is made. They read zero; the pipe then delivers the spliced data
+ * (0x66, Linux's semantics) and the new mappings keep their own.
+ */
+static int t_vmsplice_partial(void)
+{
+	const size_t piece = 64 * 1024;
+	char *p = map(4 * MiB), *a, *b, *f, *g, buf[4096];
+	struct iovec iov[2];
+	int fds[2], i;
+	ssize_t r;
+
+	CHECK(p != MAP_FAILED && pipe(fds) == 0, "setup");
+	CHECK(fcntl(fds[1], F_SETPIPE_SZ, 4 * piece) >= (int)(2 * piece), "pipe size: %s",
+	      strerror(errno));
+	memset(p, 0x66, 4 * MiB);
+	a = p + MiB;
+	b = p + 4 * MiB - piece;
+	iov[0].iov_base = a;
+	iov[0].iov_len = piece;
+	iov[1].iov_base = b;
+	iov[1].iov_len = piece;
+	CHECK(vmsplice(fds[1], iov, 2, 0) == (ssize_t)(2 * piece), "vmsplice: %s", strerror(errno));
+	CHECK(munmap(a, piece) == 0 && munmap(b, piece) == 0, "munmap");
+	CHECK(sysfs_u64("quarantined_bytes") == 2 * piece, "quarantined_bytes %llu, want %zu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"), 2 * piece);
+	f = mmap(a, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	CHECK(f == a && every_byte(f, piece, 0), "MAP_FIXED at the hole not zero");
+	CHECK(mremap(a + piece, b - (a + piece), b + piece - (a + piece), 0) == a + piece,
+	      "mremap grow in place: %s", strerror(errno));
+	CHECK(every_byte(b, piece, 0), "the grown part does not read zero");
+	g = map(4 * MiB);
+	CHECK(g != MAP_FAILED && every_byte(g, 4 * MiB, 0), "a new mapping does not read zero");
+	memset(f, 0x31, piece);
+	memset(b, 0x34, piece);
+	memset(g, 0x33, 4 * MiB);
+	for (i = 0; i < (int)(2 * piece / sizeof(buf)); i++) {
+		r = read(fds[0], buf, sizeof(buf));
+		CHECK(r == (ssize_t)sizeof(buf) && every_byte(buf, sizeof(buf), 0x66),
+		      "pipe page %d: %zd bytes, not the spliced data", i, r);
+	}
+	CHECK(every_byte(f, piece, 0x31) && every_byte(b, piece, 0x34) && every_byte(g, 4 * MiB, 0x33),
+	      "a new mapping changed");
+	CHECK(every_byte(p, MiB, 0x66) && every_byte(a + piece, b - (a + piece), 0x66),
+	      "the mapped rest of the blocks changed");
+	CHECK(sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied after the pipe: %llu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"));
+	close(fds[0]);
+	close(fds[1]);
+	munmap(g, 4 * MiB);
+	munmap(p, 4 * MiB);
+	return 0;
+}
+
+/*
+ * The last small mapping grown in place takes the offsets past the small cursor: a small
+ * mapping made after it must get other ones (it used to get the same, sharing memory with
+ * the grown part).
+ */
+static int t_small_grow_own_offsets(void)
+{
+	char *r = map(4 * PG), *p, *q;
+
+	/* free address space after p, p's offsets the last the cursor gave */
+	CHECK(r != MAP_FAILED && is_hpmmap(r) && munmap(r, 4 * PG) == 0, "setup");
+	p = mmap(r, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	CHECK(p == r, "MAP_FIXED: %s", strerror(errno));
+	CHECK(mremap(p, PG, 4 * PG, 0) == p, "mremap grow in place: %s", strerror(errno));
+	memset(p, 0x71, 4 * PG);
+	q = map(4 * PG);
+	CHECK(q != MAP_FAILED && every_byte(q, 4 * PG, 0), "the next small mapping is not zero");
+	memset(q, 0x72, 4 * PG);
+	CHECK(every_byte(p, 4 * PG, 0x71), "the next small mapping shares the grown part's memory");
+	munmap(p, 4 * PG);
+	munmap(q, 4 * PG);
+	return 0;
+}
+
+/*
  * Issue 12.1, io_uring fixed buffers: IORING_REGISTER_BUFFERS pins the pages
  * (FOLL_LONGTERM) until unregistered; munmap in between must not hand them to anyone.
  */
@@ -2454,6 +2707,9 @@ static const struct tcase suite_cases[] = {
 	{ "pin-user-pages", t_pin },
 	{ "pin-held-past-munmap", t_pin_held },
 	{ "vmsplice-then-munmap", t_vmsplice },
+	{ "pin-part-of-mapped-block", t_pin_partial },
+	{ "vmsplice-part-of-mapped-block", t_vmsplice_partial },
+	{ "mremap-grow-small-own-offsets", t_small_grow_own_offsets },
 	{ "o_direct-then-munmap", t_odirect },
 	{ "io_uring-fixed-buffers", t_uring_fixed },
 	{ "fork-child-keeps-copy", t_fork_holds },

@@ -32,6 +32,9 @@ const SUITE_CASES: &[&str] = &[
     // injection, the randomized syscall driver
     "pin-held-past-munmap",
     "vmsplice-then-munmap",
+    "pin-part-of-mapped-block",
+    "vmsplice-part-of-mapped-block",
+    "mremap-grow-small-own-offsets",
     "o_direct-then-munmap",
     "io_uring-fixed-buffers",
     "fork-child-keeps-copy",
