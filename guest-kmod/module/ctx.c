@@ -1673,31 +1673,85 @@ out:
 	return ret;
 }
 
-/* Zero what data VMAs map in [start, end). Caller holds op_lock. Returns false if a
- * part of the range is not hpmmap data. */
-static bool zero_va(struct hpm_ctx *ctx, unsigned long start, unsigned long end, bool zero)
+/* Does a device or a pipe still reference a page behind [off, off + len)? */
+static bool obj_referenced(struct hpm_ctx *ctx, u64 off, u64 len)
+{
+	while (len) {
+		struct hpm_blk *b = blk_at(ctx, off);
+		u64 chunk = min(len, round_up(off + 1, HPM_UNIT) - off);
+
+		if (b && hpm_pool_referenced(b->pa + (off - b->off), chunk))
+			return true;
+		off += chunk;
+		len -= chunk;
+	}
+	return false;
+}
+
+static long data_vma_flags(struct hpm_ctx *ctx, unsigned long start, unsigned long end,
+			   unsigned long set, unsigned long clear);
+
+/*
+ * [a, b), one data VMA's stretch, must read zero (MADV_DONTNEED, a brk shrink) while a
+ * device or a pipe still references pages of it. Linux would give the program new pages
+ * and leave the old ones to their holder; zeroing in place would let the holder keep
+ * writing into what the program reads. So the stretch is mapped again at new offsets
+ * (new, zeroed memory, same protection and dump/fork flags), and the replaced piece goes
+ * to the quarantine as an unmapped one does (obj_release). EAGAIN, nothing changed,
+ * where the pool or the offsets cannot hold the copy. Caller holds op_lock.
+ */
+static long replace_referenced(struct hpm_ctx *ctx, unsigned long a, unsigned long b,
+			       unsigned long prot, unsigned long flags)
+{
+	u64 off;
+	long r = offset_for(ctx, a, b - a, &off);
+
+	if (!r)
+		r = map_at(ctx, a, b - a, prot, off);
+	if (r < 0)
+		return -EAGAIN;
+	return flags ? data_vma_flags(ctx, a, b, flags, 0) : 0;
+}
+
+/*
+ * Zero what data VMAs map in [start, end) (MADV_DONTNEED, the part of the heap's last
+ * 2 MiB step above a lowered break): in place, or by replace_referenced() where pages
+ * are still referenced. Caller holds op_lock.
+ */
+static long zero_va(struct hpm_ctx *ctx, unsigned long start, unsigned long end)
 {
 	struct mm_struct *mm = current->mm;
-	struct vm_area_struct *vma;
-	unsigned long at = start;
-	bool all = true;
-	VMA_ITERATOR(vmi, mm, start);
+	unsigned long at, a, b = start, prot = 0, flags = 0;
+	long err = 0;
 
-	mmap_read_lock(mm);
-	for_each_vma_range(vmi, vma, end) {
-		unsigned long a = max(start, vma->vm_start), b = min(end, vma->vm_end);
+	for (at = start; at < end && !err; at = b) {
+		struct vm_area_struct *vma;
+		bool replace = false;
 
-		if (a > at || !is_data(ctx, vma))
-			all = false;
-		at = b;
-		if (!is_data(ctx, vma) || !zero)
-			continue;
-		mutex_lock(&ctx->obj_lock);
-		obj_zero(ctx, vma_off(vma, a), b - a);
-		mutex_unlock(&ctx->obj_lock);
+		mmap_read_lock(mm);
+		vma = find_vma(mm, at);
+		if (!vma || vma->vm_start >= end) {
+			mmap_read_unlock(mm);
+			break;
+		}
+		a = max(at, vma->vm_start);
+		b = min(end, vma->vm_end);
+		if (is_data(ctx, vma)) {
+			u64 off = vma_off(vma, a);
+
+			mutex_lock(&ctx->obj_lock);
+			replace = obj_referenced(ctx, off, b - a);
+			if (!replace)
+				obj_zero(ctx, off, b - a);
+			mutex_unlock(&ctx->obj_lock);
+			prot = vma_prot(vma);
+			flags = vma->vm_flags & (VM_WIPEONFORK | VM_DONTDUMP);
+		}
+		mmap_read_unlock(mm);
+		if (replace)
+			err = replace_referenced(ctx, a, b, prot, flags);
 	}
-	mmap_read_unlock(mm);
-	return all && at >= end;
+	return err;
 }
 
 enum seg_kind { SEG_HOLE, SEG_DATA, SEG_LINUX };
@@ -1951,7 +2005,7 @@ long hpm_do_madvise(struct hpm_ctx *ctx, unsigned long start, unsigned long len,
 			else if (advice == MADV_DODUMP)
 				ret = data_vma_flags(ctx, at, next, 0, VM_DONTDUMP);
 			else if (zero)
-				zero_va(ctx, at, next, true);
+				ret = zero_va(ctx, at, next);
 			break;
 		case SEG_LINUX:
 			ret = orig(at, next - at, advice);
@@ -1996,14 +2050,15 @@ unsigned long hpm_do_brk(struct hpm_ctx *ctx, unsigned long brk, bool *handled)
 			}
 			goto out;
 		}
-	} else if (top_new < top_old) {
+	}
+	/* Memory between the break and the 2 MiB step is mapped but must read zero when
+	 * the break moves over it again (and no device may write it meanwhile). */
+	if (brk < cur && zero_va(ctx, PAGE_ALIGN(brk), min(top_new, top_old)))
+		goto out;
+	if (top_new < top_old) {
 		hold_range(ctx, top_new, top_old);
 		hpm_repopulate(ctx, top_new - HPM_GIG, top_new);
 	}
-	/* Memory between the break and the 2 MiB step is mapped but must read zero when
-	 * the break moves over it again. */
-	if (brk < cur)
-		zero_va(ctx, PAGE_ALIGN(brk), min(top_new, top_old), true);
 	mmap_write_lock(mm);
 	mm->brk = brk;
 	mmap_write_unlock(mm);

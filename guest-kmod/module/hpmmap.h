@@ -38,6 +38,7 @@ void hpm_pool_free(phys_addr_t pa, unsigned int order);
 void hpm_pool_release(phys_addr_t pa, unsigned int order);
 void hpm_pool_retire(phys_addr_t pa, u64 len);
 bool hpm_pool_reusable(phys_addr_t pa, u64 len);
+bool hpm_pool_referenced(phys_addr_t pa, u64 len);
 u64 hpm_pool_quarantined_bytes(void);
 void *hpm_pa_to_va(phys_addr_t pa);
 bool hpm_pa_in_pool(phys_addr_t pa);

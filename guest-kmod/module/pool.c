@@ -542,6 +542,31 @@ static bool range_referenced(phys_addr_t pa, u64 len)
 	return false;
 }
 
+/* Narrows [*pa, *pa + *len) to its first through last referenced page; false if none. */
+static bool referenced_span(phys_addr_t *pa, u64 *len)
+{
+	unsigned long pfn = PHYS_PFN(*pa), n = *len >> PAGE_SHIFT, i, first = n, last = 0;
+
+	for (i = 0; i < n; i++) {
+		if (page_ref_count(pfn_to_page(pfn + i)) != idle_ref) {
+			first = min(first, i);
+			last = i;
+		}
+		if (!(i & 4095))
+			cond_resched();
+	}
+	if (first == n)
+		return false;
+	*pa += (phys_addr_t)first << PAGE_SHIFT;
+	*len = (u64)(last + 1 - first) << PAGE_SHIFT;
+	return true;
+}
+
+bool hpm_pool_referenced(phys_addr_t pa, u64 len)
+{
+	return range_referenced(pa, len);
+}
+
 static void quar_del(struct hpm_quar *q)
 {
 	list_del(&q->l);
@@ -633,16 +658,20 @@ void hpm_pool_release(phys_addr_t pa, unsigned int order)
 
 /*
  * [pa, pa + len), part of a block its address space keeps, was just unmapped there (no
- * mapping of any mm reaches it now). If a page of it is still referenced, watch it as a
- * piece (merged with the pieces it touches, which are unmapped too) until none is.
+ * mapping of any mm reaches it now). If pages of it are still referenced, watch the span
+ * from the first to the last of them as a piece (merged with the pieces it touches,
+ * which are unmapped too) until none is; the idle pages around it can never be reached
+ * again and are free to reuse at once.
  */
 void hpm_pool_retire(phys_addr_t pa, u64 len)
 {
 	struct hpm_quar *n, *q, *t;
-	phys_addr_t lo = pa, hi = pa + len;
+	phys_addr_t lo, hi;
 
-	if (!len || !range_referenced(pa, len))
+	if (!len || !referenced_span(&pa, &len))
 		return;
+	lo = pa;
+	hi = pa + len;
 	n = kmalloc(sizeof(*n), GFP_KERNEL | __GFP_NOFAIL);
 	mutex_lock(&quar_lock);
 	list_for_each_entry_safe(q, t, &quar_list, l) {

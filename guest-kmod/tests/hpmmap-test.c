@@ -1411,6 +1411,63 @@ static int t_vmsplice_partial(void)
 }
 
 /*
+ * Issue 12.1, memory that must read zero while it stays mapped: MADV_DONTNEED over a
+ * pinned 64 KiB of a 4 MiB mapping, and a brk lowered into the heap's last 2 MiB step
+ * over a pinned 64 KiB and raised again. Linux gives the program new pages and leaves
+ * the pinned ones to the device: the range reads zero, keeps what the program writes
+ * while the device writes through its pins, the device reads back its own writes, and
+ * the old pages count in quarantined_bytes until the pin goes.
+ */
+static int t_pin_dontneed(void)
+{
+	const size_t piece = 64 * 1024;
+	int fd = test_dev("pin-then-dontneed-or-brk-shrink");
+	unsigned long b0, s;
+	char *p;
+
+	if (fd == -2)
+		return 0;
+	CHECK(fd >= 0, "open %s: %s", HPMMAP_TEST_DEVICE, strerror(errno));
+	p = map(4 * MiB);
+	CHECK(p != MAP_FAILED, "mmap");
+	memset(p, 0x5a, 4 * MiB);
+	CHECK(!pin_hold(fd, p + MiB, piece), "pin: %s", strerror(errno));
+	CHECK(madvise(p + MiB, piece, MADV_DONTNEED) == 0, "DONTNEED: %s", strerror(errno));
+	CHECK(every_byte(p + MiB, piece, 0), "the DONTNEED range does not read zero");
+	CHECK(every_byte(p, MiB, 0x5a) && every_byte(p + MiB + piece, 3 * MiB - piece, 0x5a),
+	      "data around the DONTNEED range changed");
+	CHECK(sysfs_u64("quarantined_bytes") == piece, "quarantined_bytes %llu, want %zu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"), piece);
+	memset(p + MiB, 0x41, piece);
+	CHECK(!pin_dma(fd, 0x50494e444e303031ull, 1), "device write");
+	CHECK(every_byte(p + MiB, piece, 0x41), "the device writes into the memory DONTNEED zeroed");
+	CHECK(pin_dma(fd, 0x50494e444e303031ull, 0) == 0, "the device lost its writes");
+	CHECK(!pin_release(fd) && sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied");
+	munmap(p, 4 * MiB);
+
+	b0 = cur_brk();
+	CHECK(syscall(SYS_brk, b0 + 8 * MiB) == (long)(b0 + 8 * MiB), "brk grow");
+	s = ((b0 + 2 * MiB - 1) & ~(2 * MiB - 1)) + 2 * MiB; /* a 2 MiB step inside */
+	memset((char *)s, 0x5b, 2 * MiB);
+	CHECK(!pin_hold(fd, (char *)s + MiB, piece), "pin heap: %s", strerror(errno));
+	CHECK(syscall(SYS_brk, s + MiB) == (long)(s + MiB), "brk shrink");
+	CHECK(sysfs_u64("quarantined_bytes") == piece, "after brk shrink quarantined_bytes %llu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"));
+	CHECK(syscall(SYS_brk, b0 + 8 * MiB) == (long)(b0 + 8 * MiB), "brk regrow");
+	CHECK(every_byte((char *)s, MiB, 0x5b), "heap below the break changed");
+	CHECK(every_byte((char *)s + MiB, b0 + 8 * MiB - (s + MiB), 0),
+	      "heap above the old break does not read zero");
+	memset((char *)s + MiB, 0x42, piece);
+	CHECK(!pin_dma(fd, 0x50494e444e303032ull, 1), "device write");
+	CHECK(every_byte((char *)s + MiB, piece, 0x42), "the device writes into the regrown heap");
+	CHECK(pin_dma(fd, 0x50494e444e303032ull, 0) == 0, "the device lost its writes");
+	CHECK(!pin_release(fd) && sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied");
+	close(fd);
+	CHECK(syscall(SYS_brk, b0) == (long)b0, "brk back");
+	return 0;
+}
+
+/*
  * The last small mapping grown in place takes the offsets past the small cursor: a small
  * mapping made after it must get other ones (it used to get the same, sharing memory with
  * the grown part).
@@ -2709,6 +2766,7 @@ static const struct tcase suite_cases[] = {
 	{ "vmsplice-then-munmap", t_vmsplice },
 	{ "pin-part-of-mapped-block", t_pin_partial },
 	{ "vmsplice-part-of-mapped-block", t_vmsplice_partial },
+	{ "pin-then-dontneed-or-brk-shrink", t_pin_dontneed },
 	{ "mremap-grow-small-own-offsets", t_small_grow_own_offsets },
 	{ "o_direct-then-munmap", t_odirect },
 	{ "io_uring-fixed-buffers", t_uring_fixed },

@@ -34,6 +34,7 @@ const SUITE_CASES: &[&str] = &[
     "vmsplice-then-munmap",
     "pin-part-of-mapped-block",
     "vmsplice-part-of-mapped-block",
+    "pin-then-dontneed-or-brk-shrink",
     "mremap-grow-small-own-offsets",
     "o_direct-then-munmap",
     "io_uring-fixed-buffers",
