@@ -1354,6 +1354,67 @@ static int t_pin_partial(void)
 }
 
 /*
+ * Issue 12.1, the other ways a pinned piece leaves a mapping whose rest stays: mprotect
+ * splits it off and munmap takes it, MAP_FIXED maps over it, mremap shrinks the mapping
+ * off it. Each piece counts in quarantined_bytes; what is mapped at those addresses again
+ * (MAP_FIXED, the mapping grown back in place) reads zero, and the device's writes reach
+ * neither it nor the rest of the mapping.
+ */
+static int t_pin_split(void)
+{
+	const size_t piece = 64 * 1024;
+	const uint64_t v = 0x50494e53504c4954ull;
+	int fd[3], i;
+	char *p, *a, *c, *e, *f, *g;
+
+	fd[0] = test_dev("pin-split-fixed-shrink");
+	if (fd[0] == -2)
+		return 0;
+	fd[1] = open(HPMMAP_TEST_DEVICE, O_RDWR);
+	fd[2] = open(HPMMAP_TEST_DEVICE, O_RDWR);
+	CHECK(fd[0] >= 0 && fd[1] >= 0 && fd[2] >= 0, "open %s", HPMMAP_TEST_DEVICE);
+	p = map(4 * MiB);
+	CHECK(p != MAP_FAILED, "mmap");
+	memset(p, 0x5c, 4 * MiB);
+	a = p + MiB;
+	c = p + 2 * MiB + 256 * 1024;
+	e = p + 4 * MiB - piece;
+	CHECK(!pin_hold(fd[0], a, piece) && !pin_hold(fd[1], c, piece) && !pin_hold(fd[2], e, piece),
+	      "pin: %s", strerror(errno));
+	CHECK(mprotect(a, piece, PROT_READ) == 0 && munmap(a, piece) == 0, "split and munmap: %s",
+	      strerror(errno));
+	f = mmap(c, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	CHECK(f == c && every_byte(f, piece, 0), "MAP_FIXED over a pinned piece: %p, not zero", f);
+	CHECK(mremap(c + piece, p + 4 * MiB - (c + piece), e - (c + piece), 0) == c + piece,
+	      "mremap shrink: %s", strerror(errno));
+	CHECK(sysfs_u64("quarantined_bytes") == 3 * piece, "quarantined_bytes %llu, want %zu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"), 3 * piece);
+	CHECK(mremap(c + piece, e - (c + piece), p + 4 * MiB - (c + piece), 0) == c + piece,
+	      "mremap grow back in place: %s", strerror(errno));
+	CHECK(every_byte(e, piece, 0), "the part grown back does not read zero");
+	g = mmap(a, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	CHECK(g == a && every_byte(g, piece, 0), "MAP_FIXED at the split-off hole not zero");
+	memset(g, 0x61, piece);
+	memset(f, 0x62, piece);
+	memset(e, 0x63, piece);
+	for (i = 0; i < 3; i++)
+		CHECK(!pin_dma(fd[i], v + i, 1), "device write %d", i);
+	CHECK(every_byte(g, piece, 0x61) && every_byte(f, piece, 0x62) && every_byte(e, piece, 0x63),
+	      "the device wrote into memory mapped at its old addresses");
+	CHECK(every_byte(p, MiB, 0x5c) && every_byte(a + piece, c - (a + piece), 0x5c) &&
+	      every_byte(c + piece, e - (c + piece), 0x5c), "the rest of the mapping changed");
+	for (i = 0; i < 3; i++) {
+		CHECK(pin_dma(fd[i], v + i, 0) == 0, "device %d lost its writes", i);
+		CHECK(!pin_release(fd[i]), "release %d", i);
+		close(fd[i]);
+	}
+	CHECK(sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied: %llu",
+	      (unsigned long long)sysfs_u64("quarantined_bytes"));
+	munmap(p, 4 * MiB);
+	return 0;
+}
+
+/*
  * Issue 12.1, vmsplice of parts of blocks that stay mapped: the pipe holds 64 KiB of the
  * first block and the last 64 KiB of the second; both are munmapped, a MAP_FIXED mapping
  * takes the first hole, the rest grows in place over the second (same object offsets),
@@ -2765,6 +2826,7 @@ static const struct tcase suite_cases[] = {
 	{ "pin-held-past-munmap", t_pin_held },
 	{ "vmsplice-then-munmap", t_vmsplice },
 	{ "pin-part-of-mapped-block", t_pin_partial },
+	{ "pin-split-fixed-shrink", t_pin_split },
 	{ "vmsplice-part-of-mapped-block", t_vmsplice_partial },
 	{ "pin-then-dontneed-or-brk-shrink", t_pin_dontneed },
 	{ "mremap-grow-small-own-offsets", t_small_grow_own_offsets },

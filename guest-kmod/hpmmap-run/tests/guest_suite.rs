@@ -33,6 +33,7 @@ const SUITE_CASES: &[&str] = &[
     "pin-held-past-munmap",
     "vmsplice-then-munmap",
     "pin-part-of-mapped-block",
+    "pin-split-fixed-shrink",
     "vmsplice-part-of-mapped-block",
     "pin-then-dontneed-or-brk-shrink",
     "mremap-grow-small-own-offsets",
