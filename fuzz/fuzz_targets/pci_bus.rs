@@ -1,4 +1,4 @@
-//! The guest's side of the PCI root bus with a passed-through VF (over hpmmap-vf's mock of
+//! The guest's side of the PCI root bus with a passed-through VF (over hpmmap-pci's mock of
 //! the VFIO ioctls and a recording fake of KVM): structured sequences of conf1 and ECAM
 //! config accesses, BAR programming, MSI-X table and PBA accesses and stray port/MMIO
 //! accesses. Checked: no panic; every KVM memory slot lies inside the windows the bridge
@@ -13,8 +13,8 @@ use libfuzzer_sys::fuzz_target;
 use hpmmap_pci::layout::{ECAM_BASE, ECAM_SIZE};
 use hpmmap_pci::testing::RecordingKvm;
 use hpmmap_pci::{KvmHooks, PciRoot, PciWindows, VfioPciDevice};
-use hpmmap_vf::vfio::mock::{MockDevice, MockGroup, MockVfio};
-use hpmmap_vf::vfio::GuestRamRegion;
+use hpmmap_pci::vfio::mock::{MockDevice, MockGroup, MockVfio};
+use hpmmap_pci::vfio::GuestRamRegion;
 
 const GIB: u64 = 1 << 30;
 const RAM_END: u64 = 6 * GIB;

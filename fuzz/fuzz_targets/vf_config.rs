@@ -1,5 +1,5 @@
 //! VfConfig / MSI-X capability parsing over arbitrary config-space snapshots, then
-//! arbitrary guest config and MSI-X table accesses (vmm/vf/src/config.rs, msix.rs).
+//! arbitrary guest config and MSI-X table accesses (vmm/pci/src/config_space.rs, msix.rs).
 //! Checked: no panic; a BAR maps only inside the bridge's windows; Map/Unmap events
 //! alternate per BAR (nothing mapped twice, nothing unmapped that was not mapped).
 #![no_main]
@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
-use hpmmap_vf::config::{assign_bars, decode_bars, BarWindows, ConfigEvent, ConfigIo, VfConfig};
-use hpmmap_vf::msix::{capabilities, mappable_ranges, MsixCap};
+use hpmmap_pci::config_space::{assign_bars, decode_bars, BarWindows, ConfigEvent, ConfigIo, VfConfig};
+use hpmmap_pci::msix::{capabilities, mappable_ranges, MsixCap};
 
 const MMIO32: std::ops::Range<u64> = 0xC000_0000..0xE000_0000;
 const MMIO64: std::ops::Range<u64> = 0x2_0000_0000..0x12_0000_0000;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # hpmmap-vf on real VFIO: Debian's 6.1 kernel under QEMU/TCG with an emulated VT-d IOMMU
-# and an igb SR-IOV NIC; `hpmmap-vf probe` binds a VF to vfio-pci, opens the VFIO
+# and an igb SR-IOV NIC; `hpmmap-vf-probe` (hpmmap-pci) binds a VF to vfio-pci, opens the VFIO
 # container/group/device, DMA-maps 1.5 GiB in 1 GiB chunks, maps BARs, wires MSI-X,
 # and rebinds the original driver. About 30 s on 2 cores once built.
 set -euo pipefail

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hpmmap_pci::layout::CONF1_ADDRESS_PORT;
+use hpmmap_pci::vfio::{GuestRamRegion, KernelVfio};
 use hpmmap_pci::{KvmHooks, KvmIrqRouting, KvmMemorySlots, PciRoot, PciWindows, VfioPciDevice};
-use hpmmap_vf::vfio::{GuestRamRegion, KernelVfio};
 use hpmmap_vf::{claim_vf, Sysfs, VfRequest};
 use iced_x86::code_asm::*;
 use kvm_bindings::{kvm_segment, KVM_MAX_CPUID_ENTRIES};

@@ -1,6 +1,6 @@
 //! What a device on the root bus implements.
 
-pub use hpmmap_vf::config::{BarInfo, BarKind};
+pub use crate::config_space::{BarInfo, BarKind};
 
 /// A change in where a BAR decodes, for the root bus's MMIO routing. Reported by
 /// [`PciDevice::config_write`] when the guest moves a BAR or flips a decode enable.

@@ -1,6 +1,6 @@
 use std::ops::Range;
 
-use hpmmap_vf::vfio::VfioError;
+use crate::vfio::VfioError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PciError {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hpmmap_vf::msix::MsiMessage;
+use crate::msix::MsiMessage;
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_msi, kvm_userspace_memory_region, KvmIrqRouting as RoutingTable,
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,

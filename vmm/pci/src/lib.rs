@@ -4,21 +4,29 @@
 //!   ECAM window at [`layout::ECAM_BASE`], the host bridge at 00:00.0, device slots,
 //!   BAR placement in [`PciWindows`] and the routing of trapped BAR accesses.
 //! - [`PciDevice`]: what a device on the bus implements.
-//! - [`VfioPciDevice`]: a VF through hpmmap-vf's VFIO objects, BARs as KVM memory slots,
+//! - [`config_space`], [`msix`]: the guest-visible config space and MSI-X table as pure
+//!   state machines producing KVM MSI routes (also used by the virtio-pci transport).
+//! - [`vfio`]: container (type1v2), group, device; guest RAM DMA-mapped with IOVA = GPA
+//!   in 1 GiB chunks; regions, BAR mmaps, MSI-X eventfds. The VF itself is claimed and
+//!   given back by hpmmap-vf.
+//! - [`VfioPciDevice`]: a VF through those VFIO objects, BARs as KVM memory slots,
 //!   MSI-X emulated and delivered through KVM GSI routing and irqfds.
 //! - [`MemorySlots`] / [`IrqRouter`]: the KVM calls, implemented on a `VmFd` by
 //!   [`KvmMemorySlots`] / [`KvmIrqRouting`] and by recording fakes in [`testing`].
 
 pub mod address;
 pub mod bar_alloc;
+pub mod config_space;
 pub mod device;
 pub mod error;
 pub mod hooks;
 pub mod host_bridge;
 pub mod layout;
 pub mod log;
+pub mod msix;
 pub mod root;
 pub mod testing;
+pub mod vfio;
 pub mod vfio_device;
 mod vfio_tap;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 
-use hpmmap_vf::msix::MsiMessage;
+use crate::msix::MsiMessage;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::PciError;

@@ -1,4 +1,4 @@
-//! A VF passed through to the guest: hpmmap-vf's VFIO objects and guest config-space
+//! A VF passed through to the guest: this crate's VFIO objects and guest config-space
 //! model, wired to KVM. BAR pages go into KVM memory slots (no exits), the MSI-X table
 //! and PBA pages trap and are emulated, MSI-X vectors are VFIO eventfds attached as KVM
 //! irqfds on GSIs routed to the guest's messages.
@@ -11,9 +11,9 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use hpmmap_vf::config::{ConfigEvent, VfConfig};
-use hpmmap_vf::msix::{MsixCap, MsixEvent};
-use hpmmap_vf::vfio::{BarMapping, GuestRamRegion, VfioIoctls, VfioPassthrough};
+use crate::config_space::{ConfigEvent, VfConfig};
+use crate::msix::{MsixCap, MsixEvent};
+use crate::vfio::{BarMapping, GuestRamRegion, VfioIoctls, VfioPassthrough};
 use hpmmap_vf::VfClaim;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -369,7 +369,7 @@ impl PciDevice for VfioPciDevice {
     }
 
     fn set_windows(&mut self, w: &crate::layout::PciWindows) {
-        let windows = hpmmap_vf::config::BarWindows {
+        let windows = crate::config_space::BarWindows {
             mmio32: w.mmio32.clone(),
             mmio64: Some(w.mmio64.clone()),
         };

@@ -1,5 +1,5 @@
 //! A pass-through [`VfioIoctls`] that remembers the device fds it hands out.
-//! hpmmap-vf's `VfioDevice` keeps its fd private and offers config access only; trapped
+//! [`crate::vfio::VfioDevice`] keeps its fd private and offers config access only; trapped
 //! BAR pages (around the MSI-X table and PBA, or BARs too small to map) need reads and
 //! writes of the BAR regions too, on the same fd.
 
@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
-use hpmmap_vf::vfio::{DeviceInfo, Handle, IrqInfo, RegionInfo, VfioIoctls};
+use crate::vfio::{DeviceInfo, Handle, IrqInfo, RegionInfo, VfioIoctls};
 
 pub struct HandleTap {
     inner: Arc<dyn VfioIoctls>,

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use hpmmap_pci::hooks::FIRST_MSI_GSI;
+use hpmmap_pci::msix::MsiMessage;
+use hpmmap_pci::vfio::mock::{MockDevice, MockGroup, MockVfio};
+use hpmmap_pci::vfio::GuestRamRegion;
 use hpmmap_pci::{
     IrqRouter, KvmHooks, KvmIrqRouting, KvmMemorySlots, PciRoot, PciWindows, VfioPciDevice,
 };
-use hpmmap_vf::msix::MsiMessage;
-use hpmmap_vf::vfio::mock::{MockDevice, MockGroup, MockVfio};
-use hpmmap_vf::vfio::GuestRamRegion;
 use iced_x86::code_asm::*;
 use kvm_bindings::{kvm_irqchip, kvm_segment, KVM_IRQCHIP_PIC_MASTER, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VmFd};

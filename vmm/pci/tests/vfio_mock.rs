@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hpmmap_pci::layout::ECAM_BASE;
+use hpmmap_pci::msix::MsiMessage;
 use hpmmap_pci::testing::{Call, RecordingKvm};
+use hpmmap_pci::vfio::mock::{MockDevice, MockGroup, MockVfio};
+use hpmmap_pci::vfio::GuestRamRegion;
 use hpmmap_pci::{KvmHooks, PciRoot, PciWindows, VfioPciDevice};
-use hpmmap_vf::msix::MsiMessage;
-use hpmmap_vf::vfio::mock::{MockDevice, MockGroup, MockVfio};
-use hpmmap_vf::vfio::GuestRamRegion;
 
 const GIB: u64 = 1 << 30;
 const NAME: &str = "0000:3b:00.3";
@@ -18,7 +18,7 @@ const GROUP: u32 = 31;
 /// BAR0 and BAR3 as placed for a guest with 6 GiB of RAM end (64-bit window at 6 GiB).
 const BAR0: u64 = 6 * GIB;
 const BAR3: u64 = 6 * GIB + 0x4000;
-const MSIX_INDEX: u32 = hpmmap_vf::vfio::ioctl::PCI_MSIX_IRQ_INDEX;
+const MSIX_INDEX: u32 = hpmmap_pci::vfio::ioctl::PCI_MSIX_IRQ_INDEX;
 
 /// An igbvf-like VF: 64-bit prefetchable BAR0 (16 KiB), 64-bit BAR3 (16 KiB), MSI-X
 /// (3 vectors, table at BAR3+0, PBA at BAR3+0x2000) then PCIe; multi-function bit set.

@@ -332,7 +332,7 @@ fn pci_bus(
     let regions = layout.ram_regions();
     let ram_map: Vec<_> = regions
         .iter()
-        .map(|r| hpmmap_vf::vfio::GuestRamRegion {
+        .map(|r| hpmmap_pci::vfio::GuestRamRegion {
             gpa: r.gpa,
             hva: ram.host_address() + r.host_offset,
             size: r.size,
@@ -348,7 +348,7 @@ fn pci_bus(
     let vf = claim.vf();
     let dev = hpmmap_pci::VfioPciDevice::from_claim(
         claim,
-        Arc::new(hpmmap_vf::vfio::KernelVfio::new("/dev")),
+        Arc::new(hpmmap_pci::vfio::KernelVfio::new("/dev")),
         &ram_map,
         hooks,
     )

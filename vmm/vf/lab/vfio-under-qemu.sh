@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs `hpmmap-vf probe` for real in the nested lab: `hpmmap-lab run` boots Debian's 6.1
+# Runs `hpmmap-vf-probe` (hpmmap-pci) and `hpmmap-vf` for real in the nested lab: `hpmmap-lab run` boots Debian's 6.1
 # kernel under QEMU/TCG with an emulated VT-d IOMMU and an igb SR-IOV NIC, and the scenario
 # vfio.sh runs in it (binding, VFIO container/group/device, DMA maps, MSI-X, teardown on
 # SIGTERM, bad input, a sysfs recording). Run by scripts/test.d/vf.sh; about a minute of TCG.
@@ -11,13 +11,14 @@ WORK="${VF_LAB_WORK:-/tmp/hpmmap-vf-lab}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 log() { echo "[vf-lab] $*" >&2; }
 
-log "building hpmmap-vf and hpmmap-lab"
-cargo build -q -p hpmmap-vf --bin hpmmap-vf -p hpmmap-image --bin hpmmap-lab
+log "building hpmmap-vf, hpmmap-vf-probe and hpmmap-lab"
+cargo build -q -p hpmmap-vf --bin hpmmap-vf -p hpmmap-pci --bin hpmmap-vf-probe -p hpmmap-image --bin hpmmap-lab
 rm -rf "$WORK" && mkdir -p "$WORK"
 log "booting the lab's L1 (2560 MiB: the VF BARs stay below 4 GiB, where igbvf can use them)"
 rc=0
 "$TARGET/debug/hpmmap-lab" run --mem 2560M --cpus 1 --hugepages 0 --timeout 600 \
-    --add "$TARGET/debug/hpmmap-vf:/bin/hpmmap-vf" --add vmm/vf/lab/vfio.sh:/root/vfio.sh \
+    --add "$TARGET/debug/hpmmap-vf:/bin/hpmmap-vf" --add "$TARGET/debug/hpmmap-vf-probe:/bin/hpmmap-vf-probe" \
+    --add vmm/vf/lab/vfio.sh:/root/vfio.sh \
     -- sh /root/vfio.sh >"$WORK/out.log" 2>&1 || rc=$?
 cat "$WORK/out.log"
 # hpmmap-lab exits 2 for input it refuses, such as a guest kernel it cannot fetch.

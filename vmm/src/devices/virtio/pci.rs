@@ -14,10 +14,10 @@
 
 use super::chain::Chain;
 use super::{Malformed, VirtioDevice};
+use hpmmap_pci::config_space::{BarWindows, ConfigEvent, ConfigIo, VfConfig};
 use hpmmap_pci::device::{BarEvent, BarInfo, BarKind, PciDevice};
+use hpmmap_pci::msix::{MsixEvent, PCI_CAP_ID_MSIX};
 use hpmmap_pci::IrqRouter;
-use hpmmap_vf::config::{BarWindows, ConfigEvent, ConfigIo, VfConfig};
-use hpmmap_vf::msix::{MsixEvent, PCI_CAP_ID_MSIX};
 use std::sync::{Arc, Mutex, MutexGuard};
 use virtio_bindings::virtio_config::*;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};

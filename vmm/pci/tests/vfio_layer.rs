@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use hpmmap_vf::config::{ConfigEvent, VfConfig};
-use hpmmap_vf::msix::MsixEvent;
-use hpmmap_vf::vfio::mock::{region_offset, MockDevice, MockGroup, MockVfio};
-use hpmmap_vf::vfio::{
+use hpmmap_pci::config_space::{ConfigEvent, VfConfig};
+use hpmmap_pci::msix::MsixEvent;
+use hpmmap_pci::vfio::mock::{region_offset, MockDevice, MockGroup, MockVfio};
+use hpmmap_pci::vfio::{
     dma_chunks, GuestRamRegion, VfioContainer, VfioDevice, VfioError, VfioPassthrough,
 };
 

@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
-use crate::config::{decode_bars, BarInfo, ConfigIo};
+use crate::config_space::{decode_bars, BarInfo, ConfigIo};
 use crate::msix::{mappable_ranges, MsixCap};
 use ioctl::*;
 pub use ioctl::{DeviceInfo, Handle, IrqInfo, KernelVfio, RegionInfo, VfioIoctls};
@@ -278,13 +278,13 @@ impl Drop for VfioGroup {
             // The IOMMU goes away with the last group: unmap while it is still there.
             if last {
                 if let Err(e) = self.container.unmap_all() {
-                    eprintln!("hpmmap-vf: {e}");
+                    eprintln!("hpmmap-pci: {e}");
                 }
                 self.container.st().iommu_set = false;
             }
             if let Err(e) = self.container.ops.group_unset_container(self.fd) {
                 eprintln!(
-                    "hpmmap-vf: VFIO_GROUP_UNSET_CONTAINER on group {}: {e}",
+                    "hpmmap-pci: VFIO_GROUP_UNSET_CONTAINER on group {}: {e}",
                     self.id
                 );
             }
@@ -380,7 +380,7 @@ impl VfioDevice {
         Ok(buf)
     }
 
-    /// BAR types and sizes, for [`crate::config::VfConfig::new`] and BAR placement.
+    /// BAR types and sizes, for [`crate::config_space::VfConfig::new`] and BAR placement.
     pub fn bars(&self, config: &[u8]) -> Vec<BarInfo> {
         let mut sizes = [0u64; 6];
         for (i, s) in sizes.iter_mut().enumerate() {
@@ -481,7 +481,7 @@ impl ConfigIo for VfioDevice {
                 .ops()
                 .write_at(self.fd, r.offset + u64::from(offset), buf)
             {
-                eprintln!("hpmmap-vf: config write {offset:#x} on {}: {e}", self.name);
+                eprintln!("hpmmap-pci: config write {offset:#x} on {}: {e}", self.name);
             }
         }
     }
@@ -490,7 +490,7 @@ impl ConfigIo for VfioDevice {
 impl Drop for VfioDevice {
     fn drop(&mut self) {
         if let Err(e) = self.disable_msix() {
-            eprintln!("hpmmap-vf: {e}");
+            eprintln!("hpmmap-pci: {e}");
         }
         self.ops().close(self.fd);
     }
