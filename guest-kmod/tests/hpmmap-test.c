@@ -945,6 +945,21 @@ static int all_bytes(const char *p, size_t len, int v)
 }
 
 /*
+ * Every byte of [p, p + len) is v (all_bytes() samples; a device's 8-byte write at byte
+ * 16 of a page would slip between its samples).
+ */
+static int every_byte(const char *p, size_t len, int v)
+{
+	uint64_t w = 0x0101010101010101ull * (uint8_t)v;
+	size_t i;
+
+	for (i = 0; i < len; i += 8)
+		if (*(const uint64_t *)(p + i) != w)
+			return 0;
+	return 1;
+}
+
+/*
  * Issue 12.2: the object's offsets cannot wrap. With the offset spaces shrunk to 4
  * large slots and 256 KiB of small offsets, far more mmaps, munmaps and mremap moves than
  * fit: every new mapping reads zero, the mappings kept all along keep their data, and
@@ -1133,7 +1148,7 @@ static int t_pin_held(void)
 	t.value = 0xdeadbeefcafef00dull;
 	CHECK(ioctl(fd, HPMMAP_IOC_PIN_DMA, &t) == 0, "device write");
 	for (i = 0; i < 4; i++)
-		CHECK(all_bytes(q[i], 4 * MiB, 0x30 + i), "device write reached mapping %d", i);
+		CHECK(every_byte(q[i], 4 * MiB, 0x30 + i), "device write reached mapping %d", i);
 	t.len = 0;
 	CHECK(ioctl(fd, HPMMAP_IOC_PIN_DMA, &t) == 0 && t.value == 0,
 	      "the device lost its own writes (%llu pages)", (unsigned long long)t.value);
@@ -1179,21 +1194,6 @@ static int t_vmsplice(void)
 	munmap(q, 4 * MiB);
 	CHECK(sysfs_u64("quarantined_bytes") == 0, "quarantine not emptied after the pipe");
 	return 0;
-}
-
-/*
- * Every byte of [p, p + len) is v (all_bytes() samples; a device's 8-byte write at byte
- * 16 of a page would slip between its samples).
- */
-static int every_byte(const char *p, size_t len, int v)
-{
-	uint64_t w = 0x0101010101010101ull * (uint8_t)v;
-	size_t i;
-
-	for (i = 0; i < len; i += 8)
-		if (*(const uint64_t *)(p + i) != w)
-			return 0;
-	return 1;
 }
 
 static int pin_hold(int fd, void *addr, size_t len)
