@@ -124,9 +124,8 @@ fn run(spec: &str) -> Result<(), String> {
         hva: mem as u64,
         size: RAM,
     }];
-    let dev =
-        VfioPciDevice::from_claim(claim, Arc::new(KernelVfio::new("/dev")), &guest_ram, hooks)
-            .map_err(|e| e.to_string())?;
+    let dev = VfioPciDevice::from_claim(claim, Arc::new(KernelVfio::host()), &guest_ram, hooks)
+        .map_err(|e| e.to_string())?;
     println!(
         "[2/5] VFIO open, {} MiB of guest RAM DMA-mapped (IOVA = GPA)",
         RAM >> 20

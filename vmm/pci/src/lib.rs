@@ -6,7 +6,7 @@
 //! - [`PciDevice`]: what a device on the bus implements.
 //! - [`config_space`], [`msix`]: the guest-visible config space and MSI-X table as pure
 //!   state machines producing KVM MSI routes (also used by the virtio-pci transport).
-//! - [`vfio`]: container (type1v2), group, device; guest RAM DMA-mapped with IOVA = GPA
+//! - [`vfio`]: the device through vfio-ioctls (container, type1v2, group, device); guest RAM DMA-mapped with IOVA = GPA
 //!   in 1 GiB chunks; regions, BAR mmaps, MSI-X eventfds. The VF itself is claimed and
 //!   given back by hpmmap-vf.
 //! - [`VfioPciDevice`]: a VF through those VFIO objects, BARs as KVM memory slots,
@@ -28,7 +28,6 @@ pub mod root;
 pub mod testing;
 pub mod vfio;
 pub mod vfio_device;
-mod vfio_tap;
 
 pub use device::{BarEvent, PciDevice};
 pub use error::PciError;

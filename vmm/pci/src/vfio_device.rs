@@ -13,14 +13,13 @@ use std::sync::Arc;
 
 use crate::config_space::{ConfigEvent, VfConfig};
 use crate::msix::{MsixCap, MsixEvent};
-use crate::vfio::{BarMapping, GuestRamRegion, VfioIoctls, VfioPassthrough};
+use crate::vfio::{BarMapping, GuestRamRegion, VfioHost, VfioPassthrough};
 use hpmmap_vf::VfClaim;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{BarEvent, BarInfo, PciDevice};
 use crate::error::PciError;
 use crate::hooks::{IrqRouter, MemorySlots};
-use crate::vfio_tap::HandleTap;
 
 const PAGE: u64 = 4096;
 /// Command register: I/O and memory space enable.
@@ -54,7 +53,6 @@ pub struct VfioPciDevice {
     bars: Vec<BarState>,
     msix: Option<MsixWiring>,
     hooks: KvmHooks,
-    tap: Arc<HandleTap>,
     vfio: Option<VfioPassthrough>,
     claim: Option<VfClaim>,
     /// Warnings the guest's programming caused (bounded).
@@ -67,12 +65,12 @@ impl VfioPciDevice {
     /// VF's original driver.
     pub fn from_claim(
         claim: VfClaim,
-        ops: Arc<dyn VfioIoctls>,
+        host: Arc<dyn VfioHost>,
         ram: &[GuestRamRegion],
         hooks: KvmHooks,
     ) -> Result<Self, PciError> {
         let mut d = Self::open(
-            ops,
+            host,
             claim.iommu_group(),
             &claim.vf().to_string(),
             ram,
@@ -85,15 +83,14 @@ impl VfioPciDevice {
     /// Opens a device already bound to vfio-pci: `name` is its PCI address, `group` its
     /// IOMMU group.
     pub fn open(
-        ops: Arc<dyn VfioIoctls>,
+        host: Arc<dyn VfioHost>,
         group: u32,
         name: &str,
         ram: &[GuestRamRegion],
         hooks: KvmHooks,
     ) -> Result<Self, PciError> {
-        let tap = Arc::new(HandleTap::new(ops));
         // Opening the device fd resets the function where it can (vfio-pci core).
-        let vfio = VfioPassthrough::open(tap.clone(), group, name, ram)?;
+        let vfio = VfioPassthrough::open(&*host, group, name, ram)?;
         let bytes = vfio.device.read_config_space()?;
         let bar_infos = vfio.device.bars(&bytes);
         let mut cfg = VfConfig::new(bytes, &bar_infos);
@@ -110,7 +107,6 @@ impl VfioPciDevice {
             bars: (0..6).map(|_| BarState::default()).collect(),
             msix: None,
             hooks,
-            tap,
             vfio: Some(vfio),
             claim: None,
             warnings: Default::default(),
@@ -199,7 +195,7 @@ impl VfioPciDevice {
         let gsi = |v: u16| base + u32::from(v);
         let r = match ev {
             MsixEvent::Enable(true) => {
-                let fds: Vec<_> = w.fds.iter().map(|f| f.as_raw_fd()).collect();
+                let fds: Vec<&EventFd> = w.fds.iter().collect();
                 self.vfio
                     .as_ref()
                     .map_or(Ok(()), |v| v.device.enable_msix(&fds))
@@ -258,25 +254,19 @@ impl VfioPciDevice {
         v
     }
 
-    /// Where BAR `bar` + `offset` is in the device fd, with the fd.
-    fn region_at(&self, bar: u8, offset: u64) -> Option<(i32, u64)> {
-        let r = self.vfio.as_ref()?.device.region(u32::from(bar))?;
-        let h = self.tap.device_handle(&self.name)?;
-        (offset < r.size).then_some((h, r.offset + offset))
-    }
-
     fn region_read(&self, bar: u8, offset: u64, buf: &mut [u8]) {
         let ok = self
-            .region_at(bar, offset)
-            .is_some_and(|(h, at)| self.tap.read_at(h, at, buf).is_ok());
+            .vfio
+            .as_ref()
+            .is_some_and(|v| v.device.region_read(u32::from(bar), offset, buf).is_ok());
         if !ok {
             buf.fill(0xff);
         }
     }
 
     fn region_write(&self, bar: u8, offset: u64, buf: &[u8]) {
-        if let Some((h, at)) = self.region_at(bar, offset) {
-            let _ = self.tap.write_at(h, at, buf);
+        if let Some(v) = &self.vfio {
+            let _ = v.device.region_write(u32::from(bar), offset, buf);
         }
     }
 

@@ -1,4 +1,4 @@
-//! The VFIO PCI device on the root bus, against hpmmap-vf's MOCK of the VFIO ioctl layer
+//! The VFIO PCI device on the root bus, against hpmmap-pci's MOCK of the kernel's VFIO
 //! (no IOMMU or VF exists on the build host) and a recording fake of KVM's memory-slot
 //! and interrupt-routing calls. tests/kvm_host.rs runs the KVM side on real KVM.
 
@@ -18,7 +18,7 @@ const GROUP: u32 = 31;
 /// BAR0 and BAR3 as placed for a guest with 6 GiB of RAM end (64-bit window at 6 GiB).
 const BAR0: u64 = 6 * GIB;
 const BAR3: u64 = 6 * GIB + 0x4000;
-const MSIX_INDEX: u32 = hpmmap_pci::vfio::ioctl::PCI_MSIX_IRQ_INDEX;
+const MSIX_INDEX: u32 = hpmmap_pci::vfio::PCI_MSIX_IRQ_INDEX;
 
 /// An igbvf-like VF: 64-bit prefetchable BAR0 (16 KiB), 64-bit BAR3 (16 KiB), MSI-X
 /// (3 vectors, table at BAR3+0, PBA at BAR3+0x2000) then PCIe; multi-function bit set.
@@ -169,7 +169,7 @@ fn vf_enumerates_with_firmware_placed_bars() {
         .mock
         .log()
         .iter()
-        .any(|l| l.starts_with("GROUP_GET_DEVICE_FD")));
+        .any(|l| l == &format!("open group {GROUP} device {NAME}")));
     let maps: Vec<(u64, u64)> = r.mock.mappings().iter().map(|m| (m.0, m.1)).collect();
     assert_eq!(
         maps,

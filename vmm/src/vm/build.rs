@@ -348,7 +348,7 @@ fn pci_bus(
     let vf = claim.vf();
     let dev = hpmmap_pci::VfioPciDevice::from_claim(
         claim,
-        Arc::new(hpmmap_pci::vfio::KernelVfio::new("/dev")),
+        Arc::new(hpmmap_pci::vfio::KernelVfio::host()),
         &ram_map,
         hooks,
     )

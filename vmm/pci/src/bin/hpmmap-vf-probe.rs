@@ -3,9 +3,6 @@
 //! table and PBA, enables and disables MSI-X, then puts everything back. Needs a real
 //! IOMMU and VF: the nested lab (vmm/vf/lab/vfio.sh) runs it.
 
-use std::process::ExitCode;
-use std::sync::Arc;
-
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hpmmap_pci::config_space::ConfigIo;
@@ -14,6 +11,8 @@ use hpmmap_pci::vfio::{BarMapping, GuestRamRegion, KernelVfio, VfioDevice, VfioP
 use hpmmap_vf::args::{exit_code_of, parse_size, IbArgs, InputError};
 use hpmmap_vf::ib::IbOptions;
 use hpmmap_vf::{claim_vf_with, Sysfs, VfRequest};
+use std::process::ExitCode;
+use vmm_sys_util::eventfd::EventFd;
 
 /// Claim a VF, open VFIO, DMA-map a buffer, wire MSI-X, map BARs, put it all back.
 #[derive(Parser)]
@@ -98,7 +97,7 @@ const IGBVF_EIMS: usize = 0x1524;
 /// Has an 82576 VF raise MSI-X vector 0 and waits for the vector's eventfd: proof that
 /// an interrupt from the device reaches user space through the IOMMU's interrupt
 /// remapping and VFIO.
-fn igbvf_irq_test(dev: &VfioDevice, bar0: &BarMapping, efd: i32) -> Result<u64> {
+fn igbvf_irq_test(dev: &VfioDevice, bar0: &BarMapping, efd: &EventFd) -> Result<u64> {
     // MSI-X messages are memory writes by the device: bus mastering must be on.
     let mut cmd = [0u8; 2];
     dev.read(0x04, &mut cmd);
@@ -121,10 +120,7 @@ fn igbvf_irq_test(dev: &VfioDevice, bar0: &BarMapping, efd: i32) -> Result<u64> 
         u16::from_le_bytes(ctl)
     );
     for _ in 0..200 {
-        let mut v = 0u64;
-        // SAFETY: reading 8 bytes from a nonblocking eventfd into a u64.
-        let n = unsafe { libc::read(efd, (&mut v as *mut u64).cast(), 8) };
-        if n == 8 {
+        if let Ok(v) = efd.read() {
             return Ok(v);
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -222,20 +218,19 @@ fn probe(
         size: mem,
     }];
     let p = VfioPassthrough::open(
-        Arc::new(KernelVfio::new("/dev")),
+        &KernelVfio::new(sysfs.paths().sys.clone()),
         claim.iommu_group(),
         &claim.vf().to_string(),
         &ram,
     )?;
     println!(
         "      {} DMA mapping(s): {:x?}",
-        p.container.mappings().len(),
-        p.container.mappings()
+        p.device.dma_mappings().len(),
+        p.device.dma_mappings()
     );
     println!(
-        "[3/6] device: flags {:#x}, {} regions, {} MSI-X vectors",
-        p.device.info().flags,
-        p.device.info().num_regions,
+        "[3/6] device: {} of BAR0-5 present, {} MSI-X vectors",
+        (0..6).filter(|&i| p.device.region(i).is_some()).count(),
         p.device.msix_vectors()
     );
     let cfg = p.device.read_config_space()?;
@@ -275,15 +270,10 @@ fn probe(
     let n = p.device.msix_vectors() as usize;
     let mut fds = Vec::new();
     for _ in 0..n {
-        // SAFETY: plain eventfd creation.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            bail!("eventfd: {}", std::io::Error::last_os_error());
-        }
-        fds.push(fd);
+        fds.push(EventFd::new(libc::EFD_NONBLOCK).context("eventfd")?);
     }
     if n > 0 {
-        p.device.enable_msix(&fds)?;
+        p.device.enable_msix(&fds.iter().collect::<Vec<_>>())?;
         println!("      {n} vectors enabled through VFIO_DEVICE_SET_IRQS");
         if irq_test {
             if cfg[0..4] != [0x86, 0x80, 0xca, 0x10] {
@@ -295,7 +285,7 @@ fn probe(
                 .iter()
                 .find(|m| m.bar == 0 && m.bar_offset == 0)
                 .context("BAR0 is not mapped")?;
-            let count = igbvf_irq_test(&p.device, bar0, fds[0])?;
+            let count = igbvf_irq_test(&p.device, bar0, &fds[0])?;
             println!("      device raised MSI-X vector 0: eventfd count {count}");
         }
         if let Some(secs) = hold {
@@ -310,10 +300,7 @@ fn probe(
                 drop(maps);
                 drop(p);
                 drop(buf);
-                for fd in fds {
-                    // SAFETY: closing the eventfds created above.
-                    unsafe { libc::close(fd) };
-                }
+                drop(fds);
                 let errors = hpmmap_vf::restore_all();
                 for e in &errors {
                     eprintln!("hpmmap-vf-probe: {e}");
@@ -328,10 +315,7 @@ fn probe(
         p.device.disable_msix()?;
         println!("      MSI-X disabled");
     }
-    for fd in fds {
-        // SAFETY: closing the eventfds created above.
-        unsafe { libc::close(fd) };
-    }
+    drop(fds);
     drop(maps);
     println!("[6/6] closing VFIO and restoring the VF's driver");
     drop(p);

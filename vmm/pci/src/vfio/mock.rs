@@ -1,26 +1,28 @@
-//! A MOCK of the kernel's VFIO ioctl layer, for tests: no IOMMU or VFIO device exists on
-//! the build host. It enforces the ordering and argument rules of the kernel's
-//! vfio / vfio_iommu_type1 code that the logic above depends on:
+//! A MOCK of the kernel's VFIO at the level of [`VfioHost`] / [`VfioDeviceOps`], for tests
+//! and the pci_bus fuzz target: the build host has no IOMMU and no VF (the nested lab runs
+//! [`super::KernelVfio`]). It keeps the rules of the kernel's vfio / vfio_iommu_type1
+//! code that the logic above depends on:
 //!
-//! - a group opens once (EBUSY after), unknown groups are ENOENT;
-//! - a non-viable group cannot join a container (EPERM);
-//! - VFIO_SET_IOMMU needs a group in the container (EINVAL) and happens once (EBUSY);
-//! - DMA map needs the IOMMU set (EINVAL), 4 KiB-aligned non-zero iova/vaddr/size
-//!   (EINVAL), no overlap (EEXIST); unmap removes whole mappings inside the range;
-//! - a device fd needs its group in a container with an IOMMU (EINVAL), unknown names
-//!   are ENODEV; a group with open devices cannot leave its container (EBUSY);
-//! - the last group leaving a container drops its IOMMU and every mapping;
+//! - a group opens once (EBUSY while a device of it is open), unknown groups are ENOENT,
+//!   a non-viable group is refused, a container without type1v2 is refused, an unknown
+//!   device name in the group is ENODEV;
+//! - DMA map needs 4 KiB-aligned non-zero iova/vaddr/size (EINVAL) and no overlap
+//!   (EEXIST); unmap must name a whole mapping (as vfio-ioctls checks the unmapped size);
+//! - closing the device closes its container: every mapping goes with the IOMMU;
 //! - MSI-X eventfds beyond the vector count are EINVAL.
 //!
 //! Failure injection: [`MockVfio::fail_map_at`] (ENOMEM at one IOVA, as when pinning
 //! exceeds RLIMIT_MEMLOCK).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::RawFd;
-use std::sync::Mutex;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::ioctl::*;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{RegionInfo, VfioDeviceOps, VfioError, VfioHost, PCI_CONFIG_REGION_INDEX};
+use super::{PCI_MSIX_IRQ_INDEX, REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE};
 
 const PAGE: u64 = 4096;
 
@@ -41,27 +43,12 @@ pub struct MockGroup {
     pub devices: Vec<MockDevice>,
 }
 
-#[derive(Debug)]
-enum Obj {
-    Container {
-        iommu: bool,
-        groups: Vec<u32>,
-        maps: BTreeMap<u64, (u64, u64)>,
-    },
-    Group {
-        id: u32,
-        container: Option<Handle>,
-    },
-    Device {
-        group: u32,
-        name: String,
-    },
-}
-
 #[derive(Default, Debug)]
 struct State {
-    next: Handle,
-    objs: HashMap<Handle, Obj>,
+    /// Open devices: (group, name).
+    open: Vec<(u32, String)>,
+    /// Live DMA mappings of each open device: iova -> (size, vaddr).
+    maps: BTreeMap<String, BTreeMap<u64, (u64, u64)>>,
     log: Vec<String>,
     irq_sets: Vec<(String, u32, u32, Vec<RawFd>)>,
     config_writes: Vec<(u64, Vec<u8>)>,
@@ -72,11 +59,15 @@ struct State {
 pub struct MockVfio {
     groups: Vec<MockGroup>,
     type1v2: bool,
-    st: Mutex<State>,
+    st: Arc<Mutex<State>>,
 }
 
 fn e(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
+}
+
+fn lock(st: &Mutex<State>) -> MutexGuard<'_, State> {
+    st.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Region offsets in the device fd, as vfio-pci spaces them (index << 40).
@@ -89,10 +80,7 @@ impl MockVfio {
         MockVfio {
             groups,
             type1v2: true,
-            st: Mutex::new(State {
-                next: 100,
-                ..Default::default()
-            }),
+            st: Arc::default(),
         }
     }
 
@@ -103,174 +91,120 @@ impl MockVfio {
     }
 
     pub fn fail_map_at(&self, iova: u64) {
-        self.st.lock().unwrap().fail_map_at = Some(iova);
+        lock(&self.st).fail_map_at = Some(iova);
     }
 
-    fn st(&self) -> std::sync::MutexGuard<'_, State> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Handles still open: every one must be closed after teardown.
+    /// Devices still open (each with its group and container): 0 after teardown.
     pub fn open_handles(&self) -> usize {
-        self.st().objs.len()
+        lock(&self.st).open.len()
     }
 
-    /// Live DMA mappings as (iova, size, vaddr), across containers.
+    /// Live DMA mappings as (iova, size, vaddr), across devices.
     pub fn mappings(&self) -> Vec<(u64, u64, u64)> {
-        let st = self.st();
+        let st = lock(&self.st);
         let mut v: Vec<_> = st
-            .objs
+            .maps
             .values()
-            .filter_map(|o| match o {
-                Obj::Container { maps, .. } => Some(
-                    maps.iter()
-                        .map(|(i, (s, va))| (*i, *s, *va))
-                        .collect::<Vec<_>>(),
-                ),
-                _ => None,
-            })
-            .flatten()
+            .flat_map(|m| m.iter().map(|(i, (s, va))| (*i, *s, *va)))
             .collect();
         v.sort();
         v
     }
 
-    /// The ioctls in call order.
+    /// The calls in order.
     pub fn log(&self) -> Vec<String> {
-        self.st().log.clone()
+        lock(&self.st).log.clone()
     }
 
-    /// SET_IRQS calls as (device, index, start, fds); an empty fd list is DATA_NONE.
+    /// MSI-X SET_IRQS calls as (device, index, start, fds); an empty fd list is DATA_NONE.
     pub fn irq_sets(&self) -> Vec<(String, u32, u32, Vec<RawFd>)> {
-        self.st().irq_sets.clone()
+        lock(&self.st).irq_sets.clone()
     }
 
+    /// Writes through the device fd as (offset in the fd, bytes).
     pub fn config_writes(&self) -> Vec<(u64, Vec<u8>)> {
-        self.st().config_writes.clone()
+        lock(&self.st).config_writes.clone()
     }
 
     pub fn live_mmaps(&self) -> usize {
-        self.st().mmaps
-    }
-
-    fn device(&self, name: &str) -> Option<&MockDevice> {
-        self.groups
-            .iter()
-            .flat_map(|g| &g.devices)
-            .find(|d| d.name == name)
-    }
-
-    fn dev_name(st: &State, h: Handle) -> io::Result<String> {
-        match st.objs.get(&h) {
-            Some(Obj::Device { name, .. }) => Ok(name.clone()),
-            _ => Err(e(libc::EBADF)),
-        }
-    }
-
-    fn insert(st: &mut State, o: Obj) -> Handle {
-        st.next += 1;
-        let h = st.next;
-        st.objs.insert(h, o);
-        h
+        lock(&self.st).mmaps
     }
 }
 
-impl VfioIoctls for MockVfio {
-    fn open_container(&self) -> io::Result<Handle> {
-        let mut st = self.st();
-        st.log.push("open /dev/vfio/vfio".into());
-        Ok(Self::insert(
-            &mut st,
-            Obj::Container {
-                iommu: false,
-                groups: vec![],
-                maps: BTreeMap::new(),
-            },
-        ))
-    }
-
-    fn open_group(&self, group: u32) -> io::Result<Handle> {
-        let mut st = self.st();
-        st.log.push(format!("open /dev/vfio/{group}"));
-        if !self.groups.iter().any(|g| g.id == group) {
-            return Err(e(libc::ENOENT));
+impl VfioHost for MockVfio {
+    fn open_device(&self, group: u32, name: &str) -> Result<Arc<dyn VfioDeviceOps>, VfioError> {
+        let mut st = lock(&self.st);
+        st.log.push(format!("open group {group} device {name}"));
+        let open_err = |what: String, code| VfioError::Open {
+            what,
+            source: e(code),
+        };
+        if !self.type1v2 {
+            return Err(VfioError::NoType1v2);
         }
-        if st
-            .objs
-            .values()
-            .any(|o| matches!(o, Obj::Group { id, .. } if *id == group))
-        {
-            return Err(e(libc::EBUSY));
+        let Some(g) = self.groups.iter().find(|g| g.id == group) else {
+            return Err(open_err(format!("/dev/vfio/{group}"), libc::ENOENT));
+        };
+        if st.open.iter().any(|(id, _)| *id == group) {
+            return Err(open_err(format!("/dev/vfio/{group}"), libc::EBUSY));
         }
-        Ok(Self::insert(
-            &mut st,
-            Obj::Group {
-                id: group,
-                container: None,
-            },
-        ))
-    }
-
-    fn close(&self, h: Handle) {
-        let mut st = self.st();
-        st.log.push(format!("close {h}"));
-        if let Some(Obj::Group {
-            id,
-            container: Some(c),
-        }) = st.objs.remove(&h)
-        {
-            // Closing a group fd detaches it, as the kernel does.
-            if let Some(Obj::Container {
-                groups,
-                iommu,
-                maps,
-            }) = st.objs.get_mut(&c)
-            {
-                groups.retain(|g| *g != id);
-                if groups.is_empty() {
-                    *iommu = false;
-                    maps.clear();
-                }
-            }
+        if !g.viable {
+            return Err(VfioError::GroupNotViable(group));
         }
+        let Some(dev) = g.devices.iter().find(|d| d.name == name) else {
+            return Err(VfioError::Ioctl {
+                op: format!("VFIO_GROUP_GET_DEVICE_FD {name} in group {group}"),
+                source: e(libc::ENODEV),
+            });
+        };
+        st.open.push((group, name.into()));
+        st.maps.insert(name.into(), BTreeMap::new());
+        Ok(Arc::new(MockOpen {
+            dev: dev.clone(),
+            st: self.st.clone(),
+        }))
+    }
+}
+
+/// One open device of the mock.
+struct MockOpen {
+    dev: MockDevice,
+    st: Arc<Mutex<State>>,
+}
+
+impl MockOpen {
+    fn st(&self) -> MutexGuard<'_, State> {
+        lock(&self.st)
+    }
+}
+
+impl VfioDeviceOps for MockOpen {
+    fn region(&self, index: u32) -> Option<RegionInfo> {
+        let rw = REGION_FLAG_READ | REGION_FLAG_WRITE;
+        let (size, flags) = match index {
+            0..=5 => (self.dev.bar_sizes[index as usize], rw | REGION_FLAG_MMAP),
+            PCI_CONFIG_REGION_INDEX => (self.dev.config.len() as u64, rw),
+            _ => (0, 0),
+        };
+        (size > 0).then_some(RegionInfo {
+            index,
+            flags,
+            size,
+            offset: region_offset(index),
+        })
     }
 
-    fn api_version(&self, _c: Handle) -> io::Result<i32> {
-        Ok(API_VERSION)
+    fn msix_vectors(&self) -> u32 {
+        self.dev.msix_vectors
     }
 
-    fn check_extension(&self, _c: Handle, ext: u32) -> io::Result<bool> {
-        Ok(ext == TYPE1V2_IOMMU && self.type1v2)
-    }
-
-    fn set_iommu(&self, c: Handle, iommu_type: u32) -> io::Result<()> {
-        let mut st = self.st();
-        st.log.push(format!("SET_IOMMU {iommu_type}"));
-        match st.objs.get_mut(&c) {
-            Some(Obj::Container { iommu, groups, .. }) => {
-                if groups.is_empty() {
-                    return Err(e(libc::EINVAL));
-                }
-                if *iommu {
-                    return Err(e(libc::EBUSY));
-                }
-                *iommu = true;
-                Ok(())
-            }
-            _ => Err(e(libc::EBADF)),
-        }
-    }
-
-    fn dma_map(&self, c: Handle, iova: u64, vaddr: u64, size: u64) -> io::Result<()> {
+    fn dma_map(&self, iova: u64, vaddr: u64, size: u64) -> io::Result<()> {
         let mut st = self.st();
         st.log
             .push(format!("MAP_DMA iova={iova:#x} size={size:#x}"));
         let fail = st.fail_map_at == Some(iova);
-        let Some(Obj::Container { iommu, maps, .. }) = st.objs.get_mut(&c) else {
-            return Err(e(libc::EBADF));
-        };
-        if !*iommu
-            || size == 0
+        let maps = st.maps.entry(self.dev.name.clone()).or_default();
+        if size == 0
             || !iova.is_multiple_of(PAGE)
             || !vaddr.is_multiple_of(PAGE)
             || !size.is_multiple_of(PAGE)
@@ -291,223 +225,37 @@ impl VfioIoctls for MockVfio {
         Ok(())
     }
 
-    fn dma_unmap(&self, c: Handle, iova: u64, size: u64) -> io::Result<u64> {
+    fn dma_unmap(&self, iova: u64, size: u64) -> io::Result<()> {
         let mut st = self.st();
         st.log
             .push(format!("UNMAP_DMA iova={iova:#x} size={size:#x}"));
-        let Some(Obj::Container { iommu, maps, .. }) = st.objs.get_mut(&c) else {
-            return Err(e(libc::EBADF));
-        };
-        if !*iommu {
-            return Err(e(libc::EINVAL));
-        }
-        let gone: Vec<u64> = maps
-            .iter()
-            .filter(|(i, (s, _))| **i >= iova && **i + *s <= iova + size)
-            .map(|(i, _)| *i)
-            .collect();
-        let mut n = 0;
-        for i in gone {
-            n += maps.remove(&i).unwrap().0;
-        }
-        Ok(n)
-    }
-
-    fn group_status(&self, g: Handle) -> io::Result<u32> {
-        let st = self.st();
-        let Some(Obj::Group { id, container }) = st.objs.get(&g) else {
-            return Err(e(libc::EBADF));
-        };
-        let viable = self
-            .groups
-            .iter()
-            .find(|x| x.id == *id)
-            .is_some_and(|x| x.viable);
-        Ok(if viable { GROUP_FLAGS_VIABLE } else { 0 } | if container.is_some() { 2 } else { 0 })
-    }
-
-    fn group_set_container(&self, g: Handle, c: Handle) -> io::Result<()> {
-        let mut st = self.st();
-        st.log.push("GROUP_SET_CONTAINER".into());
-        let id = match st.objs.get(&g) {
-            Some(Obj::Group {
-                id,
-                container: None,
-            }) => *id,
-            Some(Obj::Group { .. }) => return Err(e(libc::EBUSY)),
-            _ => return Err(e(libc::EBADF)),
-        };
-        if !self.groups.iter().any(|x| x.id == id && x.viable) {
-            return Err(e(libc::EPERM));
-        }
-        match st.objs.get_mut(&c) {
-            Some(Obj::Container { groups, .. }) => groups.push(id),
-            _ => return Err(e(libc::EBADF)),
-        }
-        if let Some(Obj::Group { container, .. }) = st.objs.get_mut(&g) {
-            *container = Some(c);
-        }
-        Ok(())
-    }
-
-    fn group_unset_container(&self, g: Handle) -> io::Result<()> {
-        let mut st = self.st();
-        st.log.push("GROUP_UNSET_CONTAINER".into());
-        let (id, c) = match st.objs.get(&g) {
-            Some(Obj::Group {
-                id,
-                container: Some(c),
-            }) => (*id, *c),
-            Some(Obj::Group { .. }) => return Err(e(libc::EINVAL)),
-            _ => return Err(e(libc::EBADF)),
-        };
-        if st
-            .objs
-            .values()
-            .any(|o| matches!(o, Obj::Device { group, .. } if *group == id))
-        {
-            return Err(e(libc::EBUSY));
-        }
-        if let Some(Obj::Container {
-            groups,
-            iommu,
-            maps,
-        }) = st.objs.get_mut(&c)
-        {
-            groups.retain(|x| *x != id);
-            if groups.is_empty() {
-                *iommu = false;
-                maps.clear();
+        let maps = st.maps.entry(self.dev.name.clone()).or_default();
+        match maps.get(&iova) {
+            Some((s, _)) if *s == size => {
+                maps.remove(&iova);
+                Ok(())
             }
-        }
-        if let Some(Obj::Group { container, .. }) = st.objs.get_mut(&g) {
-            *container = None;
-        }
-        Ok(())
-    }
-
-    fn group_device(&self, g: Handle, name: &str) -> io::Result<Handle> {
-        let mut st = self.st();
-        st.log.push(format!("GROUP_GET_DEVICE_FD {name}"));
-        let (id, c) = match st.objs.get(&g) {
-            Some(Obj::Group {
-                id,
-                container: Some(c),
-            }) => (*id, *c),
-            Some(Obj::Group { .. }) => return Err(e(libc::EINVAL)),
-            _ => return Err(e(libc::EBADF)),
-        };
-        if !matches!(st.objs.get(&c), Some(Obj::Container { iommu: true, .. })) {
-            return Err(e(libc::EINVAL));
-        }
-        let g = self.groups.iter().find(|x| x.id == id).unwrap();
-        if !g.devices.iter().any(|d| d.name == name) {
-            return Err(e(libc::ENODEV));
-        }
-        Ok(Self::insert(
-            &mut st,
-            Obj::Device {
-                group: id,
-                name: name.into(),
-            },
-        ))
-    }
-
-    fn device_info(&self, d: Handle) -> io::Result<DeviceInfo> {
-        Self::dev_name(&self.st(), d)?;
-        Ok(DeviceInfo {
-            flags: DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
-            num_regions: 9,
-            num_irqs: 5,
-        })
-    }
-
-    fn region_info(&self, d: Handle, index: u32) -> io::Result<RegionInfo> {
-        let name = Self::dev_name(&self.st(), d)?;
-        let dev = self.device(&name).unwrap();
-        let (size, flags) = match index {
-            0..=5 => (
-                dev.bar_sizes[index as usize],
-                if dev.bar_sizes[index as usize] > 0 {
-                    7
-                } else {
-                    0
-                },
-            ),
-            6 => (0, 0),
-            7 => (dev.config.len() as u64, 3),
-            8 => (0, 0),
-            _ => return Err(e(libc::EINVAL)),
-        };
-        Ok(RegionInfo {
-            index,
-            flags,
-            size,
-            offset: region_offset(index),
-        })
-    }
-
-    fn irq_info(&self, d: Handle, index: u32) -> io::Result<IrqInfo> {
-        let name = Self::dev_name(&self.st(), d)?;
-        let dev = self.device(&name).unwrap();
-        match index {
-            0..=4 => Ok(IrqInfo {
-                index,
-                flags: 1,
-                count: if index == PCI_MSIX_IRQ_INDEX {
-                    dev.msix_vectors
-                } else {
-                    0
-                },
-            }),
             _ => Err(e(libc::EINVAL)),
         }
     }
 
-    fn set_irq_eventfds(&self, d: Handle, index: u32, start: u32, fds: &[RawFd]) -> io::Result<()> {
-        let name = Self::dev_name(&self.st(), d)?;
-        let count = if index == PCI_MSIX_IRQ_INDEX {
-            self.device(&name).unwrap().msix_vectors
-        } else {
-            0
-        };
-        if start as usize + fds.len() > count as usize {
-            return Err(e(libc::EINVAL));
-        }
-        self.st().irq_sets.push((name, index, start, fds.to_vec()));
-        Ok(())
-    }
-
-    fn disable_irqs(&self, d: Handle, index: u32) -> io::Result<()> {
-        let name = Self::dev_name(&self.st(), d)?;
-        self.st().irq_sets.push((name, index, 0, vec![]));
-        Ok(())
-    }
-
-    fn reset(&self, d: Handle) -> io::Result<()> {
-        Self::dev_name(&self.st(), d).map(|_| ())
-    }
-
-    fn read_at(&self, d: Handle, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let name = Self::dev_name(&self.st(), d)?;
-        let dev = self.device(&name).unwrap();
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let cfg = region_offset(PCI_CONFIG_REGION_INDEX);
-        if offset >= cfg && offset - cfg + buf.len() as u64 <= dev.config.len() as u64 {
+        let len = self.dev.config.len() as u64;
+        if offset >= cfg && offset - cfg + buf.len() as u64 <= len {
             let o = (offset - cfg) as usize;
-            buf.copy_from_slice(&dev.config[o..o + buf.len()]);
+            buf.copy_from_slice(&self.dev.config[o..o + buf.len()]);
             return Ok(());
         }
         Err(e(libc::EINVAL))
     }
 
-    fn write_at(&self, d: Handle, offset: u64, buf: &[u8]) -> io::Result<()> {
-        Self::dev_name(&self.st(), d)?;
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.st().config_writes.push((offset, buf.to_vec()));
         Ok(())
     }
 
-    fn mmap(&self, d: Handle, _offset: u64, len: u64) -> io::Result<*mut u8> {
-        Self::dev_name(&self.st(), d)?;
+    fn mmap(&self, _offset: u64, len: u64) -> io::Result<*mut u8> {
         // SAFETY: anonymous private mapping standing in for a BAR.
         let p = unsafe {
             libc::mmap(
@@ -530,5 +278,38 @@ impl VfioIoctls for MockVfio {
         // SAFETY: from mmap above.
         unsafe { libc::munmap(ptr.cast(), len as usize) };
         self.st().mmaps -= 1;
+    }
+
+    fn enable_msix(&self, fds: &[&EventFd]) -> io::Result<()> {
+        if fds.is_empty() || fds.len() > self.dev.msix_vectors as usize {
+            return Err(e(libc::EINVAL));
+        }
+        let fds = fds.iter().map(|f| f.as_raw_fd()).collect();
+        self.st()
+            .irq_sets
+            .push((self.dev.name.clone(), PCI_MSIX_IRQ_INDEX, 0, fds));
+        Ok(())
+    }
+
+    fn disable_msix(&self) -> io::Result<()> {
+        self.st()
+            .irq_sets
+            .push((self.dev.name.clone(), PCI_MSIX_IRQ_INDEX, 0, vec![]));
+        Ok(())
+    }
+
+    fn reset(&self) {
+        self.st().log.push(format!("RESET {}", self.dev.name));
+    }
+}
+
+impl Drop for MockOpen {
+    fn drop(&mut self) {
+        let mut st = self.st();
+        let name = self.dev.name.clone();
+        st.log.push(format!("close {name}"));
+        // The container goes with the device: the IOMMU and whatever it still maps.
+        st.maps.remove(&name);
+        st.open.retain(|(_, n)| *n != name);
     }
 }

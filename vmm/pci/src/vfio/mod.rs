@@ -1,34 +1,103 @@
-//! VFIO for one passed-through VF: container (type1v2 IOMMU), group, device; guest RAM
-//! DMA-mapped with IOVA = guest-physical address; regions, config space, MSI-X eventfds.
+//! VFIO for one passed-through VF: the device opened in a container with the type1v2
+//! IOMMU, guest RAM DMA-mapped with IOVA = guest-physical address in 1 GiB chunks,
+//! regions, config space, BAR mmaps, MSI-X eventfds.
 //!
-//! Teardown order matters to the kernel and is built into the types: a [`VfioDevice`]
-//! holds its group, a [`VfioGroup`] its container, so the device fd closes first, then
-//! the mappings are removed while the IOMMU still exists, then the group leaves the
-//! container, then the container closes.
+//! The host side is the [`VfioHost`] / [`VfioDeviceOps`] pair, at the level this crate
+//! needs. [`KernelVfio`] implements it over the rust-vmm crate vfio-ioctls (container,
+//! group attach, type1v2, device fd, regions, interrupts, DMA map). [`mock::MockVfio`] is
+//! a MOCK of the kernel's VFIO for tests and the fuzz target: the build host has no IOMMU
+//! and no VF, so the real path runs only in the nested lab.
+//!
+//! What stays ours above the trait: the DMA chunking and its rollback, the explicit
+//! unmap before close, BAR mmaps around the MSI-X pages, the vector-count check, config
+//! space through the config region. Teardown order is built into [`VfioDevice`]: MSI-X
+//! off, then every DMA mapping removed while the IOMMU still exists, then the device
+//! closes (after the last [`BarMapping`], which holds it), which detaches the group and
+//! closes the container.
 
-pub mod ioctl;
+mod kernel;
 pub mod mock;
 
 use std::io;
-use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
+
+use vfio_bindings::bindings::vfio as uapi;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::config_space::{decode_bars, BarInfo, ConfigIo};
 use crate::msix::{mappable_ranges, MsixCap};
-use ioctl::*;
-pub use ioctl::{DeviceInfo, Handle, IrqInfo, KernelVfio, RegionInfo, VfioIoctls};
+pub use kernel::KernelVfio;
 
 /// Each DMA map call covers at most one 1 GiB page of guest RAM: bounded pinning per
 /// call, and a failure names the exact GiB.
 pub const DMA_CHUNK: u64 = 1 << 30;
 const PAGE: u64 = 4096;
 
+pub const PCI_CONFIG_REGION_INDEX: u32 = uapi::VFIO_PCI_CONFIG_REGION_INDEX;
+pub const PCI_MSIX_IRQ_INDEX: u32 = uapi::VFIO_PCI_MSIX_IRQ_INDEX;
+pub const REGION_FLAG_READ: u32 = uapi::VFIO_REGION_INFO_FLAG_READ;
+pub const REGION_FLAG_WRITE: u32 = uapi::VFIO_REGION_INFO_FLAG_WRITE;
+pub const REGION_FLAG_MMAP: u32 = uapi::VFIO_REGION_INFO_FLAG_MMAP;
+
+/// One region of the device fd (0-5 BARs, 6 ROM, 7 config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RegionInfo {
+    pub index: u32,
+    pub flags: u32,
+    pub size: u64,
+    /// Offset of the region in the device fd (for pread/pwrite/mmap).
+    pub offset: u64,
+}
+
+impl RegionInfo {
+    pub fn mmappable(&self) -> bool {
+        self.flags & REGION_FLAG_MMAP != 0
+    }
+}
+
+/// The host's VFIO: opens devices.
+pub trait VfioHost: Send + Sync {
+    /// Opens the device `name` (PCI address) of IOMMU group `group`: its own container,
+    /// the group attached to it, the type1v2 IOMMU set, the device fd, its regions and
+    /// interrupts. Nothing is DMA-mapped yet.
+    fn open_device(&self, group: u32, name: &str) -> Result<Arc<dyn VfioDeviceOps>, VfioError>;
+}
+
+/// One open device and its container, as the VMM uses them. Errors are the kernel's
+/// errno where the implementation has one. Dropping it closes the device fd, detaches
+/// the group and closes the container (whatever is still mapped goes with the IOMMU).
+pub trait VfioDeviceOps: Send + Sync {
+    /// Region `index`, if the device has it.
+    fn region(&self, index: u32) -> Option<RegionInfo>;
+    /// Vectors VFIO offers for MSI-X (0: none).
+    fn msix_vectors(&self) -> u32;
+    /// Maps `size` bytes at host address `hva` for device DMA at `iova`, read-write.
+    fn dma_map(&self, iova: u64, hva: u64, size: u64) -> io::Result<()>;
+    /// Removes the mapping made by [`VfioDeviceOps::dma_map`] with this `iova`/`size`.
+    fn dma_unmap(&self, iova: u64, size: u64) -> io::Result<()>;
+    /// pread(2) of the device fd at `offset` (region offset + offset in the region).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// pwrite(2) of the device fd at `offset`.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// mmap(2) of `len` bytes of the device fd at `offset` (a BAR), shared, read-write.
+    fn mmap(&self, offset: u64, len: u64) -> io::Result<*mut u8>;
+    /// Undoes [`VfioDeviceOps::mmap`].
+    fn munmap(&self, ptr: *mut u8, len: u64);
+    /// MSI-X on, vector i signalling `fds[i]`.
+    fn enable_msix(&self, fds: &[&EventFd]) -> io::Result<()>;
+    /// MSI-X off (DATA_NONE, count 0).
+    fn disable_msix(&self) -> io::Result<()>;
+    /// VFIO_DEVICE_RESET where the device offers it. vfio-pci also resets the function
+    /// when the device fd is opened and released, which is what the VMM relies on.
+    fn reset(&self);
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VfioError {
     #[error("opening {what}: {source}{}", open_hint(.source))]
     Open { what: String, source: io::Error },
-    #[error("VFIO API version {0}; this VMM speaks version 0")]
-    ApiVersion(i32),
+    #[error("the kernel's VFIO API version is not the one this VMM speaks (0)")]
+    ApiVersion,
     #[error("the VFIO container offers no type1v2 IOMMU: the IOMMU is off or vfio_iommu_type1 is not loaded")]
     NoType1v2,
     #[error("IOMMU group {0} is not viable: a device in /sys/kernel/iommu_groups/{0}/devices is bound to a host driver")]
@@ -48,6 +117,12 @@ pub enum VfioError {
     },
     #[error("{0} is not a PCI device to VFIO")]
     NotPci(String),
+    #[error("{device} is in IOMMU group {found}, not group {expected} as claimed")]
+    GroupMismatch {
+        device: String,
+        expected: u32,
+        found: String,
+    },
     #[error("{device} offers {available} MSI-X vectors, {requested} requested")]
     TooManyVectors {
         device: String,
@@ -117,87 +192,57 @@ pub fn dma_chunks(regions: &[GuestRamRegion]) -> Result<Vec<(u64, u64, u64)>, Vf
     Ok(out)
 }
 
-#[derive(Default)]
-struct ContainerState {
-    groups: usize,
-    iommu_set: bool,
-    mapped: Vec<(u64, u64)>,
+/// The VF's open device with what the VMM needs to know about it, and the guest RAM
+/// it has DMA-mapped.
+pub struct VfioDevice {
+    ops: Arc<dyn VfioDeviceOps>,
+    name: String,
+    group: u32,
+    regions: Vec<Option<RegionInfo>>,
+    msix_vectors: u32,
+    msix_on: Mutex<bool>,
+    /// (iova, size) of every live DMA mapping, in map order.
+    mapped: Mutex<Vec<(u64, u64)>>,
 }
 
-/// `/dev/vfio/vfio` with a type1v2 IOMMU.
-pub struct VfioContainer {
-    ops: Arc<dyn VfioIoctls>,
-    fd: Handle,
-    st: Mutex<ContainerState>,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl VfioContainer {
-    pub fn open(ops: Arc<dyn VfioIoctls>) -> Result<Arc<Self>, VfioError> {
-        let fd = ops.open_container().map_err(|source| VfioError::Open {
-            what: "/dev/vfio/vfio".into(),
-            source,
-        })?;
-        let c = Arc::new(VfioContainer {
+impl VfioDevice {
+    /// `name`: the PCI address, as in /sys/bus/pci/devices; `group`: its IOMMU group.
+    pub fn open(host: &dyn VfioHost, group: u32, name: &str) -> Result<Self, VfioError> {
+        let ops = host.open_device(group, name)?;
+        let regions = (0..=PCI_CONFIG_REGION_INDEX)
+            .map(|i| ops.region(i))
+            .collect();
+        Ok(VfioDevice {
+            msix_vectors: ops.msix_vectors(),
             ops,
-            fd,
-            st: Mutex::new(ContainerState::default()),
-        });
-        let v = c
-            .ops
-            .api_version(fd)
-            .map_err(ioctl_err("VFIO_GET_API_VERSION"))?;
-        if v != API_VERSION {
-            return Err(VfioError::ApiVersion(v));
-        }
-        if !c
-            .ops
-            .check_extension(fd, TYPE1V2_IOMMU)
-            .map_err(ioctl_err("VFIO_CHECK_EXTENSION"))?
-        {
-            return Err(VfioError::NoType1v2);
-        }
-        Ok(c)
+            name: name.into(),
+            group,
+            regions,
+            msix_on: Mutex::new(false),
+            mapped: Mutex::new(Vec::new()),
+        })
     }
 
-    fn st(&self) -> std::sync::MutexGuard<'_, ContainerState> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn group(&self) -> u32 {
+        self.group
+    }
+    /// Region `index` (0-5 BARs, 6 ROM, 7 config).
+    pub fn region(&self, index: u32) -> Option<RegionInfo> {
+        self.regions.get(index as usize).copied().flatten()
+    }
+    pub fn msix_vectors(&self) -> u32 {
+        self.msix_vectors
     }
 
-    /// Opens `/dev/vfio/<group>`, checks it is viable and puts it in this container;
-    /// the first group brings up the IOMMU.
-    pub fn attach_group(self: &Arc<Self>, id: u32) -> Result<Arc<VfioGroup>, VfioError> {
-        let fd = self.ops.open_group(id).map_err(|source| VfioError::Open {
-            what: format!("/dev/vfio/{id}"),
-            source,
-        })?;
-        // From here the group closes on error through its Drop.
-        let mut g = VfioGroup {
-            container: self.clone(),
-            fd,
-            id,
-            attached: false,
-        };
-        let status = self
-            .ops
-            .group_status(fd)
-            .map_err(ioctl_err(format!("VFIO_GROUP_GET_STATUS on group {id}")))?;
-        if status & GROUP_FLAGS_VIABLE == 0 {
-            return Err(VfioError::GroupNotViable(id));
-        }
-        self.ops
-            .group_set_container(fd, self.fd)
-            .map_err(ioctl_err(format!("VFIO_GROUP_SET_CONTAINER on group {id}")))?;
-        g.attached = true;
-        let mut st = self.st();
-        st.groups += 1;
-        if !st.iommu_set {
-            self.ops
-                .set_iommu(self.fd, TYPE1V2_IOMMU)
-                .map_err(ioctl_err("VFIO_SET_IOMMU type1v2"))?;
-            st.iommu_set = true;
-        }
-        drop(st);
-        Ok(Arc::new(g))
+    fn config_region(&self) -> Option<RegionInfo> {
+        self.region(PCI_CONFIG_REGION_INDEX)
     }
 
     /// Maps guest RAM for device DMA with IOVA = GPA, 1 GiB at a time. On failure
@@ -206,9 +251,9 @@ impl VfioContainer {
         let chunks = dma_chunks(regions)?;
         let mut done = Vec::new();
         for (iova, hva, size) in chunks {
-            if let Err(source) = self.ops.dma_map(self.fd, iova, hva, size) {
+            if let Err(source) = self.ops.dma_map(iova, hva, size) {
                 for (i, s) in done {
-                    let _ = self.ops.dma_unmap(self.fd, i, s);
+                    let _ = self.ops.dma_unmap(i, s);
                 }
                 return Err(VfioError::DmaMap {
                     gpa: iova,
@@ -219,18 +264,19 @@ impl VfioContainer {
             }
             done.push((iova, size));
         }
-        self.st().mapped.extend(done);
+        lock(&self.mapped).extend(done);
         Ok(())
     }
 
-    /// Removes every mapping this container made.
+    /// Removes every DMA mapping this device made; the first error is returned, the
+    /// rest are still attempted.
     pub fn unmap_all(&self) -> Result<(), VfioError> {
-        let mapped = std::mem::take(&mut self.st().mapped);
+        let mapped = std::mem::take(&mut *lock(&self.mapped));
         let mut first = None;
         for (iova, size) in mapped {
-            if let Err(e) = self.ops.dma_unmap(self.fd, iova, size) {
+            if let Err(e) = self.ops.dma_unmap(iova, size) {
                 first.get_or_insert(VfioError::Ioctl {
-                    op: format!("VFIO_IOMMU_UNMAP_DMA {iova:#x}"),
+                    op: format!("VFIO_IOMMU_UNMAP_DMA {iova:#x}+{size:#x}"),
                     source: e,
                 });
             }
@@ -238,133 +284,9 @@ impl VfioContainer {
         first.map_or(Ok(()), Err)
     }
 
-    /// (iova, size) of every live mapping.
-    pub fn mappings(&self) -> Vec<(u64, u64)> {
-        self.st().mapped.clone()
-    }
-}
-
-impl Drop for VfioContainer {
-    fn drop(&mut self) {
-        self.ops.close(self.fd);
-    }
-}
-
-/// `/dev/vfio/<group>`, attached to a container.
-pub struct VfioGroup {
-    container: Arc<VfioContainer>,
-    fd: Handle,
-    id: u32,
-    attached: bool,
-}
-
-impl VfioGroup {
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-    pub fn container(&self) -> &Arc<VfioContainer> {
-        &self.container
-    }
-}
-
-impl Drop for VfioGroup {
-    fn drop(&mut self) {
-        if self.attached {
-            let last = {
-                let mut st = self.container.st();
-                st.groups -= 1;
-                st.groups == 0
-            };
-            // The IOMMU goes away with the last group: unmap while it is still there.
-            if last {
-                if let Err(e) = self.container.unmap_all() {
-                    eprintln!("hpmmap-pci: {e}");
-                }
-                self.container.st().iommu_set = false;
-            }
-            if let Err(e) = self.container.ops.group_unset_container(self.fd) {
-                eprintln!(
-                    "hpmmap-pci: VFIO_GROUP_UNSET_CONTAINER on group {}: {e}",
-                    self.id
-                );
-            }
-        }
-        self.container.ops.close(self.fd);
-    }
-}
-
-/// The VF's device fd with what the VMM needs to know about it.
-pub struct VfioDevice {
-    group: Arc<VfioGroup>,
-    fd: Handle,
-    name: String,
-    info: DeviceInfo,
-    regions: Vec<RegionInfo>,
-    msix_vectors: u32,
-    msix_on: Mutex<bool>,
-}
-
-impl VfioDevice {
-    /// `name`: the PCI address, as in /sys/bus/pci/devices.
-    pub fn open(group: &Arc<VfioGroup>, name: &str) -> Result<Self, VfioError> {
-        let ops = &group.container.ops;
-        let fd = ops.group_device(group.fd, name).map_err(ioctl_err(format!(
-            "VFIO_GROUP_GET_DEVICE_FD {name} in group {}",
-            group.id
-        )))?;
-        let mut d = VfioDevice {
-            group: group.clone(),
-            fd,
-            name: name.into(),
-            info: DeviceInfo::default(),
-            regions: Vec::new(),
-            msix_vectors: 0,
-            msix_on: Mutex::new(false),
-        };
-        d.info = ops
-            .device_info(fd)
-            .map_err(ioctl_err(format!("VFIO_DEVICE_GET_INFO {name}")))?;
-        if d.info.flags & DEVICE_FLAGS_PCI == 0 {
-            return Err(VfioError::NotPci(name.into()));
-        }
-        for i in 0..d.info.num_regions.min(PCI_CONFIG_REGION_INDEX + 1) {
-            d.regions
-                .push(ops.region_info(fd, i).map_err(ioctl_err(format!(
-                    "VFIO_DEVICE_GET_REGION_INFO {name} #{i}"
-                )))?);
-        }
-        if d.info.num_irqs > PCI_MSIX_IRQ_INDEX {
-            d.msix_vectors = ops
-                .irq_info(fd, PCI_MSIX_IRQ_INDEX)
-                .map_err(ioctl_err(format!("VFIO_DEVICE_GET_IRQ_INFO {name} MSI-X")))?
-                .count;
-        }
-        Ok(d)
-    }
-
-    fn ops(&self) -> &Arc<dyn VfioIoctls> {
-        &self.group.container.ops
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    pub fn info(&self) -> DeviceInfo {
-        self.info
-    }
-    pub fn group(&self) -> &Arc<VfioGroup> {
-        &self.group
-    }
-    /// Region `index` (0-5 BARs, 6 ROM, 7 config).
-    pub fn region(&self, index: u32) -> Option<RegionInfo> {
-        self.regions.get(index as usize).copied()
-    }
-    pub fn msix_vectors(&self) -> u32 {
-        self.msix_vectors
-    }
-
-    fn config_region(&self) -> Option<RegionInfo> {
-        self.region(PCI_CONFIG_REGION_INDEX)
+    /// (iova, size) of every live DMA mapping.
+    pub fn dma_mappings(&self) -> Vec<(u64, u64)> {
+        lock(&self.mapped).clone()
     }
 
     /// The device's config space through VFIO (256 bytes, or 4096 where the
@@ -374,10 +296,32 @@ impl VfioDevice {
             .config_region()
             .ok_or_else(|| VfioError::NotPci(self.name.clone()))?;
         let mut buf = vec![0u8; r.size.clamp(256, 4096) as usize];
-        self.ops()
-            .read_at(self.fd, r.offset, &mut buf)
+        self.ops
+            .read_at(r.offset, &mut buf)
             .map_err(ioctl_err(format!("reading config space of {}", self.name)))?;
         Ok(buf)
+    }
+
+    /// Reads `buf.len()` bytes at `offset` in region `index` (a trapped BAR page).
+    pub fn region_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let r = self.region_in_bounds(index, offset, buf.len())?;
+        self.ops.read_at(r.offset + offset, buf)
+    }
+
+    /// Writes `buf` at `offset` in region `index`.
+    pub fn region_write(&self, index: u32, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let r = self.region_in_bounds(index, offset, buf.len())?;
+        self.ops.write_at(r.offset + offset, buf)
+    }
+
+    fn region_in_bounds(&self, index: u32, offset: u64, len: usize) -> io::Result<RegionInfo> {
+        self.region(index)
+            .filter(|r| {
+                offset
+                    .checked_add(len as u64)
+                    .is_some_and(|end| end <= r.size)
+            })
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
     }
 
     /// BAR types and sizes, for [`crate::config_space::VfConfig::new`] and BAR placement.
@@ -401,9 +345,9 @@ impl VfioDevice {
         let mut out = Vec::new();
         for range in mappable_ranges(bar, r.size, msix, PAGE) {
             let len = range.end - range.start;
-            match self.ops().mmap(self.fd, r.offset + range.start, len) {
+            match self.ops.mmap(r.offset + range.start, len) {
                 Ok(ptr) => out.push(BarMapping {
-                    ops: self.ops().clone(),
+                    ops: self.ops.clone(),
                     bar,
                     bar_offset: range.start,
                     len,
@@ -422,7 +366,7 @@ impl VfioDevice {
 
     /// Turns MSI-X on with one eventfd per vector (vector i signals `eventfds[i]`;
     /// the VMM registers each as a KVM irqfd on the vector's GSI).
-    pub fn enable_msix(&self, eventfds: &[RawFd]) -> Result<(), VfioError> {
+    pub fn enable_msix(&self, eventfds: &[&EventFd]) -> Result<(), VfioError> {
         if eventfds.len() > self.msix_vectors as usize || eventfds.is_empty() {
             return Err(VfioError::TooManyVectors {
                 device: self.name.clone(),
@@ -430,59 +374,46 @@ impl VfioDevice {
                 available: self.msix_vectors,
             });
         }
-        self.ops()
-            .set_irq_eventfds(self.fd, PCI_MSIX_IRQ_INDEX, 0, eventfds)
-            .map_err(ioctl_err(format!(
-                "VFIO_DEVICE_SET_IRQS MSI-X on {}",
-                self.name
-            )))?;
-        *self.msix_on.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.ops.enable_msix(eventfds).map_err(ioctl_err(format!(
+            "VFIO_DEVICE_SET_IRQS MSI-X on {}",
+            self.name
+        )))?;
+        *lock(&self.msix_on) = true;
         Ok(())
     }
 
     pub fn disable_msix(&self) -> Result<(), VfioError> {
-        let mut on = self.msix_on.lock().unwrap_or_else(|p| p.into_inner());
+        let mut on = lock(&self.msix_on);
         if !*on {
             return Ok(());
         }
-        self.ops()
-            .disable_irqs(self.fd, PCI_MSIX_IRQ_INDEX)
+        self.ops
+            .disable_msix()
             .map_err(ioctl_err(format!("disabling MSI-X on {}", self.name)))?;
         *on = false;
         Ok(())
     }
 
-    pub fn reset(&self) -> Result<(), VfioError> {
-        if self.info.flags & DEVICE_FLAGS_RESET == 0 {
-            return Ok(());
-        }
-        self.ops()
-            .reset(self.fd)
-            .map_err(ioctl_err(format!("VFIO_DEVICE_RESET {}", self.name)))
+    /// VFIO_DEVICE_RESET if the device offers it (see [`VfioDeviceOps::reset`]).
+    pub fn reset(&self) {
+        self.ops.reset()
     }
 }
 
 impl ConfigIo for VfioDevice {
     fn read(&self, offset: u16, buf: &mut [u8]) {
-        let ok = self.config_region().is_some_and(|r| {
-            self.ops()
-                .read_at(self.fd, r.offset + u64::from(offset), buf)
-                .is_ok()
-        });
-        if !ok {
+        if self
+            .region_read(PCI_CONFIG_REGION_INDEX, u64::from(offset), buf)
+            .is_err()
+        {
             // What a PCI read of an absent function returns.
             buf.fill(0xff);
         }
     }
 
     fn write(&self, offset: u16, buf: &[u8]) {
-        if let Some(r) = self.config_region() {
-            if let Err(e) = self
-                .ops()
-                .write_at(self.fd, r.offset + u64::from(offset), buf)
-            {
-                eprintln!("hpmmap-pci: config write {offset:#x} on {}: {e}", self.name);
-            }
+        if let Err(e) = self.region_write(PCI_CONFIG_REGION_INDEX, u64::from(offset), buf) {
+            eprintln!("hpmmap-pci: config write {offset:#x} on {}: {e}", self.name);
         }
     }
 }
@@ -492,13 +423,18 @@ impl Drop for VfioDevice {
         if let Err(e) = self.disable_msix() {
             eprintln!("hpmmap-pci: {e}");
         }
-        self.ops().close(self.fd);
+        // Explicitly, while the IOMMU exists: closing the device would drop the mappings
+        // with the container, but an unmap error is then seen nowhere.
+        if let Err(e) = self.unmap_all() {
+            eprintln!("hpmmap-pci: {e}");
+        }
+        // `ops` goes with this value (or with the last BarMapping): the device closes.
     }
 }
 
-/// Part of a BAR mapped into this process.
+/// Part of a BAR mapped into this process. Holds the device open until it is unmapped.
 pub struct BarMapping {
-    ops: Arc<dyn VfioIoctls>,
+    ops: Arc<dyn VfioDeviceOps>,
     pub bar: u8,
     /// Offset of this piece inside the BAR (the guest address is BAR base + this).
     pub bar_offset: u64,
@@ -516,31 +452,23 @@ impl Drop for BarMapping {
     }
 }
 
-/// Container + group + device + guest RAM mappings for one claimed VF. Drop releases
-/// them in the kernel's order.
+/// The device of one claimed VF with guest RAM DMA-mapped. Drop releases it in the
+/// kernel's order (see [`VfioDevice`]).
 pub struct VfioPassthrough {
-    // Field order is drop order: the device closes before its group and container.
     pub device: VfioDevice,
-    pub group: Arc<VfioGroup>,
-    pub container: Arc<VfioContainer>,
 }
 
 impl VfioPassthrough {
-    /// Opens VFIO for the VF `name` (PCI address) in `group` and DMA-maps `ram`.
+    /// Opens VFIO for the VF `name` (PCI address) in `group`, then DMA-maps `ram`: the
+    /// IOMMU exists once the device is open (its group is attached then).
     pub fn open(
-        ops: Arc<dyn VfioIoctls>,
+        host: &dyn VfioHost,
         group: u32,
         name: &str,
         ram: &[GuestRamRegion],
     ) -> Result<Self, VfioError> {
-        let container = VfioContainer::open(ops)?;
-        let g = container.attach_group(group)?;
-        container.map_guest_ram(ram)?;
-        let device = VfioDevice::open(&g, name)?;
-        Ok(VfioPassthrough {
-            device,
-            group: g,
-            container,
-        })
+        let device = VfioDevice::open(host, group, name)?;
+        device.map_guest_ram(ram)?;
+        Ok(VfioPassthrough { device })
     }
 }
