@@ -288,8 +288,10 @@ impl Drop for KernelDevice {
         std::mem::forget(dev);
         // SAFETY: `fd` is the device fd the forgotten VfioDevice owned; nothing uses it
         // again. The forgotten VfioDevice held exactly one strong reference to
-        // `self.container` (the clone given to VfioDevice::new); it is never dropped, so
-        // that reference is released here, once, while `self.container` keeps another.
+        // `self.container` (the clone given to VfioDevice::new, kept in its `vfio_ops`);
+        // it is never dropped, so that reference is released here, once, while
+        // `self.container` keeps another (count >= 2 before, >= 1 after). Arc::as_ptr is
+        // the pointer Arc::into_raw returns for that allocation.
         unsafe {
             libc::close(fd);
             Arc::decrement_strong_count(Arc::as_ptr(&self.container));
