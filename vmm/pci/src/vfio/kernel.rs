@@ -266,10 +266,11 @@ impl Drop for KernelDevice {
     /// where the link cannot be read then (the jailed VMM has no /sys; a VF removed
     /// under us). So the link is read here first. Where it names our group, the normal
     /// drop runs (inside catch_unwind for a removal racing with the close). Where it does
-    /// not, the device fd is closed here and the VfioDevice is forgotten instead, with
-    /// the reference it holds on the container given back: the group then stays in the
-    /// container until the container drops just below, which closes the group fd, and
-    /// the kernel detaches a group whose fd closes.
+    /// not, the VfioDevice is forgotten: its device fd, and through the container the
+    /// group fd, stay open until this process exits, which is what follows a device's
+    /// teardown (the DMA mappings are already gone, unmapped by `VfioDevice`), and the
+    /// kernel detaches the group then; a jailed VMM's keeper gives the VF back only after
+    /// that exit.
     fn drop(&mut self) {
         let Some(dev) = self.dev.take() else {
             return;
@@ -284,18 +285,7 @@ impl Drop for KernelDevice {
             }
             return;
         }
-        let fd = dev.as_raw_fd();
         std::mem::forget(dev);
-        // SAFETY: `fd` is the device fd the forgotten VfioDevice owned; nothing uses it
-        // again. The forgotten VfioDevice held exactly one strong reference to
-        // `self.container` (the clone given to VfioDevice::new, kept in its `vfio_ops`);
-        // it is never dropped, so that reference is released here, once, while
-        // `self.container` keeps another (count >= 2 before, >= 1 after). Arc::as_ptr is
-        // the pointer Arc::into_raw returns for that allocation.
-        unsafe {
-            libc::close(fd);
-            Arc::decrement_strong_count(Arc::as_ptr(&self.container));
-        }
     }
 }
 
