@@ -33,28 +33,13 @@ impl Drop for TempDir {
     }
 }
 
-/// What the nested lab needs besides `hpmmap-lab`: QEMU 8.0+ with the igb device (the
-/// kernel package is fetched by the lab itself and its absence is its error).
+/// Whether the nested lab can run here: the lab's own answer
+/// (`hpmmap_image::qemu::nested_lab_unavailable`: QEMU 8.0+ with igb, a guest kernel).
 pub fn lab_prerequisites() -> Result<(), String> {
-    let q = std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("qemu-system-x86_64"))
-                .find(|p| p.is_file())
-        })
-        .ok_or("qemu-system-x86_64 is not installed")?;
-    let o = Command::new(&q)
-        .args(["-device", "help"])
-        .output()
-        .map_err(|e| format!("{}: {e}", q.display()))?;
-    let text = String::from_utf8_lossy(&o.stdout);
-    if !text.contains("name \"igb\"") {
-        return Err(
-            "this QEMU has no igb device (QEMU 8.0 or newer; scripts/setup-host.sh installs it)"
-                .into(),
-        );
+    match hpmmap_image::qemu::nested_lab_unavailable() {
+        None => Ok(()),
+        Some(why) => Err(why),
     }
-    Ok(())
 }
 
 /// `hpmmap-offline` arguments that reserve / give back the guest's 1 GiB pages.

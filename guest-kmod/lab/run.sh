@@ -19,8 +19,9 @@ cd "$repo"
 # shellcheck source=scripts/lib/debian-kernel.sh
 . "$repo/scripts/lib/debian-kernel.sh"
 
-qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"' ||
-    skip "qemu-system-x86_64 with the igb device (QEMU >= 8.0) is not installed"
+# shellcheck source=scripts/lib/lab-check.sh
+. "$repo/scripts/lib/lab-check.sh"
+if why=$(lab_unavailable); then skip "$why"; fi
 cc=$(command -v gcc-12 || command -v gcc || true)
 [ -n "$cc" ] || skip "no C compiler"
 abi=$(debian_kernel_abi 2>"$out/abi.err") || skip "$(cat "$out/abi.err")"

@@ -22,16 +22,17 @@ out=${1:?usage: devdax-lab.sh OUTDIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$repo"
-# shellcheck source=scripts/lib/debian-kernel.sh
-. scripts/lib/debian-kernel.sh
 target=${CARGO_TARGET_DIR:-target}
 case $target in /*) ;; *) target=$repo/$target ;; esac
 
 log() { echo "[devdax-lab] $*" >&2; }
 
-debian_kernel_abi >/dev/null || exit 77 # cannot run here: the caller prints SKIP
-qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"' ||
-    { log "the lab needs qemu-system-x86_64 with the igb device (QEMU >= 8.0)"; exit 77; }
+# shellcheck source=scripts/lib/lab-check.sh
+. "$repo/scripts/lib/lab-check.sh"
+if why=$(lab_unavailable); then
+    log "$why"
+    exit 77 # cannot run here: the caller prints SKIP
+fi
 
 log "building hpmmap-offline and hpmmap-lab"
 nice cargo build -q -p hpmmap-offline --bin hpmmap-offline -p hpmmap-image --bin hpmmap-lab

@@ -121,6 +121,30 @@ fn command_status_comes_back() {
     assert_eq!(o.status, 7, "the scenario ends with exit 7");
 }
 
+/// `hpmmap-lab check` is the answer the shell labs and the vmm tests ask: ready here (the
+/// tier gate above says the lab can run), and with no QEMU on PATH it says so and exits 1.
+#[test]
+fn cli_check_says_whether_the_lab_can_run() {
+    if !lab_ready("cli_check_says_whether_the_lab_can_run") {
+        return;
+    }
+    let o = Command::new(LAB).arg("check").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_eq!(out.trim(), "hpmmap-lab: ready");
+    let o = Command::new(LAB)
+        .arg("check")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("cannot run here: qemu-system-x86_64 is not installed"),
+        "{out}"
+    );
+}
+
 #[test]
 fn cli_runs_a_command_and_refuses_bad_input() {
     if !lab_ready("cli_runs_a_command_and_refuses_bad_input") {

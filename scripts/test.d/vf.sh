@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/lib/tier.sh
 . scripts/lib/tier.sh
-if ! command -v qemu-system-x86_64 >/dev/null || ! qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'; then
-    tier_skip lab vf-lab "qemu-system-x86_64 with the igb device (QEMU >= 8.0) is not installed"
+# shellcheck source=scripts/lib/lab-check.sh
+. scripts/lib/lab-check.sh
+if why=$(lab_unavailable); then
+    tier_skip lab vf-lab "$why"
     exit $?
 fi
 set +e

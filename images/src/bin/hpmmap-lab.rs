@@ -94,6 +94,10 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Say whether the lab can run on this machine (QEMU with igb, a guest kernel in apt
+    /// or the package cache): exit 0 and `ready`, or exit 1 and the reason. The one answer
+    /// the tests and the shell labs ask.
+    Check,
     /// Boot N L1s as a Slurm cluster (one network, munge, slurmctld on node1, slurmd on
     /// all, the SPANK plugin of slurm/), run CMD on node1 once every node is idle.
     Cluster {
@@ -158,6 +162,18 @@ fn cluster(
 
 fn main() -> ExitCode {
     let cmd = match Cli::parse().cmd {
+        Cmd::Check => {
+            return match hpmmap_image::qemu::nested_lab_unavailable() {
+                None => {
+                    println!("hpmmap-lab: ready");
+                    ExitCode::SUCCESS
+                }
+                Some(why) => {
+                    println!("hpmmap-lab: the nested lab cannot run here: {why}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Cmd::Cluster {
             nodes,
             mem,
@@ -226,7 +242,7 @@ fn main() -> ExitCode {
         cmd,
     } = cmd
     else {
-        unreachable!("cluster returned above")
+        unreachable!("check and cluster returned above")
     };
     let result = (|| -> Result<_, LabError> {
         let mut cfg = LabConfig {
