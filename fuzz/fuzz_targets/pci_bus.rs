@@ -54,23 +54,10 @@ struct Input {
     ops: Vec<Op>,
 }
 
-/// An igbvf-like VF (as in vmm/pci/tests/vfio_mock.rs), fuzz bytes laid over its
+/// An igbvf-like VF (hpmmap_pci::testing::igbvf_config), fuzz bytes laid over its
 /// capability area so that parsing sees varied lists.
 fn vf_config(extra: &[u8]) -> Vec<u8> {
-    let mut c = vec![0u8; 256];
-    c[0..4].copy_from_slice(&0x10ca_8086u32.to_le_bytes());
-    c[0x06] = 0x10;
-    c[0x08..0x0c].copy_from_slice(&0x0200_0001u32.to_le_bytes());
-    c[0x0e] = 0x80;
-    c[0x10] = 0x0c;
-    c[0x1c] = 0x04;
-    c[0x34] = 0x70;
-    c[0x70] = 0x11;
-    c[0x71] = 0xa0;
-    c[0x72] = 2;
-    c[0x74..0x78].copy_from_slice(&3u32.to_le_bytes());
-    c[0x78..0x7c].copy_from_slice(&0x2003u32.to_le_bytes());
-    c[0xa0] = 0x10;
+    let mut c = hpmmap_pci::testing::igbvf_config();
     for (i, b) in extra.iter().take(256).enumerate() {
         // The first bytes (IDs, BAR types) stay; the rest can change.
         if i >= 0x34 {

@@ -149,3 +149,24 @@ impl IrqRouter for RecordingKvm {
         Ok(())
     }
 }
+
+/// The config space of an igbvf-like VF, as the tests, examples and the pci_bus fuzz target
+/// feed the VFIO mock: 64-bit prefetchable BAR0 (16 KiB) and 64-bit BAR3 (16 KiB), MSI-X
+/// (3 vectors, table at BAR3+0, PBA at BAR3+0x2000) then PCIe; multi-function bit set.
+pub fn igbvf_config() -> Vec<u8> {
+    let mut c = vec![0u8; 256];
+    c[0..4].copy_from_slice(&0x10ca_8086u32.to_le_bytes());
+    c[0x06] = 0x10; // capabilities list
+    c[0x08..0x0c].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    c[0x0e] = 0x80;
+    c[0x10] = 0x0c; // BAR0: 64-bit prefetchable memory
+    c[0x1c] = 0x04; // BAR3: 64-bit memory
+    c[0x34] = 0x70;
+    c[0x70] = 0x11; // MSI-X
+    c[0x71] = 0xa0;
+    c[0x72] = 2; // 3 vectors
+    c[0x74..0x78].copy_from_slice(&3u32.to_le_bytes());
+    c[0x78..0x7c].copy_from_slice(&0x2003u32.to_le_bytes());
+    c[0xa0] = 0x10; // PCIe
+    c
+}

@@ -44,17 +44,7 @@ fn kvm_or_skip(test: &str) -> Option<Kvm> {
 }
 
 fn vf_config() -> Vec<u8> {
-    let mut c = vec![0u8; 256];
-    c[0..4].copy_from_slice(&0x10ca_8086u32.to_le_bytes());
-    c[0x06] = 0x10;
-    c[0x10] = 0x0c;
-    c[0x1c] = 0x04;
-    c[0x34] = 0x70;
-    c[0x70] = 0x11;
-    c[0x72] = 2;
-    c[0x74..0x78].copy_from_slice(&3u32.to_le_bytes());
-    c[0x78..0x7c].copy_from_slice(&0x2003u32.to_le_bytes());
-    c
+    hpmmap_pci::testing::igbvf_config()
 }
 
 /// Anonymous guest RAM; unmapped on drop.

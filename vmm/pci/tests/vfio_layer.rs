@@ -17,20 +17,8 @@ use vmm_sys_util::eventfd::EventFd;
 const GIB: u64 = 1 << 30;
 const HVA: u64 = 0x7f00_0000_0000;
 
-/// An igbvf-like VF config space: 64-bit BAR0 and BAR3, MSI-X (3 vectors, table at
-/// BAR3+0, PBA at BAR3+0x2000).
 fn vf_config() -> Vec<u8> {
-    let mut c = vec![0u8; 256];
-    c[0..4].copy_from_slice(&0x10ca_8086u32.to_le_bytes());
-    c[0x06] = 0x10;
-    c[0x10] = 0x0c;
-    c[0x1c] = 0x04;
-    c[0x34] = 0x70;
-    c[0x70] = 0x11;
-    c[0x72] = 2;
-    c[0x74..0x78].copy_from_slice(&3u32.to_le_bytes());
-    c[0x78..0x7c].copy_from_slice(&0x2003u32.to_le_bytes());
-    c
+    hpmmap_pci::testing::igbvf_config()
 }
 
 fn mock(viable: bool) -> Arc<MockVfio> {

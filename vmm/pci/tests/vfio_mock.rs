@@ -20,24 +20,8 @@ const BAR0: u64 = 6 * GIB;
 const BAR3: u64 = 6 * GIB + 0x4000;
 const MSIX_INDEX: u32 = hpmmap_pci::vfio::PCI_MSIX_IRQ_INDEX;
 
-/// An igbvf-like VF: 64-bit prefetchable BAR0 (16 KiB), 64-bit BAR3 (16 KiB), MSI-X
-/// (3 vectors, table at BAR3+0, PBA at BAR3+0x2000) then PCIe; multi-function bit set.
 fn vf_config() -> Vec<u8> {
-    let mut c = vec![0u8; 256];
-    c[0..4].copy_from_slice(&0x10ca_8086u32.to_le_bytes());
-    c[0x06] = 0x10;
-    c[0x08..0x0c].copy_from_slice(&0x0200_0001u32.to_le_bytes());
-    c[0x0e] = 0x80;
-    c[0x10] = 0x0c;
-    c[0x1c] = 0x04;
-    c[0x34] = 0x70;
-    c[0x70] = 0x11;
-    c[0x71] = 0xa0;
-    c[0x72] = 2;
-    c[0x74..0x78].copy_from_slice(&3u32.to_le_bytes());
-    c[0x78..0x7c].copy_from_slice(&0x2003u32.to_le_bytes());
-    c[0xa0] = 0x10;
-    c
+    hpmmap_pci::testing::igbvf_config()
 }
 
 fn mock_for(group: u32, name: &str) -> Arc<MockVfio> {
