@@ -46,16 +46,30 @@ fn pmi_client(a: &Agent, pmi_fd: &str, script: &str) -> Command {
 /// test's child holds it open and end of file means what it says.
 fn inherit_as_pmi_fd(c: &mut Command, end: &UnixStream) {
     let fd = end.as_raw_fd();
-    // SAFETY: the closure runs in the child between fork and exec and calls only dup2,
-    // which is async-signal-safe, on a descriptor the child inherited.
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe dup2/fcntl on a descriptor the child inherited.
     unsafe {
-        c.pre_exec(move || {
-            if libc::dup2(fd, CLIENT_PMI_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        c.pre_exec(move || as_client_pmi_fd(fd));
     }
+}
+
+/// In the child: makes `fd` the inheritable descriptor [`CLIENT_PMI_FD`]. When the
+/// harness's copy already has that number (the tests run in parallel, so numbers vary),
+/// dup2 does nothing, not even clear close-on-exec: the client then started without its
+/// PMI_FD, 1 run in about 20.
+fn as_client_pmi_fd(fd: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl and dup2 take plain descriptors; async-signal-safe.
+    let r = unsafe {
+        if fd == CLIENT_PMI_FD {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, CLIENT_PMI_FD)
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Starts a client; its output is collected by a thread, handed over by the receiver.
@@ -225,16 +239,16 @@ fn a_pmi_fd_naming_no_socket_or_pipe_is_refused_with_one_line() {
     for (value, fd, want) in cases {
         let mut c = pmi_client(&agent, &value, "echo ran");
         if let Some(fd) = fd {
-            // SAFETY: dup2 and close in the child only, async-signal-safe, on descriptors
-            // the child inherited.
+            // SAFETY: close, dup2 and fcntl in the child only, async-signal-safe, on
+            // descriptors the child inherited.
             unsafe {
                 c.pre_exec(move || {
                     if fd < 0 {
                         libc::close(CLIENT_PMI_FD);
+                        Ok(())
                     } else {
-                        libc::dup2(fd, CLIENT_PMI_FD);
+                        as_client_pmi_fd(fd)
                     }
-                    Ok(())
                 });
             }
         }
