@@ -13,8 +13,11 @@
 //! - BAR mmaps, which vfio-ioctls does not offer;
 //! - the drop guard described at [`KernelDevice`]'s `Drop`.
 
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -157,6 +160,14 @@ impl KernelDevice {
     fn fd(&self) -> i32 {
         self.dev().as_raw_fd()
     }
+
+    /// The device fd as a File, for std's positioned reads and writes (vfio-ioctls'
+    /// region_read/region_write drop errors); never dropped, so the fd stays the crate's.
+    fn file(&self) -> ManuallyDrop<File> {
+        // SAFETY: the fd is open for as long as `self.dev` is, and ManuallyDrop never
+        // closes it; the File only lives for one call on `self`.
+        ManuallyDrop::new(unsafe { File::from_raw_fd(self.fd()) })
+    }
 }
 
 fn crate_io(e: CrateError) -> io::Error {
@@ -190,37 +201,11 @@ impl VfioDeviceOps for KernelDevice {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        // SAFETY: buf is valid for buf.len() bytes of writes; the fd is open.
-        let n = unsafe {
-            libc::pread(
-                self.fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                offset as libc::off_t,
-            )
-        };
-        match n {
-            n if n < 0 => Err(io::Error::last_os_error()),
-            n if n as usize != buf.len() => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            _ => Ok(()),
-        }
+        self.file().read_exact_at(buf, offset)
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        // SAFETY: buf is valid for buf.len() bytes of reads; the fd is open.
-        let n = unsafe {
-            libc::pwrite(
-                self.fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                offset as libc::off_t,
-            )
-        };
-        match n {
-            n if n < 0 => Err(io::Error::last_os_error()),
-            n if n as usize != buf.len() => Err(io::Error::from(io::ErrorKind::WriteZero)),
-            _ => Ok(()),
-        }
+        self.file().write_all_at(buf, offset)
     }
 
     fn mmap(&self, offset: u64, len: u64) -> io::Result<*mut u8> {
